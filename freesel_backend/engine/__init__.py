@@ -1,0 +1,23 @@
+"""The pure FreeSel engine: image loading, semantic patterns and selection.
+
+Nothing here imports Label Studio, Flask, Redis or RQ.
+"""
+
+from .images import ImageLoadError, list_image_files, load_image
+from .models import DEFAULT_MODEL, BackboneSpec, WeightsError
+from .patterns import ExtractorSettings, PatternExtractor
+from .selection import STRATEGIES, Ranking, select
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "STRATEGIES",
+    "BackboneSpec",
+    "ExtractorSettings",
+    "ImageLoadError",
+    "PatternExtractor",
+    "Ranking",
+    "WeightsError",
+    "list_image_files",
+    "load_image",
+    "select",
+]

@@ -1,0 +1,91 @@
+"""K-means over the kept patch features of many images at once.
+
+Each image is clustered on its own, but every step is one tensor operation over the whole
+batch: there is no Python loop per image, only per k-means++ centre and per Lloyd iteration.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def batched_kmeans(
+    points: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    *,
+    iterations: int = 100,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cluster ``points[b][mask[b]]`` into ``k`` clusters for every image ``b``.
+
+    points: (B, N, D) float; mask: (B, N) bool, at least one True per row.
+    Returns ``(centroids (B, k, D), members (B, k) counts, assignment (B, N))``; the assignment
+    of a masked-out point is -1. Clusters left empty keep a count of 0 (callers drop them).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    points = points.float()
+    centroids = _kmeans_plus_plus(points, mask, k, generator)
+    assignment = _assign(points, centroids)
+    for _ in range(iterations):
+        centroids = _update(points, mask, assignment, centroids)
+        new_assignment = _assign(points, centroids)
+        converged = bool(((new_assignment == assignment) | ~mask).all())
+        assignment = new_assignment
+        if converged:
+            break
+    members = _one_hot(assignment, mask, k).sum(dim=1)
+    return centroids, members, torch.where(mask, assignment, torch.full_like(assignment, -1))
+
+
+def _kmeans_plus_plus(
+    points: torch.Tensor, mask: torch.Tensor, k: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    batch, _, dim = points.shape
+    rows = torch.arange(batch, device=points.device)
+    uniform = torch.rand(batch, k, generator=generator, device=generator.device if generator else None)
+    uniform = uniform.to(points.device)
+    kept = mask.float()
+    weights = kept
+    closest = torch.full(mask.shape, float("inf"), device=points.device)
+    centroids = torch.empty(batch, k, dim, device=points.device)
+    for centre in range(k):
+        chosen = _sample_rows(weights, uniform[:, centre])
+        centroids[:, centre] = points[rows, chosen]
+        squared = (points - centroids[:, centre : centre + 1]).square().sum(dim=-1)
+        closest = torch.minimum(closest, squared)
+        weights = closest * kept
+        # Every kept point coincides with a centre: fall back to uniform among kept points.
+        weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, kept)
+    return centroids
+
+
+def _sample_rows(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw of one column per row, with probability proportional to ``weights``."""
+    cumulative = weights.cumsum(dim=1)
+    target = (uniform * cumulative[:, -1]).unsqueeze(1)
+    chosen = torch.searchsorted(cumulative, target, right=True).squeeze(1)
+    return chosen.clamp(max=weights.shape[1] - 1)
+
+
+def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    squared = (
+        points.square().sum(-1, keepdim=True)
+        - 2 * points @ centroids.transpose(1, 2)
+        + centroids.square().sum(-1).unsqueeze(1)
+    )
+    return squared.argmin(dim=-1)
+
+
+def _one_hot(assignment: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(assignment, k).float() * mask.unsqueeze(-1).float()
+
+
+def _update(
+    points: torch.Tensor, mask: torch.Tensor, assignment: torch.Tensor, centroids: torch.Tensor
+) -> torch.Tensor:
+    membership = _one_hot(assignment, mask, centroids.shape[1])
+    sums = membership.transpose(1, 2) @ points
+    counts = membership.sum(dim=1).unsqueeze(-1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), centroids)

@@ -1,0 +1,283 @@
+"""Semantic patterns: one forward pass of a frozen ViT -> a few L2-normalised vectors per image.
+
+For each image: patch tokens of the second-to-last block (after the final norm), the last
+block's [CLS]->patch attention averaged over heads, the patches holding the top
+``attention_ratio`` of that attention mass, and K-means over those patches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generic, Iterable, Iterator, Literal, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import ImageLoadError, load_image
+from .kmeans import batched_kmeans
+from .models import DEFAULT_MODEL, BackboneSpec, create_backbone
+
+Precision = Literal["fp32", "bf16"]
+Source = TypeVar("Source")
+
+
+@dataclass(frozen=True)
+class ExtractorSettings:
+    """Everything that changes the patterns an image gets (and so their stored version)."""
+
+    model: str = DEFAULT_MODEL
+    patterns_per_image: int = 5
+    attention_ratio: float = 0.5
+    image_size: int | None = None
+    kmeans_iterations: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patterns_per_image < 1:
+            raise ValueError(f"patterns_per_image must be >= 1, got {self.patterns_per_image}")
+        if not 0.0 <= self.attention_ratio <= 1.0:
+            raise ValueError(f"attention_ratio must be within [0, 1], got {self.attention_ratio}")
+
+
+@dataclass(frozen=True)
+class PatchDetails:
+    """Per-image internals, for reports: which patches were kept and which pattern owns each."""
+
+    grid: tuple[int, int]
+    attention: np.ndarray  # (N,) [CLS]->patch attention, sums to 1
+    kept: np.ndarray  # (N,) bool
+    pattern_of_patch: np.ndarray  # (N,) int, -1 for patches that were not kept
+
+
+@dataclass(frozen=True)
+class Extracted(Generic[Source]):
+    """The outcome for one source: its patterns, or the error that stopped it."""
+
+    index: int
+    source: Source
+    patterns: np.ndarray | None = None
+    error: str | None = None
+
+
+class PatternExtractor:
+    """Turns images into FreeSel semantic patterns with a frozen timm ViT."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        patterns_per_image: int = 5,
+        attention_ratio: float = 0.5,
+        device: str | None = None,
+        random_init: bool = False,
+        weights: str | Path | None = None,
+        precision: Precision = "fp32",
+        batch_size: int = 32,
+        image_size: int | None = None,
+        kmeans_iterations: int = 100,
+        seed: int = 0,
+        decode_workers: int = 2,
+    ) -> None:
+        self.settings = ExtractorSettings(
+            model=model,
+            patterns_per_image=patterns_per_image,
+            attention_ratio=attention_ratio,
+            image_size=image_size,
+            kmeans_iterations=kmeans_iterations,
+            seed=seed,
+        )
+        self.backbone_spec = BackboneSpec(
+            name=model, weights=Path(weights) if weights else None, random_init=random_init, image_size=image_size
+        )
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = precision
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers
+        self.model = create_backbone(self.backbone_spec).to(self.device)
+        config = self.model.pretrained_cfg
+        self.input_size: tuple[int, int] = tuple(self.model.patch_embed.img_size)  # type: ignore[assignment]
+        self.mean = torch.tensor(config.get("mean", (0.485, 0.456, 0.406)), device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(config.get("std", (0.229, 0.224, 0.225)), device=self.device).view(1, 3, 1, 1)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def extract(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """(k_i, D) float32 arrays of L2-normalised patterns, one per PIL image."""
+        results: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.to_tensor(image) for image in images[start : start + self.batch_size]])
+            results.extend(self.patterns_of_batch(batch))
+        return results
+
+    def extract_sources(
+        self,
+        sources: Iterable[Source],
+        open_image: Callable[[Source], Image.Image] = load_image,  # type: ignore[assignment]
+        *,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[Extracted[Source]]:
+        """Decode ``sources`` in background threads while the model runs, in input order.
+
+        Each source yields one :class:`Extracted`; one that cannot be opened carries its error
+        and never stops the others. ``on_batch(n)`` is told how many sources each batch covered.
+        """
+
+        def prepare(item: tuple[int, Source]) -> tuple[int, Source, torch.Tensor | str]:
+            index, source = item
+            try:
+                return index, source, self.to_tensor(open_image(source))
+            except ImageLoadError as error:
+                return index, source, str(error)
+
+        with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
+            prepared = _prefetching_map(pool, prepare, enumerate(sources), lookahead=2 * self.batch_size)
+            pending: list[tuple[int, Source, torch.Tensor]] = []
+            covered = 0
+            for index, source, tensor_or_error in prepared:
+                covered += 1
+                if isinstance(tensor_or_error, str):
+                    yield Extracted(index, source, error=tensor_or_error)
+                    continue
+                pending.append((index, source, tensor_or_error))
+                if len(pending) == self.batch_size:
+                    yield from self._run_pending(pending)
+                    pending, covered = [], _report(on_batch, covered)
+            if pending:
+                yield from self._run_pending(pending)
+            _report(on_batch, covered)
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """Bicubic resize to the model's input size -> (3, H, W) uint8 tensor."""
+        height, width = self.input_size
+        resized = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
+
+    @torch.inference_mode()
+    def patterns_of_batch(self, batch: torch.Tensor) -> list[np.ndarray]:
+        """Patterns for a (B, 3, H, W) uint8 batch from :meth:`to_tensor`."""
+        features, attention = self.features_and_attention(batch)
+        kept = attention_mask(attention, features, self.settings.attention_ratio)
+        return self._cluster(features, kept)[0]
+
+    @torch.inference_mode()
+    def details_of_batch(self, batch: torch.Tensor) -> list[PatchDetails]:
+        """Which patches each image kept and which pattern each belongs to (for reports)."""
+        features, attention = self.features_and_attention(batch)
+        kept = attention_mask(attention, features, self.settings.attention_ratio)
+        _, owners = self._cluster(features, kept)
+        grid = self.model.patch_embed.grid_size
+        return [
+            PatchDetails(tuple(grid), attention[b].float().cpu().numpy(), kept[b].cpu().numpy(), owners[b])
+            for b in range(len(batch))
+        ]
+
+    def features_and_attention(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, D) patch features of the second-to-last block after the final norm, and the
+        last block's (B, N) [CLS]->patch attention averaged over heads, summing to 1."""
+        model = self.model
+        pixels = (batch.to(self.device, non_blocking=True).float() / 255.0 - self.mean) / self.std
+        with self._autocast():
+            tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(pixels))))
+            for block in model.blocks[:-1]:
+                tokens = block(tokens)
+            features = model.norm(tokens)[:, model.num_prefix_tokens :]
+            attention = cls_attention(model.blocks[-1], tokens)[:, model.num_prefix_tokens :]
+        attention = attention.float()
+        return features.float(), attention / attention.sum(dim=1, keepdim=True)
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _cluster(self, features: torch.Tensor, kept: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        k = self.settings.patterns_per_image
+        generator = torch.Generator(device=self.device).manual_seed(self.settings.seed)
+        centroids, members, assignment = batched_kmeans(
+            features, kept, k, iterations=self.settings.kmeans_iterations, generator=generator
+        )
+        n_kept = kept.sum(dim=1)
+        centroids, members, assignment = centroids.cpu(), members.cpu(), assignment.cpu()
+        features_cpu, kept_cpu = features.cpu(), kept.cpu()
+        patterns, owners = [], []
+        for b in range(len(features)):
+            if int(n_kept[b]) <= k:
+                # Too few kept patches to cluster: each kept patch is a pattern.
+                image_patterns = features_cpu[b][kept_cpu[b]]
+                owner = torch.full((kept.shape[1],), -1, dtype=torch.long)
+                owner[kept_cpu[b]] = torch.arange(int(n_kept[b]))
+            else:
+                non_empty = members[b] > 0
+                image_patterns = centroids[b][non_empty]
+                renumber = torch.cumsum(non_empty.long(), 0) - 1
+                owner = torch.where(assignment[b] >= 0, renumber[assignment[b].clamp(min=0)], -1)
+            patterns.append(_l2_normalised(image_patterns.numpy()))
+            owners.append(owner.numpy())
+        return patterns, owners
+
+    def _run_pending(self, pending: list[tuple[int, Source, torch.Tensor]]) -> Iterator[Extracted[Source]]:
+        batch = torch.stack([tensor for _, _, tensor in pending])
+        for (index, source, _), patterns in zip(pending, self.patterns_of_batch(batch)):
+            yield Extracted(index, source, patterns=patterns)
+
+
+def cls_attention(block: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The [CLS] token's attention over all tokens in ``block``, averaged over heads: (B, T).
+
+    Only the [CLS] query row is computed, so the cost is one qkv projection, not a full block.
+    """
+    attn = block.attn
+    batch, n_tokens, _ = tokens.shape
+    qkv = attn.qkv(block.norm1(tokens)).reshape(batch, n_tokens, 3, attn.num_heads, attn.head_dim)
+    query, key = qkv[:, :1, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
+    query, key = attn.q_norm(query), attn.k_norm(key)
+    scores = (query.float() * attn.scale) @ key.float().transpose(-2, -1)
+    return scores.softmax(dim=-1).mean(dim=1).squeeze(1)
+
+
+def attention_mask(attention: torch.Tensor, features: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Keep the patches that together hold the top ``ratio`` of attention mass: (B, N) bool.
+
+    Sorted ascending, a patch is kept where the cumulative mass exceeds ``1 - ratio``. An image
+    where nothing survives keeps its patch with the largest feature norm.
+    """
+    ordered, order = attention.sort(dim=1)
+    kept_sorted = ordered.cumsum(dim=1) > 1.0 - ratio
+    kept = torch.zeros_like(kept_sorted).scatter(1, order, kept_sorted)
+    empty = ~kept.any(dim=1)
+    if empty.any():
+        strongest = features.norm(dim=-1).argmax(dim=1)
+        rows = torch.nonzero(empty).squeeze(1)
+        kept[rows, strongest[rows]] = True
+    return kept
+
+
+def _l2_normalised(patterns: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(patterns, axis=1, keepdims=True)
+    return (patterns / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _prefetching_map(
+    pool: ThreadPoolExecutor, function: Callable, items: Iterable, *, lookahead: int
+) -> Iterator:
+    """``map`` over a thread pool that keeps at most ``lookahead`` results in flight, in order."""
+    in_flight: deque = deque()
+    for item in items:
+        in_flight.append(pool.submit(function, item))
+        if len(in_flight) >= lookahead:
+            yield in_flight.popleft().result()
+    for future in in_flight:
+        yield future.result()
+
+
+def _report(on_batch: Callable[[int], None] | None, covered: int) -> int:
+    if on_batch is not None and covered:
+        on_batch(covered)
+    return 0

