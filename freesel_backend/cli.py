@@ -35,7 +35,11 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--attention-ratio", type=float, default=0.5, help="share of [CLS] attention mass kept (0.5)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="prob", help="prob: draw by d^2 (paper); fds: farthest-first")
     parser.add_argument("--seed", type=int, default=0, help="random seed for draws and k-means (0)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"timm ViT name ({DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help="timm ViT name, 'offline' (bundled DINOv2 ViT-S/14) or 'auto': the paper's "
+        "vit_small_patch16_224.dino when its weights can be had, else offline (default: auto)",
+    )
     parser.add_argument("--weights", type=Path, help="local checkpoint: timm .safetensors/.pth or official DINO .pth")
     parser.add_argument("--random-init", action="store_true", help="random weights (tests and demos only)")
     parser.add_argument("--image-size", type=int, help="model input size (default: the model's own)")
@@ -53,15 +57,17 @@ def run_select(args: argparse.Namespace) -> int:
     failures: list[dict[str, str]] = []
     if args.load_patterns:
         paths, patterns = load_patterns_file(args.load_patterns)
+        provenance = load_provenance(args.load_patterns)
     else:
-        paths, patterns, failures = extract_folder(args)
+        paths, patterns, failures, model_id = extract_folder(args)
+        provenance = {"model": model_id, "weights": _weights_label(args)}
     if args.save_patterns:
-        save_patterns_file(args.save_patterns, paths, patterns, provenance=_provenance(args))
+        save_patterns_file(args.save_patterns, paths, patterns, provenance=provenance)
     seeds = _seed_indices(args.labelled, paths) if args.labelled else []
     budget = resolve_budget(args.budget, len(paths) - len(seeds))
     ranking = select(patterns, budget, strategy=args.strategy, seeds=seeds, seed=args.seed) if paths else None
     report = {
-        **(load_provenance(args.load_patterns) if args.load_patterns else _provenance(args)),
+        **provenance,
         "settings": {
             "patterns_per_image": args.patterns_per_image,
             "attention_ratio": args.attention_ratio,
@@ -83,7 +89,8 @@ def run_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def extract_folder(args: argparse.Namespace) -> tuple[list[str], list[np.ndarray], list[dict[str, str]]]:
+def extract_folder(args: argparse.Namespace) -> tuple[list[str], list[np.ndarray], list[dict[str, str]], str]:
+    """Patterns for every readable image under ``args.images``, the failures, and the model id."""
     files = list_image_files(args.images)
     extractor = PatternExtractor(
         args.model,
@@ -109,7 +116,7 @@ def extract_folder(args: argparse.Namespace) -> tuple[list[str], list[np.ndarray
                 patterns.append(result.patterns)
     for failure in failures:
         log.warning("skipped %s: %s", failure["path"], failure["error"])
-    return paths, patterns, failures
+    return paths, patterns, failures, extractor.model_id
 
 
 def ranking_rows(ranking: Any, paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -139,10 +146,8 @@ def load_provenance(path: Path) -> dict[str, Any]:
         return json.loads(str(data["provenance"])) if "provenance" in data else {}
 
 
-def _provenance(args: argparse.Namespace) -> dict[str, Any]:
-    """Which model made the patterns: kept with saved patterns and shown in every report."""
-    weights = "random-init" if args.random_init else str(args.weights or "pretrained")
-    return {"model": args.model, "weights": weights}
+def _weights_label(args: argparse.Namespace) -> str:
+    return "random-init" if args.random_init else str(args.weights or "pretrained")
 
 
 def load_patterns_file(path: Path) -> tuple[list[str], list[np.ndarray]]:

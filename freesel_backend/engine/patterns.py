@@ -65,7 +65,11 @@ class Extracted(Generic[Source]):
 
 
 class PatternExtractor:
-    """Turns images into FreeSel semantic patterns with a frozen timm ViT."""
+    """Turns images into FreeSel semantic patterns with a frozen timm ViT.
+
+    ``model_id`` names the model actually used (``auto`` resolved, weights' digest included);
+    stored patterns carry it so a model change recomputes them.
+    """
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class PatternExtractor:
         kmeans_iterations: int = 100,
         seed: int = 0,
         decode_workers: int = 2,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.settings = ExtractorSettings(
             model=model,
@@ -92,13 +97,15 @@ class PatternExtractor:
             seed=seed,
         )
         self.backbone_spec = BackboneSpec(
-            name=model, weights=Path(weights) if weights else None, random_init=random_init, image_size=image_size
+            name=model, weights=Path(weights) if weights else None, random_init=random_init, image_size=image_size,
+            **({"cache_dir": Path(cache_dir)} if cache_dir else {}),
         )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = precision
         self.batch_size = batch_size
         self.decode_workers = decode_workers
-        self.model = create_backbone(self.backbone_spec).to(self.device)
+        backbone, self.model_id = create_backbone(self.backbone_spec)
+        self.model = backbone.to(self.device)
         config = self.model.pretrained_cfg
         self.input_size: tuple[int, int] = tuple(self.model.patch_embed.img_size)  # type: ignore[assignment]
         self.mean = torch.tensor(config.get("mean", (0.485, 0.456, 0.406)), device=self.device).view(1, 3, 1, 1)
