@@ -33,7 +33,12 @@ fail() {
     exit 1
 }
 
-# Incomplete or different-version environment: start from scratch.
+# Incomplete or different-version environment: start from scratch (but never delete a
+# non-empty folder that is not a virtual environment, e.g. a mistyped LS_VENV).
+if [[ -d "$venv" && ! -f "$venv/pyvenv.cfg" && -n "$(ls -A "$venv")" ]]; then
+    echo "ensure_label_studio.sh: $venv exists and is not a virtual environment; refusing to replace it" >&2
+    exit 1
+fi
 rm -rf "$venv"
 "$python" -m venv "$venv" >>"$log" 2>&1 || fail "could not create virtual environment $venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >>"$log" 2>&1 \
