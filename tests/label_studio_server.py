@@ -98,6 +98,12 @@ class LabelStudioServer:
         return self._tmp / "data"
 
     @property
+    def local_files_root(self) -> Path:
+        """LOCAL_FILES_DOCUMENT_ROOT of this server; put files under a sub-folder of it."""
+        assert self._tmp is not None, "server not started"
+        return self._tmp / "files"
+
+    @property
     def log_path(self) -> Path:
         assert self._tmp is not None, "server not started"
         return self._tmp / "label-studio.log"
@@ -120,6 +126,9 @@ class LabelStudioServer:
                 # Same-machine ML backend and webhooks (see shared/LABEL_STUDIO.md).
                 "ML_BLOCK_LOCAL_IP": "false",
                 "SSRF_PROTECTION_ENABLED": "false",
+                # /data/local-files/?d=... served from <tmp>/files (see add_local_files_storage).
+                "LOCAL_FILES_SERVING_ENABLED": "true",
+                "LOCAL_FILES_DOCUMENT_ROOT": str(self.local_files_root),
                 # Fast and quiet: no analytics, no PyPI version check, no Sentry.
                 "COLLECT_ANALYTICS": "false",
                 "LATEST_VERSION_CHECK": "false",
@@ -139,6 +148,7 @@ class LabelStudioServer:
             return self
         self._tmp = Path(tempfile.mkdtemp(prefix="freesel-ls-"))
         self.data_dir.mkdir()
+        self.local_files_root.mkdir()
         self._log_file = open(self.log_path, "wb")
         started = time.monotonic()
         try:
@@ -328,3 +338,17 @@ class LabelStudioServer:
         if resp.status_code != 201:
             raise RuntimeError(f"import failed: HTTP {resp.status_code} {resp.text[:300]}")
         return sorted(resp.json().get("task_ids") or [])
+
+    def add_local_files_storage(self, project_id: int, folder: str | os.PathLike[str]) -> dict:
+        """Connect a Local Files source storage (``folder`` must lie under ``local_files_root``).
+
+        Tasks may then reference ``/data/local-files/?d=<path relative to local_files_root>``.
+        """
+        resp = self.api(
+            "POST",
+            "/api/storages/localfiles",
+            json={"project": project_id, "path": str(folder), "title": "local", "use_blob_urls": True},
+        )
+        if resp.status_code != 201:
+            raise RuntimeError(f"local storage failed: HTTP {resp.status_code} {resp.text[:300]}")
+        return resp.json()

@@ -217,6 +217,18 @@ def test_an_absolute_url_on_the_label_studio_host_gets_the_auth_header(label_stu
     assert client.download(label_studio.url + tasks[0]["data"]["image"]) == image_files[0].read_bytes()
 
 
+def test_a_local_files_url_downloads_with_the_auth_header(label_studio, client, image_files):
+    folder = label_studio.local_files_root / "local"
+    folder.mkdir(exist_ok=True)
+    (folder / "pic.png").write_bytes(image_files[1].read_bytes())
+    project = label_studio.create_project("local files")
+    label_studio.add_local_files_storage(project["id"], folder)
+    [task_id] = label_studio.import_tasks(project["id"], [{"image": "/data/local-files/?d=local/pic.png"}])
+    task = client.get_task(task_id)
+    assert task["data"]["image"] == "/data/local-files/?d=local/pic.png"
+    assert client.download_task_file(task) == image_files[1].read_bytes()
+
+
 def test_downloads_over_the_byte_cap_are_refused(label_studio, project_with_images):
     _, tasks = project_with_images
     c = LabelStudioClient(label_studio.url, label_studio.pat, max_download_bytes=10)
