@@ -441,7 +441,10 @@ class LabelStudioClient:
             yield from tasks
             seen += len(tasks)
             total = body.get("total") if isinstance(body, dict) else None
-            if (isinstance(total, int) and seen >= total) or len(tasks) < page_size:
+            if isinstance(total, int):
+                if seen >= total:
+                    return
+            elif len(tasks) < page_size:  # no total: a short page is the last one
                 return
             page += 1
 
