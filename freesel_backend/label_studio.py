@@ -1,0 +1,673 @@
+"""A small typed client for the Label Studio REST API (checked against Label Studio 1.23.2).
+
+Only what the FreeSel backend needs: projects, tasks, predictions, model versions,
+webhooks and downloading task images. It imports nothing from the rest of the project.
+
+Authentication (detected from the key):
+
+* **Personal Access Token** (a JWT *refresh* token, the default in Label Studio >= 1.18):
+  exchanged at ``POST /api/token/refresh/`` for a short-lived access token that is sent as
+  ``Authorization: Bearer <access>``; refreshed before it expires and once more on a 401.
+* **Legacy token** (``Authorization: Token <key>``), which works only where an admin enabled
+  legacy tokens for the organisation.
+
+Secrets never appear in exception text, ``repr`` or log messages: every message built here is
+passed through a redaction step that removes the API key, the current access token and
+anything shaped like a JWT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import threading
+import time
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+__all__ = [
+    "LabelStudioClient",
+    "LabelStudioError",
+    "LabelStudioNotFound",
+    "LabelStudioAuthError",
+    "LabelStudioUnavailable",
+    "LabelStudioDownloadError",
+]
+
+logger = logging.getLogger(__name__)
+
+JSONDict = dict[str, Any]
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_BODY_EXCERPT_CHARS = 300
+_MAX_REDIRECTS = 5
+# Refresh the access token this many seconds before its `exp`.
+_ACCESS_TOKEN_LEEWAY_S = 30.0
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class LabelStudioError(Exception):
+    """Any failure talking to Label Studio.
+
+    Attributes: ``method``, ``path`` (URL path, no host, no query), ``status_code`` (None when
+    no HTTP response came back), ``body_excerpt`` (short, redacted) and ``retryable`` (True
+    for connection errors, timeouts, 429 and 5xx: callers may retry with backoff).
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: Optional[str] = None,
+        path: Optional[str] = None,
+        status_code: Optional[int] = None,
+        body_excerpt: Optional[str] = None,
+        retryable: Optional[bool] = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status_code = status_code
+        self.body_excerpt = body_excerpt
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class LabelStudioNotFound(LabelStudioError):
+    """404: the project/task/webhook (or the route) does not exist."""
+
+
+class LabelStudioAuthError(LabelStudioError):
+    """401/403: the API key is wrong, expired, revoked, or lacks permission."""
+
+
+class LabelStudioUnavailable(LabelStudioError):
+    """Label Studio is unreachable, timed out, or answered 429/5xx: worth retrying later."""
+
+    retryable = True
+
+
+class LabelStudioDownloadError(LabelStudioError):
+    """A task file could not be downloaded (refused scheme, too large, bad URI, ...)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _jwt_payload(token: str) -> Optional[JSONDict]:
+    """The decoded payload of a JWT, or None if ``token`` is not shaped like one."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    try:
+        header = json.loads(_b64url_decode(parts[0]))
+        payload = json.loads(_b64url_decode(parts[1]))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(header, dict) or "alg" not in header or not isinstance(payload, dict):
+        return None
+    return payload
+
+
+def is_jwt(token: str) -> bool:
+    """True for a JWT (three dot-separated base64url parts with a JSON header)."""
+    return _jwt_payload(token) is not None
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+# --------------------------------------------------------------------------- client
+
+
+class LabelStudioClient:
+    """Typed access to the parts of the Label Studio API that FreeSel uses.
+
+    ``url`` is the Label Studio base URL (``http://localhost:8080``); ``api_key`` a Personal
+    Access Token or a legacy token. ``timeout`` applies to each request (connect and read)
+    and, for downloads, to the whole transfer; ``max_download_bytes`` caps a downloaded file.
+    Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        session: Optional[requests.Session] = None,
+    ) -> None:
+        if not url:
+            raise ValueError("Label Studio URL is empty (set LABEL_STUDIO_URL)")
+        if not api_key:
+            raise ValueError("Label Studio API key is empty (set LABEL_STUDIO_API_KEY)")
+        url = url.strip().rstrip("/")
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise ValueError(f"Label Studio URL must be http(s)://host[:port], got {url!r}")
+        self.url = url
+        self.timeout = float(timeout)
+        self.max_download_bytes = int(max_download_bytes)
+        self.__api_key = api_key.strip()
+        self._uses_jwt = is_jwt(self.__api_key)
+        self._access_token: Optional[str] = None
+        self._access_expires_at: float = 0.0
+        self._lock = threading.Lock()
+        self._session = session or requests.Session()
+        # Third-party downloads get a separate session: no Label Studio cookies, no auth.
+        self._public_session = requests.Session()
+        self._public_session.trust_env = False
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "LabelStudioClient":
+        """Build from ``LABEL_STUDIO_URL`` (fallback ``LABEL_STUDIO_HOST``) and ``LABEL_STUDIO_API_KEY``."""
+        env = os.environ if environ is None else environ
+        url = env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or ""
+        api_key = env.get("LABEL_STUDIO_API_KEY") or ""
+        return cls(url, api_key, **kwargs)
+
+    def __repr__(self) -> str:
+        kind = "personal-access-token" if self._uses_jwt else "legacy-token"
+        return f"LabelStudioClient(url={self.url!r}, auth={kind})"
+
+    def close(self) -> None:
+        self._session.close()
+        self._public_session.close()
+
+    def __enter__(self) -> "LabelStudioClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def auth_scheme(self) -> str:
+        """``"Bearer"`` for a Personal Access Token, ``"Token"`` for a legacy token."""
+        return "Bearer" if self._uses_jwt else "Token"
+
+    # ------------------------------------------------------------------ redaction
+
+    def _redact(self, text: str) -> str:
+        secrets = [self.__api_key, self._access_token]
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return _JWT_RE.sub("***", text)
+
+    # ------------------------------------------------------------------ auth
+
+    def _refresh_access_token_locked(self) -> None:
+        path = "/api/token/refresh/"
+        try:
+            resp = self._session.post(
+                self.url + path,
+                json={"refresh": self.__api_key},
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise self._transport_error("POST", path, exc) from None
+        if resp.status_code == 404:
+            # No JWT support (Label Studio < 1.18?): treat the key as a legacy token.
+            logger.warning("Label Studio has no %s; using the API key as a legacy token", path)
+            self._uses_jwt = False
+            return
+        if resp.status_code != 200:
+            raise self._http_error(
+                "POST",
+                path,
+                resp,
+                hint="the Personal Access Token was rejected (expired, revoked or from another server?)",
+            )
+        try:
+            access = str(resp.json()["access"])
+        except (ValueError, KeyError, TypeError):
+            raise LabelStudioError(
+                f"POST {path}: HTTP 200 without an access token", method="POST", path=path, status_code=200
+            ) from None
+        self._access_token = access
+        payload = _jwt_payload(access) or {}
+        exp = payload.get("exp")
+        # exp is wall-clock epoch seconds; store as monotonic deadline.
+        lifetime = float(exp) - time.time() if isinstance(exp, (int, float)) else 300.0
+        self._access_expires_at = time.monotonic() + lifetime - _ACCESS_TOKEN_LEEWAY_S
+
+    def _auth_header(self) -> tuple[dict[str, str], Optional[str]]:
+        """The Authorization header, and the access token it carries (for invalidation)."""
+        if not self._uses_jwt:
+            return {"Authorization": f"Token {self.__api_key}"}, None
+        with self._lock:
+            if self._uses_jwt and (self._access_token is None or time.monotonic() >= self._access_expires_at):
+                self._refresh_access_token_locked()
+            if not self._uses_jwt:
+                return {"Authorization": f"Token {self.__api_key}"}, None
+            token = self._access_token
+        assert token is not None
+        return {"Authorization": f"Bearer {token}"}, token
+
+    def _invalidate_access_token(self, used: Optional[str]) -> bool:
+        """Drop the cached access token after a 401; True if a retry may help."""
+        if used is None:
+            return False
+        with self._lock:
+            if self._access_token == used:
+                self._access_token = None
+        return True
+
+    # ------------------------------------------------------------------ errors
+
+    def _excerpt(self, resp: requests.Response) -> str:
+        try:
+            text = resp.text
+        except Exception:  # pragma: no cover - undecodable body
+            text = ""
+        text = " ".join(text.split())
+        if len(text) > _BODY_EXCERPT_CHARS:
+            text = text[:_BODY_EXCERPT_CHARS] + "..."
+        return self._redact(text)
+
+    def _http_error(self, method: str, path: str, resp: requests.Response, hint: str = "") -> LabelStudioError:
+        status = resp.status_code
+        excerpt = self._excerpt(resp)
+        cls: type[LabelStudioError]
+        if status == 404:
+            cls = LabelStudioNotFound
+        elif status in (401, 403):
+            cls = LabelStudioAuthError
+        elif status == 429 or status >= 500:
+            cls = LabelStudioUnavailable
+        else:
+            cls = LabelStudioError
+        message = f"{method} {path}: HTTP {status}"
+        if hint:
+            message += f" ({hint})"
+        if excerpt:
+            message += f": {excerpt}"
+        return cls(self._redact(message), method=method, path=path, status_code=status, body_excerpt=excerpt)
+
+    def _transport_error(self, method: str, path: str, exc: Exception) -> LabelStudioUnavailable:
+        kind = "timed out" if isinstance(exc, requests.Timeout) else "unreachable"
+        detail = self._redact(f"{type(exc).__name__}: {exc}")
+        if len(detail) > _BODY_EXCERPT_CHARS:
+            detail = detail[:_BODY_EXCERPT_CHARS] + "..."
+        return LabelStudioUnavailable(
+            f"{method} {path}: Label Studio at {self.url} {kind} ({detail})", method=method, path=path
+        )
+
+    # ------------------------------------------------------------------ core request
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        json_body: Any = None,
+        expected: Iterable[int] = (200, 201, 204),
+    ) -> requests.Response:
+        """One authenticated API call (path relative to the base URL); retries once on a 401."""
+        expected = tuple(expected)
+        for attempt in (1, 2):
+            headers, used = self._auth_header()
+            try:
+                resp = self._session.request(
+                    method,
+                    self.url + path,
+                    params=params,
+                    json=json_body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise self._transport_error(method, path, exc) from None
+            if resp.status_code == 401 and attempt == 1 and self._invalidate_access_token(used):
+                logger.debug("%s %s: 401, refreshing the access token", method, path)
+                continue
+            break
+        if resp.status_code in expected:
+            return resp
+        hint = ""
+        if resp.status_code == 401 and not self._uses_jwt and "legacy" in resp.text.lower():
+            hint = "legacy tokens are disabled for this organisation: use a Personal Access Token"
+        elif 300 <= resp.status_code < 400:
+            hint = f"redirected to {resp.headers.get('Location', '?')}: check LABEL_STUDIO_URL"
+        raise self._http_error(method, path, resp, hint=hint)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self._request(method, path, **kwargs)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise LabelStudioError(
+                f"{method} {path}: HTTP {resp.status_code} with a non-JSON body: {self._excerpt(resp)}",
+                method=method,
+                path=path,
+                status_code=resp.status_code,
+            ) from None
+
+    # ------------------------------------------------------------------ projects
+
+    def get_project(self, project_id: int) -> JSONDict:
+        return self._json("GET", f"/api/projects/{int(project_id)}/")
+
+    def update_project(self, project_id: int, **fields: Any) -> JSONDict:
+        """PATCH project fields, e.g. ``sampling="Uncertainty sampling", model_version="v2"``."""
+        return self._json("PATCH", f"/api/projects/{int(project_id)}/", json_body=fields)
+
+    def get_label_config(self, project_id: int) -> str:
+        return str(self.get_project(project_id).get("label_config") or "")
+
+    def get_next_task(self, project_id: int) -> Optional[JSONDict]:
+        """The task the label stream would serve next to this user (None when the queue is empty)."""
+        try:
+            return self._json("GET", f"/api/projects/{int(project_id)}/next/")
+        except LabelStudioNotFound as exc:
+            # 1.23.2 answers 404 both for a missing project and for an empty queue.
+            if "there are no tasks" in (exc.body_excerpt or "").lower():
+                return None
+            raise
+
+    # ------------------------------------------------------------------ tasks
+
+    def iter_tasks(
+        self,
+        project_id: int,
+        *,
+        page_size: int = 100,
+        task_ids: Optional[Sequence[int]] = None,
+        resolve_uri: bool = False,
+    ) -> Iterator[JSONDict]:
+        """All tasks of a project (Data Manager API, paginated, in id order).
+
+        Each task has ``id``, ``data``, ``meta``, ``is_labeled``, ``total_annotations``,
+        ``cancelled_annotations`` and ``total_predictions``. ``task_ids`` restricts the listing.
+        ``resolve_uri=False`` keeps storage URIs (``s3://...``) as stored; download them with
+        :meth:`download` (which resolves them through Label Studio).
+
+        Note: if the project has an ML backend with automatic predictions
+        (``evaluate_predictions_automatically``), Label Studio asks it for predictions of listed
+        tasks that have none.
+        """
+        path = "/api/tasks/"
+        params: dict[str, Any] = {
+            "project": int(project_id),
+            "page_size": int(page_size),
+            "resolve_uri": "true" if resolve_uri else "false",
+        }
+        if task_ids is not None:
+            if not task_ids:
+                return
+            params["query"] = json.dumps(
+                {"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}}
+            )
+        seen = 0
+        page = 1
+        while True:
+            params["page"] = page
+            try:
+                body = self._json("GET", path, params=params)
+            except LabelStudioNotFound as exc:
+                # Past the last page Label Studio answers 404 "Invalid page."
+                if page > 1 and "invalid page" in (exc.body_excerpt or "").lower():
+                    return
+                raise
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            if not tasks:
+                return
+            yield from tasks
+            seen += len(tasks)
+            total = body.get("total") if isinstance(body, dict) else None
+            if isinstance(total, int):
+                if seen >= total:
+                    return
+            elif len(tasks) < page_size:  # no total: a short page is the last one
+                return
+            page += 1
+
+    def get_task(self, task_id: int) -> JSONDict:
+        return self._json("GET", f"/api/tasks/{int(task_id)}/")
+
+    def get_tasks(self, project_id: int, task_ids: Sequence[int]) -> list[JSONDict]:
+        """The tasks with these ids (those that exist in the project), in id order."""
+        return list(self.iter_tasks(project_id, task_ids=task_ids))
+
+    # ------------------------------------------------------------------ predictions
+
+    def import_predictions(
+        self, project_id: int, predictions: Sequence[Mapping[str, Any]], *, chunk_size: int = 500
+    ) -> int:
+        """Bulk-create predictions (``{"task", "result", "score", "model_version", ...}``).
+
+        Sent in chunks; returns the number created. Predictions are never updated in place:
+        writing again adds rows, so write a new ``model_version`` and delete the old one.
+        """
+        created = 0
+        path = f"/api/projects/{int(project_id)}/import/predictions"
+        for start in range(0, len(predictions), max(1, chunk_size)):
+            chunk = [dict(p) for p in predictions[start : start + chunk_size]]
+            body = self._json("POST", path, json_body=chunk)
+            if isinstance(body, dict) and isinstance(body.get("created"), int):
+                created += body["created"]
+            else:
+                created += len(chunk)
+        return created
+
+    def list_model_versions(self, project_id: int) -> dict[str, int]:
+        """``{model_version: number of predictions}`` for the project's stored predictions."""
+        body = self._json("GET", f"/api/projects/{int(project_id)}/model-versions/")
+        if isinstance(body, dict) and "static" in body and isinstance(body["static"], dict):
+            body = body["static"]
+        return {str(k): int(v) for k, v in (body or {}).items()}
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        """Delete every prediction of ``model_version``; returns how many were deleted.
+
+        Label Studio 1.23.2 also clears the project's ``model_version`` when it equals the
+        deleted one (or when it equals the title of a connected ML backend): switch the
+        project to the new version first, and do not name versions after the backend title.
+        """
+        body = self._json(
+            "DELETE",
+            f"/api/projects/{int(project_id)}/model-versions/",
+            json_body={"model_version": model_version},
+        )
+        if isinstance(body, int):
+            return body
+        if isinstance(body, dict):
+            for key in ("deleted_predictions", "count", "deleted"):
+                if isinstance(body.get(key), int):
+                    return int(body[key])
+        return 0
+
+    # ------------------------------------------------------------------ webhooks
+
+    def list_webhooks(self, project_id: Optional[int] = None) -> list[JSONDict]:
+        params = {"project": int(project_id)} if project_id is not None else None
+        body = self._json("GET", "/api/webhooks/", params=params)
+        hooks = body if isinstance(body, list) else (body or {}).get("results", [])
+        if project_id is not None:  # be strict even if a server ignores the filter
+            hooks = [h for h in hooks if h.get("project") == int(project_id)]
+        return hooks
+
+    def register_webhook(
+        self,
+        project_id: int,
+        url: str,
+        *,
+        actions: Sequence[str] = ("TASKS_CREATED",),
+        send_payload: bool = True,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> JSONDict:
+        """Create the project's webhook for ``url`` unless one exists (then update it if needed)."""
+        wanted: JSONDict = {
+            "project": int(project_id),
+            "url": url,
+            "send_payload": send_payload,
+            "send_for_all_actions": False,
+            "actions": list(actions),
+            "is_active": True,
+        }
+        if headers is not None:
+            wanted["headers"] = dict(headers)
+        for hook in self.list_webhooks(project_id):
+            if hook.get("url") != url:
+                continue
+            changed = {
+                key: value
+                for key, value in wanted.items()
+                if key != "project"
+                and (sorted(hook.get(key) or []) != sorted(value) if key == "actions" else hook.get(key) != value)
+            }
+            if not changed:
+                return hook
+            return self._json("PATCH", f"/api/webhooks/{int(hook['id'])}/", json_body=changed)
+        return self._json("POST", "/api/webhooks/", json_body=wanted)
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self._request("DELETE", f"/api/webhooks/{int(webhook_id)}/")
+
+    # ------------------------------------------------------------------ downloads
+
+    def _is_label_studio_url(self, url: str) -> bool:
+        return _origin(url) == _origin(self.url)
+
+    def resolve_download_url(self, uri: str, task_id: Optional[int] = None) -> tuple[str, bool]:
+        """Map a task data value to ``(absolute URL, send the Label Studio auth header?)``."""
+        uri = uri.strip()
+        if uri.startswith("/") and not uri.startswith("//"):
+            return urljoin(self.url + "/", uri.lstrip("/")), True
+        scheme = urlsplit(uri).scheme.lower()
+        if scheme in ("http", "https"):
+            return uri, self._is_label_studio_url(uri)
+        if scheme in CLOUD_SCHEMES:
+            if task_id is None:
+                raise LabelStudioDownloadError(
+                    f"cannot download {scheme}:// URI without a task id (resolved via /tasks/<id>/resolve/)"
+                )
+            fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
+            return f"{self.url}/tasks/{int(task_id)}/resolve/?fileuri={fileuri}", True
+        shown = scheme or uri[:20]
+        raise LabelStudioDownloadError(f"refusing to download a {shown!r} URI: only /data/..., http(s) and cloud URIs")
+
+    def download(self, uri: str, *, task_id: Optional[int] = None) -> bytes:
+        """Download a file referenced by a task (``/data/upload/...``, ``/data/local-files/?d=...``,
+        ``http(s)://...``, ``s3://``/``gs://``/``azure-blob://`` with ``task_id``).
+
+        The Label Studio auth header goes only to the Label Studio host, never to third
+        parties (also not across redirects). Streamed with ``max_download_bytes`` and an
+        overall ``timeout``.
+        """
+        url, with_auth = self.resolve_download_url(uri, task_id)
+        deadline = time.monotonic() + self.timeout
+        retried_401 = False
+        for _hop in range(_MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            path = parts.path or "/"
+            headers: dict[str, str] = {}
+            used: Optional[str] = None
+            if with_auth:
+                headers, used = self._auth_header()
+            session = self._session if with_auth else self._public_session
+            shown = path if with_auth else f"{parts.scheme}://{parts.hostname}{path}"
+            try:
+                resp = session.get(
+                    url,
+                    headers=headers,
+                    timeout=max(1.0, min(self.timeout, deadline - time.monotonic())),
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                raise self._transport_error("GET", shown, exc) from None
+            try:
+                if resp.is_redirect:
+                    location = resp.headers.get("Location", "")
+                    url = urljoin(url, location)
+                    if urlsplit(url).scheme.lower() not in ("http", "https"):
+                        raise LabelStudioDownloadError(
+                            f"GET {shown}: redirect to a non-http(s) URL refused", method="GET", path=shown
+                        )
+                    with_auth = self._is_label_studio_url(url)
+                    continue
+                if resp.status_code == 401 and with_auth and not retried_401 and self._invalidate_access_token(used):
+                    retried_401 = True
+                    continue
+                if resp.status_code != 200:
+                    raise self._http_error("GET", shown, resp)
+                return self._read_capped(resp, shown, deadline)
+            finally:
+                resp.close()
+        raise LabelStudioDownloadError(f"GET {uri[:100]}: too many redirects", method="GET")
+
+    def _read_capped(self, resp: requests.Response, shown: str, deadline: float) -> bytes:
+        cap = self.max_download_bytes
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > cap:
+            raise LabelStudioDownloadError(
+                f"GET {shown}: file of {int(length)} bytes exceeds the {cap}-byte limit",
+                method="GET",
+                path=shown,
+                status_code=resp.status_code,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in resp.iter_content(chunk_size=64 * 1024):
+                size += len(chunk)
+                if size > cap:
+                    raise LabelStudioDownloadError(
+                        f"GET {shown}: file exceeds the {cap}-byte limit",
+                        method="GET",
+                        path=shown,
+                        status_code=resp.status_code,
+                    )
+                if time.monotonic() > deadline:
+                    raise LabelStudioUnavailable(
+                        f"GET {shown}: download took longer than {self.timeout:.0f}s", method="GET", path=shown
+                    )
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise self._transport_error("GET", shown, exc) from None
+        return b"".join(chunks)
+
+    def download_task_file(self, task: Mapping[str, Any], key: Optional[str] = None) -> bytes:
+        """Download the file of a task: ``task["data"][key]`` (default: the only/first string value
+        that looks like a URL or path)."""
+        data = task.get("data") or {}
+        if key is None:
+            candidates = [
+                v for v in data.values() if isinstance(v, str) and (v.startswith("/") or "://" in v)
+            ]
+            if not candidates:
+                raise LabelStudioDownloadError(f"task {task.get('id')}: no file URL in its data")
+            value = candidates[0]
+        else:
+            value = data.get(key)
+            if not isinstance(value, str):
+                raise LabelStudioDownloadError(f"task {task.get('id')}: data[{key!r}] is not a URL")
+        task_id = task.get("id")
+        return self.download(value, task_id=int(task_id) if task_id is not None else None)

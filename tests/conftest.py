@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _label_studio_executable() -> str:
+    """Path of `label-studio` from .venv-ls, installing it first if needed."""
+    script = REPO_ROOT / "scripts" / "ensure_label_studio.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def label_studio():
+    """A real Label Studio 1.23.2 (own temp data dir, SQLite) with a Personal Access Token.
+
+    Yields a started `tests.label_studio_server.LabelStudioServer` (url, pat, legacy_token,
+    create_project, upload_images, ...). In CI (env `CI` set) failing to start is an error;
+    locally it skips with the reason.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from label_studio_server import LabelStudioServer
+
+    server = None
+    try:
+        server = LabelStudioServer(_label_studio_executable()).start()
+    except Exception as exc:  # noqa: BLE001 - reported below
+        message = f"real Label Studio could not be started: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,354 @@
+"""Run a real Label Studio server for integration tests.
+
+Plain helper (no pytest dependency): starts ``label-studio start`` on a free loopback
+port with a throw-away data directory (SQLite), creates the first user, waits for
+``GET /health``, then obtains a Personal Access Token (PAT) the way a user would
+(session login with CSRF, ``POST /api/token/``) and, optionally, the user's legacy
+token after enabling legacy tokens for the organisation via ``/api/jwt/settings``.
+
+Usage::
+
+    with LabelStudioServer(ls_executable) as ls:
+        ls.url, ls.pat, ls.legacy_token
+        project = ls.create_project("p", label_config)
+        tasks = ls.upload_images(project["id"], [path1, path2])
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import requests
+
+DEFAULT_USERNAME = "freesel-test@example.com"
+DEFAULT_PASSWORD = "freesel-test-password-123"
+
+IMAGE_CLASSIFICATION_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="choice" toName="image">
+    <Choice value="cat"/>
+    <Choice value="dog"/>
+  </Choices>
+</View>"""
+
+
+class LabelStudioStartError(RuntimeError):
+    """Label Studio did not start, or the test user/tokens could not be set up."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "<no log>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LabelStudioServer:
+    """A real Label Studio process with its own temporary data directory."""
+
+    def __init__(
+        self,
+        executable: str | os.PathLike[str],
+        *,
+        username: str = DEFAULT_USERNAME,
+        password: str = DEFAULT_PASSWORD,
+        port: Optional[int] = None,
+        startup_timeout: float = 180.0,
+        enable_legacy_token: bool = True,
+        extra_env: Optional[dict[str, str]] = None,
+    ) -> None:
+        self.executable = str(Path(executable).resolve())
+        self.username = username
+        self.password = password
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.url = f"http://{self.host}:{self.port}"
+        self.startup_timeout = startup_timeout
+        self.enable_legacy_token = enable_legacy_token
+        self.extra_env = dict(extra_env or {})
+        self.pat: Optional[str] = None
+        self.legacy_token: Optional[str] = None
+        self.start_seconds: Optional[float] = None
+        self._tmp: Optional[Path] = None
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._log_file: Any = None
+        self._session: Optional[requests.Session] = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def data_dir(self) -> Path:
+        assert self._tmp is not None, "server not started"
+        return self._tmp / "data"
+
+    @property
+    def local_files_root(self) -> Path:
+        """LOCAL_FILES_DOCUMENT_ROOT of this server; put files under a sub-folder of it."""
+        assert self._tmp is not None, "server not started"
+        return self._tmp / "files"
+
+    @property
+    def log_path(self) -> Path:
+        assert self._tmp is not None, "server not started"
+        return self._tmp / "label-studio.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines) if self._tmp else "<not started>"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Do not let the caller's Label Studio client settings leak into the server.
+        for key in list(env):
+            if key.startswith(("LABEL_STUDIO_", "HEARTEX_")) or key in {"DJANGO_SETTINGS_MODULE", "HOST", "PORT"}:
+                env.pop(key)
+        env.update(
+            {
+                "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+                "LABEL_STUDIO_USERNAME": self.username,
+                "LABEL_STUDIO_PASSWORD": self.password,
+                "LABEL_STUDIO_HOST": self.url,
+                # Same-machine ML backend and webhooks (see shared/LABEL_STUDIO.md).
+                "ML_BLOCK_LOCAL_IP": "false",
+                "SSRF_PROTECTION_ENABLED": "false",
+                # /data/local-files/?d=... served from <tmp>/files (see add_local_files_storage).
+                "LOCAL_FILES_SERVING_ENABLED": "true",
+                "LOCAL_FILES_DOCUMENT_ROOT": str(self.local_files_root),
+                # Fast and quiet: no analytics, no PyPI version check, no Sentry.
+                "COLLECT_ANALYTICS": "false",
+                "LATEST_VERSION_CHECK": "false",
+                "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "",
+                "LOG_LEVEL": "WARNING",
+                "DEBUG": "false",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "LabelStudioServer":
+        if self._proc is not None:
+            return self
+        self._tmp = Path(tempfile.mkdtemp(prefix="freesel-ls-"))
+        self.data_dir.mkdir()
+        self.local_files_root.mkdir()
+        self._log_file = open(self.log_path, "wb")
+        started = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    self.executable,
+                    "start",
+                    "--no-browser",
+                    "--internal-host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    self.url,
+                ],
+                env=self._env(),
+                cwd=str(self._tmp),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group, so stop() can end all of it
+            )
+            self._wait_healthy()
+            self.start_seconds = time.monotonic() - started
+            self._login()
+            self.pat = self._create_pat()
+            if self.enable_legacy_token:
+                self.legacy_token = self._enable_legacy_token()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise LabelStudioStartError(
+                    f"label-studio exited with code {code} before becoming healthy; log tail:\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise LabelStudioStartError(
+            f"label-studio not healthy at {self.url}/health after {self.startup_timeout:.0f}s; "
+            f"log tail:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=15)
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> "LabelStudioServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:  # never show tokens
+        return f"LabelStudioServer(url={self.url!r}, running={self._proc is not None})"
+
+    # ------------------------------------------------------------------ auth setup
+
+    @property
+    def session(self) -> requests.Session:
+        """A Django session logged in as the first user (CSRF header preset)."""
+        assert self._session is not None, "server not started"
+        return self._session
+
+    def _login(self) -> None:
+        session = requests.Session()
+        resp = session.get(f"{self.url}/user/login/", timeout=30)
+        resp.raise_for_status()
+        csrf = session.cookies.get("csrftoken")
+        if not csrf:
+            raise LabelStudioStartError("no csrftoken cookie from /user/login/")
+        resp = session.post(
+            f"{self.url}/user/login/",
+            data={"email": self.username, "password": self.password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": f"{self.url}/user/login/"},
+            allow_redirects=False,
+            timeout=30,
+        )
+        if resp.status_code != 302 or "sessionid" not in session.cookies:
+            raise LabelStudioStartError(f"session login failed: HTTP {resp.status_code}")
+        # Django rotates the CSRF token on login.
+        session.headers["X-CSRFToken"] = session.cookies.get("csrftoken", csrf)
+        session.headers["Referer"] = f"{self.url}/"
+        self._session = session
+
+    def _create_pat(self) -> str:
+        resp = self.session.post(f"{self.url}/api/token/", json={}, timeout=30)
+        if resp.status_code != 201:
+            raise LabelStudioStartError(f"POST /api/token/ failed: HTTP {resp.status_code} {resp.text[:200]}")
+        token = resp.json()["token"]
+        if token.count(".") != 2:
+            raise LabelStudioStartError("POST /api/token/ did not return a JWT")
+        return str(token)
+
+    def _enable_legacy_token(self) -> str:
+        resp = self.session.post(
+            f"{self.url}/api/jwt/settings",
+            json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True},
+            timeout=30,
+        )
+        if resp.status_code not in (200, 201):
+            raise LabelStudioStartError(f"POST /api/jwt/settings failed: HTTP {resp.status_code} {resp.text[:200]}")
+        resp = self.session.get(f"{self.url}/api/current-user/token", timeout=30)
+        if resp.status_code != 200:
+            raise LabelStudioStartError(f"GET /api/current-user/token failed: HTTP {resp.status_code}")
+        return str(resp.json()["token"])
+
+    def set_legacy_tokens_enabled(self, enabled: bool) -> None:
+        resp = self.session.post(
+            f"{self.url}/api/jwt/settings",
+            json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": enabled},
+            timeout=30,
+        )
+        resp.raise_for_status()
+
+    # ------------------------------------------------------------------ test data helpers
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Raw API call with the logged-in session (independent of the client under test)."""
+        kwargs.setdefault("timeout", 60)
+        return self.session.request(method, f"{self.url}{path}", **kwargs)
+
+    def create_project(self, title: str, label_config: str = IMAGE_CLASSIFICATION_CONFIG, **fields: Any) -> dict:
+        resp = self.api("POST", "/api/projects/", json={"title": title, "label_config": label_config, **fields})
+        if resp.status_code != 201:
+            raise RuntimeError(f"create project failed: HTTP {resp.status_code} {resp.text[:300]}")
+        return resp.json()
+
+    def upload_images(self, project_id: int, paths: Sequence[str | os.PathLike[str]]) -> list[dict]:
+        """Upload files through the real import endpoint; returns the created tasks (by id order).
+
+        Each file becomes one task whose ``data.image`` is ``/data/upload/<project>/<name>``.
+        """
+        files = []
+        handles = []
+        try:
+            for path in paths:
+                path = Path(path)
+                handle = open(path, "rb")
+                handles.append(handle)
+                mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                files.append((path.name, (path.name, handle, mime)))
+            resp = self.api("POST", f"/api/projects/{project_id}/import?return_task_ids=true", files=files)
+        finally:
+            for handle in handles:
+                handle.close()
+        if resp.status_code != 201:
+            raise RuntimeError(f"upload failed: HTTP {resp.status_code} {resp.text[:300]}")
+        body = resp.json()
+        task_ids: Iterable[int] = body.get("task_ids") or []
+        return [self.api("GET", f"/api/tasks/{tid}/").json() for tid in sorted(task_ids)]
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """Import JSON tasks (e.g. with external URLs); returns the new task ids."""
+        resp = self.api("POST", f"/api/projects/{project_id}/import?return_task_ids=true", json=tasks)
+        if resp.status_code != 201:
+            raise RuntimeError(f"import failed: HTTP {resp.status_code} {resp.text[:300]}")
+        return sorted(resp.json().get("task_ids") or [])
+
+    def add_local_files_storage(self, project_id: int, folder: str | os.PathLike[str]) -> dict:
+        """Connect a Local Files source storage (``folder`` must lie under ``local_files_root``).
+
+        Tasks may then reference ``/data/local-files/?d=<path relative to local_files_root>``.
+        """
+        resp = self.api(
+            "POST",
+            "/api/storages/localfiles",
+            json={"project": project_id, "path": str(folder), "title": "local", "use_blob_urls": True},
+        )
+        if resp.status_code != 201:
+            raise RuntimeError(f"local storage failed: HTTP {resp.status_code} {resp.text[:300]}")
+        return resp.json()
