@@ -248,8 +248,9 @@ def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_f
     try:
         data = client.download_task_file(task, image_field)
     except LabelStudioError as error:
-        if error.retryable:
-            raise  # the job fails and RQ retries it later
+        _, from_label_studio = client.resolve_download_url(task["data"][image_field], int(task["id"]))
+        if error.retryable and from_label_studio:
+            raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
     return load_image(data)
 
