@@ -226,24 +226,38 @@ def test_project_status_cli_prints_progress_picks_and_jobs(main_command, project
     assert raw["progress"]["percent"] == 100.0
 
 
-def test_retrieve_predictions_returns_stored_predictions_and_enqueues_unknown_tasks(label_studio, main_command, project, tmp_path):
+def retrieve_predictions(ls, project_id: int, selected: dict) -> None:
+    """The Data Manager's "Retrieve Predictions" action (Label Studio calls /predict)."""
+    response = ls.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project_id},
+                      json={"selectedItems": selected})
+    assert response.status_code == 200, response.text
+
+
+def test_retrieve_predictions_returns_the_stored_prediction_of_a_ranked_task(label_studio, main_command, project):
     ls, pid = label_studio, project["id"]
-    for hook in ls.api("GET", "/api/webhooks/", params={"project": pid}).json():  # new tasks reach us only through /predict
-        ls.api("DELETE", f"/api/webhooks/{hook['id']}/")
-    ranking = current_ranking(ls, pid)
-    lost = ranking[1]
+    lost = current_ranking(ls, pid)[1]
     stored_score = next(p["score"] for p in ls.api("GET", "/api/predictions/", params={"task": lost}).json())
     for prediction in ls.api("GET", "/api/predictions/", params={"task": lost}).json():
         ls.api("DELETE", f"/api/predictions/{prediction['id']}/")
-    new_ids = [t["id"] for t in ls.upload_images(pid, write_group(tmp_path, "blue", 2, (30, 30, 220), "checks", 4))]
-
-    started = time.time()
-    response = ls.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                      json={"selectedItems": {"all": True, "excluded": []}})
-    assert response.status_code == 200, response.text
+    retrieve_predictions(ls, pid, {"all": False, "included": [lost]})
     again = ls.api("GET", "/api/predictions/", params={"task": lost}).json()
-    assert [p["score"] for p in again] == [stored_score]  # answered from the store, at once
+    assert [(p["score"], p["model_version"]) for p in again] == [(stored_score, ls.api("GET", f"/api/projects/{pid}/").json()["model_version"])]
+    assert current_ranking(ls, pid)[1] == lost
 
+
+def test_retrieve_predictions_enqueues_tasks_the_backend_never_saw(label_studio, main_command, project, tmp_path):
+    ls, pid = label_studio, project["id"]
+    # New tasks reach the backend through the webhook and through /predict when a task list is
+    # loaded or opened (Label Studio's "retrieve predictions automatically", "use predictions to
+    # prelabel"); switch all three off here.
+    for hook in ls.api("GET", "/api/webhooks/", params={"project": pid}).json():
+        assert ls.api("DELETE", f"/api/webhooks/{hook['id']}/").status_code == 204
+    ls.api("PATCH", f"/api/projects/{pid}/", json={"evaluate_predictions_automatically": False, "show_collab_predictions": False}).raise_for_status()
+    new_ids = [t["id"] for t in ls.upload_images(pid, write_group(tmp_path, "blue", 2, (30, 30, 220), "checks", 4))]
+    time.sleep(1)
+    assert main_command.get(f"/freesel/projects/{pid}/status")["tasks"] == 10
+    started = time.time()
+    retrieve_predictions(ls, pid, {"all": True, "excluded": []})
     status = settled(main_command, pid, started)
     assert status["tasks"] == 12 and status["patterns_done"] == 12
     assert set(new_ids) <= set(current_ranking(ls, pid))
@@ -266,7 +280,8 @@ def test_a_settings_change_recomputes_patterns_under_a_new_version_and_old_versi
     assert store.ttl(f"freesel:{pid}:patterns:{after['patterns_version']}") == -1  # the current one stays
 
     started = time.time()  # the connect form's extra params: Label Studio sends them to /setup on save
-    response = ls.api("PATCH", f"/api/ml/{project['ml_backend']}", json={
+    response = ls.api("PATCH", f"/api/ml/{project['ml_backend']}", json={  # what the form sends on save
+        "url": main_command.url, "auth_method": "BASIC_AUTH", "basic_auth_user": AUTH[0],
         "extra_params": json.dumps({"budget": 3, "strategy": "fds", "attention_ratio": 0.3})})
     assert response.status_code == 200, response.text
     again = settled(main_command, pid, started)
