@@ -280,7 +280,7 @@ def test_a_settings_change_recomputes_patterns_under_a_new_version_and_old_versi
     assert store.ttl(f"freesel:{pid}:patterns:{after['patterns_version']}") == -1  # the current one stays
 
     started = time.time()  # the connect form's extra params: Label Studio sends them to /setup on save
-    response = ls.api("PATCH", f"/api/ml/{project['ml_backend']}", json={  # what the form sends on save
+    response = ls.api("PATCH", f"/api/ml/{project['ml_backend']}", json={"project": pid,  # what the form sends on save
         "url": main_command.url, "auth_method": "BASIC_AUTH", "basic_auth_user": AUTH[0], "basic_auth_pass": AUTH[1],
         "extra_params": json.dumps({"budget": 3, "strategy": "fds", "attention_ratio": 0.3})})
     assert response.status_code == 200, response.text
