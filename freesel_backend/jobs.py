@@ -24,7 +24,7 @@ from rq.job import Dependency, Job, JobStatus
 from .config import FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from .engine import ImageLoadError, PatternExtractor, load_image, select
 from .engine.selection import PatternPool
-from .label_studio import LabelStudioClient, LabelStudioError
+from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound
 from .store import Store, patterns_version
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 VERSION_PREFIX = "freesel-"
 FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
 RANK_FIELD = "freesel_rank"  # 1-based pick number: a sortable/filterable Data Manager column
-RETRY_INTERVALS = (10, 30, 120)
+FAILURE_FLAG = "FreeSel could not use this image: "
 WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
 
 
@@ -52,10 +52,20 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def client_for(settings: Settings) -> LabelStudioClient:
+    """The Label Studio client with the download policy and caps of ``settings``."""
+    return LabelStudioClient(
+        settings.label_studio_url,
+        settings.label_studio_api_key,
+        max_download_bytes=settings.download_max_bytes,
+        download_timeout=settings.download_timeout_s,
+        allow_private_addresses=settings.allow_private_downloads,
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def _client() -> LabelStudioClient:
-    settings = _settings()
-    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    return client_for(_settings())
 
 
 def _context() -> WorkerContext:
@@ -112,7 +122,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
 def _retry(settings: Settings) -> Retry | None:
     if settings.job_retries == 0:
         return None
-    return Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS[: settings.job_retries]))
+    return Retry(max=settings.job_retries, interval=list(settings.retry_intervals[: settings.job_retries]))
 
 
 def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
@@ -215,9 +225,21 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     version = version_of(extractor)
     context.store.update_state(project_id, patterns_version=version)
     todo = sorted(set(map(int, task_ids)) - set(context.store.load_patterns(project_id, version, task_ids)))
-    tasks = context.client.get_tasks(project_id, todo) if todo else []
+    if not todo:
+        return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
+    from .model import LabelConfigError  # the label config is parsed in one place
+
+    try:
+        tasks = context.client.get_tasks(project_id, todo)
+        image_field = _image_field(context, project_id)
+    except LabelStudioNotFound:
+        log.warning("project %s does not exist in Label Studio: dropping %d of its tasks", project_id, len(todo))
+        context.store.remove_tasks(project_id, todo)
+        return {"patterns": 0, "failed": 0, "skipped": len(task_ids), "missing_project": 1}
+    except LabelConfigError as error:
+        context.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
+        return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
     context.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
-    image_field = _image_field(context, project_id)
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
     for result in extractor.extract_sources(tasks, lambda task: _open_task_image(context.client, task, image_field)):
@@ -243,8 +265,11 @@ def _image_field(context: WorkerContext, project_id: int) -> str:
 
 
 def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
-    if not isinstance((task.get("data") or {}).get(image_field), str):
-        raise ImageLoadError(f"task has no image URL in data[{image_field!r}]")
+    data = task.get("data") or {}
+    if image_field not in data:
+        raise ImageLoadError(f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})")
+    if not isinstance(data[image_field], str):
+        raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
         data = client.download_task_file(task, image_field)
     except LabelStudioError as error:
@@ -283,14 +308,24 @@ def run_selection(project_id: int) -> dict[str, Any]:
     if not settings.enabled:
         return {"skipped": "FreeSel is disabled for this project"}
     version = store.get_state(project_id).get("patterns_version")
-    tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
-    store.remove_tasks(project_id, store.task_ids(project_id) - set(tasks))
+    try:
+        tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
+    except LabelStudioNotFound:
+        return {"skipped": f"project {project_id} does not exist in Label Studio"}
+    known = store.task_ids(project_id)
+    store.remove_tasks(project_id, known - set(tasks))
+    unknown = set(tasks) - known
+    if unknown:  # imported without a webhook, or Redis lost its data: compute them, rank again after
+        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(unknown))
+        enqueue_patterns(store.redis, context.settings, project_id, unknown)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
+    failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
     ids = sorted(stored)
     labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
     unlabelled = len(ids) - len(labelled)
     if unlabelled == 0:
-        return {"ranked": 0, "picked": 0, "seeds": len(labelled)}
+        write_flags(context, project_id, tasks, [], failures)
+        return {"ranked": 0, "picked": 0, "seeds": len(labelled), "failed": len(failures)}
     patterns = [stored[t] for t in ids]
     seeds = [i for i, t in enumerate(ids) if t in labelled]
     ranking = select(patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed)  # type: ignore[arg-type]
@@ -308,7 +343,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     }
     publish_predictions(context, project_id, model_version, predictions)
     picked = [ids[image] for image in ranking.picks]
-    write_flags(context, project_id, tasks, picked)
+    write_flags(context, project_id, tasks, picked, failures)
     store.update_state(project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions))
     return {"ranked": len(predictions), "picked": len(picked), "seeds": len(labelled), "model_version": model_version}
 
@@ -363,11 +398,19 @@ def remember_previous_sampling(client: LabelStudioClient, store: Store, project_
     )
 
 
-def write_flags(context: WorkerContext, project_id: int, tasks: Mapping[int, Mapping[str, Any]], picked: Sequence[int]) -> None:
-    """Show "FreeSel pick i of n" on picked tasks (task data, so never part of an annotation);
-    only tasks whose flag changes are written, old flags are removed."""
+def write_flags(
+    context: WorkerContext,
+    project_id: int,
+    tasks: Mapping[int, Mapping[str, Any]],
+    picked: Sequence[int],
+    failures: Mapping[int, str] | None = None,
+) -> None:
+    """Show "FreeSel pick i of n" on picked tasks and "FreeSel could not use this image: <reason>"
+    on failed ones (task data, so never part of an annotation, and a Data Manager column); only
+    tasks whose flag changes are written, old flags are removed."""
     number_of = {task_id: number for number, task_id in enumerate(picked, start=1)}
-    wanted = {task_id: f"FreeSel pick {number} of {len(picked)}" for task_id, number in number_of.items()}
+    wanted = {task_id: f"{FAILURE_FLAG}{reason}" for task_id, reason in (failures or {}).items()}
+    wanted.update({task_id: f"FreeSel pick {number} of {len(picked)}" for task_id, number in number_of.items()})
     current = context.store.get_flags(project_id)
     for task_id in set(current) | set(wanted):
         if task_id not in tasks or current.get(task_id) == wanted.get(task_id):
