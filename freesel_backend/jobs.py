@@ -34,6 +34,9 @@ VERSION_PREFIX = "freesel-"
 FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
 RANK_FIELD = "freesel_rank"  # 1-based pick number: a sortable/filterable Data Manager column
 FAILURE_FLAG = "FreeSel could not use this image: "
+# Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
+# Any other error (a 500 for one missing upload, say) belongs to that one task.
+LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
 WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
 
 
@@ -274,7 +277,7 @@ def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_f
         data = client.download_task_file(task, image_field)
     except LabelStudioError as error:
         _, from_label_studio = client.resolve_download_url(task["data"][image_field], int(task["id"]))
-        if error.retryable and from_label_studio:
+        if from_label_studio and error.status_code in LABEL_STUDIO_DOWN:
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
     return load_image(data)

@@ -201,7 +201,7 @@ def test_the_api_key_never_appears_in_logs_redis_status_errors_or_webhook_settin
     project = ls.create_project("security", LABEL_CONFIG)
     pid = project["id"]
     ls.upload_images(pid, write_noise_images(tmp_path / "img", 3))
-    ls.import_tasks(pid, [{"image": "/data/upload/999/missing.png"}])  # a Label Studio 404 with our auth header
+    ls.import_tasks(pid, [{"image": "/data/upload/999/missing.png"}])  # Label Studio answers 500 for it, to our auth header
     env = backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir")
     backend = BackendProcesses(env, tmp_path).start()
     try:
@@ -210,7 +210,7 @@ def test_the_api_key_never_appears_in_logs_redis_status_errors_or_webhook_settin
         added = ls.upload_images(pid, write_noise_images(tmp_path / "more", 2, start_seed=50))  # via the real, signed webhook
         status = wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["patterns_done"] == 5 and s["ranked"] == 5 and s, 240, "webhook import")
         assert {t["id"] for t in added} <= {p["task"] for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()}
-        assert status["failed"] == 1 and "HTTP 404" in status["failures"][0]["reason"]
+        assert status["failed"] == 1 and "image download failed" in status["failures"][0]["reason"]
         hooks = ls.api("GET", "/api/webhooks/", params={"project": pid}).json()
         assert [h["headers"] for h in hooks] == [{WEBHOOK_SECRET_HEADER: Settings.from_env(env).webhook_secret}]
         unsigned = requests.post(f"{backend.url}/webhook", json={"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": []}, timeout=30)
