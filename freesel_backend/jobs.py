@@ -24,7 +24,7 @@ from rq.job import Dependency, Job, JobStatus
 from .config import FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from .engine import ImageLoadError, PatternExtractor, load_image, select
 from .engine.selection import PatternPool
-from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound
+from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import Store, patterns_version
 
 log = logging.getLogger(__name__)
@@ -274,13 +274,20 @@ def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_f
     if not isinstance(data[image_field], str):
         raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
-        data = client.download_task_file(task, image_field)
+        image_bytes = client.download_task_file(task, image_field)
     except LabelStudioError as error:
-        _, from_label_studio = client.resolve_download_url(task["data"][image_field], int(task["id"]))
-        if from_label_studio and error.status_code in LABEL_STUDIO_DOWN:
+        label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
+        if label_studio_down and _hosted_by_label_studio(client, data[image_field], int(task["id"])):
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
-    return load_image(data)
+    return load_image(image_bytes)
+
+
+def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -> bool:
+    try:
+        return client.resolve_download_url(uri, task_id)[1]
+    except LabelStudioError:
+        return False
 
 
 def sync_project(project_id: int) -> dict[str, int]:
