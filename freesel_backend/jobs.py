@@ -427,7 +427,9 @@ def write_flags(
             continue
         data = {k: v for k, v in (tasks[task_id].get("data") or {}).items() if k not in (FLAG_FIELD, RANK_FIELD)}
         if task_id in wanted:
-            data.update({FLAG_FIELD: wanted[task_id], RANK_FIELD: number_of[task_id]})
+            data[FLAG_FIELD] = wanted[task_id]
+        if task_id in number_of:
+            data[RANK_FIELD] = number_of[task_id]
         context.client.update_task_data(task_id, data)
     context.store.replace_flags(project_id, {t: text for t, text in wanted.items() if t in tasks})
 
