@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+# tests/test_report.py renders the selection report in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+fi
 exec .venv/bin/python -m pytest -q "$@"
