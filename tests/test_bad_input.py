@@ -159,9 +159,7 @@ def test_tasks_of_a_project_that_does_not_exist_are_dropped_and_its_status_is_40
         run_worker_burst(env)
         status = requests.get(f"{backend.url}/freesel/projects/{missing}/status", timeout=30)
         unknown = requests.get(f"{backend.url}/freesel/projects/123456/status", timeout=30)
-        enable = requests.post(f"{backend.url}/freesel/projects/{missing}/enable", timeout=30)
     finally:
         backend.stop()
     assert status.status_code == 200 and status.json()["tasks"] == 0 and status.json()["failed"] == 0
     assert unknown.status_code == 404 and "not known to FreeSel" in unknown.json()["error"]
-    assert enable.status_code == 404 and "not found in Label Studio" in enable.json()["error"]
