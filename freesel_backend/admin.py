@@ -15,7 +15,7 @@ from rq.job import Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from .config import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, ProjectSettings, Settings
-from .jobs import VERSION_PREFIX, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
+from .jobs import VERSION_PREFIX, client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
 from .label_studio import LabelStudioClient
 from .store import Store
 
@@ -37,7 +37,7 @@ class Backend:
 
     @functools.cached_property
     def client(self) -> LabelStudioClient:
-        return LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
+        return client_for(self.settings)
 
 
 def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]) -> ProjectSettings:

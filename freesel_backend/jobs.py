@@ -24,7 +24,7 @@ from rq.job import Dependency, Job, JobStatus
 from .config import FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from .engine import ImageLoadError, PatternExtractor, load_image, select
 from .engine.selection import PatternPool
-from .label_studio import LabelStudioClient, LabelStudioError
+from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import Store, patterns_version
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,10 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 VERSION_PREFIX = "freesel-"
 FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
 RANK_FIELD = "freesel_rank"  # 1-based pick number: a sortable/filterable Data Manager column
-RETRY_INTERVALS = (10, 30, 120)
+FAILURE_FLAG = "FreeSel could not use this image: "
+# Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
+# Any other error (a 500 for one missing upload, say) belongs to that one task.
+LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
 WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
 
 
@@ -52,10 +55,20 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def client_for(settings: Settings) -> LabelStudioClient:
+    """The Label Studio client with the download policy and caps of ``settings``."""
+    return LabelStudioClient(
+        settings.label_studio_url,
+        settings.label_studio_api_key,
+        max_download_bytes=settings.download_max_bytes,
+        download_timeout=settings.download_timeout_s,
+        allow_private_addresses=settings.allow_private_downloads,
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def _client() -> LabelStudioClient:
-    settings = _settings()
-    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    return client_for(_settings())
 
 
 def _context() -> WorkerContext:
@@ -112,7 +125,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
 def _retry(settings: Settings) -> Retry | None:
     if settings.job_retries == 0:
         return None
-    return Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS[: settings.job_retries]))
+    return Retry(max=settings.job_retries, interval=list(settings.retry_intervals[: settings.job_retries]))
 
 
 def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
@@ -221,9 +234,21 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     context.store.use_patterns_version(project_id, version)
     todo = sorted(set(map(int, task_ids)) - set(context.store.load_patterns(project_id, version, task_ids)))
     progress = JobProgress(len(todo))
-    tasks = context.client.get_tasks(project_id, todo) if todo else []
+    if not todo:
+        return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
+    from .model import LabelConfigError  # the label config is parsed in one place
+
+    try:
+        tasks = context.client.get_tasks(project_id, todo)
+        image_field = _image_field(context, project_id)
+    except LabelStudioNotFound:
+        log.warning("project %s does not exist in Label Studio: dropping %d of its tasks", project_id, len(todo))
+        context.store.remove_tasks(project_id, todo)
+        return {"patterns": 0, "failed": 0, "skipped": len(task_ids), "missing_project": 1}
+    except LabelConfigError as error:
+        context.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
+        return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
     context.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
-    image_field = _image_field(context, project_id)
     log.info("project %s: patterns for %d tasks started (%d already done, version %s)", project_id, len(todo), len(task_ids) - len(todo), version)
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
@@ -279,16 +304,26 @@ def _image_field(context: WorkerContext, project_id: int) -> str:
 
 
 def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
-    if not isinstance((task.get("data") or {}).get(image_field), str):
-        raise ImageLoadError(f"task has no image URL in data[{image_field!r}]")
+    data = task.get("data") or {}
+    if image_field not in data:
+        raise ImageLoadError(f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})")
+    if not isinstance(data[image_field], str):
+        raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
-        data = client.download_task_file(task, image_field)
+        image_bytes = client.download_task_file(task, image_field)
     except LabelStudioError as error:
-        _, from_label_studio = client.resolve_download_url(task["data"][image_field], int(task["id"]))
-        if error.retryable and from_label_studio:
+        label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
+        if label_studio_down and _hosted_by_label_studio(client, data[image_field], int(task["id"])):
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
-    return load_image(data)
+    return load_image(image_bytes)
+
+
+def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -> bool:
+    try:
+        return client.resolve_download_url(uri, task_id)[1]
+    except LabelStudioError:
+        return False
 
 
 def sync_project(project_id: int) -> dict[str, int]:
@@ -326,14 +361,24 @@ def run_selection(project_id: int) -> dict[str, Any]:
     started = time.monotonic()
     progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version")
-    tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
-    store.remove_tasks(project_id, store.task_ids(project_id) - set(tasks))
+    try:
+        tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
+    except LabelStudioNotFound:
+        return {"skipped": f"project {project_id} does not exist in Label Studio"}
+    known = store.task_ids(project_id)
+    store.remove_tasks(project_id, known - set(tasks))
+    unknown = set(tasks) - known
+    if unknown:  # imported without a webhook, or Redis lost its data: compute them, rank again after
+        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(unknown))
+        enqueue_patterns(store.redis, context.settings, project_id, unknown)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
+    failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
     ids = sorted(stored)
     labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
     unlabelled = len(ids) - len(labelled)
     if unlabelled == 0:
-        return {"ranked": 0, "picked": 0, "seeds": len(labelled)}
+        write_flags(context, project_id, tasks, flags_for([], [], failures))
+        return {"ranked": 0, "picked": 0, "seeds": len(labelled), "failed": len(failures)}
     patterns = [stored[t] for t in ids]
     seeds = [i for i, t in enumerate(ids) if t in labelled]
     progress.start_stage("ranking", unlabelled)
@@ -354,7 +399,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     progress.start_stage("writing predictions", len(predictions))
     publish_predictions(context, project_id, model_version, predictions)
     picked = [ids[image] for image in ranking.picks]
-    changed = write_flags(context, project_id, tasks, flags_for(picked, predictions), progress)
+    changed = write_flags(context, project_id, tasks, flags_for(picked, predictions, failures), progress)
     store.update_state(
         project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions), ranked_version=version or ""
     )
@@ -421,10 +466,14 @@ def remember_previous_sampling(client: LabelStudioClient, store: Store, project_
 NOT_PICKED = "FreeSel: not picked"
 
 
-def flags_for(picked: Sequence[int], ranked: Iterable[int]) -> dict[int, tuple[str, int | None]]:
-    """Flag text and pick number per ranked task: "FreeSel pick i of n" on picks, "FreeSel: not
-    picked" on the rest (a stable text, so a re-ranking rewrites only the tasks whose flag changes)."""
-    flags: dict[int, tuple[str, int | None]] = {task_id: (NOT_PICKED, None) for task_id in ranked}
+def flags_for(
+    picked: Sequence[int], ranked: Iterable[int], failures: Mapping[int, str] | None = None
+) -> dict[int, tuple[str, int | None]]:
+    """Flag text and pick number per task: "FreeSel pick i of n" on picks, "FreeSel: not picked"
+    on the other ranked tasks (a stable text, so a re-ranking rewrites only the tasks whose flag
+    changes), "FreeSel could not use this image: <reason>" on failed ones."""
+    flags: dict[int, tuple[str, int | None]] = {t: (f"{FAILURE_FLAG}{reason}", None) for t, reason in (failures or {}).items()}
+    flags.update({task_id: (NOT_PICKED, None) for task_id in ranked})
     for number, task_id in enumerate(picked, start=1):
         flags[task_id] = (f"FreeSel pick {number} of {len(picked)}", number)
     return flags

@@ -6,13 +6,16 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import redis
 import requests
 from gunicorn.app.base import BaseApplication
 from rq import Queue
-from rq.worker import SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import SimpleWorker, WorkerStatus
 
 from .config import QUEUES, Settings, SettingsError
 from .redis_server import RedisServer
@@ -93,8 +96,41 @@ def work(*, burst: bool = False) -> int:
         raise SettingsError("REDIS_URL is not set: the worker needs the backend's Redis")
     connection = redis.Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=connection) for name in QUEUES]
-    SimpleWorker(queues, connection=connection).work(burst=burst, with_scheduler=True)
+    worker = HeartbeatWorker(queues, connection=connection, maintenance_interval=settings.worker_maintenance_s)
+    worker.lease_s = settings.worker_heartbeat_s
+    worker.work(burst=burst, with_scheduler=True)
     return 0
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker whose running job holds a short lease, renewed every ``lease_s`` by a
+    thread. SimpleWorker's own lease is the job timeout (an hour), so a worker killed mid-job
+    would leave its chunk "started" for an hour; with the lease, the next registry maintenance
+    of any worker finds it abandoned within about 3 x lease_s and RQ retries it."""
+
+    lease_s = 30
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return 3 * self.lease_s
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        finished = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(job, execution, finished), daemon=True)
+        renewer.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            finished.set()
+            renewer.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _renew_lease(self, job: Job, execution: Execution, finished: threading.Event) -> None:
+        while not finished.wait(self.lease_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as error:  # the job itself will report a lasting outage
+                log.warning("could not renew the lease of job %s: %s", job.id, error)
 
 
 def project_action(project_id: int, action: str, url: str | None = None) -> Any:
