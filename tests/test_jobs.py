@@ -46,4 +46,4 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
         chunk.refresh()
         assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]
     selection = Job.fetch(state["pending_selection"], connection=redis_connection)
-    assert selection.meta["stage"] == "writing flags" and selection.meta["done"] == selection.meta["total"] == 5
+    assert selection.meta["stage"] == "writing flags" and selection.meta["done"] == selection.meta["total"] == 6  # 5 ranked + 1 failed
