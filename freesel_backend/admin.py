@@ -22,6 +22,7 @@ from .store import Store
 # Settings that change the patterns themselves: changing one recomputes them.
 PATTERN_FIELDS = frozenset({"patterns_per_image", "attention_ratio", "model", "seed"})
 MAX_LISTED_FAILURES = 100
+MAX_LISTED_GROUPS = 100
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,21 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "patterns_version": version or None,
         "last_selection_at": datetime.datetime.fromtimestamp(float(last), datetime.timezone.utc).isoformat() if last else None,
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
+        "near_duplicates": near_duplicates(store, project_id),
+    }
+
+
+def near_duplicates(store: Store, project_id: int) -> dict[str, Any] | None:
+    """The last selection run's near-duplicate groups (task ids, lowest first); None before one."""
+    record = store.get_selection(project_id)
+    if record is None:
+        return None
+    groups = record.task_groups()
+    return {
+        "threshold": record.duplicate_threshold,
+        "groups": len(groups),
+        "flagged": sum(len(group) - 1 for group in groups),
+        "listed": groups[:MAX_LISTED_GROUPS],
     }
 
 

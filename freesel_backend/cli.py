@@ -339,15 +339,21 @@ def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
         "with BASIC_AUTH_USER/BASIC_AUTH_PASS when set.",
     )
     parser.add_argument("project_id", type=int)
-    parser.add_argument("action", choices=("status", "enable", "disable", "reselect"))
+    parser.add_argument("action", choices=("status", "enable", "disable", "reselect", "report"))
     parser.add_argument("--url", help="backend URL (default: FREESEL_PUBLIC_URL or http://localhost:9090)")
     parser.add_argument("--json", action="store_true", help="print the backend's JSON answer")
+    parser.add_argument("--out", type=Path, default=Path("report.html"), help="report: HTML file to write (report.html)")
+    parser.add_argument("--wait", type=float, default=600, help="report: seconds to wait while a worker builds it (600)")
     parser.set_defaults(run=run_project)
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from .service import project_action
+    from .service import fetch_report, project_action
 
+    if args.action == "report":
+        write_report(args.out, fetch_report(args.project_id, args.url, args.wait))
+        print(f"project {args.project_id}: report written to {args.out}", file=sys.stderr)
+        return 0
     answer = project_action(args.project_id, args.action, args.url)
     if args.json:
         print(json.dumps(answer, indent=2))
@@ -384,6 +390,13 @@ def describe_status(status: dict[str, Any]) -> str:
         lines.append("last ranking: none yet")
     waiting = [f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n) for queue, groups in status["jobs"].items() if any(groups.values())]
     lines.append("jobs: " + ("; ".join(waiting) if waiting else "none"))
+    duplicates = status.get("near_duplicates")
+    if duplicates and duplicates["groups"]:
+        groups = "; ".join(", ".join(f"task {t}" for t in group) for group in duplicates["listed"][:10])
+        lines.append(
+            f"near-duplicates (threshold {duplicates['threshold']}): {duplicates['groups']} groups, "
+            f"{duplicates['flagged']} tasks flagged: {groups}" + (" ..." if duplicates["groups"] > 10 else "")
+        )
     lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
     return "\n".join(lines)
 

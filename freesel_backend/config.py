@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import DEFAULT_MODEL, STRATEGIES
+from .engine import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, STRATEGIES
 from .engine.selection import resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
@@ -154,7 +154,9 @@ class ProjectSettings:
     """What a project admin tunes. ``budget``: picks per run as a count (>= 1) or a fraction of
     the unlabelled pool (0 < b < 1); ``None`` = the whole pool. Every run is capped at
     ``max_picks``; the tasks after the picks are ordered by distance. ``model=None`` uses the
-    process default (``FREESEL_MODEL``)."""
+    process default (``FREESEL_MODEL``). Tasks whose patterns all match within
+    ``duplicate_threshold`` (cosine distance) are near-duplicates: grouped, and a picked task's
+    group-mates carry no weight in the selection."""
 
     enabled: bool = True
     budget: float | None = None
@@ -164,6 +166,7 @@ class ProjectSettings:
     model: str | None = None
     max_picks: int = 2000
     seed: int = 0
+    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -184,6 +187,12 @@ class ProjectSettings:
             raise SettingsError(f"attention_ratio must be a number in (0, 1], got {self.attention_ratio!r}")
         if self.strategy not in STRATEGIES:
             raise SettingsError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if isinstance(self.duplicate_threshold, bool) or not isinstance(self.duplicate_threshold, (int, float)) or not (
+            0 <= self.duplicate_threshold < 1
+        ):
+            raise SettingsError(
+                f"duplicate_threshold must be a cosine distance in [0, 1) (0 turns it off), got {self.duplicate_threshold!r}"
+            )
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise SettingsError(f"model must be a model name or null, got {self.model!r}")
 

@@ -22,10 +22,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 
 from .config import FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
-from .engine import ImageLoadError, PatternExtractor, load_image, select
+from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
 from .engine.selection import PatternPool
 from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
-from .store import Store, patterns_version
+from .store import SelectionRecord, Store, patterns_version
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,11 @@ def run_selection(project_id: int) -> dict[str, Any]:
     patterns = [stored[t] for t in ids]
     seeds = [i for i, t in enumerate(ids) if t in labelled]
     progress.start_stage("ranking", unlabelled)
-    ranking = select(patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed)  # type: ignore[arg-type]
+    ranking = select(
+        patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
+        duplicate_threshold=settings.duplicate_threshold,
+    )
+    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
     clusters = nearest_pick(patterns, ranking.picks, ranking.order)
     model_version = f"{VERSION_PREFIX}{store.next_run(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
     predictions = {
@@ -399,7 +403,9 @@ def run_selection(project_id: int) -> dict[str, Any]:
     progress.start_stage("writing predictions", len(predictions))
     publish_predictions(context, project_id, model_version, predictions)
     picked = [ids[image] for image in ranking.picks]
-    changed = write_flags(context, project_id, tasks, flags_for(picked, predictions, failures), progress)
+    duplicate_of = near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)
+    changed = write_flags(context, project_id, tasks, flags_for(picked, predictions, failures, duplicate_of), progress)
+    store.save_selection(project_id, SelectionRecord.of(model_version, version or "", ids, ranking, duplicates))
     store.update_state(
         project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions), ranked_version=version or ""
     )
@@ -467,16 +473,35 @@ NOT_PICKED = "FreeSel: not picked"
 
 
 def flags_for(
-    picked: Sequence[int], ranked: Iterable[int], failures: Mapping[int, str] | None = None
+    picked: Sequence[int],
+    ranked: Iterable[int],
+    failures: Mapping[int, str] | None = None,
+    duplicate_of: Mapping[int, int] | None = None,
 ) -> dict[int, tuple[str, int | None]]:
     """Flag text and pick number per task: "FreeSel pick i of n" on picks, "FreeSel: not picked"
     on the other ranked tasks (a stable text, so a re-ranking rewrites only the tasks whose flag
-    changes), "FreeSel could not use this image: <reason>" on failed ones."""
+    changes), "FreeSel: not picked (near-duplicate of task 12)" on a ranked task that
+    ``duplicate_of`` maps to task 12, "FreeSel could not use this image: <reason>" on failed ones."""
     flags: dict[int, tuple[str, int | None]] = {t: (f"{FAILURE_FLAG}{reason}", None) for t, reason in (failures or {}).items()}
     flags.update({task_id: (NOT_PICKED, None) for task_id in ranked})
+    for task_id, original in (duplicate_of or {}).items():
+        if flags.get(task_id) == (NOT_PICKED, None):
+            flags[task_id] = (f"{NOT_PICKED} (near-duplicate of task {original})", None)
     for number, task_id in enumerate(picked, start=1):
         flags[task_id] = (f"FreeSel pick {number} of {len(picked)}", number)
     return flags
+
+
+def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroups, chosen: set[int]) -> dict[int, int]:
+    """Task id -> the first chosen (picked or labelled) task of its near-duplicate group, for
+    every member of a group with a chosen member that is not chosen itself."""
+    duplicate_of: dict[int, int] = {}
+    for group in duplicates.groups:
+        members = [int(task_ids[image]) for image in group]
+        originals = [task_id for task_id in members if task_id in chosen]
+        if originals:
+            duplicate_of.update({task_id: originals[0] for task_id in members if task_id not in chosen})
+    return duplicate_of
 
 
 def write_flags(

@@ -10,6 +10,8 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:failed:<v>               hash task id -> reason
     <p>:<id>:predictions              hash task id -> JSON prediction (what /predict answers)
     <p>:<id>:flags                    hash task id -> flag text written into the task's data
+    <p>:<id>:selection                JSON of the last selection run (SelectionRecord)
+    <p>:<id>:report                   hash: model_version, html (the report of that selection run)
 
 Patterns live under a version derived from everything that shapes them (model, K, attention
 ratio, image size, ...), so a settings change simply finds nothing and recomputes. When the
@@ -22,13 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import math
 import time
-from typing import Any, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
 
 from .config import ProjectSettings
+from .engine import DuplicateGroups, Ranking
 
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600
@@ -56,6 +61,53 @@ def patterns_version(model_id: str, **settings: Any) -> str:
     """A short stable name for the patterns ``model_id`` makes with these extractor settings."""
     described = json.dumps({"model": model_id, **settings}, sort_keys=True, default=str)
     return "p" + hashlib.sha1(described.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """What one selection run ranked, enough to rebuild its :class:`Ranking` and near-duplicate
+    groups without drawing again. Indices (``order``, ``seeds``, ``duplicate_groups``) are
+    positions in ``task_ids``; ``distance[j]`` is None for a first pick drawn without seeds."""
+
+    model_version: str
+    patterns_version: str
+    task_ids: list[int]
+    order: list[int]
+    distance: list[float | None]
+    n_picked: int
+    seeds: list[int]
+    duplicate_groups: list[list[int]]
+    duplicate_threshold: float
+
+    @classmethod
+    def of(
+        cls, model_version: str, patterns_version: str, task_ids: Sequence[int], ranking: Ranking, duplicates: DuplicateGroups
+    ) -> "SelectionRecord":
+        return cls(
+            model_version=model_version,
+            patterns_version=patterns_version,
+            task_ids=[int(t) for t in task_ids],
+            order=[int(i) for i in ranking.order],
+            distance=[round(float(d), 6) if math.isfinite(d) else None for d in ranking.distance],
+            n_picked=int(ranking.n_picked),
+            seeds=[int(i) for i in ranking.seeds],
+            duplicate_groups=[[int(i) for i in group] for group in duplicates.groups],
+            duplicate_threshold=float(duplicates.threshold),
+        )
+
+    def ranking(self) -> Ranking:
+        distance = np.asarray([math.inf if d is None else d for d in self.distance], dtype=np.float64)
+        return Ranking(np.asarray(self.order, dtype=np.int64), distance, self.n_picked, tuple(self.seeds))
+
+    def duplicates(self) -> DuplicateGroups:
+        group_of = np.full(len(self.task_ids), -1, dtype=np.int64)
+        for position, group in enumerate(self.duplicate_groups):
+            group_of[group] = position
+        return DuplicateGroups([list(g) for g in self.duplicate_groups], group_of, self.duplicate_threshold)
+
+    def task_groups(self) -> list[list[int]]:
+        """The near-duplicate groups as task ids."""
+        return [[self.task_ids[i] for i in group] for group in self.duplicate_groups]
 
 
 class Store:
@@ -127,7 +179,10 @@ class Store:
         self.redis.hdel(self._key(project_id, "state"), *PROGRESS_FIELDS)
 
     def forget_ranking(self, project_id: int) -> None:
-        self.redis.hdel(self._key(project_id, "state"), "ranked_version", "model_version", *PROGRESS_FIELDS)
+        with self.redis.pipeline() as pipe:
+            pipe.hdel(self._key(project_id, "state"), "ranked_version", "model_version", *PROGRESS_FIELDS)
+            pipe.delete(self._key(project_id, "selection"), self._key(project_id, "report"))
+            pipe.execute()
 
     def next_run(self, project_id: int) -> int:
         return int(self.redis.hincrby(self._key(project_id, "state"), "runs", 1))
@@ -223,3 +278,22 @@ class Store:
             if flags:
                 pipe.hset(key, mapping={int(t): text for t, text in flags.items()})
             pipe.execute()
+
+    # ---- the last selection run and its report ------------------------------------------------
+
+    def save_selection(self, project_id: int, record: SelectionRecord) -> None:
+        self.redis.set(self._key(project_id, "selection"), json.dumps(asdict(record)))
+
+    def get_selection(self, project_id: int) -> SelectionRecord | None:
+        raw = self.redis.get(self._key(project_id, "selection"))
+        return SelectionRecord(**json.loads(raw)) if raw else None
+
+    def save_report(self, project_id: int, model_version: str, html: str) -> None:
+        self.redis.hset(self._key(project_id, "report"), mapping={"model_version": model_version, "html": html})
+
+    def get_report(self, project_id: int, model_version: str) -> str | None:
+        """The stored report HTML if it describes the selection run ``model_version``."""
+        stored_version, html = self.redis.hmget(self._key(project_id, "report"), ["model_version", "html"])
+        if stored_version is None or html is None or stored_version.decode() != model_version:
+            return None
+        return html.decode()

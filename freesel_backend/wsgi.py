@@ -19,7 +19,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from label_studio_ml.api import init_app
 
-from . import admin
+from . import admin, report_job
 from .config import WEBHOOK_SECRET_HEADER, Settings, SettingsError
 from .label_studio import LabelStudioError, LabelStudioNotFound
 from .model import FreeSelModel, LabelConfigError, project_id_of
@@ -171,13 +171,46 @@ def webhook_view() -> Any:
     return jsonify(_model(project).process_event(event, body)), 201
 
 
+def _unknown_project(project_id: int) -> Response | None:
+    if project_id in _backend().store.project_ids():
+        return None
+    return _error(f"project {project_id} is not known to FreeSel: connect the backend to it in Label Studio", 404)
+
+
 @freesel_routes.route("/status", methods=["GET"])
 @_with_errors
 def status_view(project_id: int) -> Any:
+    return _unknown_project(project_id) or jsonify(admin.status(_backend(), project_id))
+
+
+# The report inlines everything: a browser showing it may load nothing from anywhere.
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+REPORT_RETRY_S = 5
+
+
+@freesel_routes.route("/report", methods=["GET"])
+@_with_errors
+def report_view(project_id: int) -> Any:
+    """The selection report (HTML) of the current selection run; 202 while a worker builds it."""
+    unknown = _unknown_project(project_id)
+    if unknown is not None:
+        return unknown
     backend = _backend()
-    if project_id not in backend.store.project_ids():
-        return _error(f"project {project_id} is not known to FreeSel: connect the backend to it in Label Studio", 404)
-    return jsonify(admin.status(backend, project_id))
+    try:
+        answer = report_job.stored_report_or_job(backend.connection, backend.settings, project_id)
+    except report_job.NoSelectionYet as error:
+        return _error(str(error), 409)
+    if isinstance(answer, str):
+        return Response(answer, mimetype="text/html", headers={"Content-Security-Policy": REPORT_CSP})
+    response = jsonify({
+        "status": "building",
+        "job": answer.id,
+        "message": f"the report of project {project_id}'s current selection is being built by a worker: retry in a few seconds",
+        "retry_after_s": REPORT_RETRY_S,
+    })
+    response.status_code = 202
+    response.headers["Retry-After"] = str(REPORT_RETRY_S)
+    return response
 
 
 @freesel_routes.route("/enable", methods=["POST"])

@@ -1,0 +1,125 @@
+"""A project's selection report, built by a worker for ``GET /freesel/projects/<id>/report``.
+
+Requests never run the model: the endpoint answers the stored HTML of the project's current
+selection run, or enqueues :func:`build_project_report` (one per project at a time) and says to
+retry. The selection job keeps what it ranked (a :class:`~freesel_backend.store.SelectionRecord`:
+task ids, order, distances, picks, seeds, near-duplicate groups), so the report shows exactly
+that run without drawing again. Thumbnails are downloaded from Label Studio (a failed download
+leaves that thumbnail out, with its reason on the page); the patch views need the worker's
+extractor to be the one that made the stored patterns, and are left out otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from PIL import Image
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from .config import SELECTION_QUEUE, Settings
+from .engine import ImageLoadError
+from .jobs import WAITING, _context, _image_field, _open_task_image, _retry, extractor_for, version_of
+from .label_studio import LabelStudioError
+from .report import Failure, ReportData, ReportOptions, build_report
+from .store import SelectionRecord, Store
+
+log = logging.getLogger(__name__)
+
+REPORT_OPTIONS = ReportOptions(map_thumbnails=200)
+# Project settings shown under their own heading by the report, or of no use there.
+HIDDEN_SETTINGS = ("enabled", "duplicate_threshold")
+
+
+class NoSelectionYet(LookupError):
+    """The project has no selection run to report on."""
+
+
+def stored_report_or_job(connection: redis.Redis, settings: Settings, project_id: int) -> str | Job:
+    """The stored report HTML of the project's current selection run, else the job building it."""
+    store = Store(connection)
+    record = store.get_selection(project_id)
+    if record is None:
+        raise NoSelectionYet(f"project {project_id} has no FreeSel ranking yet: see its status for progress")
+    html = store.get_report(project_id, record.model_version)
+    return html if html is not None else enqueue_report(connection, settings, project_id)
+
+
+def enqueue_report(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
+    """The project's report job: the one already waiting or running, else a new one."""
+    store = Store(connection)
+    with connection.lock(store._key(project_id, "report-lock"), timeout=30, blocking_timeout=30):
+        current = _unfinished_report_job(connection, store.get_state(project_id).get("report_job"))
+        if current is not None:
+            return current
+        job = Queue(SELECTION_QUEUE, connection=connection).enqueue(
+            build_project_report,
+            project_id,
+            retry=_retry(settings),
+            job_timeout=settings.job_timeout_s,
+            meta={"project": project_id},
+            description=f"FreeSel report: project {project_id}",
+        )
+        store.update_state(project_id, report_job=job.id)
+    return job
+
+
+def _unfinished_report_job(connection: redis.Redis, job_id: str | None) -> Job | None:
+    if not job_id:
+        return None
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    return job if job.get_status(refresh=True) in (*WAITING, JobStatus.STARTED) else None
+
+
+def build_project_report(project_id: int) -> dict[str, Any]:
+    """Build the report of the project's current selection run and store it under its model version."""
+    context = _context()
+    store = context.store
+    record = store.get_selection(project_id)
+    if record is None:
+        return {"skipped": f"project {project_id} has no selection run"}
+    patterns = store.load_patterns(project_id, record.patterns_version, record.task_ids)
+    missing = [t for t in record.task_ids if t not in patterns]
+    if missing:
+        raise ValueError(
+            f"project {project_id}: {len(missing)} ranked tasks have no stored patterns any more "
+            f"(version {record.patterns_version}, e.g. task {missing[0]}); reselect, then ask for the report again"
+        )
+    project_settings = store.get_settings(project_id)
+    extractor = extractor_for(context.settings, project_settings)
+    made_the_patterns = version_of(extractor) == record.patterns_version
+    image_field = _image_field(context, project_id)
+
+    def open_image(index: int) -> Image.Image:
+        task_id = record.task_ids[index]
+        try:
+            return _open_task_image(context.client, context.client.get_task(task_id), image_field)
+        except LabelStudioError as error:
+            raise ImageLoadError(f"task {task_id}: {error}") from None
+
+    data = ReportData(
+        names=[f"task {t}" for t in record.task_ids],
+        patterns=[patterns[t] for t in record.task_ids],
+        ranking=record.ranking(),
+        model_id=extractor.model_id if made_the_patterns else f"patterns version {record.patterns_version} (settings changed since)",
+        settings=_shown_settings(record, project_settings.to_dict()),
+        failures=[Failure(f"task {t}", reason) for t, reason in sorted(store.failures(project_id, record.patterns_version).items())],
+        duplicates=record.duplicates(),
+        duplicate_threshold=record.duplicate_threshold,
+        title=f"FreeSel — project {project_id}",
+    )
+    html = build_report(data, open_image, extractor=extractor if made_the_patterns else None, options=REPORT_OPTIONS)
+    store.save_report(project_id, record.model_version, html)
+    log.info("project %s: report of %s stored (%.1f MB)", project_id, record.model_version, len(html.encode()) / 1e6)
+    return {"model_version": record.model_version, "bytes": len(html.encode())}
+
+
+def _shown_settings(record: SelectionRecord, project_settings: dict[str, Any]) -> dict[str, Any]:
+    shown = {name: value for name, value in project_settings.items() if name not in HIDDEN_SETTINGS}
+    return {**shown, "model version": record.model_version, "patterns version": record.patterns_version}
