@@ -178,7 +178,7 @@ def tasks_of(ls, project_id: int) -> list[dict]:
 
 def test_every_endpoint_wants_basic_auth_health_included(main_command):
     for method, path in (("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-                         ("GET", "/freesel/projects/1/status"), ("PATCH", "/freesel/projects/1/settings")):
+                         ("GET", "/freesel/projects/1/status"), ("GET", "/freesel/projects/1/report"), ("PATCH", "/freesel/projects/1/settings")):
         response = requests.request(method, f"{main_command.url}{path}", json={}, timeout=30)
         assert response.status_code == 401, (path, response.status_code)
         assert response.headers["WWW-Authenticate"].startswith("Basic")
