@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from freesel_backend.config import ProjectSettings, SettingsError
-from freesel_backend.store import Store, decode_patterns, encode_patterns, patterns_version
+from freesel_backend.engine import DuplicateGroups, Ranking
+from freesel_backend.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
 
 
 def test_pattern_blob_round_trips_as_float16_with_its_shape():
@@ -53,6 +54,9 @@ def test_project_settings_round_trip_and_invalid_values_name_the_setting(redis_c
         ProjectSettings().updated({"colour": "red"})
     with pytest.raises(SettingsError, match="strategy"):
         ProjectSettings(strategy="best")
+    for threshold in (-0.1, 1.0, "0.02", True):
+        with pytest.raises(SettingsError, match="duplicate_threshold"):
+            ProjectSettings(duplicate_threshold=threshold)
 
 
 def test_budget_is_capped_per_run():
@@ -66,3 +70,19 @@ def test_predictions_are_replaced_atomically(redis_connection):
     store.replace_predictions(2, {1: {"score": 0.0}, 2: {"score": 0.5}})
     store.replace_predictions(2, {2: {"score": 0.0}})
     assert store.get_predictions(2, [1, 2]) == {2: {"score": 0.0}}
+
+
+def test_a_selection_record_gives_back_the_ranking_and_groups_it_was_made_from(redis_connection):
+    store = Store(redis_connection)
+    ranking = Ranking(order=np.array([2, 0, 3]), distance=np.array([np.inf, 0.5, 0.25]), n_picked=2, seeds=(1,))
+    groups = DuplicateGroups([[0, 3]], np.array([0, -1, -1, 0]), 0.02)
+    store.save_selection(4, SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups))
+    record = store.get_selection(4)
+    again = record.ranking()
+    assert again.order.tolist() == [2, 0, 3] and again.distance.tolist() == [np.inf, 0.5, 0.25]
+    assert again.n_picked == 2 and again.seeds == (1,)
+    assert record.duplicates().group_of.tolist() == [0, -1, -1, 0] and record.task_groups() == [[10, 13]]
+    store.save_report(4, "freesel-0001", "<html>")
+    assert store.get_report(4, "freesel-0001") == "<html>" and store.get_report(4, "freesel-0002") is None
+    store.forget_ranking(4)
+    assert store.get_selection(4) is None and store.get_report(4, "freesel-0001") is None
