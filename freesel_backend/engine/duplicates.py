@@ -23,9 +23,10 @@ from .selection import PatternPool
 
 log = logging.getLogger(__name__)
 
-# Cosine distance under which two images' patterns count as the same content. Re-encoded,
-# slightly resized or cropped copies stay well below it; distinct photos lie far above
-# (measured with the offline model: see README "Near-duplicates").
+# Cosine distance under which two images' patterns count as the same content. Exact copies lie
+# at 0.0000 and the closest distinct pair at 0.33; lossy copies (JPEG, resize, crop) overlap the
+# distinct pairs, so no threshold catches them (measured with the offline model: README
+# "Near-duplicates").
 DEFAULT_DUPLICATE_THRESHOLD = 0.02
 # Cap on the float32 elements of one similarity block (64 MiB): N = 20k images with K = 5
 # patterns (100k patterns) run as blocks of ~160 anchors.
