@@ -22,7 +22,7 @@ from rq.job import Job, JobStatus
 
 from .config import SELECTION_QUEUE, Settings
 from .engine import ImageLoadError
-from .jobs import WAITING, _context, _image_field, _open_task_image, _retry, extractor_for, version_of
+from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, _retry, extractor_for, version_of
 from .label_studio import LabelStudioError
 from .report import Failure, ReportData, ReportOptions, build_report
 from .store import SelectionRecord, Store
@@ -80,6 +80,7 @@ def _unfinished_report_job(connection: redis.Redis, job_id: str | None) -> Job |
 def build_project_report(project_id: int) -> dict[str, Any]:
     """Build the report of the project's current selection run and store it under its model version."""
     context = _context()
+    JobProgress(0, stage="building the report")  # what status shows while this job runs
     store = context.store
     record = store.get_selection(project_id)
     if record is None:
