@@ -180,7 +180,8 @@ def _unknown_project(project_id: int) -> Response | None:
 @freesel_routes.route("/status", methods=["GET"])
 @_with_errors
 def status_view(project_id: int) -> Any:
-    return _unknown_project(project_id) or jsonify(admin.status(_backend(), project_id))
+    unknown = _unknown_project(project_id)
+    return unknown if unknown is not None else jsonify(admin.status(_backend(), project_id))
 
 
 # The report inlines everything: a browser showing it may load nothing from anywhere.
