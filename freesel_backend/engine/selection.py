@@ -5,8 +5,8 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
 
-Distances are matrix products over the normalised patterns: one ``(M, D) @ (D, k)`` product
-per pick instead of the reference implementation's slice-wise broadcasting.
+Distances are matrix products over the normalised patterns; :mod:`.nearest` keeps ``d`` and
+skips, pick by pick, the clusters of patterns a pick provably cannot bring closer.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
+from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates
+
 Strategy = Literal["prob", "fds"]
 STRATEGIES: tuple[str, ...] = ("prob", "fds")
-
-# Cosine distances below this count as zero: float32 rounding leaves ~1e-6 between two copies
-# of the same pattern, and a copy of a picked image must carry no weight at all.
-DUPLICATE_TOLERANCE = 1e-4
+__all__ = ["DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking", "resolve_budget", "select"]
 
 
 @dataclass(frozen=True)
@@ -81,20 +80,9 @@ class PatternPool:
         start = int(self.starts[image])
         return slice(start, start + int(self.counts[image]))
 
-    def distances_to(self, images: Iterable[int]) -> np.ndarray:
-        """Cosine distance from every pattern to the nearest pattern of ``images``."""
-        rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in images])
-        nearest = np.full(len(self.matrix), np.inf, dtype=np.float32)
-        for chunk in np.array_split(rows, max(1, math.ceil(len(rows) / 256))):
-            nearest = np.minimum(nearest, self.distance_block(self.matrix[chunk]))
-        return nearest
-
-    def distance_block(self, queries: np.ndarray) -> np.ndarray:
-        """Cosine distance from every pattern to the nearest of ``queries`` (rows of the pool)."""
-        similarity = self.matrix @ queries.T
-        distance = 1.0 - similarity.max(axis=1)
-        distance[distance < DUPLICATE_TOLERANCE] = 0.0
-        return distance
+    def patterns_of(self, images: Iterable[int]) -> np.ndarray:
+        """The normalised patterns of ``images``, stacked."""
+        return np.concatenate([self.matrix[self.rows_of(image)] for image in images])
 
     def per_image_max(self, values: np.ndarray) -> np.ndarray:
         return np.maximum.reduceat(values, self.starts)
@@ -114,12 +102,15 @@ def select(
     strategy: Strategy = "prob",
     seeds: Iterable[int] = (),
     seed: int | None = None,
+    updates: Updates = "pruned",
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
 
     ``patterns[i]`` is image ``i``'s (k_i, D) array of semantic patterns. ``seeds`` are images
     already selected (e.g. labelled): they steer the picks and are left out of the ranking.
     ``budget`` picks are drawn (fewer when fewer images remain), the rest is ordered by distance.
+    ``updates="dense"`` recomputes every distance at every pick (the slow path ``"pruned"``, the
+    default, is tested and benchmarked against: both give the same ranking).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -131,20 +122,21 @@ def select(
 
     selected = np.zeros(pool.n_images, dtype=bool)
     selected[list(seed_ids)] = True
-    nearest = pool.distances_to(seed_ids) if seed_ids else np.full(len(pool.matrix), np.inf, np.float32)
+    nearest = NearestDistances(pool.matrix, updates=updates)
+    if seed_ids:
+        nearest.lower_with(pool.patterns_of(seed_ids))
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
-        image, distance = _draw(pool, nearest, selected, strategy, rng)
+        image, distance = _draw(pool, nearest.values, selected, strategy, rng)
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
-        rows = pool.rows_of(image)
-        nearest = np.minimum(nearest, pool.distance_block(pool.matrix[rows]))
+        nearest.lower_with(pool.matrix[pool.rows_of(image)])
 
-    rest_order, rest_distance = _order_rest(pool, nearest, selected)
+    rest_order, rest_distance = _order_rest(pool, nearest.values, selected)
     return Ranking(
         order=np.concatenate([np.asarray(picks, dtype=np.int64), rest_order]),
         distance=np.concatenate([np.asarray(pick_distances, dtype=np.float64), rest_distance]),
