@@ -30,6 +30,8 @@ import numpy as np
 DUPLICATE_TOLERANCE = 1e-4
 # Query rows per product when many queries arrive at once (seeds).
 QUERY_CHUNK = 256
+# Above this share of patterns to compute, computing all of them beats gathering them.
+GATHER_LIMIT = 0.6
 # Lloyd iterations and sample size (rows per cluster) for fitting the cluster centres.
 CENTRE_ITERATIONS = 4
 CENTRE_SAMPLE_PER_CLUSTER = 32
@@ -118,10 +120,10 @@ def _fit_centres(matrix: np.ndarray, n_clusters: int, rng: np.random.Generator) 
     centres = sample[rng.choice(n_sample, min(n_clusters, n_sample), replace=False)]
     for _ in range(CENTRE_ITERATIONS):
         assignment = _nearest_centre(sample, centres)
-        sums = np.zeros_like(centres, dtype=np.float64)
-        np.add.at(sums, assignment, sample)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centres = np.where(norms > 0, sums / np.maximum(norms, 1e-30), centres).astype(np.float32)
+        order = np.argsort(assignment, kind="stable")
+        present, starts = np.unique(assignment[order], return_index=True)
+        sums = np.add.reduceat(sample[order].astype(np.float64), starts)
+        centres[present] = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
     return centres
 
 
@@ -154,6 +156,8 @@ class NearestDistances:
         self.margin = bound_margin(matrix.shape[1])
         self.annulus_low, self.annulus_high = self.clusters.annulus
         self.stored = matrix[self.clusters.order]
+        # Reused for the rows of each pick: a fresh array every pick costs page faults.
+        self.gathered = np.empty((int(GATHER_LIMIT * len(matrix)) + 1, matrix.shape[1]), np.float32)
         self.cluster_of_stored = np.repeat(np.arange(len(self.clusters.sizes)), self.clusters.sizes)
         self.stored_values = np.full(len(matrix), np.inf, np.float32)
         self.values = np.full(len(matrix), np.inf, np.float32)
@@ -169,9 +173,12 @@ class NearestDistances:
         rows: np.ndarray | slice = self._rows_to_compute(queries)
         if len(rows) == 0:
             return
-        if len(rows) == len(self.values):
-            rows = slice(None)  # a view, not a copy of every pattern
-        lowered = np.minimum(self.stored_values[rows], nearest_cosine_distance(self.stored[rows], queries))
+        if len(rows) > GATHER_LIMIT * len(self.values):
+            rows = slice(None)  # the skipped rows cannot lower their d: computing them changes nothing
+            patterns = self.stored
+        else:
+            patterns = np.take(self.stored, rows, axis=0, out=self.gathered[: len(rows)])
+        lowered = np.minimum(self.stored_values[rows], nearest_cosine_distance(patterns, queries))
         self.stored_values[rows] = lowered
         self.values[self.clusters.order[rows]] = lowered
         self.cluster_max = np.maximum.reduceat(self.stored_values, self.clusters.offsets[:-1])
