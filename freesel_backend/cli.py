@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .engine import DEFAULT_MODEL, STRATEGIES, PatternExtractor, WeightsError, list_image_files, select
+from .config import DEFAULT_PORT, QUEUES
 from .engine.selection import resolve_budget
 
 log = logging.getLogger("freesel_backend")
@@ -169,7 +170,61 @@ def _write_json(report: dict[str, Any], out: Path | None) -> None:
         out.write_text(text + "\n", encoding="utf-8")
 
 
-REGISTRARS: list[CommandRegistrar] = [add_select_command]
+def add_serve_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the Label Studio ML backend (gunicorn); embedded Redis + worker when REDIS_URL is unset",
+        description="Serve the FreeSel ML backend. Without REDIS_URL, a real Redis (data under MODEL_DIR/redis) "
+        "and one worker process are started too, so this one command runs everything.",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (2)")
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .service import serve
+
+    return serve(args.host, args.port, args.web_workers)
+
+
+def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "worker",
+        help="run an RQ worker for FreeSel's queues (REDIS_URL)",
+        description=f"Process FreeSel jobs from the queues {', '.join(QUEUES)} of REDIS_URL. Equivalent: "
+        f"rq worker --with-scheduler -w rq.worker.SimpleWorker --url $REDIS_URL {' '.join(QUEUES)}",
+    )
+    parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.set_defaults(run=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from .service import work
+
+    return work(burst=args.burst)
+
+
+def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "project",
+        help="status / enable / disable / reselect a Label Studio project, through the running backend",
+    )
+    parser.add_argument("project_id", type=int)
+    parser.add_argument("action", choices=("status", "enable", "disable", "reselect"))
+    parser.add_argument("--url", help="backend URL (default: FREESEL_PUBLIC_URL or http://localhost:9090)")
+    parser.set_defaults(run=run_project)
+
+
+def run_project(args: argparse.Namespace) -> int:
+    from .service import project_action
+
+    print(json.dumps(project_action(args.project_id, args.action, args.url), indent=2))
+    return 0
+
+
+REGISTRARS: list[CommandRegistrar] = [add_select_command, add_serve_command, add_worker_command, add_project_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -451,6 +451,10 @@ class LabelStudioClient:
     def get_task(self, task_id: int) -> JSONDict:
         return self._json("GET", f"/api/tasks/{int(task_id)}/")
 
+    def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> JSONDict:
+        """Replace a task's ``data`` (send the whole dict: Label Studio does not merge it)."""
+        return self._json("PATCH", f"/api/tasks/{int(task_id)}/", json_body={"data": dict(data)})
+
     def get_tasks(self, project_id: int, task_ids: Sequence[int]) -> list[JSONDict]:
         """The tasks with these ids (those that exist in the project), in id order."""
         return list(self.iter_tasks(project_id, task_ids=task_ids))

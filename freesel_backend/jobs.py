@@ -1,0 +1,392 @@
+"""RQ jobs: patterns for chunks of tasks, one coalesced selection per project, project sync.
+
+Job functions take plain arguments (project id, task ids) and never a secret: workers read
+``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment. Enqueue helpers take
+the Redis connection explicitly. Flow: ``enqueue_patterns`` -> ``compute_patterns`` chunks ->
+``run_selection`` (depends on the chunks; at most one waiting per project) -> predictions in
+Label Studio, the project's queue switched to them, old predictions deleted.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import redis
+from rq import Queue, Retry, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Dependency, Job, JobStatus
+
+from .config import FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
+from .engine import ImageLoadError, PatternExtractor, load_image, select
+from .engine.selection import PatternPool
+from .label_studio import LabelStudioClient, LabelStudioError
+from .store import Store, patterns_version
+
+log = logging.getLogger(__name__)
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+VERSION_PREFIX = "freesel-"
+FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
+RANK_FIELD = "freesel_rank"  # 1-based pick number: a sortable/filterable Data Manager column
+RETRY_INTERVALS = (10, 30, 120)
+WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
+
+
+# ---- the worker process's shared objects -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    store: Store
+    client: LabelStudioClient
+
+
+@functools.lru_cache(maxsize=1)
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.lru_cache(maxsize=1)
+def _client() -> LabelStudioClient:
+    settings = _settings()
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+
+
+def _context() -> WorkerContext:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("FreeSel job functions run inside an RQ worker")
+    return WorkerContext(_settings(), Store(job.connection), _client())
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_extractor(model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings) -> PatternExtractor:
+    return PatternExtractor(
+        model,
+        patterns_per_image=patterns_per_image,
+        attention_ratio=attention_ratio,
+        seed=seed,
+        device=settings.device,
+        precision=settings.precision,  # type: ignore[arg-type]
+        batch_size=settings.batch_size,
+        random_init=settings.test_random_init,
+        image_size=settings.test_image_size,
+        cache_dir=settings.model_dir / "models",
+    )
+
+
+def extractor_for(settings: Settings, project: ProjectSettings) -> PatternExtractor:
+    """The worker's extractor for these project settings (created once, then reused)."""
+    return _cached_extractor(
+        project.model_name(settings.model), project.patterns_per_image, float(project.attention_ratio), project.seed, settings
+    )
+
+
+def version_of(extractor: PatternExtractor) -> str:
+    options = extractor.settings
+    return patterns_version(
+        extractor.model_id,
+        patterns_per_image=options.patterns_per_image,
+        attention_ratio=options.attention_ratio,
+        image_size=extractor.input_size,
+        kmeans_iterations=options.kmeans_iterations,
+        seed=options.seed,
+        random_init=extractor.backbone_spec.random_init,
+    )
+
+
+# ---- enqueueing (web service and jobs) ----------------------------------------------------------
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _retry(settings: Settings) -> Retry | None:
+    if settings.job_retries == 0:
+        return None
+    return Retry(max=settings.job_retries, interval=list(RETRY_INTERVALS[: settings.job_retries]))
+
+
+def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
+    """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
+    ids = sorted({int(t) for t in task_ids})
+    if not ids:
+        return []
+    Store(connection).add_tasks(project_id, ids)
+    queue = Queue(FEATURES_QUEUE, connection=connection)
+    jobs = [
+        queue.enqueue(
+            compute_patterns,
+            project_id,
+            chunk,
+            retry=_retry(settings),
+            job_timeout=settings.job_timeout_s,
+            meta={"project": project_id, "tasks": len(chunk)},
+            description=f"FreeSel patterns: project {project_id}, {len(chunk)} tasks",
+        )
+        for chunk in _chunks(ids, settings.chunk_size)
+    ]
+    schedule_selection(connection, settings, project_id, after=jobs)
+    return jobs
+
+
+def schedule_selection(connection: redis.Redis, settings: Settings, project_id: int, after: Sequence[Job] = ()) -> Job:
+    """Make sure one selection runs after ``after``; a selection still waiting absorbs this request.
+
+    The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
+    ``after``, so a burst of imports ends in one selection, not one per import.
+    """
+    store = Store(connection)
+    with connection.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30):
+        waiting = _waiting_selection(connection, store, project_id)
+        dependencies = [job.id for job in after]
+        if waiting is not None:
+            if not dependencies:
+                return waiting
+            dependencies += _unfinished(connection, waiting.dependency_ids)
+            waiting.cancel()
+        job = Queue(SELECTION_QUEUE, connection=connection).enqueue(
+            run_selection,
+            project_id,
+            depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
+            retry=_retry(settings),
+            job_timeout=settings.job_timeout_s,
+            meta={"project": project_id},
+            description=f"FreeSel selection: project {project_id}",
+        )
+        store.update_state(project_id, pending_selection=job.id)
+    return job
+
+
+def _waiting_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
+    job_id = store.get_state(project_id).get("pending_selection")
+    if not job_id:
+        return None
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    return job if job.get_status(refresh=True) in WAITING else None
+
+
+def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
+    jobs = Job.fetch_many(list(job_ids), connection=connection)
+    return [job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)]
+
+
+def enqueue_sync(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
+    """Compare the project's tasks with the stored patterns and enqueue what is missing (a job)."""
+    return Queue(SELECTION_QUEUE, connection=connection).enqueue(
+        sync_project,
+        project_id,
+        retry=_retry(settings),
+        job_timeout=settings.job_timeout_s,
+        meta={"project": project_id},
+        description=f"FreeSel sync: project {project_id}",
+    )
+
+
+def enqueue_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
+    return Queue(SELECTION_QUEUE, connection=connection).enqueue(
+        remove_selection,
+        project_id,
+        retry=_retry(settings),
+        meta={"project": project_id},
+        description=f"FreeSel cleanup: project {project_id}",
+    )
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+
+
+def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
+    """Patterns for these tasks of the project; an image that cannot be had is a failure with
+    its reason. Tasks that already have patterns of the current version are skipped."""
+    context = _context()
+    extractor = extractor_for(context.settings, context.store.get_settings(project_id))
+    version = version_of(extractor)
+    context.store.update_state(project_id, patterns_version=version)
+    todo = sorted(set(map(int, task_ids)) - set(context.store.load_patterns(project_id, version, task_ids)))
+    tasks = context.client.get_tasks(project_id, todo) if todo else []
+    context.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
+    image_field = _image_field(context, project_id)
+    patterns: dict[int, np.ndarray] = {}
+    failures: dict[int, str] = {}
+    for result in extractor.extract_sources(tasks, lambda task: _open_task_image(context.client, task, image_field)):
+        task_id = int(result.source["id"])
+        if result.patterns is None:
+            failures[task_id] = result.error or "unknown error"
+        else:
+            patterns[task_id] = result.patterns
+    context.store.save_results(project_id, version, patterns, failures)
+    for task_id, reason in failures.items():
+        log.warning("project %s task %s: no patterns: %s", project_id, task_id, reason)
+    return {"patterns": len(patterns), "failed": len(failures), "skipped": len(task_ids) - len(todo)}
+
+
+def _image_field(context: WorkerContext, project_id: int) -> str:
+    field = context.store.get_state(project_id).get("image_field")
+    if not field:
+        from .model import image_field_of  # the label config is parsed in one place
+
+        field = image_field_of(context.client.get_label_config(project_id))
+        context.store.update_state(project_id, image_field=field)
+    return field
+
+
+def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
+    if not isinstance((task.get("data") or {}).get(image_field), str):
+        raise ImageLoadError(f"task has no image URL in data[{image_field!r}]")
+    try:
+        data = client.download_task_file(task, image_field)
+    except LabelStudioError as error:
+        _, from_label_studio = client.resolve_download_url(task["data"][image_field], int(task["id"]))
+        if error.retryable and from_label_studio:
+            raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
+        raise ImageLoadError(f"image download failed: {error}") from None
+    return load_image(data)
+
+
+def sync_project(project_id: int) -> dict[str, int]:
+    """Enqueue patterns for every task of the project that has none (and no failure) yet."""
+    context = _context()
+    extractor = extractor_for(context.settings, context.store.get_settings(project_id))
+    version = version_of(extractor)
+    context.store.update_state(project_id, patterns_version=version)
+    task_ids = {int(task["id"]) for task in context.client.iter_tasks(project_id)}
+    context.store.remove_tasks(project_id, context.store.task_ids(project_id) - task_ids)
+    settled = context.store.tasks_with_patterns(project_id, version) | set(context.store.failures(project_id, version))
+    missing = task_ids - settled
+    connection = context.store.redis
+    if missing:
+        enqueue_patterns(connection, context.settings, project_id, missing)
+    else:
+        context.store.add_tasks(project_id, task_ids)
+        schedule_selection(connection, context.settings, project_id)
+    return {"tasks": len(task_ids), "enqueued": len(missing)}
+
+
+def run_selection(project_id: int) -> dict[str, Any]:
+    """Rank the project's unlabelled tasks (labelled ones are seeds), write the predictions under
+    a new model version, point the project's queue at it, then delete the older versions."""
+    context = _context()
+    store = context.store
+    settings = store.get_settings(project_id)
+    if not settings.enabled:
+        return {"skipped": "FreeSel is disabled for this project"}
+    version = store.get_state(project_id).get("patterns_version")
+    tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
+    store.remove_tasks(project_id, store.task_ids(project_id) - set(tasks))
+    stored = store.load_patterns(project_id, version, tasks) if version else {}
+    ids = sorted(stored)
+    labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
+    unlabelled = len(ids) - len(labelled)
+    if unlabelled == 0:
+        return {"ranked": 0, "picked": 0, "seeds": len(labelled)}
+    patterns = [stored[t] for t in ids]
+    seeds = [i for i, t in enumerate(ids) if t in labelled]
+    ranking = select(patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed)  # type: ignore[arg-type]
+    clusters = nearest_pick(patterns, ranking.picks, ranking.order)
+    model_version = f"{VERSION_PREFIX}{store.next_run(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
+    predictions = {
+        ids[image]: {
+            "task": ids[image],
+            "result": [],
+            "score": position / len(ranking.order),
+            "model_version": model_version,
+            "cluster": int(cluster),
+        }
+        for position, (image, cluster) in enumerate(zip(ranking.order, clusters))
+    }
+    publish_predictions(context, project_id, model_version, predictions)
+    picked = [ids[image] for image in ranking.picks]
+    write_flags(context, project_id, tasks, picked)
+    store.update_state(project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions))
+    return {"ranked": len(predictions), "picked": len(picked), "seeds": len(labelled), "model_version": model_version}
+
+
+def nearest_pick(patterns: Sequence[np.ndarray], picks: np.ndarray, order: np.ndarray, rows_per_block: int = 4096) -> np.ndarray:
+    """For each image of ``order``: the position (in ``picks``) of the pick nearest to it by the
+    closest pair of patterns; a pick is its own cluster. -1 when there are no picks."""
+    if len(picks) == 0:
+        return np.full(len(order), -1, dtype=np.int64)
+    pool = PatternPool(patterns)
+    pick_rows = np.concatenate([np.arange(pool.starts[p], pool.starts[p] + pool.counts[p]) for p in picks])
+    pick_of_row = np.repeat(np.arange(len(picks)), pool.counts[picks])
+    pick_matrix = pool.matrix[pick_rows]
+    best_row = np.empty(len(pool.matrix), dtype=np.int64)
+    best_similarity = np.empty(len(pool.matrix), dtype=np.float32)
+    for start in range(0, len(pool.matrix), rows_per_block):
+        similarity = pool.matrix[start : start + rows_per_block] @ pick_matrix.T
+        best_row[start : start + rows_per_block] = similarity.argmax(axis=1)
+        best_similarity[start : start + rows_per_block] = similarity.max(axis=1)
+    result = np.empty(len(order), dtype=np.int64)
+    for position, image in enumerate(order):
+        rows = pool.rows_of(int(image))
+        result[position] = pick_of_row[best_row[rows][best_similarity[rows].argmax()]]
+    result[: len(picks)] = np.arange(len(picks))
+    return result
+
+
+def publish_predictions(
+    context: WorkerContext, project_id: int, model_version: str, predictions: Mapping[int, Mapping[str, Any]]
+) -> None:
+    """Write the new version, switch the project's queue to it, then delete older FreeSel versions
+    (in this order: Label Studio clears the project's model_version when its version is deleted)."""
+    context.client.import_predictions(project_id, list(predictions.values()))
+    remember_previous_sampling(context.client, context.store, project_id)
+    context.client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=model_version)
+    context.store.replace_predictions(project_id, predictions)
+    context.store.update_state(project_id, model_version=model_version)
+    for old in context.client.list_model_versions(project_id):
+        if old.startswith(VERSION_PREFIX) and old != model_version:
+            context.client.delete_model_version(project_id, old)
+
+
+def remember_previous_sampling(client: LabelStudioClient, store: Store, project_id: int) -> None:
+    """On the first switch to FreeSel, keep the project's sampling and model version for disable."""
+    if "previous_sampling" in store.get_state(project_id):
+        return
+    project = client.get_project(project_id)
+    store.remember_once(
+        project_id,
+        previous_sampling=str(project.get("sampling") or ""),
+        previous_model_version=str(project.get("model_version") or ""),
+    )
+
+
+def write_flags(context: WorkerContext, project_id: int, tasks: Mapping[int, Mapping[str, Any]], picked: Sequence[int]) -> None:
+    """Show "FreeSel pick i of n" on picked tasks (task data, so never part of an annotation);
+    only tasks whose flag changes are written, old flags are removed."""
+    number_of = {task_id: number for number, task_id in enumerate(picked, start=1)}
+    wanted = {task_id: f"FreeSel pick {number} of {len(picked)}" for task_id, number in number_of.items()}
+    current = context.store.get_flags(project_id)
+    for task_id in set(current) | set(wanted):
+        if task_id not in tasks or current.get(task_id) == wanted.get(task_id):
+            continue
+        data = {k: v for k, v in (tasks[task_id].get("data") or {}).items() if k not in (FLAG_FIELD, RANK_FIELD)}
+        if task_id in wanted:
+            data.update({FLAG_FIELD: wanted[task_id], RANK_FIELD: number_of[task_id]})
+        context.client.update_task_data(task_id, data)
+    context.store.replace_flags(project_id, {t: text for t, text in wanted.items() if t in tasks})
+
+
+def remove_selection(project_id: int) -> dict[str, int]:
+    """After disable: delete FreeSel's predictions and flags from the project."""
+    context = _context()
+    deleted = 0
+    for version in context.client.list_model_versions(project_id):
+        if version.startswith(VERSION_PREFIX):
+            deleted += context.client.delete_model_version(project_id, version)
+    tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
+    write_flags(context, project_id, tasks, [])
+    context.store.replace_predictions(project_id, {})
+    return {"deleted_predictions": deleted}
