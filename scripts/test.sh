@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+# tests/test_report.py renders the selection report in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+fi
 if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
     port=$(.venv/bin/python -c 'from freesel_backend.redis_server import free_port; print(free_port())')
     server=$(.venv/bin/python -c 'from freesel_backend.redis_server import redis_server_executable as e; print(e())')

@@ -5,8 +5,10 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
 
-Distances are matrix products over the normalised patterns; :mod:`.nearest` keeps ``d`` and
-skips, pick by pick, the clusters of patterns a pick provably cannot bring closer.
+Distances are matrix products over the normalised patterns. :mod:`.nearest` batches the updates
+of ``d`` (lazy updates): the draws work from an upper bound of ``d`` and compute the true ``d`` of
+the few patterns they look at, so the distances are lowered a few hundred picks at a time in
+compute-bound products instead of one memory-bound pass over all patterns per pick.
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates
+from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
 
 Strategy = Literal["prob", "fds"]
 STRATEGIES: tuple[str, ...] = ("prob", "fds")
+
 __all__ = ["DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking", "resolve_budget", "select"]
+
+# fds: true distances computed first, then x4 while the best does not beat the next bound.
+FDS_FIRST_CANDIDATES = 32
+# fds: above this share of patterns to look at, a flush is cheaper.
+FDS_CANDIDATE_SHARE = 0.05
+# prob: consecutive rejections after which the bounds are refreshed (a flush).
+MAX_REJECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,10 @@ class Ranking:
 class PatternPool:
     """All patterns stacked into one matrix, with the image that owns each row."""
 
-    def __init__(self, patterns: Sequence[np.ndarray]) -> None:
+    def __init__(self, patterns: Sequence[np.ndarray], duplicate_threshold: float = DUPLICATE_TOLERANCE) -> None:
+        if not 0.0 <= duplicate_threshold < 2.0:
+            raise ValueError(f"duplicate_threshold is a cosine distance in [0, 2), got {duplicate_threshold}")
+        self.duplicate_threshold = duplicate_threshold
         if len(patterns) == 0:
             raise ValueError("select() needs at least one image's patterns")
         counts = []
@@ -80,6 +93,18 @@ class PatternPool:
         start = int(self.starts[image])
         return slice(start, start + int(self.counts[image]))
 
+    def distances_to(self, images: Iterable[int]) -> np.ndarray:
+        """Cosine distance from every pattern to the nearest pattern of ``images``."""
+        rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in images])
+        nearest = np.full(len(self.matrix), np.inf, dtype=np.float32)
+        for chunk in np.array_split(rows, max(1, math.ceil(len(rows) / 256))):
+            nearest = np.minimum(nearest, self.distance_block(self.matrix[chunk]))
+        return nearest
+
+    def distance_block(self, queries: np.ndarray) -> np.ndarray:
+        """Cosine distance from every pattern to the nearest of ``queries`` (rows of the pool)."""
+        return nearest_cosine_distance(self.matrix, queries, self.duplicate_threshold)
+
     def patterns_of(self, images: Iterable[int]) -> np.ndarray:
         """The normalised patterns of ``images``, stacked."""
         return np.concatenate([self.matrix[self.rows_of(image)] for image in images])
@@ -102,41 +127,47 @@ def select(
     strategy: Strategy = "prob",
     seeds: Iterable[int] = (),
     seed: int | None = None,
-    updates: Updates = "pruned",
+    duplicate_threshold: float = DUPLICATE_TOLERANCE,
+    updates: Updates = "lazy",
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
 
     ``patterns[i]`` is image ``i``'s (k_i, D) array of semantic patterns. ``seeds`` are images
     already selected (e.g. labelled): they steer the picks and are left out of the ranking.
     ``budget`` picks are drawn (fewer when fewer images remain), the rest is ordered by distance.
-    ``updates="dense"`` recomputes every distance at every pick (the slow path ``"pruned"``, the
-    default, is tested and benchmarked against: both give the same ranking).
+    Distances below ``duplicate_threshold`` count as zero: with the threshold of
+    :func:`~freesel_backend.engine.duplicates.find_near_duplicates`, a picked image's
+    near-duplicates carry no weight, so no two of one group are picked while others remain.
+    ``updates="dense"`` recomputes every distance at every pick (the reference path). The default
+    ``"lazy"`` gives the same fds ranking and prob draws from the same distribution (not the same
+    draws for a seed: rejection sampling consumes the random stream differently).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    pool = PatternPool(patterns)
+    pool = PatternPool(patterns, duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
     rng = np.random.default_rng(seed)
 
     selected = np.zeros(pool.n_images, dtype=bool)
     selected[list(seed_ids)] = True
-    nearest = NearestDistances(pool.matrix, updates=updates)
+    nearest = NearestDistances(pool.matrix, threshold=pool.duplicate_threshold, updates=updates)
     if seed_ids:
-        nearest.lower_with(pool.patterns_of(seed_ids))
+        nearest.add(pool.patterns_of(seed_ids))
+    draws = _Draws(pool, nearest, strategy, rng)
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
-        image, distance = _draw(pool, nearest.values, selected, strategy, rng)
+        image, distance = draws.next(selected)
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
-        nearest.lower_with(pool.matrix[pool.rows_of(image)])
+        nearest.add(pool.matrix[pool.rows_of(image)])
 
-    rest_order, rest_distance = _order_rest(pool, nearest.values, selected)
+    rest_order, rest_distance = _order_rest(pool, nearest.values(), selected)
     return Ranking(
         order=np.concatenate([np.asarray(picks, dtype=np.int64), rest_order]),
         distance=np.concatenate([np.asarray(pick_distances, dtype=np.float64), rest_distance]),
@@ -164,31 +195,93 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
     return seed_ids
 
 
-def _draw(
-    pool: PatternPool,
-    nearest: np.ndarray,
-    selected: np.ndarray,
-    strategy: Strategy,
-    rng: np.random.Generator,
-) -> tuple[int, float]:
-    """One pick: (image index, the drawn pattern's distance)."""
-    if np.isinf(nearest).all():
-        # Nothing selected yet: the paper starts from one random image.
-        image = int(rng.integers(pool.n_images))
-        return image, math.inf
-    top = float(nearest.max())
-    if top <= 0.0:
-        # Only copies of selected images remain: complete the order in index order.
-        image = int(np.flatnonzero(~selected)[0])
-        return image, 0.0
-    if strategy == "fds":
-        pattern = int(np.argmax(nearest))
-    else:
-        weights = np.square(nearest, dtype=np.float64)
-        cumulative = np.cumsum(weights)
-        pattern = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-        pattern = min(pattern, len(cumulative) - 1)
-    return int(pool.owner[pattern]), float(nearest[pattern])
+class _Draws:
+    """One pick at a time from the bounds of :class:`NearestDistances`; per-flush caches."""
+
+    def __init__(self, pool: PatternPool, nearest: NearestDistances, strategy: Strategy, rng: np.random.Generator) -> None:
+        self.pool, self.nearest, self.strategy, self.rng = pool, nearest, strategy, rng
+        self._cached_at = -1
+        self._cumulative = np.empty(0)
+        self._by_bound = np.empty(0, np.int64)
+
+    def next(self, selected: np.ndarray) -> tuple[int, float]:
+        """One pick: (image index, the drawn pattern's distance)."""
+        if self.nearest.nothing_selected:
+            # Nothing selected yet: the paper starts from one random image.
+            return int(self.rng.integers(self.pool.n_images)), math.inf
+        drawn = self._farthest() if self.strategy == "fds" else self._sampled()
+        if drawn is None:
+            # Only copies of selected images remain: complete the order in index order.
+            return int(np.flatnonzero(~selected)[0]), 0.0
+        pattern, distance = drawn
+        return int(self.pool.owner[pattern]), distance
+
+    def _farthest(self) -> tuple[int, float] | None:
+        """The pattern of largest true ``d`` (the lowest index among equals, as argmax), or None
+        when every ``d`` is 0. Candidates are taken by decreasing bound until the best true
+        value beats every bound left: no other pattern can then reach it."""
+        nearest = self.nearest
+        count = FDS_FIRST_CANDIDATES
+        # count < len(patterns) in the loop, so a next bound always exists.
+        while not nearest.is_exact and count <= FDS_CANDIDATE_SHARE * len(nearest.flushed):
+            by_bound = self._sorted_by_bound()
+            candidates = by_bound[:count]
+            exact = nearest.exact(candidates)
+            best = exact.max()
+            if best > nearest.flushed[by_bound[count]]:
+                return int(candidates[exact == best].min()), float(best)
+            count *= 4
+        nearest.flush()
+        pattern = int(np.argmax(nearest.flushed))
+        top = float(nearest.flushed[pattern])
+        return (pattern, top) if top > 0.0 else None
+
+    def _sampled(self) -> tuple[int, float] | None:
+        """A pattern drawn with probability proportional to ``d ** 2``, or None when every ``d``
+        is 0. Proposals come from the bounds and are accepted with probability
+        ``weight(d) / weight(bound)``: exactly the ``d ** 2`` distribution."""
+        nearest = self.nearest
+        rejections = 0
+        while True:
+            cumulative = self._cumulative_weights()
+            if cumulative[-1] <= 0.0:
+                return None
+            pattern = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+            pattern = min(pattern, len(cumulative) - 1)
+            bound = nearest.flushed[pattern]
+            if nearest.is_exact:
+                return pattern, float(bound)
+            distance = nearest.exact(np.array([pattern]))[0]
+            if self.rng.random() * _weights(bound) < _weights(distance):
+                return pattern, float(distance)
+            rejections += 1
+            if rejections >= MAX_REJECTIONS:
+                nearest.flush()
+                rejections = 0
+
+    def _cumulative_weights(self) -> np.ndarray:
+        self._refresh()
+        return self._cumulative
+
+    def _sorted_by_bound(self) -> np.ndarray:
+        """Pattern indices by decreasing bound (index order among equals)."""
+        self._refresh()
+        return self._by_bound
+
+    def _refresh(self) -> None:
+        if self._cached_at == self.nearest.n_flushes:
+            return
+        bounds = self.nearest.flushed
+        if self.strategy == "fds":
+            self._by_bound = np.argsort(-bounds, kind="stable")
+        else:
+            self._cumulative = np.cumsum(_weights(bounds))
+        self._cached_at = self.nearest.n_flushes
+
+
+def _weights(distance: np.ndarray | np.float32) -> np.ndarray:
+    """prob's draw weight of a pattern at distance ``d``: ``d ** 2`` (float64)."""
+    return np.square(distance, dtype=np.float64)
 
 
 def _order_rest(pool: PatternPool, nearest: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
