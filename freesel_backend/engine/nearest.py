@@ -44,7 +44,12 @@ def nearest_cosine_distance(rows: np.ndarray, queries: np.ndarray, threshold: fl
 
 
 class NearestDistances:
-    """``d`` over the unit rows of ``matrix``, starting at +inf (nothing selected)."""
+    """``d`` over the unit rows of ``matrix``, starting at +inf (nothing selected).
+
+    Every row keeps ``bound`` (its ``d`` as of its ``version``: the number of selected patterns
+    applied to it) so that the true ``d`` of a row costs only the patterns selected since. A
+    flush brings every row to the latest version; :meth:`refresh` brings a few.
+    """
 
     def __init__(
         self,
@@ -59,55 +64,77 @@ class NearestDistances:
         self.matrix = matrix
         self.threshold = threshold
         self.flush_queries = 1 if updates == "dense" else flush_queries
-        self.flushed = np.full(len(matrix), np.inf, np.float32)
-        self.pending: list[np.ndarray] = []
-        self.n_pending = 0
+        self.bound = np.full(len(matrix), np.inf, np.float32)
+        self.version = np.zeros(len(matrix), np.int64)
+        self._selected = np.empty((64, matrix.shape[1]), np.float32)  # grown by doubling
+        self.n_selected = 0
+        self.flushed_at = 0  # every row's version is at least this
         self.n_flushes = 0
 
     @property
+    def selected(self) -> np.ndarray:
+        """The selected patterns, in selection order."""
+        return self._selected[: self.n_selected]
+
+    @property
     def nothing_selected(self) -> bool:
-        return self.n_pending == 0 and bool(np.isinf(self.flushed[0]))
+        return self.n_selected == 0
 
     @property
     def is_exact(self) -> bool:
-        """Whether ``flushed`` is the true ``d`` (nothing pending)."""
-        return self.n_pending == 0
+        """Whether every ``bound`` is the true ``d``."""
+        return self.flushed_at == self.n_selected
 
     def add(self, queries: np.ndarray) -> None:
         """Select ``queries`` (unit rows): they lower ``d`` from now on."""
         first = self.nothing_selected
-        self.pending.append(queries)
-        self.n_pending += len(queries)
+        needed = self.n_selected + len(queries)
+        if needed > len(self._selected):
+            grown = np.empty((max(needed, 2 * len(self._selected)), self._selected.shape[1]), np.float32)
+            grown[: self.n_selected] = self.selected
+            self._selected = grown
+        self._selected[self.n_selected : needed] = queries
+        self.n_selected = needed
         # After the first selection every bound must be finite for the draws to use it.
-        if first or self.n_pending >= self.flush_queries:
+        if first or self.n_selected - self.flushed_at >= self.flush_queries:
             self.flush()
 
     def flush(self) -> None:
-        """Lower every ``d`` with the pending patterns, in one blocked product."""
-        if not self.pending:
+        """Bring every row to the latest version, in blocked products."""
+        if self.is_exact:
             return
-        queries = self.pending_queries()
-        rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // len(queries))
+        rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // (self.n_selected - self.flushed_at))
         for start in range(0, len(self.matrix), rows_per_block):
-            block = slice(start, start + rows_per_block)
-            lowered = nearest_cosine_distance(self.matrix[block], queries, self.threshold)
-            np.minimum(self.flushed[block], lowered, out=self.flushed[block])
-        self.pending, self.n_pending = [], 0
+            self._refresh_block(slice(start, start + rows_per_block))
+        self.flushed_at = self.n_selected
         self.n_flushes += 1
 
-    def exact(self, rows: np.ndarray) -> np.ndarray:
-        """The true ``d`` of ``rows`` (pattern indices)."""
-        bound = self.flushed[rows]
-        if not self.pending:
-            return bound
-        return np.minimum(bound, nearest_cosine_distance(self.matrix[rows], self.pending_queries(), self.threshold))
+    def _refresh_block(self, block: slice) -> None:
+        versions = self.version[block]
+        if versions.min() == versions.max():
+            lowered = nearest_cosine_distance(self.matrix[block], self.selected[versions[0] :], self.threshold)
+            np.minimum(self.bound[block], lowered, out=self.bound[block])
+            self.version[block] = self.n_selected
+        else:
+            self.refresh(np.arange(block.start, min(block.stop, len(self.matrix))))
 
-    def pending_queries(self) -> np.ndarray:
-        if len(self.pending) > 1:
-            self.pending = [np.concatenate(self.pending)]
-        return self.pending[0]
+    def refresh(self, rows: np.ndarray) -> np.ndarray:
+        """The true ``d`` of ``rows`` (pattern indices), which their bounds become."""
+        versions = self.version[rows]
+        values = self.bound[rows]
+        for version in np.unique(versions[versions < self.n_selected]):
+            behind = versions == version
+            lowered = nearest_cosine_distance(self.matrix[rows[behind]], self.selected[version:], self.threshold)
+            values[behind] = np.minimum(values[behind], lowered)
+        self.bound[rows] = values
+        self.version[rows] = self.n_selected
+        return values
+
+    def is_current(self) -> np.ndarray:
+        """(M,) whether each row's bound is its true ``d``."""
+        return self.version == self.n_selected
 
     def values(self) -> np.ndarray:
         """The true ``d`` of every pattern (flushes)."""
         self.flush()
-        return self.flushed
+        return self.bound

@@ -167,7 +167,7 @@ def select(
         selected[image] = True
         nearest.add(pool.matrix[pool.rows_of(image)])
 
-    rest_order, rest_distance = _order_rest(pool, nearest.values(), selected)
+    rest_order, rest_distance = _order_rest(pool, nearest, selected)
     return Ranking(
         order=np.concatenate([np.asarray(picks, dtype=np.int64), rest_order]),
         distance=np.concatenate([np.asarray(pick_distances, dtype=np.float64), rest_distance]),
@@ -196,13 +196,18 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
 
 
 class _Draws:
-    """One pick at a time from the bounds of :class:`NearestDistances`; per-flush caches."""
+    """One pick at a time from the bounds of :class:`NearestDistances`.
+
+    Both strategies work from a snapshot of the bounds taken at the last flush (sorted for fds,
+    cumulative weights for prob): a snapshot bound stays an upper bound of the true ``d``.
+    """
 
     def __init__(self, pool: PatternPool, nearest: NearestDistances, strategy: Strategy, rng: np.random.Generator) -> None:
         self.pool, self.nearest, self.strategy, self.rng = pool, nearest, strategy, rng
-        self._cached_at = -1
-        self._cumulative = np.empty(0)
+        self._snapshot_at = -1
+        self._snapshot = np.empty(0, np.float32)
         self._by_bound = np.empty(0, np.int64)
+        self._cumulative = np.empty(0)
 
     def next(self, selected: np.ndarray) -> tuple[int, float]:
         """One pick: (image index, the drawn pattern's distance)."""
@@ -223,35 +228,35 @@ class _Draws:
         nearest = self.nearest
         count = FDS_FIRST_CANDIDATES
         # count < len(patterns) in the loop, so a next bound always exists.
-        while not nearest.is_exact and count <= FDS_CANDIDATE_SHARE * len(nearest.flushed):
-            by_bound = self._sorted_by_bound()
-            candidates = by_bound[:count]
-            exact = nearest.exact(candidates)
+        while not nearest.is_exact and count <= FDS_CANDIDATE_SHARE * len(nearest.bound):
+            self._take_snapshot()
+            candidates = self._by_bound[:count]
+            exact = nearest.refresh(candidates)
             best = exact.max()
-            if best > nearest.flushed[by_bound[count]]:
+            if best > self._snapshot[self._by_bound[count]]:
                 return int(candidates[exact == best].min()), float(best)
             count *= 4
-        nearest.flush()
-        pattern = int(np.argmax(nearest.flushed))
-        top = float(nearest.flushed[pattern])
-        return (pattern, top) if top > 0.0 else None
+        values = nearest.values()
+        pattern = int(np.argmax(values))
+        return (pattern, float(values[pattern])) if values[pattern] > 0.0 else None
 
     def _sampled(self) -> tuple[int, float] | None:
         """A pattern drawn with probability proportional to ``d ** 2``, or None when every ``d``
-        is 0. Proposals come from the bounds and are accepted with probability
+        is 0. Proposals come from the snapshot bounds and are accepted with probability
         ``weight(d) / weight(bound)``: exactly the ``d ** 2`` distribution."""
         nearest = self.nearest
         rejections = 0
         while True:
-            cumulative = self._cumulative_weights()
+            self._take_snapshot()
+            cumulative = self._cumulative
             if cumulative[-1] <= 0.0:
                 return None
             pattern = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
             pattern = min(pattern, len(cumulative) - 1)
-            bound = nearest.flushed[pattern]
+            bound = self._snapshot[pattern]
             if nearest.is_exact:
                 return pattern, float(bound)
-            distance = nearest.exact(np.array([pattern]))[0]
+            distance = nearest.refresh(np.array([pattern]))[0]
             if self.rng.random() * _weights(bound) < _weights(distance):
                 return pattern, float(distance)
             rejections += 1
@@ -259,24 +264,16 @@ class _Draws:
                 nearest.flush()
                 rejections = 0
 
-    def _cumulative_weights(self) -> np.ndarray:
-        self._refresh()
-        return self._cumulative
-
-    def _sorted_by_bound(self) -> np.ndarray:
-        """Pattern indices by decreasing bound (index order among equals)."""
-        self._refresh()
-        return self._by_bound
-
-    def _refresh(self) -> None:
-        if self._cached_at == self.nearest.n_flushes:
+    def _take_snapshot(self) -> None:
+        """Snapshot the bounds once per flush."""
+        if self._snapshot_at == self.nearest.n_flushes:
             return
-        bounds = self.nearest.flushed
+        self._snapshot = self.nearest.bound.copy()
         if self.strategy == "fds":
-            self._by_bound = np.argsort(-bounds, kind="stable")
+            self._by_bound = np.argsort(-self._snapshot, kind="stable")
         else:
-            self._cumulative = np.cumsum(_weights(bounds))
-        self._cached_at = self.nearest.n_flushes
+            self._cumulative = np.cumsum(_weights(self._snapshot))
+        self._snapshot_at = self.nearest.n_flushes
 
 
 def _weights(distance: np.ndarray | np.float32) -> np.ndarray:
@@ -284,9 +281,25 @@ def _weights(distance: np.ndarray | np.float32) -> np.ndarray:
     return np.square(distance, dtype=np.float64)
 
 
-def _order_rest(pool: PatternPool, nearest: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    farthest = pool.per_image_max(nearest).astype(np.float64)
+def _order_rest(pool: PatternPool, nearest: NearestDistances, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    farthest = _farthest_per_image(pool, nearest, ~selected).astype(np.float64)
     rest = np.flatnonzero(~selected)
     # Stable sort on -distance keeps index order among ties (e.g. all-zero duplicates).
     order = rest[np.argsort(-farthest[rest], kind="stable")]
     return order.astype(np.int64), farthest[order]
+
+
+def _farthest_per_image(pool: PatternPool, nearest: NearestDistances, images: np.ndarray) -> np.ndarray:
+    """(n_images,) the true ``d`` of each image's farthest pattern, for the ``images`` (mask).
+
+    Computes the true ``d`` of each image's pattern of largest bound, then only of the patterns
+    whose bound exceeds the best so far: the others cannot be the farthest.
+    """
+    if nearest.nothing_selected:
+        return np.full(pool.n_images, np.inf)
+    wanted = images[pool.owner]
+    largest_bound = pool.per_image_max(nearest.bound)
+    nearest.refresh(np.flatnonzero(wanted & (nearest.bound == largest_bound[pool.owner])))
+    best = pool.per_image_max(np.where(nearest.is_current(), nearest.bound, -np.inf))
+    nearest.refresh(np.flatnonzero(wanted & ~nearest.is_current() & (nearest.bound > best[pool.owner])))
+    return pool.per_image_max(np.where(nearest.is_current(), nearest.bound, -np.inf))
