@@ -49,6 +49,10 @@ class NearestDistances:
     Every row keeps ``bound`` (its ``d`` as of its ``version``: the number of selected patterns
     applied to it) so that the true ``d`` of a row costs only the patterns selected since. A
     flush brings every row to the latest version; :meth:`refresh` brings a few.
+
+    Identical rows (copies of a pattern) are computed once and share one value: a float32
+    product may round a row differently depending on its place in the product, and copies must
+    tie exactly for fds to pick the lowest index among them, as argmax does.
     """
 
     def __init__(
@@ -61,15 +65,20 @@ class NearestDistances:
     ) -> None:
         if updates not in UPDATES:
             raise ValueError(f"unknown distance updates {updates!r}; choose one of {', '.join(UPDATES)}")
-        self.matrix = matrix
+        self.distinct, self.copy_of = distinct_rows(matrix)
         self.threshold = threshold
         self.flush_queries = 1 if updates == "dense" else flush_queries
-        self.bound = np.full(len(matrix), np.inf, np.float32)
-        self.version = np.zeros(len(matrix), np.int64)
+        self._bound = np.full(len(self.distinct), np.inf, np.float32)
+        self._version = np.zeros(len(self.distinct), np.int64)
         self._selected = np.empty((64, matrix.shape[1]), np.float32)  # grown by doubling
         self.n_selected = 0
         self.flushed_at = 0  # every row's version is at least this
         self.n_flushes = 0
+
+    @property
+    def bound(self) -> np.ndarray:
+        """(M,) an upper bound of each row's ``d`` (its true ``d`` where :meth:`is_current`)."""
+        return self._bound[self.copy_of]
 
     @property
     def selected(self) -> np.ndarray:
@@ -104,37 +113,51 @@ class NearestDistances:
         if self.is_exact:
             return
         rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // (self.n_selected - self.flushed_at))
-        for start in range(0, len(self.matrix), rows_per_block):
+        for start in range(0, len(self.distinct), rows_per_block):
             self._refresh_block(slice(start, start + rows_per_block))
         self.flushed_at = self.n_selected
         self.n_flushes += 1
 
     def _refresh_block(self, block: slice) -> None:
-        versions = self.version[block]
+        versions = self._version[block]
         if versions.min() == versions.max():
-            lowered = nearest_cosine_distance(self.matrix[block], self.selected[versions[0] :], self.threshold)
-            np.minimum(self.bound[block], lowered, out=self.bound[block])
-            self.version[block] = self.n_selected
+            lowered = nearest_cosine_distance(self.distinct[block], self.selected[versions[0] :], self.threshold)
+            np.minimum(self._bound[block], lowered, out=self._bound[block])
+            self._version[block] = self.n_selected
         else:
-            self.refresh(np.arange(block.start, min(block.stop, len(self.matrix))))
+            self._refresh_distinct(np.arange(block.start, min(block.stop, len(self.distinct))))
 
     def refresh(self, rows: np.ndarray) -> np.ndarray:
         """The true ``d`` of ``rows`` (pattern indices), which their bounds become."""
-        versions = self.version[rows]
-        values = self.bound[rows]
+        distinct, position = np.unique(self.copy_of[rows], return_inverse=True)
+        return self._refresh_distinct(distinct)[position]
+
+    def _refresh_distinct(self, rows: np.ndarray) -> np.ndarray:
+        versions = self._version[rows]
+        values = self._bound[rows]
         for version in np.unique(versions[versions < self.n_selected]):
             behind = versions == version
-            lowered = nearest_cosine_distance(self.matrix[rows[behind]], self.selected[version:], self.threshold)
+            lowered = nearest_cosine_distance(self.distinct[rows[behind]], self.selected[version:], self.threshold)
             values[behind] = np.minimum(values[behind], lowered)
-        self.bound[rows] = values
-        self.version[rows] = self.n_selected
+        self._bound[rows] = values
+        self._version[rows] = self.n_selected
         return values
 
     def is_current(self) -> np.ndarray:
         """(M,) whether each row's bound is its true ``d``."""
-        return self.version == self.n_selected
+        return (self._version == self.n_selected)[self.copy_of]
 
     def values(self) -> np.ndarray:
-        """The true ``d`` of every pattern (flushes)."""
+        """The true ``d`` of every row (flushes)."""
         self.flush()
         return self.bound
+
+
+def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows in order of first appearance, (M,) index of each row's distinct row)."""
+    row_bytes = np.ascontiguousarray(matrix).view(np.dtype((np.void, matrix.dtype.itemsize * matrix.shape[1])))
+    _, first, inverse = np.unique(row_bytes.ravel(), return_index=True, return_inverse=True)
+    by_appearance = np.argsort(first)
+    rank = np.empty_like(by_appearance)
+    rank[by_appearance] = np.arange(len(by_appearance))
+    return matrix[first[by_appearance]], rank[inverse.ravel()]

@@ -228,7 +228,7 @@ class _Draws:
         nearest = self.nearest
         count = FDS_FIRST_CANDIDATES
         # count < len(patterns) in the loop, so a next bound always exists.
-        while not nearest.is_exact and count <= FDS_CANDIDATE_SHARE * len(nearest.bound):
+        while not nearest.is_exact and count <= FDS_CANDIDATE_SHARE * len(nearest.copy_of):
             self._take_snapshot()
             candidates = self._by_bound[:count]
             exact = nearest.refresh(candidates)
@@ -268,7 +268,7 @@ class _Draws:
         """Snapshot the bounds once per flush."""
         if self._snapshot_at == self.nearest.n_flushes:
             return
-        self._snapshot = self.nearest.bound.copy()
+        self._snapshot = self.nearest.bound
         if self.strategy == "fds":
             self._by_bound = np.argsort(-self._snapshot, kind="stable")
         else:
