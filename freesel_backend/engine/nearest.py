@@ -109,23 +109,20 @@ class NearestDistances:
             self.flush()
 
     def flush(self) -> None:
-        """Bring every row to the latest version, in blocked products."""
+        """Bring every row to the latest version: all patterns selected since the last flush, in
+        blocked products. A row refreshed in between takes some of them twice: harmless, as
+        ``min`` with a distance already taken changes nothing."""
         if self.is_exact:
             return
-        rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // (self.n_selected - self.flushed_at))
+        queries = self.selected[self.flushed_at :]
+        rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // len(queries))
         for start in range(0, len(self.distinct), rows_per_block):
-            self._refresh_block(slice(start, start + rows_per_block))
+            block = slice(start, start + rows_per_block)
+            lowered = nearest_cosine_distance(self.distinct[block], queries, self.threshold)
+            np.minimum(self._bound[block], lowered, out=self._bound[block])
+        self._version[:] = self.n_selected
         self.flushed_at = self.n_selected
         self.n_flushes += 1
-
-    def _refresh_block(self, block: slice) -> None:
-        versions = self._version[block]
-        if versions.min() == versions.max():
-            lowered = nearest_cosine_distance(self.distinct[block], self.selected[versions[0] :], self.threshold)
-            np.minimum(self._bound[block], lowered, out=self._bound[block])
-            self._version[block] = self.n_selected
-        else:
-            self._refresh_distinct(np.arange(block.start, min(block.stop, len(self.distinct))))
 
     def refresh(self, rows: np.ndarray) -> np.ndarray:
         """The true ``d`` of ``rows`` (pattern indices), which their bounds become."""
