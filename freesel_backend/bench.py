@@ -114,15 +114,17 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-def interleaved(first: Callable[[], float], second: Callable[[], float], rounds: int = 2) -> tuple[float, float, str]:
-    """Best of ``rounds`` for each, measured A, B, A, B: on a shared machine both see the same
-    load. Returns both figures and the load averages seen."""
+def interleaved(
+    first: Callable[[], float], second: Callable[[], float], rounds: int = 2, best: Callable[[list[float]], float] = min
+) -> tuple[float, float, str]:
+    """The ``best`` of ``rounds`` for each (least time, most throughput), measured A, B, A, B: on a
+    shared machine both see the same load. Returns both figures and the load averages seen."""
     firsts, seconds, loads = [], [], []
     for _ in range(rounds):
         firsts.append(first())
         seconds.append(second())
         loads.append(os.getloadavg()[0])
-    return min(firsts), min(seconds), "load " + "/".join(f"{value:.1f}" for value in loads)
+    return best(firsts), best(seconds), "load " + "/".join(f"{value:.1f}" for value in loads)
 
 
 # ---- targets -----------------------------------------------------------------------------------
@@ -208,17 +210,19 @@ def _time_and_peak(function: Callable[[], object]) -> tuple[float, int]:
 def bench_extraction(scale: str) -> list[Result]:
     quick = scale != "full"
     models = [("offline", {})] if quick else [("offline", {}), ("vit_small_patch16_224", {"random_init": True})]
-    n_images = 64 if quick else 96
+    n_images = 64
     results = []
     with tempfile.TemporaryDirectory() as folder:
         paths = write_photo_like_jpegs(Path(folder), n_images)
         for model, options in models:
             for precision in ("fp32", "bf16"):
                 extractor = PatternExtractor(model, device="cpu", precision=precision, batch_size=32, **options)  # type: ignore[arg-type]
-                bare, pipeline = _bare_throughput(extractor, n_images), _pipeline_throughput(extractor, paths)
+                bare, pipeline, loads = interleaved(
+                    lambda: _bare_throughput(extractor, n_images), lambda: _pipeline_throughput(extractor, paths), best=max
+                )
                 results.append(Result(
                     f"extraction {model} {precision} batch 32 (JPEG -> patterns vs bare forward_features)",
-                    f"{pipeline:.1f} img/s vs {bare:.1f} img/s = {100 * pipeline / bare:.0f}%", ">= 90%", pipeline >= 0.9 * bare,
+                    f"{pipeline:.1f} img/s vs {bare:.1f} img/s = {100 * pipeline / bare:.0f}% ({loads})", ">= 90%", pipeline >= 0.9 * bare,
                 ))
     return results
 
