@@ -55,7 +55,7 @@ def semantic_patterns(n_images: int, *, seed: int = 0, concepts: int = 300, spre
 
 
 def isotropic_patterns(n_images: int, *, seed: int = 0) -> list[np.ndarray]:
-    """Uniform on the sphere: no structure at all, the worst case for pruning."""
+    """Uniform on the sphere: no structure at all."""
     rng = np.random.default_rng(seed)
     return list(_unit(rng.standard_normal((n_images * K, DIM)).astype(np.float32)).reshape(n_images, K, DIM))
 

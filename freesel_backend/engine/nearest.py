@@ -154,6 +154,8 @@ def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct rows in order of first appearance, (M,) index of each row's distinct row)."""
     row_bytes = np.ascontiguousarray(matrix).view(np.dtype((np.void, matrix.dtype.itemsize * matrix.shape[1])))
     _, first, inverse = np.unique(row_bytes.ravel(), return_index=True, return_inverse=True)
+    if len(first) == len(matrix):
+        return matrix, np.arange(len(matrix))  # no copies: no second matrix
     by_appearance = np.argsort(first)
     rank = np.empty_like(by_appearance)
     rank[by_appearance] = np.arange(len(by_appearance))
