@@ -8,6 +8,8 @@ endpoints, CLI) and lives in Redis (see ``store.py``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import math
 import os
 from dataclasses import dataclass
@@ -49,6 +51,22 @@ def _bool_env(env: Mapping[str, str], name: str) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _intervals_env(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        intervals = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise SettingsError(f"{name} must be comma-separated whole seconds, e.g. 10,30,120; got {raw!r}") from None
+    if any(value < 0 for value in intervals):
+        raise SettingsError(f"{name} must not hold negative seconds, got {raw!r}")
+    return intervals
+
+
+WEBHOOK_SECRET_HEADER = "X-FreeSel-Webhook-Secret"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process settings, from environment variables (see README, "Settings")."""
@@ -67,6 +85,18 @@ class Settings:
     chunk_size: int = 64
     job_timeout_s: int = 3600
     job_retries: int = 3
+    retry_intervals: tuple[int, ...] = (10, 30, 120)
+    # A worker refreshes its running job's lease this often; a job whose lease ran out for
+    # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s).
+    worker_heartbeat_s: int = 30
+    worker_maintenance_s: int = 60
+    download_max_bytes: int = 64 * 1024 * 1024
+    download_timeout_s: int = 30
+    # Image URLs (and redirects) to loopback/private/link-local addresses are refused unless set;
+    # the configured Label Studio host is always allowed.
+    allow_private_downloads: bool = False
+    max_request_bytes: int = 64 * 1024 * 1024
+    webhook_secret_override: str = dataclasses.field(default="", repr=False)
     # Tests only: random weights and a small input size, so a tiny ViT runs in a test worker.
     test_random_init: bool = False
     test_image_size: int | None = None
@@ -93,6 +123,14 @@ class Settings:
             chunk_size=_int_env(env, "FREESEL_CHUNK_SIZE", 64),
             job_timeout_s=_int_env(env, "FREESEL_JOB_TIMEOUT", 3600),
             job_retries=_int_env(env, "FREESEL_JOB_RETRIES", 3, minimum=0),
+            retry_intervals=_intervals_env(env, "FREESEL_RETRY_INTERVALS", (10, 30, 120)),
+            worker_heartbeat_s=_int_env(env, "FREESEL_WORKER_HEARTBEAT", 30),
+            worker_maintenance_s=_int_env(env, "FREESEL_WORKER_MAINTENANCE", 60),
+            download_max_bytes=_int_env(env, "FREESEL_DOWNLOAD_MAX_BYTES", 64 * 1024 * 1024),
+            download_timeout_s=_int_env(env, "FREESEL_DOWNLOAD_TIMEOUT", 30),
+            allow_private_downloads=_bool_env(env, "FREESEL_ALLOW_PRIVATE_DOWNLOADS"),
+            max_request_bytes=_int_env(env, "FREESEL_MAX_REQUEST_BYTES", 64 * 1024 * 1024),
+            webhook_secret_override=env.get("FREESEL_WEBHOOK_SECRET", "").strip(),
             test_random_init=_bool_env(env, "FREESEL_TEST_RANDOM_INIT"),
             test_image_size=image_size or None,
         )
@@ -100,6 +138,15 @@ class Settings:
     @property
     def basic_auth(self) -> tuple[str, str] | None:
         return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
+
+    @property
+    def webhook_secret(self) -> str:
+        """The value Label Studio sends in the ``X-FreeSel-Webhook-Secret`` header of our webhooks:
+        ``FREESEL_WEBHOOK_SECRET``, else derived from the API key (one-way, so the key itself is
+        never stored in Label Studio's webhook settings) so every process agrees without setup."""
+        if self.webhook_secret_override:
+            return self.webhook_secret_override
+        return hmac.new(self.label_studio_api_key.encode(), b"freesel-webhook", hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

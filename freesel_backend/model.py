@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from label_studio_ml.model import LabelStudioMLBase
 
 from . import admin
+from .config import WEBHOOK_SECRET_HEADER
 from .jobs import enqueue_patterns, schedule_selection
 from .store import Store
 
@@ -69,8 +70,12 @@ class FreeSelModel(LabelStudioMLBase):
         field = image_field_of(self.label_config or "")
         self.store.update_state(self.project_id, image_field=field)
         admin.apply_settings(self.backend, self.project_id, dict(extra_params or {}))
+        settings = self.backend.settings
         self.backend.client.register_webhook(
-            self.project_id, f"{self.backend.settings.public_url}/webhook", actions=WEBHOOK_ACTIONS
+            self.project_id,
+            f"{settings.public_url}/webhook",
+            actions=WEBHOOK_ACTIONS,
+            headers={WEBHOOK_SECRET_HEADER: settings.webhook_secret},
         )
         return self.model_version()
 

@@ -63,9 +63,10 @@ class BackendProcesses:
             subprocess.Popen([sys.executable, "-m", "freesel_backend", *args], cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         )
 
-    def start(self) -> "BackendProcesses":
+    def start(self, workers: int = 1) -> "BackendProcesses":
         self._start("serve", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--web-workers", "1")
-        self._start("worker", "worker")
+        for number in range(workers):
+            self._start(f"worker{number or ''}", "worker")
         wait_for(lambda: _healthy(self.url), 60, "backend /health")
         return self
 
