@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .engine import DEFAULT_MODEL, STRATEGIES, PatternExtractor, WeightsError, list_image_files, select
-from .engine.selection import resolve_budget
+from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 log = logging.getLogger("freesel_backend")
 
@@ -33,7 +33,11 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--budget", type=float, required=True, help="number of picks, or a fraction of the pool (0..1)")
     parser.add_argument("--patterns", type=int, default=5, dest="patterns_per_image", help="patterns per image, K (5)")
     parser.add_argument("--attention-ratio", type=float, default=0.5, help="share of [CLS] attention mass kept (0.5)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="prob", help="prob: draw by d^2 (paper); fds: farthest-first")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+        help="typical (default): draw by d^2 times typicality, representative images first; "
+        "prob: draw by d^2 (the paper); fds: farthest-first (the paper)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for draws and k-means (0)")
     parser.add_argument(
         "--model", default=DEFAULT_MODEL,

@@ -4,6 +4,9 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 ``p`` to the nearest pattern of any selected image. Each step draws one pattern (with
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
+``typical`` (the default) is ``prob`` with each image's draw weights multiplied by a
+typicality prior (:mod:`.density`), so that tiny budgets pick representative images, not
+outliers; ``prob`` and ``fds`` are the paper's algorithm as published.
 
 Distances are matrix products over the normalised patterns: one ``(M, D) @ (D, k)`` product
 per pick instead of the reference implementation's slice-wise broadcasting.
@@ -17,8 +20,13 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-Strategy = Literal["prob", "fds"]
-STRATEGIES: tuple[str, ...] = ("prob", "fds")
+from .density import typicality_prior
+
+Strategy = Literal["typical", "prob", "fds"]
+STRATEGIES: tuple[str, ...] = ("typical", "prob", "fds")
+DEFAULT_STRATEGY: Strategy = "typical"
+# Exponent on the typicality prior of ``typical``, chosen on held-out data (docs/quality.md).
+TYPICALITY_STRENGTH = 1.0
 
 # Cosine distances below this count as zero: float32 rounding leaves ~1e-6 between two copies
 # of the same pattern, and a copy of a picked image must carry no weight at all.
@@ -111,15 +119,18 @@ def select(
     patterns: Sequence[np.ndarray],
     budget: int,
     *,
-    strategy: Strategy = "prob",
+    strategy: Strategy = DEFAULT_STRATEGY,
     seeds: Iterable[int] = (),
     seed: int | None = None,
+    prior: np.ndarray | None = None,
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
 
     ``patterns[i]`` is image ``i``'s (k_i, D) array of semantic patterns. ``seeds`` are images
     already selected (e.g. labelled): they steer the picks and are left out of the ranking.
     ``budget`` picks are drawn (fewer when fewer images remain), the rest is ordered by distance.
+    ``prior`` (n_images,), positive, multiplies each image's draw weights (``typical`` computes
+    its own when none is given).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -127,6 +138,7 @@ def select(
         raise ValueError(f"budget must be >= 0, got {budget}")
     pool = PatternPool(patterns)
     seed_ids = _validated_seeds(seeds, pool.n_images)
+    row_prior = _row_prior(pool, strategy, prior)
     rng = np.random.default_rng(seed)
 
     selected = np.zeros(pool.n_images, dtype=bool)
@@ -137,7 +149,7 @@ def select(
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
-        image, distance = _draw(pool, nearest, selected, strategy, rng)
+        image, distance = _draw(pool, nearest, selected, strategy, rng, row_prior)
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
@@ -172,27 +184,44 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
     return seed_ids
 
 
+def _row_prior(pool: PatternPool, strategy: Strategy, prior: np.ndarray | None) -> np.ndarray | None:
+    """The per-pattern-row draw factor: the image prior repeated over its patterns, or None."""
+    if prior is None and strategy == "typical":
+        prior = typicality_prior(pool.matrix, pool.starts, strength=TYPICALITY_STRENGTH)
+    if prior is None:
+        return None
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (pool.n_images,) or not np.all(np.isfinite(prior)) or not np.all(prior > 0):
+        raise ValueError(f"prior must hold one finite value > 0 per image ({pool.n_images}), got shape {prior.shape}")
+    return prior[pool.owner]
+
+
 def _draw(
     pool: PatternPool,
     nearest: np.ndarray,
     selected: np.ndarray,
     strategy: Strategy,
     rng: np.random.Generator,
+    row_prior: np.ndarray | None = None,
 ) -> tuple[int, float]:
     """One pick: (image index, the drawn pattern's distance)."""
     if np.isinf(nearest).all():
-        # Nothing selected yet: the paper starts from one random image.
-        image = int(rng.integers(pool.n_images))
-        return image, math.inf
+        # Nothing selected yet: the paper starts from one random image (drawn by the prior).
+        if row_prior is None:
+            return int(rng.integers(pool.n_images)), math.inf
+        image_prior = row_prior[pool.starts]
+        return int(rng.choice(pool.n_images, p=image_prior / image_prior.sum())), math.inf
     top = float(nearest.max())
     if top <= 0.0:
         # Only copies of selected images remain: complete the order in index order.
         image = int(np.flatnonzero(~selected)[0])
         return image, 0.0
     if strategy == "fds":
-        pattern = int(np.argmax(nearest))
+        pattern = int(np.argmax(nearest if row_prior is None else nearest * row_prior))
     else:
         weights = np.square(nearest, dtype=np.float64)
+        if row_prior is not None:
+            weights *= row_prior
         cumulative = np.cumsum(weights)
         pattern = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
         pattern = min(pattern, len(cumulative) - 1)
