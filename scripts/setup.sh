@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 files=(requirements.txt requirements-offline-model.txt)
-[[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt)
+# The test suite also runs the quality benchmark at CI size (tests/test_quality_bench.py).
+[[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt requirements-bench.txt)
 
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -62,6 +63,7 @@ def score_methods(
             for budget, picks in picks_by_budget.items():
                 accuracy[budget].append(probe.accuracy(picks))
                 coverage[budget].append(len(np.unique(probe.pool_labels[picks])))
+        print(f"  scored {method.name}: {np.mean(seconds):.1f} s selection per seed", file=sys.stderr, flush=True)
         scores.extend(
             Score(method.name, budget, float(np.mean(accuracy[budget])), float(np.std(accuracy[budget])),
                   float(np.mean(coverage[budget])), float(np.mean(seconds)))
