@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.selection import DEFAULT_STRATEGY
+from ..engine.selection import DEFAULT_STRATEGY, TYPICALITY_STRENGTH
 from .data import DEFAULT_ROOT, DatasetMissingError, load_split
 from .evaluate import Probe, score_methods
 from .features import DEFAULT_CACHE_DIR, ExtractionSettings, Features, cached_features
@@ -27,6 +27,7 @@ from .report import markdown_tables, plot
 BUDGETS = (10, 20, 50, 100, 200, 500, 1000)
 # The product's pattern settings (the extractor's defaults) and its default strategy.
 PRODUCT_CONFIG = (5, 0.5)
+SINGLE_OBJECT_CONFIG = (1, 1.0)
 
 
 def report_methods() -> list[Method]:
@@ -38,7 +39,14 @@ def report_methods() -> list[Method]:
         freesel_method("FreeSel fds K=5", (5, 0.5), "fds"),
         coreset_method(),
         centroid_method(),
-        freesel_method(f"product default: {DEFAULT_STRATEGY} K={PRODUCT_CONFIG[0]}", PRODUCT_CONFIG, DEFAULT_STRATEGY),
+        freesel_method(
+            f"product default: {DEFAULT_STRATEGY} K={PRODUCT_CONFIG[0]} (typicality^{TYPICALITY_STRENGTH:g})",
+            PRODUCT_CONFIG, DEFAULT_STRATEGY,
+        ),
+        # The held-out winner (docs/quality.md): one pattern, the mean of all patch tokens.
+        freesel_method(
+            f"{DEFAULT_STRATEGY} K=1 ratio 1.0 (typicality^{TYPICALITY_STRENGTH:g})", SINGLE_OBJECT_CONFIG, DEFAULT_STRATEGY
+        ),
     ]
 
 
@@ -66,6 +74,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=int, default=10_000, help="first N test images (10000)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--seeds", type=int, default=5, help="seeds per method and budget (5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ... (0)")
+    parser.add_argument("--only", nargs="+", metavar="METHOD", help="score only these methods (exact names)")
     return parser.parse_args(argv)
 
 
@@ -83,21 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pool = train.subset(np.arange(min(args.pool_size, len(train))))
     pool_features = cached_features(pool.images, "pool", settings, args.cache_dir)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     if args.mode == "tune":
         select_ids, score_ids = _halves(len(pool))
         features = pool_features.subset(select_ids)
         probe = Probe.build(features.embeddings, pool.labels[select_ids],
                             pool_features.embeddings[score_ids], pool.labels[score_ids])
-        scores = score_methods(tuning_methods(), features, probe, args.budgets, seeds)
+        scores = score_methods(_chosen(tuning_methods(), args.only), features, probe, args.budgets, seeds, cache=_score_cache(args, "tune"))
         name, title = "quality_tuning", f"Tuning: select from {len(select_ids)} pool images, score on the other {len(score_ids)}"
     else:
         assert test is not None
         test = test.subset(np.arange(min(args.test_size, len(test))))
         test_features = cached_features(test.images, "test", ExtractionSettings(**{**settings.__dict__, "configs": ()}), args.cache_dir)
         probe = Probe.build(pool_features.embeddings, pool.labels, test_features.embeddings, test.labels)
-        scores = score_methods(report_methods(), pool_features, probe, args.budgets, seeds)
+        scores = score_methods(_chosen(report_methods(), args.only), pool_features, probe, args.budgets, seeds, cache=_score_cache(args, "report"))
         name, title = "quality_results", f"Fashion-MNIST: pool {len(pool)}, test {len(test)}, {pool_features.model_id} at {args.image_size}px"
     tables = markdown_tables(scores)
     header = _header(args, pool_features, title, time.perf_counter() - started, len(seeds))
@@ -106,6 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(scores, args.out_dir / f"{name}.png", title)
     print(header + tables)
     return 0
+
+
+def _chosen(methods: list[Method], names: Sequence[str] | None) -> list[Method]:
+    if not names:
+        return methods
+    unknown = set(names) - {method.name for method in methods}
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {sorted(unknown)}; choose from {[m.name for m in methods]}")
+    return [method for method in methods if method.name in names]
+
+
+def _score_cache(args: argparse.Namespace, mode: str) -> Path:
+    """Scores are kept per mode and data/feature settings; methods are keyed by name."""
+    setting = f"{mode}_{args.model}_{args.random_init}_{args.image_size}_{args.precision}_{args.pool_size}_{args.test_size}"
+    return args.cache_dir / f"scores_{setting}.json"
 
 
 def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:

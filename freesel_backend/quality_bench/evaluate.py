@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -49,27 +51,48 @@ class Probe:
 
 
 def score_methods(
-    methods: Sequence[Method], features: Features, probe: Probe, budgets: Sequence[int], seeds: Sequence[int]
+    methods: Sequence[Method],
+    features: Features,
+    probe: Probe,
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    cache: Path | None = None,
 ) -> list[Score]:
+    """Every method's scores; with ``cache`` (a .json file), scores of a method already scored
+    under the same name, budgets and seeds are reused (the name must carry its settings)."""
+    stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     scores = []
     for method in methods:
-        accuracy: dict[int, list[float]] = {budget: [] for budget in budgets}
-        coverage: dict[int, list[int]] = {budget: [] for budget in budgets}
-        seconds = []
-        for seed in seeds:
-            started = time.perf_counter()
-            picks_by_budget = _picks(method, features, budgets, seed)
-            seconds.append(time.perf_counter() - started)
-            for budget, picks in picks_by_budget.items():
-                accuracy[budget].append(probe.accuracy(picks))
-                coverage[budget].append(len(np.unique(probe.pool_labels[picks])))
-        print(f"  scored {method.name}: {np.mean(seconds):.1f} s selection per seed", file=sys.stderr, flush=True)
-        scores.extend(
-            Score(method.name, budget, float(np.mean(accuracy[budget])), float(np.std(accuracy[budget])),
-                  float(np.mean(coverage[budget])), float(np.mean(seconds)))
-            for budget in budgets
-        )
+        key = f"{method.name}|{list(budgets)}|{list(seeds)}"
+        if key not in stored:
+            stored[key] = [asdict(score) for score in _score_method(method, features, probe, budgets, seeds)]
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(stored, indent=1))
+        scores.extend(Score(**row) for row in stored[key])
     return scores
+
+
+def _score_method(
+    method: Method, features: Features, probe: Probe, budgets: Sequence[int], seeds: Sequence[int]
+) -> list[Score]:
+    accuracy: dict[int, list[float]] = {budget: [] for budget in budgets}
+    coverage: dict[int, list[int]] = {budget: [] for budget in budgets}
+    seconds = []
+    for seed in seeds:
+        started = time.perf_counter()
+        picks_by_budget = _picks(method, features, budgets, seed)
+        seconds.append(time.perf_counter() - started)
+        for budget, picks in picks_by_budget.items():
+            accuracy[budget].append(probe.accuracy(picks))
+            coverage[budget].append(len(np.unique(probe.pool_labels[picks])))
+    print(f"  scored {method.name}: {np.mean(seconds):.1f} s selection per seed", file=sys.stderr, flush=True)
+    return [
+        Score(method.name, budget, float(np.mean(accuracy[budget])), float(np.std(accuracy[budget])),
+              float(np.mean(coverage[budget])), float(np.mean(seconds)))
+        for budget in budgets
+    ]
 
 
 def _picks(method: Method, features: Features, budgets: Sequence[int], seed: int) -> dict[int, np.ndarray]:

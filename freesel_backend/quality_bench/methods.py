@@ -70,7 +70,7 @@ def centroid_method() -> Method:
         from sklearn.cluster import KMeans
 
         points = _normalised(features.embeddings)
-        centres = KMeans(n_clusters=budget, n_init=1, random_state=seed, max_iter=100).fit(points).cluster_centers_
+        centres = KMeans(n_clusters=budget, n_init=1, random_state=seed, max_iter=50).fit(points).cluster_centers_
         return _nearest_to_centres(points, centres)
 
     return Method("k-means centroids (CLS)", pick, nested=False)
