@@ -1,4 +1,5 @@
-"""Typicality prior and the default ``typical`` strategy: FreeSel's d^2 draws times density."""
+"""The default ``typical`` strategy (one representative per cluster of mean patterns) and the
+typicality prior that weights its remaining d^2 draws."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from freesel_backend import select
 from freesel_backend.engine import density
-from freesel_backend.engine.density import image_descriptors, typicality, typicality_prior
+from freesel_backend.engine.density import cluster_representatives, image_descriptors, typicality, typicality_prior
 from tests.helpers import random_patterns
 from tests.test_selection import assert_is_full_ranking
 
@@ -113,3 +114,55 @@ def test_typical_ranks_every_image_and_leaves_seeds_out() -> None:
 def test_a_bad_prior_gets_a_specific_error(prior: np.ndarray) -> None:
     with pytest.raises(ValueError, match="prior must hold one finite value > 0 per image"):
         select(random_patterns(4, seed=0), 2, strategy="prob", prior=prior)
+
+
+def blobs(sizes: list[int], *, dim: int = 12, seed: int = 0) -> list[np.ndarray]:
+    """Well-separated tight blobs of the given sizes, one pattern per image, in blob order."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for blob, size in enumerate(sizes):
+        centre = np.eye(dim, dtype=np.float32)[blob]
+        for _ in range(size):
+            vector = centre + 0.05 * rng.normal(size=dim).astype(np.float32)
+            images.append((vector / np.linalg.norm(vector))[None, :])
+    return images
+
+
+def blob_of(image: int, sizes: list[int]) -> int:
+    return int(np.searchsorted(np.cumsum(sizes), image, side="right"))
+
+
+def test_cluster_representatives_take_one_image_per_cluster_largest_first_nearest_its_centre() -> None:
+    sizes = [10, 30, 20]
+    descriptors = image_descriptors(*stacked(blobs(sizes)))
+    picks = cluster_representatives(descriptors, 3, covered=np.zeros(60, bool), seed=0)
+    assert [blob_of(int(p), sizes) for p in picks] == [1, 2, 0]
+    for pick in picks:
+        members = np.flatnonzero([blob_of(i, sizes) == blob_of(int(pick), sizes) for i in range(60)])
+        centre = descriptors[members].mean(axis=0)
+        assert pick == members[np.argmin(((descriptors[members] - centre) ** 2).sum(axis=1))]
+
+
+def test_clusters_holding_a_covered_image_get_no_representative() -> None:
+    sizes = [10, 30, 20]
+    covered = np.zeros(60, bool)
+    covered[15] = True  # in the largest blob
+    picks = cluster_representatives(image_descriptors(*stacked(blobs(sizes))), 3, covered=covered, seed=0)
+    assert [blob_of(int(p), sizes) for p in picks] == [2, 0]
+
+
+def test_typical_covers_every_cluster_before_a_second_pick_in_any() -> None:
+    sizes = [12, 25, 8, 15]
+    patterns = blobs(sizes, seed=4)
+    for seed in range(5):
+        picks = select(patterns, 4, strategy="typical", seed=seed).picks
+        assert sorted(blob_of(int(p), sizes) for p in picks) == [0, 1, 2, 3]
+
+
+def test_typical_with_seeds_fills_the_clusters_the_seeds_leave_uncovered() -> None:
+    sizes = [12, 25, 8, 15]
+    patterns = blobs(sizes, seed=4)
+    seeds = [0, 12]  # blobs 0 and 1 are labelled already
+    ranking = select(patterns, 2, strategy="typical", seeds=seeds, seed=0)
+    assert sorted(blob_of(int(p), sizes) for p in ranking.picks) == [2, 3]
+    assert_is_full_ranking(ranking, 60, seeds=tuple(seeds))

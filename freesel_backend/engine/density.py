@@ -58,3 +58,34 @@ def typicality_prior(
     typical = typicality(image_descriptors(pattern_matrix, starts), neighbours=neighbours)
     prior = (typical / typical.max()) ** strength
     return prior
+
+
+def cluster_representatives(
+    descriptors: np.ndarray, n_clusters: int, *, covered: np.ndarray, seed: int | None, iterations: int = 50
+) -> np.ndarray:
+    """TypiClust-style picks: k-means of the L2-normalised ``descriptors`` into ``n_clusters``;
+    from every cluster holding no ``covered`` image (seeds), largest cluster first, the image
+    nearest its centroid. Fewer than ``n_clusters`` come back when clusters are covered or empty."""
+    import torch
+
+    from .kmeans import batched_kmeans
+
+    n_clusters = min(n_clusters, len(descriptors))
+    if n_clusters < 1:
+        return np.zeros(0, dtype=np.int64)
+    points = torch.from_numpy(np.ascontiguousarray(descriptors, dtype=np.float32))[None]
+    generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    centroids, members, assignment = batched_kmeans(
+        points, torch.ones(points.shape[:2], dtype=torch.bool), n_clusters, iterations=iterations, generator=generator
+    )
+    centroids, members, assignment = centroids[0].numpy(), members[0].numpy(), assignment[0].numpy()
+    is_covered = np.zeros(n_clusters, dtype=bool)
+    is_covered[assignment[covered]] = True
+    picks = []
+    for cluster in np.argsort(-members, kind="stable"):
+        if is_covered[cluster] or members[cluster] == 0:
+            continue
+        candidates = np.flatnonzero((assignment == cluster) & ~covered)
+        gaps = ((descriptors[candidates] - centroids[cluster]) ** 2).sum(axis=1)
+        picks.append(int(candidates[np.argmin(gaps)]))
+    return np.asarray(picks, dtype=np.int64)

@@ -4,9 +4,11 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 ``p`` to the nearest pattern of any selected image. Each step draws one pattern (with
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
-``typical`` (the default) is ``prob`` with each image's draw weights multiplied by a
-typicality prior (:mod:`.density`), so that tiny budgets pick representative images, not
-outliers; ``prob`` and ``fds`` are the paper's algorithm as published.
+``typical`` (the default) first takes one representative image per cluster (k-means of the
+images' mean patterns into ``budget`` clusters, the image nearest each centroid, TypiClust-style)
+and draws any remaining picks like ``prob`` with weights multiplied by a typicality prior
+(:mod:`.density`), so that small budgets pick representative images, not outliers; ``prob``
+and ``fds`` are the paper's algorithm as published (docs/quality.md has the measurements).
 
 Distances are matrix products over the normalised patterns: one ``(M, D) @ (D, k)`` product
 per pick instead of the reference implementation's slice-wise broadcasting.
@@ -20,7 +22,7 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-from .density import typicality_prior
+from .density import cluster_representatives, image_descriptors, typicality_prior
 
 Strategy = Literal["typical", "prob", "fds"]
 STRATEGIES: tuple[str, ...] = ("typical", "prob", "fds")
@@ -146,10 +148,15 @@ def select(
     nearest = pool.distances_to(seed_ids) if seed_ids else np.full(len(pool.matrix), np.inf, np.float32)
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
+    representatives = iter(_representatives(pool, strategy, n_picks, selected, seed))
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
-        image, distance = _draw(pool, nearest, selected, strategy, rng, row_prior)
+        image = next(representatives, None)
+        if image is None:
+            image, distance = _draw(pool, nearest, selected, strategy, rng, row_prior)
+        else:
+            distance = float(nearest[pool.rows_of(image)].max())
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
@@ -182,6 +189,16 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
     if out_of_range:
         raise ValueError(f"seed image indices out of range 0..{n_images - 1}: {out_of_range[:10]}")
     return seed_ids
+
+
+def _representatives(
+    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None
+) -> np.ndarray:
+    """``typical``'s first picks: one per cluster of the images' mean patterns (none otherwise)."""
+    if strategy != "typical" or n_picks == 0:
+        return np.zeros(0, dtype=np.int64)
+    descriptors = image_descriptors(pool.matrix, pool.starts)
+    return cluster_representatives(descriptors, n_picks + int(selected.sum()), covered=selected.copy(), seed=seed)[:n_picks]
 
 
 def _row_prior(pool: PatternPool, strategy: Strategy, prior: np.ndarray | None) -> np.ndarray | None:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..engine import select
-from ..engine.density import typicality_prior
+from ..engine.density import image_descriptors, typicality_prior
 from ..engine.selection import PatternPool
 from .features import Features, PatternConfig
 
@@ -42,7 +42,8 @@ def freesel_method(name: str, config: PatternConfig, strategy: str, *, strength:
             prior = typicality_prior(pool.matrix, pool.starts, strength=strength)
         return select(patterns, budget, strategy=strategy, seed=seed, prior=prior).picks  # type: ignore[arg-type]
 
-    return Method(name, pick)
+    # typical's picks depend on the budget (one per cluster); prob and fds rank once for all.
+    return Method(name, pick, nested=strategy != "typical")
 
 
 def coreset_method() -> Method:
@@ -62,18 +63,23 @@ def coreset_method() -> Method:
     return Method("coreset (k-center, CLS)", pick)
 
 
-def centroid_method() -> Method:
-    """Typicality baseline: k-means with ``budget`` clusters on the global embeddings, the
-    image nearest each centroid."""
+def centroid_method(config: PatternConfig | None = None) -> Method:
+    """Typicality baseline: k-means with ``budget`` clusters, the image nearest each centroid;
+    on the global embeddings, or (``config``) on each image's mean pattern."""
 
     def pick(features: Features, budget: int, seed: int) -> np.ndarray:
         from sklearn.cluster import KMeans
 
-        points = _normalised(features.embeddings)
+        if config is None:
+            points = _normalised(features.embeddings)
+        else:
+            pool = PatternPool(features.patterns[config])
+            points = image_descriptors(pool.matrix, pool.starts)
         centres = KMeans(n_clusters=budget, n_init=1, random_state=seed, max_iter=50).fit(points).cluster_centers_
         return _nearest_to_centres(points, centres)
 
-    return Method("k-means centroids (CLS)", pick, nested=False)
+    name = "k-means centroids (CLS)" if config is None else f"k-means centroids (patterns K={config[0]} r={config[1]})"
+    return Method(name, pick, nested=False)
 
 
 def _nearest_to_centres(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
