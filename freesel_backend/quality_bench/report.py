@@ -8,6 +8,7 @@ from typing import Sequence
 from .evaluate import Score
 
 RANDOM = "random"
+PRODUCT_PREFIX = "product default"  # drawn thicker
 
 
 def markdown_tables(scores: Sequence[Score]) -> str:
@@ -51,12 +52,14 @@ def plot(scores: Sequence[Score], path: Path, title: str) -> None:
         budgets = [s.budget for s in rows]
         means = [100 * s.accuracy_mean for s in rows]
         stds = [100 * s.accuracy_std for s in rows]
-        style = {"color": "black", "linestyle": "--"} if method == RANDOM else {}
+        style: dict[str, object] = {"color": "black", "linestyle": "--"} if method == RANDOM else {}
+        if method.startswith(PRODUCT_PREFIX):
+            style = {"linewidth": 2.5}
         axes.errorbar(budgets, means, yerr=stds, marker="o", markersize=3, capsize=2, label=method, **style)
     axes.set_xscale("log")
     axes.set_xlabel("labelled images (budget)")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=9)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
