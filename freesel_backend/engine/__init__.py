@@ -3,13 +3,16 @@
 Nothing here imports Label Studio, Flask, Redis or RQ.
 """
 
+from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, DuplicateGroups, find_near_duplicates
 from .images import ImageLoadError, list_image_files, load_image
 from .models import DEFAULT_MODEL, BackboneSpec, WeightsError
 from .patterns import ExtractorSettings, PatternExtractor
 from .selection import STRATEGIES, Ranking, select
 
 __all__ = [
+    "DEFAULT_DUPLICATE_THRESHOLD",
     "DEFAULT_MODEL",
+    "DuplicateGroups",
     "STRATEGIES",
     "BackboneSpec",
     "ExtractorSettings",
@@ -17,6 +20,7 @@ __all__ = [
     "PatternExtractor",
     "Ranking",
     "WeightsError",
+    "find_near_duplicates",
     "list_image_files",
     "load_image",
     "select",

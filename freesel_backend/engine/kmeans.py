@@ -44,8 +44,10 @@ def _kmeans_plus_plus(
 ) -> torch.Tensor:
     batch, _, dim = points.shape
     rows = torch.arange(batch, device=points.device)
-    uniform = torch.rand(batch, k, generator=generator, device=generator.device if generator else None)
-    uniform = uniform.to(points.device)
+    # One set of draws shared by every image: an image's clusters must not depend on its position
+    # in the batch (identical images would otherwise get different patterns).
+    uniform = torch.rand(1, k, generator=generator, device=generator.device if generator else None)
+    uniform = uniform.to(points.device).expand(batch, k)
     kept = mask.float()
     weights = kept
     closest = torch.full(mask.shape, float("inf"), device=points.device)

@@ -63,7 +63,10 @@ class Ranking:
 class PatternPool:
     """All patterns stacked into one matrix, with the image that owns each row."""
 
-    def __init__(self, patterns: Sequence[np.ndarray]) -> None:
+    def __init__(self, patterns: Sequence[np.ndarray], duplicate_threshold: float = DUPLICATE_TOLERANCE) -> None:
+        if not 0.0 <= duplicate_threshold < 2.0:
+            raise ValueError(f"duplicate_threshold is a cosine distance in [0, 2), got {duplicate_threshold}")
+        self.duplicate_threshold = duplicate_threshold
         if len(patterns) == 0:
             raise ValueError("select() needs at least one image's patterns")
         counts = []
@@ -103,7 +106,7 @@ class PatternPool:
         """Cosine distance from every pattern to the nearest of ``queries`` (rows of the pool)."""
         similarity = self.matrix @ queries.T
         distance = 1.0 - similarity.max(axis=1)
-        distance[distance < DUPLICATE_TOLERANCE] = 0.0
+        distance[distance < self.duplicate_threshold] = 0.0
         return distance
 
     def per_image_max(self, values: np.ndarray) -> np.ndarray:
@@ -124,6 +127,7 @@ def select(
     strategy: Strategy = DEFAULT_STRATEGY,
     seeds: Iterable[int] = (),
     seed: int | None = None,
+    duplicate_threshold: float = DUPLICATE_TOLERANCE,
     prior: np.ndarray | None = None,
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
@@ -133,12 +137,15 @@ def select(
     ``budget`` picks are drawn (fewer when fewer images remain), the rest is ordered by distance.
     ``prior`` (n_images,), positive, multiplies each image's draw weights (``typical`` computes
     its own when none is given).
+    Distances below ``duplicate_threshold`` count as zero: with the threshold of
+    :func:`~freesel_backend.engine.duplicates.find_near_duplicates`, a picked image's
+    near-duplicates carry no weight, so no two of one group are picked while others remain.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    pool = PatternPool(patterns)
+    pool = PatternPool(patterns, duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
     row_prior = _row_prior(pool, strategy, prior)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,217 @@
+"""Configuration: process settings from the environment, per-project FreeSel settings.
+
+:class:`Settings` is read once per process (web service or worker) from environment variables;
+:class:`ProjectSettings` is what a project admin tunes (connect form extra params, admin
+endpoints, CLI) and lives in Redis (see ``store.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .engine import DEFAULT_MODEL, STRATEGIES
+from .engine.selection import DEFAULT_STRATEGY, resolve_budget
+
+FEATURES_QUEUE = "freesel-features"
+SELECTION_QUEUE = "freesel-selection"
+QUEUES = (FEATURES_QUEUE, SELECTION_QUEUE)
+DEFAULT_PORT = 9090
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting and the fix."""
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool_env(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _intervals_env(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        intervals = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise SettingsError(f"{name} must be comma-separated whole seconds, e.g. 10,30,120; got {raw!r}") from None
+    if any(value < 0 for value in intervals):
+        raise SettingsError(f"{name} must not hold negative seconds, got {raw!r}")
+    return intervals
+
+
+WEBHOOK_SECRET_HEADER = "X-FreeSel-Webhook-Secret"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings, from environment variables (see README, "Settings")."""
+
+    label_studio_url: str = ""
+    label_studio_api_key: str = dataclasses.field(default="", repr=False)
+    redis_url: str | None = None
+    model_dir: Path = Path("model_dir")
+    public_url: str = f"http://localhost:{DEFAULT_PORT}"
+    model: str = DEFAULT_MODEL
+    basic_auth_user: str = ""
+    basic_auth_pass: str = dataclasses.field(default="", repr=False)
+    device: str | None = None
+    precision: str = "fp32"
+    batch_size: int = 32
+    chunk_size: int = 64
+    job_timeout_s: int = 3600
+    job_retries: int = 3
+    retry_intervals: tuple[int, ...] = (10, 30, 120)
+    # A worker refreshes its running job's lease this often; a job whose lease ran out for
+    # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s).
+    worker_heartbeat_s: int = 30
+    worker_maintenance_s: int = 60
+    download_max_bytes: int = 64 * 1024 * 1024
+    download_timeout_s: int = 30
+    # Image URLs (and redirects) to loopback/private/link-local addresses are refused unless set;
+    # the configured Label Studio host is always allowed.
+    allow_private_downloads: bool = False
+    max_request_bytes: int = 64 * 1024 * 1024
+    webhook_secret_override: str = dataclasses.field(default="", repr=False)
+    # Tests only: random weights and a small input size, so a tiny ViT runs in a test worker.
+    test_random_init: bool = False
+    test_image_size: int | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        precision = env.get("FREESEL_PRECISION", "fp32").strip() or "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise SettingsError(f"FREESEL_PRECISION must be fp32 or bf16, got {precision!r}")
+        image_size = _int_env(env, "FREESEL_TEST_IMAGE_SIZE", 0, minimum=0)
+        return cls(
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").strip().rstrip("/"),
+            label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or "").strip(),
+            redis_url=(env.get("REDIS_URL") or "").strip() or None,
+            model_dir=Path(env.get("MODEL_DIR") or "model_dir").expanduser(),
+            public_url=(env.get("FREESEL_PUBLIC_URL") or f"http://localhost:{DEFAULT_PORT}").strip().rstrip("/"),
+            model=(env.get("FREESEL_MODEL") or DEFAULT_MODEL).strip(),
+            basic_auth_user=env.get("BASIC_AUTH_USER", ""),
+            basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
+            device=(env.get("FREESEL_DEVICE") or "").strip() or None,
+            precision=precision,
+            batch_size=_int_env(env, "FREESEL_BATCH_SIZE", 32),
+            chunk_size=_int_env(env, "FREESEL_CHUNK_SIZE", 64),
+            job_timeout_s=_int_env(env, "FREESEL_JOB_TIMEOUT", 3600),
+            job_retries=_int_env(env, "FREESEL_JOB_RETRIES", 3, minimum=0),
+            retry_intervals=_intervals_env(env, "FREESEL_RETRY_INTERVALS", (10, 30, 120)),
+            worker_heartbeat_s=_int_env(env, "FREESEL_WORKER_HEARTBEAT", 30),
+            worker_maintenance_s=_int_env(env, "FREESEL_WORKER_MAINTENANCE", 60),
+            download_max_bytes=_int_env(env, "FREESEL_DOWNLOAD_MAX_BYTES", 64 * 1024 * 1024),
+            download_timeout_s=_int_env(env, "FREESEL_DOWNLOAD_TIMEOUT", 30),
+            allow_private_downloads=_bool_env(env, "FREESEL_ALLOW_PRIVATE_DOWNLOADS"),
+            max_request_bytes=_int_env(env, "FREESEL_MAX_REQUEST_BYTES", 64 * 1024 * 1024),
+            webhook_secret_override=env.get("FREESEL_WEBHOOK_SECRET", "").strip(),
+            test_random_init=_bool_env(env, "FREESEL_TEST_RANDOM_INIT"),
+            test_image_size=image_size or None,
+        )
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
+
+    @property
+    def webhook_secret(self) -> str:
+        """The value Label Studio sends in the ``X-FreeSel-Webhook-Secret`` header of our webhooks:
+        ``FREESEL_WEBHOOK_SECRET``, else derived from the API key (one-way, so the key itself is
+        never stored in Label Studio's webhook settings) so every process agrees without setup."""
+        if self.webhook_secret_override:
+            return self.webhook_secret_override
+        return hmac.new(self.label_studio_api_key.encode(), b"freesel-webhook", hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """What a project admin tunes. ``budget``: picks per run as a count (>= 1) or a fraction of
+    the unlabelled pool (0 < b < 1); ``None`` = the whole pool. Every run is capped at
+    ``max_picks``; the tasks after the picks are ordered by distance. ``model=None`` uses the
+    process default (``FREESEL_MODEL``)."""
+
+    enabled: bool = True
+    budget: float | None = None
+    patterns_per_image: int = 5
+    attention_ratio: float = 0.5
+    strategy: str = DEFAULT_STRATEGY
+    model: str | None = None
+    max_picks: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise SettingsError(f"enabled must be true or false, got {self.enabled!r}")
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
+                raise SettingsError(f"budget must be a number or null, got {self.budget!r}")
+            if not math.isfinite(self.budget) or self.budget <= 0 or (self.budget > 1 and self.budget != int(self.budget)):
+                raise SettingsError(
+                    f"budget must be a whole number of picks (>= 1), a fraction in (0, 1) or null, got {self.budget!r}"
+                )
+        _check_int("patterns_per_image", self.patterns_per_image, 1)
+        _check_int("max_picks", self.max_picks, 1)
+        _check_int("seed", self.seed, 0)
+        if isinstance(self.attention_ratio, bool) or not isinstance(self.attention_ratio, (int, float)) or not (
+            0 < self.attention_ratio <= 1
+        ):
+            raise SettingsError(f"attention_ratio must be a number in (0, 1], got {self.attention_ratio!r}")
+        if self.strategy not in STRATEGIES:
+            raise SettingsError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise SettingsError(f"model must be a model name or null, got {self.model!r}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def updated(self, changes: Mapping[str, Any]) -> "ProjectSettings":
+        """A copy with ``changes`` applied; unknown names are an error listing the known ones."""
+        if not isinstance(changes, Mapping):
+            raise SettingsError(f"settings must be a JSON object, got {type(changes).__name__}")
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self.field_names())}")
+        return dataclasses.replace(self, **dict(changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def picks_for(self, pool_size: int) -> int:
+        """Number of picks for an unlabelled pool of ``pool_size``: the budget, capped at ``max_picks``."""
+        wanted = pool_size if self.budget is None else resolve_budget(self.budget, pool_size)
+        return min(wanted, self.max_picks, pool_size)
+
+    def model_name(self, default: str) -> str:
+        return self.model or default
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SettingsError(f"{name} must be a whole number >= {minimum}, got {value!r}")

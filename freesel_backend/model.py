@@ -1,0 +1,111 @@
+"""The Label Studio ML backend model: answers /setup, /predict and webhooks from stored results.
+
+Requests never run the network: they read Redis and enqueue RQ jobs (``jobs.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ElementTree
+from typing import Any, Mapping, Sequence
+
+from label_studio_ml.model import LabelStudioMLBase
+
+from . import admin
+from .config import WEBHOOK_SECRET_HEADER
+from .jobs import enqueue_patterns, schedule_selection
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+RERANK_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"})
+WEBHOOK_ACTIONS = ("TASKS_CREATED", *sorted(RERANK_EVENTS))
+
+
+class LabelConfigError(ValueError):
+    """The project's labeling config cannot be used with FreeSel."""
+
+
+def image_field_of(label_config: str) -> str:
+    """The task data field of the config's first ``<Image value="$field">``."""
+    try:
+        root = ElementTree.fromstring(label_config or "")
+    except ElementTree.ParseError as error:
+        raise LabelConfigError(f"the project's labeling config is not valid XML: {error}") from None
+    for tag in root.iter("Image"):
+        value = tag.get("value", "")
+        if value.startswith("$") and len(value) > 1:
+            return value[1:]
+    raise LabelConfigError(
+        'FreeSel ranks images, but the labeling config has no <Image value="$field"> tag; '
+        'add one, e.g. <Image name="image" value="$image"/>'
+    )
+
+
+def project_id_of(project: Any) -> int:
+    """Label Studio sends the project as ``"<id>.<created timestamp>"`` (or an id, or a dict)."""
+    if isinstance(project, Mapping):
+        project = project.get("id")
+    try:
+        return int(str(project).split(".")[0])
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot read a project id from {project!r}") from None
+
+
+class FreeSelModel(LabelStudioMLBase):
+    """One instance per request, bound to a project and the backend's services."""
+
+    def __init__(self, label_config: str | None = None, train_output: Any = None, *, project_id: int, backend: "admin.Backend", **kwargs: Any) -> None:
+        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
+        self.project_id = project_id
+        self.backend = backend
+
+    @property
+    def store(self) -> Store:
+        return self.backend.store
+
+    def setup(self, extra_params: Mapping[str, Any] | None) -> str:
+        """On connect: check the config, apply settings from the connect form, register the
+        webhook, and enqueue patterns for the tasks already in the project. Returns the model version."""
+        field = image_field_of(self.label_config or "")
+        self.store.update_state(self.project_id, image_field=field)
+        admin.apply_settings(self.backend, self.project_id, dict(extra_params or {}))
+        settings = self.backend.settings
+        self.backend.client.register_webhook(
+            self.project_id,
+            f"{settings.public_url}/webhook",
+            actions=WEBHOOK_ACTIONS,
+            headers={WEBHOOK_SECRET_HEADER: settings.webhook_secret},
+        )
+        return self.model_version()
+
+    def model_version(self) -> str:
+        return self.store.get_state(self.project_id).get("model_version") or "freesel-pending"
+
+    def predict(self, tasks: Sequence[Mapping[str, Any]], **kwargs: Any) -> list[list[dict[str, Any]]]:
+        """The stored FreeSel prediction of each task that has one; the others get none now and
+        are enqueued (if new to the backend)."""
+        ids = [int(task["id"]) for task in tasks]
+        stored = self.store.get_predictions(self.project_id, ids)
+        unknown = set(ids) - set(stored) - self.store.task_ids(self.project_id)
+        if unknown and self.store.get_settings(self.project_id).enabled:
+            enqueue_patterns(self.backend.connection, self.backend.settings, self.project_id, unknown)
+        return [[_as_prediction(stored[t])] if t in stored else [] for t in ids]
+
+    def process_event(self, event: str, data: Mapping[str, Any], job_id: Any = None, additional_params: Any = None) -> dict[str, Any]:
+        """TASKS_CREATED -> patterns for exactly those tasks; annotation changes and deletions ->
+        one (coalesced) re-ranking with the new seeds."""
+        if not self.store.get_settings(self.project_id).enabled:
+            return {"ignored": f"{event}: FreeSel is disabled for project {self.project_id}"}
+        if event == "TASKS_CREATED":
+            task_ids = [int(task["id"]) for task in data.get("tasks") or []]
+            jobs = enqueue_patterns(self.backend.connection, self.backend.settings, self.project_id, task_ids)
+            return {"enqueued_tasks": len(task_ids), "jobs": len(jobs)}
+        if event in RERANK_EVENTS:
+            job = schedule_selection(self.backend.connection, self.backend.settings, self.project_id)
+            return {"selection_job": job.id}
+        return {"ignored": event}
+
+
+def _as_prediction(stored: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: stored[key] for key in ("result", "score", "model_version", "cluster") if key in stored}

@@ -1,0 +1,150 @@
+"""Running the backend: gunicorn web service, RQ worker, embedded Redis, admin client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import redis
+import requests
+from gunicorn.app.base import BaseApplication
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.worker import SimpleWorker, WorkerStatus
+
+from .config import QUEUES, Settings, SettingsError
+from .redis_server import RedisServer
+
+log = logging.getLogger(__name__)
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .wsgi import create_app
+
+        return create_app()
+
+
+def serve(host: str, port: int, web_workers: int) -> int:
+    """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and a worker process.
+
+    SIGTERM or Ctrl-C stops gunicorn gracefully, then the worker (warm shutdown: its running job
+    may finish), then the embedded Redis (which writes its data file on the way out)."""
+    settings = Settings.from_env()
+    if settings.basic_auth is None:
+        log.warning(
+            "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: anyone who can reach port %s can call this backend, "
+            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's connect form.",
+            port,
+        )
+    embedded: RedisServer | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        if settings.redis_url is None:
+            embedded = RedisServer(settings.model_dir / "redis").start()
+            os.environ["REDIS_URL"] = embedded.url
+            log.info("embedded Redis at %s (data in %s); starting one worker", embedded.url, embedded.data_dir)
+            worker = subprocess.Popen([sys.executable, "-m", "freesel_backend", "worker"], env=dict(os.environ))
+        log.info("FreeSel backend on http://%s:%s (Label Studio reaches it at %s)", host, port, settings.public_url)
+        _Gunicorn({"bind": f"{host}:{port}", "workers": web_workers, "threads": 4, "timeout": 120,
+                   "graceful_timeout": 10, "worker_class": "gthread", "accesslog": "-",
+                   # one control socket path per user would be shared by every backend on the machine
+                   "control_socket_disable": True}).run()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s: float = 10.0) -> None:
+    """RQ's shutdown: the first SIGTERM lets the running job finish, a second one stops it; then kill."""
+    for signal_wait in (warm_s, cold_s):
+        if worker.poll() is not None:
+            return
+        worker.terminate()
+        try:
+            worker.wait(timeout=signal_wait)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s still running after %.0f s", worker.pid, signal_wait)
+    worker.kill()
+    worker.wait()
+
+
+def work(*, burst: bool = False) -> int:
+    """An RQ worker on FreeSel's queues. SimpleWorker (no fork per job) keeps the model loaded
+    between jobs; the scheduler runs the delayed retries."""
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("REDIS_URL is not set: the worker needs the backend's Redis")
+    connection = redis.Redis.from_url(settings.redis_url)
+    queues = [Queue(name, connection=connection) for name in QUEUES]
+    worker = HeartbeatWorker(queues, connection=connection, maintenance_interval=settings.worker_maintenance_s)
+    worker.lease_s = settings.worker_heartbeat_s
+    worker.work(burst=burst, with_scheduler=True)
+    return 0
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker whose running job holds a short lease, renewed every ``lease_s`` by a
+    thread. SimpleWorker's own lease is the job timeout (an hour), so a worker killed mid-job
+    would leave its chunk "started" for an hour; with the lease, the next registry maintenance
+    of any worker finds it abandoned within about 3 x lease_s and RQ retries it."""
+
+    lease_s = 30
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return 3 * self.lease_s
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        finished = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(job, execution, finished), daemon=True)
+        renewer.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            finished.set()
+            renewer.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _renew_lease(self, job: Job, execution: Execution, finished: threading.Event) -> None:
+        while not finished.wait(self.lease_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as error:  # the job itself will report a lasting outage
+                log.warning("could not renew the lease of job %s: %s", job.id, error)
+
+
+def project_action(project_id: int, action: str, url: str | None = None) -> Any:
+    """Call the running backend's admin route for ``action`` and return its JSON answer."""
+    settings = Settings.from_env()
+    base = (url or settings.public_url).rstrip("/")
+    method = "GET" if action == "status" else "POST"
+    try:
+        response = requests.request(method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60)
+    except requests.ConnectionError:
+        raise SettingsError(f"no FreeSel backend answers at {base}: start it (scripts/run.sh) or pass --url") from None
+    if response.status_code == 401:
+        raise SettingsError(f"{base} wants basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS as the backend has them")
+    if response.status_code >= 400:
+        raise SettingsError(f"{action} failed: HTTP {response.status_code} {response.text[:300]}")
+    return response.json()
+

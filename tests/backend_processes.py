@@ -1,0 +1,115 @@
+"""Start the real backend (gunicorn via ``python -m freesel_backend serve``) and real RQ worker
+processes for tests, configured with the tiny random-init ViT."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from freesel_backend.redis_server import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def backend_env(redis_url: str, label_studio_url: str, api_key: str, model_dir: Path, public_url: str = "") -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LABEL_STUDIO_", "FREESEL_"))}
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "LABEL_STUDIO_URL": label_studio_url,
+            "LABEL_STUDIO_API_KEY": api_key,
+            "MODEL_DIR": str(model_dir),
+            "FREESEL_MODEL": "vit_tiny_patch16_224",
+            "FREESEL_TEST_RANDOM_INIT": "true",
+            "FREESEL_TEST_IMAGE_SIZE": "64",
+            "FREESEL_DEVICE": "cpu",
+            "FREESEL_CHUNK_SIZE": "8",
+            "FREESEL_JOB_RETRIES": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if public_url:
+        env["FREESEL_PUBLIC_URL"] = public_url
+    return env
+
+
+def run_worker_burst(env: dict[str, str], timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """A real worker process that handles every queued job, then exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "freesel_backend", "worker", "--burst"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=True,
+    )
+
+
+class BackendProcesses:
+    """``serve`` (gunicorn) plus one long-running worker process."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**env, "FREESEL_PUBLIC_URL": self.url}
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, name: str, *args: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        self.processes.append(
+            subprocess.Popen([sys.executable, "-m", "freesel_backend", *args], cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        )
+
+    def start(self, workers: int = 1) -> "BackendProcesses":
+        self._start("serve", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--web-workers", "1")
+        for number in range(workers):
+            self._start(f"worker{number or ''}", "worker")
+        wait_for(lambda: _healthy(self.url), 60, "backend /health")
+        return self
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def status(self, project_id: int) -> dict[str, Any]:
+        response = requests.get(f"{self.url}/freesel/projects/{project_id}/status", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, project_id: int, action: str) -> dict[str, Any]:
+        response = requests.post(f"{self.url}/freesel/projects/{project_id}/{action}", timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def idle(status: dict[str, Any]) -> bool:
+    """No job of the project waiting, deferred or running, in any queue."""
+    return all(count == 0 for queue in status["jobs"].values() for count in queue.values())

@@ -1,0 +1,49 @@
+"""RQ jobs with a real Redis, a real worker process and a real Label Studio."""
+
+from __future__ import annotations
+
+from rq import Queue
+from rq.job import Job
+
+from freesel_backend.config import SELECTION_QUEUE, Settings
+from freesel_backend.jobs import enqueue_patterns, schedule_selection
+from freesel_backend.store import Store
+from tests.backend_processes import backend_env, run_worker_burst
+from tests.helpers import write_noise_images
+
+
+def test_a_burst_of_imports_ends_in_one_waiting_selection_that_waits_for_every_chunk(redis_connection):
+    settings = Settings(chunk_size=2)
+    first = enqueue_patterns(redis_connection, settings, 5, [1, 2, 3])
+    second = enqueue_patterns(redis_connection, settings, 5, [4])
+    again = schedule_selection(redis_connection, settings, 5)
+    waiting = Queue(SELECTION_QUEUE, connection=redis_connection).deferred_job_registry.get_job_ids()
+    assert waiting == [again.id]
+    assert sorted(again.dependency_ids) == sorted(job.id for job in first + second)
+    assert again.args == (5,) and all(job.args[0] == 5 for job in first + second)  # plain arguments, no secrets
+    assert len(first) == 2 and first[0].retries_left == settings.job_retries
+
+
+def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_studio, redis_connection, redis_url, tmp_path):
+    project = label_studio.create_project("jobs")
+    tasks = label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))
+    broken = label_studio.import_tasks(project["id"], [{"image": "http://127.0.0.1:9/missing.png"}])
+    env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
+    chunks = enqueue_patterns(redis_connection, Settings.from_env(env), project["id"], [t["id"] for t in tasks] + broken)
+
+    run_worker_burst(env)
+
+    store = Store(redis_connection)
+    state = store.get_state(project["id"])
+    assert sorted(store.load_patterns(project["id"], state["patterns_version"])) == [t["id"] for t in tasks]
+    failures = store.failures(project["id"], state["patterns_version"])
+    assert list(failures) == broken and "image download failed" in failures[broken[0]]
+    listed = label_studio.api("GET", f"/api/projects/{project['id']}/").json()
+    assert listed["sampling"] == "Uncertainty sampling" and listed["model_version"] == state["model_version"]
+    scores = sorted(p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json())
+    assert scores == [i / 5 for i in range(5)]
+    for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
+        chunk.refresh()
+        assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]
+    selection = Job.fetch(state["pending_selection"], connection=redis_connection)
+    assert selection.meta["stage"] == "writing flags" and selection.meta["done"] == selection.meta["total"] == 6  # 5 ranked + 1 failed

@@ -1,0 +1,68 @@
+"""The Redis store against a real Redis: pattern blobs, versions, failures, settings, predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from freesel_backend.config import ProjectSettings, SettingsError
+from freesel_backend.store import Store, decode_patterns, encode_patterns, patterns_version
+
+
+def test_pattern_blob_round_trips_as_float16_with_its_shape():
+    patterns = np.random.default_rng(0).normal(size=(5, 384)).astype(np.float32)
+    blob = encode_patterns(patterns)
+    assert len(blob) == 4 + 5 * 384 * 2
+    decoded = decode_patterns(blob)
+    assert decoded.shape == (5, 384) and decoded.dtype == np.float32
+    np.testing.assert_allclose(decoded, patterns, rtol=1e-3, atol=1e-3)
+
+
+def test_truncated_pattern_blob_is_a_clear_error():
+    with pytest.raises(ValueError, match="header says 2x3"):
+        decode_patterns(encode_patterns(np.ones((2, 3)))[:-2])
+
+
+def test_patterns_version_changes_with_any_setting_that_shapes_patterns():
+    base = patterns_version("vit", patterns_per_image=5, attention_ratio=0.5)
+    assert base == patterns_version("vit", attention_ratio=0.5, patterns_per_image=5)
+    assert base != patterns_version("vit", patterns_per_image=3, attention_ratio=0.5)
+    assert base != patterns_version("other", patterns_per_image=5, attention_ratio=0.5)
+
+
+def test_patterns_and_failures_are_stored_per_version_and_a_success_clears_a_failure(redis_connection):
+    store = Store(redis_connection)
+    store.save_results(7, "v1", {}, {3: "image download failed: HTTP 404"})
+    store.save_results(7, "v1", {1: np.ones((2, 4)), 3: np.full((1, 4), 2.0)}, {})
+    assert store.failures(7, "v1") == {}
+    loaded = store.load_patterns(7, "v1")
+    assert sorted(loaded) == [1, 3] and loaded[3].shape == (1, 4)
+    assert sorted(store.load_patterns(7, "v1", [3, 99])) == [3]
+    assert store.load_patterns(7, "v2") == {}
+    assert store.count_done(7, "v1") == (2, 0)
+
+
+def test_project_settings_round_trip_and_invalid_values_name_the_setting(redis_connection):
+    store = Store(redis_connection)
+    assert store.get_settings(1) == ProjectSettings()
+    store.save_settings(1, ProjectSettings(budget=0.1, strategy="fds"))
+    assert store.get_settings(1).budget == 0.1 and store.project_ids() == [1]
+    with pytest.raises(SettingsError, match="budget"):
+        ProjectSettings(budget=2.5)
+    with pytest.raises(SettingsError, match="unknown setting.*colour"):
+        ProjectSettings().updated({"colour": "red"})
+    with pytest.raises(SettingsError, match="strategy"):
+        ProjectSettings(strategy="best")
+
+
+def test_budget_is_capped_per_run():
+    assert ProjectSettings().picks_for(10_000) == 2000
+    assert ProjectSettings(budget=0.1).picks_for(500) == 50
+    assert ProjectSettings(budget=30, max_picks=20).picks_for(100) == 20
+
+
+def test_predictions_are_replaced_atomically(redis_connection):
+    store = Store(redis_connection)
+    store.replace_predictions(2, {1: {"score": 0.0}, 2: {"score": 0.5}})
+    store.replace_predictions(2, {2: {"score": 0.0}})
+    assert store.get_predictions(2, [1, 2]) == {2: {"score": 0.0}}
