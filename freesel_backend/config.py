@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .engine import DEFAULT_MODEL, STRATEGIES
-from .engine.selection import resolve_budget
+from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
 SELECTION_QUEUE = "freesel-selection"
@@ -160,7 +160,7 @@ class ProjectSettings:
     budget: float | None = None
     patterns_per_image: int = 5
     attention_ratio: float = 0.5
-    strategy: str = "prob"
+    strategy: str = DEFAULT_STRATEGY
     model: str | None = None
     max_picks: int = 2000
     seed: int = 0

@@ -77,6 +77,12 @@ def test_fds_lazy_picks_equal_dense_picks_with_copies_seeds_and_a_duplicate_thre
     assert_lazy_equals_dense(patterns, 300, seeds=[3], seed=9, duplicate_threshold=0.05)
 
 
+def test_fds_with_a_prior_maximises_prior_times_distance_lazily_as_densely() -> None:
+    patterns = clustered_patterns(600, seed=6)
+    prior = np.random.default_rng(6).uniform(0.2, 1.0, size=600)
+    assert_lazy_equals_dense(patterns, 250, seed=1, prior=prior)
+
+
 def test_fds_lazy_picks_equal_float64_farthest_first() -> None:
     patterns = clustered_patterns(600, seed=8)
     ranking = select(patterns, 250, strategy="fds", seeds=[11])

@@ -4,6 +4,11 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 ``p`` to the nearest pattern of any selected image. Each step draws one pattern (with
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
+``typical`` (the default) first takes one representative image per cluster (k-means of the
+images' mean patterns into ``budget`` clusters, the image nearest each centroid, TypiClust-style)
+and draws any remaining picks like ``prob`` with weights multiplied by a typicality prior
+(:mod:`.density`), so that small budgets pick representative images, not outliers; ``prob``
+and ``fds`` are the paper's algorithm as published (docs/quality.md has the measurements).
 
 Distances are matrix products over the normalised patterns. :mod:`.nearest` batches the updates
 of ``d`` (lazy updates): the draws work from an upper bound of ``d`` and compute the true ``d`` of
@@ -19,10 +24,14 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
+from .density import cluster_representatives, image_descriptors, typicality_prior
 from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
 
-Strategy = Literal["prob", "fds"]
-STRATEGIES: tuple[str, ...] = ("prob", "fds")
+Strategy = Literal["typical", "prob", "fds"]
+STRATEGIES: tuple[str, ...] = ("typical", "prob", "fds")
+DEFAULT_STRATEGY: Strategy = "typical"
+# Exponent on the typicality prior of ``typical``, chosen on held-out data (docs/quality.md).
+TYPICALITY_STRENGTH = 1.0
 
 __all__ = ["DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking", "resolve_budget", "select"]
 
@@ -124,17 +133,20 @@ def select(
     patterns: Sequence[np.ndarray],
     budget: int,
     *,
-    strategy: Strategy = "prob",
+    strategy: Strategy = DEFAULT_STRATEGY,
     seeds: Iterable[int] = (),
     seed: int | None = None,
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
     updates: Updates = "lazy",
+    prior: np.ndarray | None = None,
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
 
     ``patterns[i]`` is image ``i``'s (k_i, D) array of semantic patterns. ``seeds`` are images
     already selected (e.g. labelled): they steer the picks and are left out of the ranking.
     ``budget`` picks are drawn (fewer when fewer images remain), the rest is ordered by distance.
+    ``prior`` (n_images,), positive, multiplies each image's draw weights (for ``fds``: the
+    distances it maximises); ``typical`` computes its own when none is given.
     Distances below ``duplicate_threshold`` count as zero: with the threshold of
     :func:`~freesel_backend.engine.duplicates.find_near_duplicates`, a picked image's
     near-duplicates carry no weight, so no two of one group are picked while others remain.
@@ -148,6 +160,7 @@ def select(
         raise ValueError(f"budget must be >= 0, got {budget}")
     pool = PatternPool(patterns, duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
+    row_prior = _row_prior(pool, strategy, prior)
     rng = np.random.default_rng(seed)
 
     selected = np.zeros(pool.n_images, dtype=bool)
@@ -155,13 +168,18 @@ def select(
     nearest = NearestDistances(pool.matrix, threshold=pool.duplicate_threshold, updates=updates)
     if seed_ids:
         nearest.add(pool.patterns_of(seed_ids))
-    draws = _Draws(pool, nearest, strategy, rng)
+    draws = _Draws(pool, nearest, strategy, rng, row_prior)
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
+    representatives = iter(_representatives(pool, strategy, n_picks, selected, seed))
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
-        image, distance = draws.next(selected)
+        image = next(representatives, None)
+        if image is None:
+            image, distance = draws.next(selected)
+        else:
+            distance = draws.distance_of(image)
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
@@ -195,6 +213,28 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
     return seed_ids
 
 
+def _representatives(
+    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None
+) -> np.ndarray:
+    """``typical``'s first picks: one per cluster of the images' mean patterns (none otherwise)."""
+    if strategy != "typical" or n_picks == 0:
+        return np.zeros(0, dtype=np.int64)
+    descriptors = image_descriptors(pool.matrix, pool.starts)
+    return cluster_representatives(descriptors, n_picks + int(selected.sum()), covered=selected.copy(), seed=seed)[:n_picks]
+
+
+def _row_prior(pool: PatternPool, strategy: Strategy, prior: np.ndarray | None) -> np.ndarray | None:
+    """The per-pattern-row draw factor: the image prior repeated over its patterns, or None."""
+    if prior is None and strategy == "typical":
+        prior = typicality_prior(pool.matrix, pool.starts, strength=TYPICALITY_STRENGTH)
+    if prior is None:
+        return None
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (pool.n_images,) or not np.all(np.isfinite(prior)) or not np.all(prior > 0):
+        raise ValueError(f"prior must hold one finite value > 0 per image ({pool.n_images}), got shape {prior.shape}")
+    return prior[pool.owner]
+
+
 class _Draws:
     """One pick at a time from the bounds of :class:`NearestDistances`.
 
@@ -202,18 +242,30 @@ class _Draws:
     cumulative weights for prob): a snapshot bound stays an upper bound of the true ``d``.
     """
 
-    def __init__(self, pool: PatternPool, nearest: NearestDistances, strategy: Strategy, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        pool: PatternPool,
+        nearest: NearestDistances,
+        strategy: Strategy,
+        rng: np.random.Generator,
+        row_prior: np.ndarray | None,
+    ) -> None:
         self.pool, self.nearest, self.strategy, self.rng = pool, nearest, strategy, rng
+        self.row_prior = row_prior
         self._snapshot_at = -1
         self._snapshot = np.empty(0, np.float32)
+        self._snapshot_scores = np.empty(0)
         self._by_bound = np.empty(0, np.int64)
         self._cumulative = np.empty(0)
 
     def next(self, selected: np.ndarray) -> tuple[int, float]:
         """One pick: (image index, the drawn pattern's distance)."""
         if self.nearest.nothing_selected:
-            # Nothing selected yet: the paper starts from one random image.
-            return int(self.rng.integers(self.pool.n_images)), math.inf
+            # Nothing selected yet: the paper starts from one random image (drawn by the prior).
+            if self.row_prior is None:
+                return int(self.rng.integers(self.pool.n_images)), math.inf
+            image_prior = self.row_prior[self.pool.starts]
+            return int(self.rng.choice(self.pool.n_images, p=image_prior / image_prior.sum())), math.inf
         drawn = self._farthest() if self.strategy == "fds" else self._sampled()
         if drawn is None:
             # Only copies of selected images remain: complete the order in index order.
@@ -221,10 +273,17 @@ class _Draws:
         pattern, distance = drawn
         return int(self.pool.owner[pattern]), distance
 
+    def distance_of(self, image: int) -> float:
+        """The true ``d`` of ``image``'s farthest pattern (``inf`` while nothing is selected)."""
+        if self.nearest.nothing_selected:
+            return math.inf
+        rows = self.pool.rows_of(image)
+        return float(self.nearest.refresh(np.arange(rows.start, rows.stop)).max())
+
     def _farthest(self) -> tuple[int, float] | None:
-        """The pattern of largest true ``d`` (the lowest index among equals, as argmax), or None
-        when every ``d`` is 0. Candidates are taken by decreasing bound until the best true
-        value beats every bound left: no other pattern can then reach it."""
+        """The pattern of largest true ``d`` (times its prior; the lowest index among equals, as
+        argmax), or None when every ``d`` is 0. Candidates are taken by decreasing bound until the
+        best true value beats every bound left: no other pattern can then reach it."""
         nearest = self.nearest
         count = FDS_FIRST_CANDIDATES
         # count < len(patterns) in the loop, so a next bound always exists.
@@ -232,18 +291,27 @@ class _Draws:
             self._take_snapshot()
             candidates = self._by_bound[:count]
             exact = nearest.refresh(candidates)
-            best = exact.max()
-            if best > self._snapshot[self._by_bound[count]]:
-                return int(candidates[exact == best].min()), float(best)
+            scores = self._scaled(exact, candidates)
+            best = scores.max()
+            if best > self._snapshot_scores[self._by_bound[count]]:
+                chosen = int(np.flatnonzero(scores == best)[np.argmin(candidates[scores == best])])
+                return int(candidates[chosen]), float(exact[chosen])
             count *= 4
         values = nearest.values()
-        pattern = int(np.argmax(values))
+        pattern = int(np.argmax(self._scaled(values)))
         return (pattern, float(values[pattern])) if values[pattern] > 0.0 else None
+
+    def _scaled(self, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``values`` (of ``rows``, or of every row) times their rows' prior."""
+        if self.row_prior is None:
+            return values
+        return values * (self.row_prior if rows is None else self.row_prior[rows])
 
     def _sampled(self) -> tuple[int, float] | None:
         """A pattern drawn with probability proportional to ``d ** 2``, or None when every ``d``
         is 0. Proposals come from the snapshot bounds and are accepted with probability
-        ``weight(d) / weight(bound)``: exactly the ``d ** 2`` distribution."""
+        ``weight(d) / weight(bound)``: exactly the ``d ** 2`` distribution (times the row's prior,
+        which cancels in that ratio)."""
         nearest = self.nearest
         rejections = 0
         while True:
@@ -270,9 +338,11 @@ class _Draws:
             return
         self._snapshot = self.nearest.bound
         if self.strategy == "fds":
-            self._by_bound = np.argsort(-self._snapshot, kind="stable")
+            self._snapshot_scores = self._scaled(self._snapshot)
+            self._by_bound = np.argsort(-self._snapshot_scores, kind="stable")
         else:
-            self._cumulative = np.cumsum(_weights(self._snapshot))
+            weights = _weights(self._snapshot)
+            self._cumulative = np.cumsum(weights if self.row_prior is None else weights * self.row_prior)
         self._snapshot_at = self.nearest.n_flushes
 
 
