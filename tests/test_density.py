@@ -10,7 +10,13 @@ import pytest
 
 from freesel_backend import select
 from freesel_backend.engine import density
-from freesel_backend.engine.density import cluster_representatives, image_descriptors, typicality, typicality_prior
+from freesel_backend.engine.density import (
+    cluster_representatives,
+    coverage_order,
+    image_descriptors,
+    typicality,
+    typicality_prior,
+)
 from tests.helpers import random_patterns
 from tests.test_selection import assert_is_full_ranking
 
@@ -166,3 +172,25 @@ def test_typical_with_seeds_fills_the_clusters_the_seeds_leave_uncovered() -> No
     ranking = select(patterns, 2, strategy="typical", seeds=seeds, seed=0)
     assert sorted(blob_of(int(p), sizes) for p in ranking.picks) == [2, 3]
     assert_is_full_ranking(ranking, 60, seeds=tuple(seeds))
+
+
+def test_with_the_whole_pool_as_budget_the_queue_starts_typical_and_covers_every_cluster() -> None:
+    # The backend's default budget is the whole pool (capped): every image is then its own
+    # cluster, and only the coverage order keeps the top of the queue typical and spread out.
+    sizes = [30, 4, 4, 4]
+    patterns = blobs(sizes, seed=4)
+    for seed in range(5):
+        ranking = select(patterns, sum(sizes), strategy="typical", seed=seed)
+        assert ranking.n_picked == sum(sizes)
+        assert blob_of(int(ranking.picks[0]), sizes) == 0  # the dense blob's most typical image
+        assert sorted(blob_of(int(p), sizes) for p in ranking.picks[:4]) == [0, 1, 2, 3]
+        assert_is_full_ranking(ranking, sum(sizes))
+
+
+def test_coverage_order_starts_typical_then_spreads_out_and_respects_labelled_images() -> None:
+    descriptors = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]]
+    weights = np.array([0.5, 1.0, 0.9, 0.8, 0.2])
+    order = coverage_order(descriptors, weights)
+    assert order.tolist()[:4] == [1, 2, 3, 4]  # the copy of row 1 (distance 0) comes last
+    after_labelled = coverage_order(descriptors, weights, taken=np.eye(4, dtype=np.float32)[[1]])
+    assert after_labelled[0] == 1  # row 2's direction is labelled: the most typical of the rest

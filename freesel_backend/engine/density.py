@@ -89,3 +89,25 @@ def cluster_representatives(
         gaps = ((descriptors[candidates] - centroids[cluster]) ** 2).sum(axis=1)
         picks.append(int(candidates[np.argmin(gaps)]))
     return np.asarray(picks, dtype=np.int64)
+
+
+def coverage_order(descriptors: np.ndarray, weights: np.ndarray, *, taken: np.ndarray | None = None) -> np.ndarray:
+    """An order of the L2-normalised ``descriptors`` rows in which every prefix is typical and
+    spread out: repeatedly the row maximising ``weight x cosine distance to the nearest row
+    already taken`` (``taken``: descriptors of images labelled before; with none, the first row
+    is the one of largest weight). A queue is worked from the top, so its prefixes matter."""
+    n_rows = len(descriptors)
+    nearest = np.full(n_rows, 2.0)
+    if taken is not None and len(taken):
+        for start in range(0, len(taken), BLOCK_ROWS):
+            nearest = np.minimum(nearest, (1.0 - descriptors @ taken[start : start + BLOCK_ROWS].T).min(axis=1))
+    nearest = np.clip(nearest, 0.0, None)
+    order = np.empty(n_rows, dtype=np.int64)
+    remaining = np.ones(n_rows, dtype=bool)
+    for position in range(n_rows):
+        scores = np.where(remaining, weights * nearest, -np.inf)
+        chosen = int(np.argmax(scores))
+        order[position] = chosen
+        remaining[chosen] = False
+        nearest = np.minimum(nearest, np.clip(1.0 - descriptors @ descriptors[chosen], 0.0, None))
+    return order

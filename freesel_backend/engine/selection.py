@@ -5,7 +5,8 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
 ``typical`` (the default) first takes one representative image per cluster (k-means of the
-images' mean patterns into ``budget`` clusters, the image nearest each centroid, TypiClust-style)
+images' mean patterns into ``budget`` clusters, the image nearest each centroid, TypiClust-style),
+ordered so that every prefix of the queue is typical and spread out (:func:`.density.coverage_order`),
 and draws any remaining picks like ``prob`` with weights multiplied by a typicality prior
 (:mod:`.density`), so that small budgets pick representative images, not outliers; ``prob``
 and ``fds`` are the paper's algorithm as published (docs/quality.md has the measurements).
@@ -24,7 +25,7 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-from .density import cluster_representatives, image_descriptors, typicality_prior
+from .density import cluster_representatives, coverage_order, image_descriptors, typicality_prior
 from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
 
 Strategy = Literal["typical", "prob", "fds"]
@@ -171,7 +172,7 @@ def select(
     draws = _Draws(pool, nearest, strategy, rng, row_prior)
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
-    representatives = iter(_representatives(pool, strategy, n_picks, selected, seed))
+    representatives = iter(_representatives(pool, strategy, n_picks, selected, seed, row_prior))
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
@@ -214,13 +215,19 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
 
 
 def _representatives(
-    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None
+    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None, row_prior: np.ndarray | None
 ) -> np.ndarray:
-    """``typical``'s first picks: one per cluster of the images' mean patterns (none otherwise)."""
+    """``typical``'s first picks: one per cluster of the images' mean patterns (none otherwise),
+    in coverage order (typical and spread out first: the queue is worked from the top)."""
     if strategy != "typical" or n_picks == 0:
         return np.zeros(0, dtype=np.int64)
     descriptors = image_descriptors(pool.matrix, pool.starts)
-    return cluster_representatives(descriptors, n_picks + int(selected.sum()), covered=selected.copy(), seed=seed)[:n_picks]
+    picks = cluster_representatives(descriptors, n_picks + int(selected.sum()), covered=selected.copy(), seed=seed)[:n_picks]
+    image_prior = row_prior[pool.starts] if row_prior is not None else np.ones(pool.n_images)
+    # The square root: typicality spans orders of magnitude and must not outweigh distance, else a
+    # dense cluster's second image would come before any image of another cluster.
+    order = coverage_order(descriptors[picks], np.sqrt(image_prior[picks]), taken=descriptors[selected])
+    return picks[order]
 
 
 def _row_prior(pool: PatternPool, strategy: Strategy, prior: np.ndarray | None) -> np.ndarray | None:
