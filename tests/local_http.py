@@ -70,12 +70,15 @@ class LocalHttpServer:
                     code, headers, payload = route(Request(self.command, self.path, dict(self.headers), body))
                 except requests.RequestException:
                     code, headers, payload = 502, {}, b"upstream unreachable"
-                self.send_response(code)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(code)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (a killed worker, a timed-out download)
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 

@@ -29,7 +29,7 @@ from tests.test_bad_input import encoded
 FAST_RECOVERY = {
     "FREESEL_JOB_RETRIES": "5",
     "FREESEL_RETRY_INTERVALS": "1,1,2,2,4",
-    "FREESEL_WORKER_HEARTBEAT": "1",
+    "FREESEL_WORKER_HEARTBEAT": "2",
     "FREESEL_WORKER_MAINTENANCE": "2",
     "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true",
 }
