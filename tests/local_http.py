@@ -4,6 +4,7 @@ the real one) that can answer 5xx or be stopped and started again on the same po
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,7 @@ class LocalHttpServer:
         self.port = free_port()
         self.requests: list[tuple[str, str]] = []
         self._server: Optional[ThreadingHTTPServer] = None
+        self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
 
     @property
     def url(self) -> str:
@@ -61,6 +63,14 @@ class LocalHttpServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                owner._connections.add(self.connection)
+
+            def finish(self) -> None:
+                owner._connections.discard(self.connection)
+                super().finish()
 
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -92,10 +102,17 @@ class LocalHttpServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut open connections too: a client's keep-alive connection would
+        otherwise still be served, and the server would not look down to it."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for connection in list(self._connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the client
 
     def __enter__(self) -> "LocalHttpServer":
         return self.start()
