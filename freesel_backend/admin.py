@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -13,7 +14,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from .config import QUEUES, ProjectSettings, Settings
+from .config import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, ProjectSettings, Settings
 from .jobs import VERSION_PREFIX, client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
 from .label_studio import LabelStudioClient
 from .store import Store
@@ -40,7 +41,8 @@ class Backend:
 
 
 def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]) -> ProjectSettings:
-    """Validate and store ``changes``; then recompute, re-rank, enable or disable as they require."""
+    """Validate and store ``changes``; then recompute, re-rank, enable or disable as they require.
+    A project the backend has not seen yet is synced (its tasks enqueued) whatever the changes."""
     store = backend.store
     before = store.get_settings(project_id)
     after = before.updated(changes)
@@ -49,7 +51,8 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
         if before.enabled or not changes:
             disable(backend, project_id)
         return after
-    if not before.enabled or not changes or any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS):
+    new_project = "patterns_version" not in store.get_state(project_id)
+    if new_project or not before.enabled or not changes or any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS):
         remember_previous_sampling(backend.client, store, project_id)
         enqueue_sync(backend.connection, backend.settings, project_id)
     elif before != after:
@@ -91,7 +94,7 @@ def reselect(backend: Backend, project_id: int) -> str:
 
 
 def status(backend: Backend, project_id: int) -> dict[str, Any]:
-    """Counts for an admin: tasks, patterns done/failed (with reasons), picks, jobs."""
+    """Counts for an admin: tasks, patterns done/failed (with reasons), progress, picks, jobs."""
     store = backend.store
     state = store.get_state(project_id)
     version = state.get("patterns_version", "")
@@ -99,6 +102,7 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
     failures = store.failures(project_id, version) if version else {}
     tasks = len(store.task_ids(project_id))
     last = state.get("last_selection_at")
+    jobs = project_jobs(backend.connection, project_id)
     return {
         "project": project_id,
         "settings": store.get_settings(project_id).to_dict(),
@@ -107,18 +111,43 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "patterns_pending": max(0, tasks - done - failed),
         "failed": failed,
         "failures": [{"task": t, "reason": r} for t, r in sorted(failures.items())[:MAX_LISTED_FAILURES]],
+        "progress": progress(state, tasks, done + failed, jobs),
         "picks": int(state.get("n_picked", 0)),
         "ranked": int(state.get("n_ranked", 0)),
         "model_version": state.get("model_version"),
         "patterns_version": version or None,
         "last_selection_at": datetime.datetime.fromtimestamp(float(last), datetime.timezone.utc).isoformat() if last else None,
-        "jobs": job_counts(backend.connection, project_id),
+        "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
     }
 
 
-def job_counts(connection: redis.Redis, project_id: int) -> dict[str, dict[str, int]]:
+def progress(state: Mapping[str, str], tasks: int, settled: int, jobs: Mapping[str, Mapping[str, list[Job]]]) -> dict[str, Any]:
+    """Tasks with patterns (or a failure) out of all, counting what running chunk jobs have done
+    but not saved yet; the rate observed since the current work began and the ETA it gives; the
+    running selection's stage."""
+    in_flight = sum(int(job.meta.get("done", 0)) for job in jobs[FEATURES_QUEUE]["running"])
+    done = min(tasks, settled + in_flight)
+    rate = eta = None
+    if "progress_since" in state and done < tasks:
+        elapsed = time.time() - float(state["progress_since"])
+        finished_since = done - int(state.get("progress_base", 0))
+        if elapsed > 0 and finished_since > 0:
+            rate = finished_since / elapsed
+            eta = (tasks - done) / rate
+    selection = next(iter(jobs[SELECTION_QUEUE]["running"]), None)
+    return {
+        "tasks_done": done,
+        "tasks_total": tasks,
+        "percent": round(100.0 * done / tasks, 1) if tasks else 100.0,
+        "tasks_per_s": round(rate, 2) if rate else None,
+        "eta_s": round(eta, 1) if eta is not None else None,
+        "selection": None if selection is None else {key: selection.meta.get(key) for key in ("stage", "done", "total")},
+    }
+
+
+def project_jobs(connection: redis.Redis, project_id: int) -> dict[str, dict[str, list[Job]]]:
     """Per queue: this project's jobs waiting, deferred (on other jobs), scheduled (retries), running."""
-    counts: dict[str, dict[str, int]] = {}
+    found: dict[str, dict[str, list[Job]]] = {}
     for name in QUEUES:
         queue = Queue(name, connection=connection)
         groups = {
@@ -127,8 +156,8 @@ def job_counts(connection: redis.Redis, project_id: int) -> dict[str, dict[str, 
             "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
             "running": StartedJobRegistry(queue=queue).get_job_ids(),
         }
-        counts[name] = {
-            group: sum(1 for job in Job.fetch_many(ids, connection=connection) if job and job.meta.get("project") == project_id)
+        found[name] = {
+            group: [job for job in Job.fetch_many(ids, connection=connection) if job and job.meta.get("project") == project_id]
             for group, ids in groups.items()
         }
-    return counts
+    return found

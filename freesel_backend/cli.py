@@ -335,18 +335,63 @@ def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
     parser = commands.add_parser(
         "project",
         help="status / enable / disable / reselect a Label Studio project, through the running backend",
+        description="Talks HTTP to the running backend's admin routes (/freesel/projects/<id>/...), "
+        "with BASIC_AUTH_USER/BASIC_AUTH_PASS when set.",
     )
     parser.add_argument("project_id", type=int)
     parser.add_argument("action", choices=("status", "enable", "disable", "reselect"))
     parser.add_argument("--url", help="backend URL (default: FREESEL_PUBLIC_URL or http://localhost:9090)")
+    parser.add_argument("--json", action="store_true", help="print the backend's JSON answer")
     parser.set_defaults(run=run_project)
 
 
 def run_project(args: argparse.Namespace) -> int:
     from .service import project_action
 
-    print(json.dumps(project_action(args.project_id, args.action, args.url), indent=2))
+    answer = project_action(args.project_id, args.action, args.url)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif args.action == "status":
+        print(describe_status(answer))
+    elif args.action == "reselect":
+        print(f"project {args.project_id}: re-ranking queued (job {answer['selection_job']})")
+    else:
+        print(f"project {args.project_id}: FreeSel {'enabled' if answer['settings']['enabled'] else 'disabled'}")
     return 0
+
+
+def describe_status(status: dict[str, Any]) -> str:
+    """The status endpoint's answer as a few lines for a terminal."""
+    settings, progress = status["settings"], status["progress"]
+    budget = "whole pool" if settings["budget"] is None else settings["budget"]
+    lines = [
+        f"project {status['project']}: FreeSel {'enabled' if settings['enabled'] else 'disabled'} "
+        f"(strategy {settings['strategy']}, budget {budget}, {settings['patterns_per_image']} patterns/image, "
+        f"attention {settings['attention_ratio']})",
+        f"patterns: {progress['tasks_done']} of {progress['tasks_total']} tasks ({progress['percent']:.0f}%), "
+        f"{status['failed']} failed" + _rate_and_eta(progress),
+    ]
+    selection = progress["selection"]
+    if selection:
+        counts = f" {selection['done']}/{selection['total']}" if selection.get("total") else ""
+        lines.append(f"selection: running: {selection['stage']}{counts}")
+    if status["last_selection_at"]:
+        lines.append(
+            f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']} "
+            f"(model version {status['model_version']})"
+        )
+    else:
+        lines.append("last ranking: none yet")
+    waiting = [f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n) for queue, groups in status["jobs"].items() if any(groups.values())]
+    lines.append("jobs: " + ("; ".join(waiting) if waiting else "none"))
+    lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
+    return "\n".join(lines)
+
+
+def _rate_and_eta(progress: dict[str, Any]) -> str:
+    if not progress["tasks_per_s"]:
+        return ""
+    return f", {progress['tasks_per_s']:.1f} tasks/s, ETA {progress['eta_s']:.0f} s"
 
 
 REGISTRARS: list[CommandRegistrar] = [

@@ -133,7 +133,10 @@ def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: in
     ids = sorted({int(t) for t in task_ids})
     if not ids:
         return []
-    Store(connection).add_tasks(project_id, ids)
+    store = Store(connection)
+    store.add_tasks(project_id, ids)
+    version = store.get_state(project_id).get("patterns_version")
+    store.start_progress(project_id, sum(store.count_done(project_id, version)) if version else 0)
     queue = Queue(FEATURES_QUEUE, connection=connection)
     jobs = [
         queue.enqueue(
@@ -228,12 +231,15 @@ def enqueue_cleanup(connection: redis.Redis, settings: Settings, project_id: int
 
 def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
-    its reason. Tasks that already have patterns of the current version are skipped."""
+    its reason. Tasks that already have patterns of the current version are skipped. The job's
+    meta carries ``done``/``total`` (tasks), updated per model batch."""
     context = _context()
+    started = time.monotonic()
     extractor = extractor_for(context.settings, context.store.get_settings(project_id))
     version = version_of(extractor)
-    context.store.update_state(project_id, patterns_version=version)
+    context.store.use_patterns_version(project_id, version)
     todo = sorted(set(map(int, task_ids)) - set(context.store.load_patterns(project_id, version, task_ids)))
+    progress = JobProgress(len(todo))
     if not todo:
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
     from .model import LabelConfigError  # the label config is parsed in one place
@@ -249,9 +255,11 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
         context.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
         return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
     context.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
+    log.info("project %s: patterns for %d tasks started (%d already done, version %s)", project_id, len(todo), len(task_ids) - len(todo), version)
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
-    for result in extractor.extract_sources(tasks, lambda task: _open_task_image(context.client, task, image_field)):
+    opened = extractor.extract_sources(tasks, lambda task: _open_task_image(context.client, task, image_field), on_batch=progress.advance)
+    for result in opened:
         task_id = int(result.source["id"])
         if result.patterns is None:
             failures[task_id] = result.error or "unknown error"
@@ -260,7 +268,35 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     context.store.save_results(project_id, version, patterns, failures)
     for task_id, reason in failures.items():
         log.warning("project %s task %s: no patterns: %s", project_id, task_id, reason)
+    seconds = time.monotonic() - started
+    log.info(
+        "project %s: patterns for %d tasks finished in %.1f s (%.1f tasks/s): %d ok, %d failed",
+        project_id, len(todo), seconds, len(todo) / max(seconds, 1e-9), len(patterns), len(failures),
+    )
     return {"patterns": len(patterns), "failed": len(failures), "skipped": len(task_ids) - len(todo)}
+
+
+class JobProgress:
+    """``done``/``total`` (and a stage) in the current RQ job's meta, for the status endpoint."""
+
+    def __init__(self, total: int, stage: str = "") -> None:
+        self.job = get_current_job()
+        self.total, self.done = total, 0
+        self.stage = stage
+        self._save()
+
+    def advance(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        self._save()
+
+    def start_stage(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.done = stage, total, 0
+        self._save()
+
+    def _save(self) -> None:
+        if self.job is not None:
+            self.job.meta.update({"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()})
+            self.job.save_meta()
 
 
 def _image_field(context: WorkerContext, project_id: int) -> str:
@@ -297,21 +333,26 @@ def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -
 
 
 def sync_project(project_id: int) -> dict[str, int]:
-    """Enqueue patterns for every task of the project that has none (and no failure) yet."""
+    """Enqueue patterns for every task of the project that has none (and no failure) yet; re-rank
+    only when tasks went away or no ranking exists yet (Label Studio calls /setup often)."""
     context = _context()
-    extractor = extractor_for(context.settings, context.store.get_settings(project_id))
+    store = context.store
+    extractor = extractor_for(context.settings, store.get_settings(project_id))
     version = version_of(extractor)
-    context.store.update_state(project_id, patterns_version=version)
+    store.use_patterns_version(project_id, version)
     task_ids = {int(task["id"]) for task in context.client.iter_tasks(project_id)}
-    context.store.remove_tasks(project_id, context.store.task_ids(project_id) - task_ids)
-    settled = context.store.tasks_with_patterns(project_id, version) | set(context.store.failures(project_id, version))
+    gone = store.task_ids(project_id) - task_ids
+    store.remove_tasks(project_id, gone)
+    settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
     missing = task_ids - settled
-    connection = context.store.redis
+    connection = store.redis
     if missing:
         enqueue_patterns(connection, context.settings, project_id, missing)
     else:
-        context.store.add_tasks(project_id, task_ids)
-        schedule_selection(connection, context.settings, project_id)
+        store.add_tasks(project_id, task_ids)
+        if gone or store.get_state(project_id).get("ranked_version") != version:
+            schedule_selection(connection, context.settings, project_id)
+    log.info("project %s: sync: %d tasks, %d need patterns, %d gone", project_id, len(task_ids), len(missing), len(gone))
     return {"tasks": len(task_ids), "enqueued": len(missing)}
 
 
@@ -323,6 +364,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
     settings = store.get_settings(project_id)
     if not settings.enabled:
         return {"skipped": "FreeSel is disabled for this project"}
+    started = time.monotonic()
+    progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version")
     try:
         tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
@@ -340,10 +383,11 @@ def run_selection(project_id: int) -> dict[str, Any]:
     labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
     unlabelled = len(ids) - len(labelled)
     if unlabelled == 0:
-        write_flags(context, project_id, tasks, [], failures)
+        write_flags(context, project_id, tasks, flags_for([], [], failures))
         return {"ranked": 0, "picked": 0, "seeds": len(labelled), "failed": len(failures)}
     patterns = [stored[t] for t in ids]
     seeds = [i for i, t in enumerate(ids) if t in labelled]
+    progress.start_stage("ranking", unlabelled)
     ranking = select(patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed)  # type: ignore[arg-type]
     clusters = nearest_pick(patterns, ranking.picks, ranking.order)
     model_version = f"{VERSION_PREFIX}{store.next_run(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -357,10 +401,21 @@ def run_selection(project_id: int) -> dict[str, Any]:
         }
         for position, (image, cluster) in enumerate(zip(ranking.order, clusters))
     }
+    ranked_at = time.monotonic()
+    progress.start_stage("writing predictions", len(predictions))
     publish_predictions(context, project_id, model_version, predictions)
     picked = [ids[image] for image in ranking.picks]
-    write_flags(context, project_id, tasks, picked, failures)
-    store.update_state(project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions))
+    changed = write_flags(context, project_id, tasks, flags_for(picked, predictions, failures), progress)
+    store.update_state(
+        project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions), ranked_version=version or ""
+    )
+    if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
+        store.end_progress(project_id)
+    log.info(
+        "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s; published in %.1f s (%d flags changed)",
+        project_id, model_version, len(picked), len(predictions), len(labelled), ranked_at - started,
+        time.monotonic() - ranked_at, changed,
+    )
     return {"ranked": len(predictions), "picked": len(picked), "seeds": len(labelled), "model_version": model_version}
 
 
@@ -414,30 +469,48 @@ def remember_previous_sampling(client: LabelStudioClient, store: Store, project_
     )
 
 
+NOT_PICKED = "FreeSel: not picked"
+
+
+def flags_for(
+    picked: Sequence[int], ranked: Iterable[int], failures: Mapping[int, str] | None = None
+) -> dict[int, tuple[str, int | None]]:
+    """Flag text and pick number per task: "FreeSel pick i of n" on picks, "FreeSel: not picked"
+    on the other ranked tasks (a stable text, so a re-ranking rewrites only the tasks whose flag
+    changes), "FreeSel could not use this image: <reason>" on failed ones."""
+    flags: dict[int, tuple[str, int | None]] = {t: (f"{FAILURE_FLAG}{reason}", None) for t, reason in (failures or {}).items()}
+    flags.update({task_id: (NOT_PICKED, None) for task_id in ranked})
+    for number, task_id in enumerate(picked, start=1):
+        flags[task_id] = (f"FreeSel pick {number} of {len(picked)}", number)
+    return flags
+
+
 def write_flags(
     context: WorkerContext,
     project_id: int,
     tasks: Mapping[int, Mapping[str, Any]],
-    picked: Sequence[int],
-    failures: Mapping[int, str] | None = None,
-) -> None:
-    """Show "FreeSel pick i of n" on picked tasks and "FreeSel could not use this image: <reason>"
-    on failed ones (task data, so never part of an annotation, and a Data Manager column); only
-    tasks whose flag changes are written, old flags are removed."""
-    number_of = {task_id: number for number, task_id in enumerate(picked, start=1)}
-    wanted = {task_id: f"{FAILURE_FLAG}{reason}" for task_id, reason in (failures or {}).items()}
-    wanted.update({task_id: f"FreeSel pick {number} of {len(picked)}" for task_id, number in number_of.items()})
+    flags: Mapping[int, tuple[str, int | None]],
+    progress: "JobProgress | None" = None,
+) -> int:
+    """Write ``flags`` into the tasks' data (so shown, never part of an annotation) and remove
+    FreeSel's flags from the other tasks; only tasks whose flag changes are written. Returns how many."""
     current = context.store.get_flags(project_id)
-    for task_id in set(current) | set(wanted):
-        if task_id not in tasks or current.get(task_id) == wanted.get(task_id):
-            continue
+    wanted = {task_id: flag for task_id, flag in flags.items() if task_id in tasks}
+    changed = [t for t in set(current) | set(wanted) if t in tasks and current.get(t) != wanted.get(t, (None,))[0]]
+    if progress is not None:
+        progress.start_stage("writing flags", len(changed))
+    for task_id in changed:
         data = {k: v for k, v in (tasks[task_id].get("data") or {}).items() if k not in (FLAG_FIELD, RANK_FIELD)}
         if task_id in wanted:
-            data[FLAG_FIELD] = wanted[task_id]
-        if task_id in number_of:
-            data[RANK_FIELD] = number_of[task_id]
+            text, number = wanted[task_id]
+            data[FLAG_FIELD] = text
+            if number is not None:
+                data[RANK_FIELD] = number
         context.client.update_task_data(task_id, data)
-    context.store.replace_flags(project_id, {t: text for t, text in wanted.items() if t in tasks})
+        if progress is not None:
+            progress.advance(1)
+    context.store.replace_flags(project_id, {t: text for t, (text, _) in wanted.items()})
+    return len(changed)
 
 
 def remove_selection(project_id: int) -> dict[str, int]:
@@ -448,6 +521,8 @@ def remove_selection(project_id: int) -> dict[str, int]:
         if version.startswith(VERSION_PREFIX):
             deleted += context.client.delete_model_version(project_id, version)
     tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
-    write_flags(context, project_id, tasks, [])
+    cleared = write_flags(context, project_id, tasks, {})
     context.store.replace_predictions(project_id, {})
+    context.store.forget_ranking(project_id)
+    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, deleted, cleared)
     return {"deleted_predictions": deleted}

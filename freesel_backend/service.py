@@ -39,8 +39,17 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def serve(host: str, port: int, web_workers: int) -> int:
-    """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and a worker process."""
+    """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and a worker process.
+
+    SIGTERM or Ctrl-C stops gunicorn gracefully, then the worker (warm shutdown: its running job
+    may finish), then the embedded Redis (which writes its data file on the way out)."""
     settings = Settings.from_env()
+    if settings.basic_auth is None:
+        log.warning(
+            "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: anyone who can reach port %s can call this backend, "
+            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's connect form.",
+            port,
+        )
     embedded: RedisServer | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -51,16 +60,32 @@ def serve(host: str, port: int, web_workers: int) -> int:
             worker = subprocess.Popen([sys.executable, "-m", "freesel_backend", "worker"], env=dict(os.environ))
         log.info("FreeSel backend on http://%s:%s (Label Studio reaches it at %s)", host, port, settings.public_url)
         _Gunicorn({"bind": f"{host}:{port}", "workers": web_workers, "threads": 4, "timeout": 120,
-                   "worker_class": "gthread", "accesslog": "-"}).run()
+                   "graceful_timeout": 10, "worker_class": "gthread", "accesslog": "-",
+                   # one control socket path per user would be shared by every backend on the machine
+                   "control_socket_disable": True}).run()
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            stop_worker(worker)
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s: float = 10.0) -> None:
+    """RQ's shutdown: the first SIGTERM lets the running job finish, a second one stops it; then kill."""
+    for signal_wait in (warm_s, cold_s):
+        if worker.poll() is not None:
+            return
+        worker.terminate()
+        try:
+            worker.wait(timeout=signal_wait)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s still running after %.0f s", worker.pid, signal_wait)
+    worker.kill()
+    worker.wait()
 
 
 def work(*, burst: bool = False) -> int:
@@ -117,7 +142,12 @@ def project_action(project_id: int, action: str, url: str | None = None) -> Any:
     settings = Settings.from_env()
     base = (url or settings.public_url).rstrip("/")
     method = "GET" if action == "status" else "POST"
-    response = requests.request(method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60)
+    try:
+        response = requests.request(method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60)
+    except requests.ConnectionError:
+        raise SettingsError(f"no FreeSel backend answers at {base}: start it (scripts/run.sh) or pass --url") from None
+    if response.status_code == 401:
+        raise SettingsError(f"{base} wants basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS as the backend has them")
     if response.status_code >= 400:
         raise SettingsError(f"{action} failed: HTTP {response.status_code} {response.text[:300]}")
     return response.json()

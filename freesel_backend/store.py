@@ -12,7 +12,9 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:flags                    hash task id -> flag text written into the task's data
 
 Patterns live under a version derived from everything that shapes them (model, K, attention
-ratio, image size, ...), so a settings change simply finds nothing and recomputes.
+ratio, image size, ...), so a settings change simply finds nothing and recomputes. When the
+project moves to another version, the old version's patterns and failures expire after
+``OLD_VERSION_TTL_S`` (a quick switch back finds them; later they are gone).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -28,6 +31,8 @@ import redis
 from .config import ProjectSettings
 
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
+OLD_VERSION_TTL_S = 24 * 3600
+PROGRESS_FIELDS = ("progress_since", "progress_base")
 
 
 def encode_patterns(patterns: np.ndarray) -> bytes:
@@ -95,6 +100,34 @@ class Store:
             return False
         self.redis.hset(key, mapping=fields)
         return True
+
+    def use_patterns_version(self, project_id: int, version: str) -> bool:
+        """Make ``version`` the project's patterns version. On a change, the previous version's
+        patterns and failures start to expire and the progress window restarts. True if it changed."""
+        state = self._key(project_id, "state")
+        previous = self.redis.hget(state, "patterns_version")
+        if previous is not None and previous.decode() == version:
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+            pipe.hset(state, "patterns_version", version)
+            pipe.hdel(state, *PROGRESS_FIELDS)
+            for kind in ("patterns", "failed"):
+                pipe.persist(self._key(project_id, kind, version))
+                if previous is not None:
+                    pipe.expire(self._key(project_id, kind, previous.decode()), OLD_VERSION_TTL_S)
+            pipe.execute()
+        return True
+
+    def start_progress(self, project_id: int, settled: int) -> None:
+        """Start the progress window (time and tasks settled then) unless one is open."""
+        self.remember_once(project_id, progress_since=str(time.time()), progress_base=str(settled))
+
+    def end_progress(self, project_id: int) -> None:
+        self.redis.hdel(self._key(project_id, "state"), *PROGRESS_FIELDS)
+
+    def forget_ranking(self, project_id: int) -> None:
+        self.redis.hdel(self._key(project_id, "state"), "ranked_version", "model_version", *PROGRESS_FIELDS)
 
     def next_run(self, project_id: int) -> int:
         return int(self.redis.hincrby(self._key(project_id, "state"), "runs", 1))

@@ -7,9 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-# tests/test_report.py renders the selection report in headless Chromium (Debian's package).
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
-  apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+# System tools some tests need: docker-compose (validates docker-compose.yml without an engine)
+# and chromium (renders Label Studio's labelling screen). Installed when missing and root;
+# in CI (CI set) a test whose tool is missing fails, elsewhere it is skipped.
+missing=()
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v chromium >/dev/null || missing+=(chromium)
+if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${missing[*]} (apt-get)" >&2
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
     port=$(.venv/bin/python -c 'from freesel_backend.redis_server import free_port; print(free_port())')

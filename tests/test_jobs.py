@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rq import Queue
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 
 from freesel_backend.config import SELECTION_QUEUE, Settings
 from freesel_backend.jobs import enqueue_patterns, schedule_selection
@@ -39,7 +39,7 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     tasks = label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))
     broken = label_studio.import_tasks(project["id"], [{"image": "http://127.0.0.1:9/missing.png"}])
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
-    enqueue_patterns(redis_connection, Settings.from_env(env), project["id"], [t["id"] for t in tasks] + broken)
+    chunks = enqueue_patterns(redis_connection, Settings.from_env(env), project["id"], [t["id"] for t in tasks] + broken)
 
     run_worker_burst(env)
 
@@ -52,3 +52,8 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     assert listed["sampling"] == "Uncertainty sampling" and listed["model_version"] == state["model_version"]
     scores = sorted(p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json())
     assert scores == [i / 5 for i in range(5)]
+    for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
+        chunk.refresh()
+        assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]
+    selection = Job.fetch(state["pending_selection"], connection=redis_connection)
+    assert selection.meta["stage"] == "writing flags" and selection.meta["done"] == selection.meta["total"] == 6  # 5 ranked + 1 failed
