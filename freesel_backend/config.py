@@ -87,7 +87,8 @@ class Settings:
     job_retries: int = 3
     retry_intervals: tuple[int, ...] = (10, 30, 120)
     # A worker refreshes its running job's lease this often; a job whose lease ran out for
-    # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s).
+    # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s,
+    # idle workers included), through RQ's scheduler when the first retry interval is not 0.
     worker_heartbeat_s: int = 30
     worker_maintenance_s: int = 60
     download_max_bytes: int = 64 * 1024 * 1024
