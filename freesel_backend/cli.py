@@ -28,7 +28,7 @@ from .engine import (
 )
 from .config import DEFAULT_PORT, QUEUES
 from .engine.duplicates import DuplicateGroups
-from .engine.selection import Ranking, resolve_budget
+from .engine.selection import DEFAULT_STRATEGY, Ranking, resolve_budget
 from .report import Failure, ReportData, ReportOptions, build_report, write_report
 
 log = logging.getLogger("freesel_backend")
@@ -46,7 +46,11 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--budget", type=float, required=True, help="number of picks, or a fraction of the pool (0..1)")
     parser.add_argument("--patterns", type=int, default=5, dest="patterns_per_image", help="patterns per image, K (5)")
     parser.add_argument("--attention-ratio", type=float, default=0.5, help="share of [CLS] attention mass kept (0.5)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="prob", help="prob: draw by d^2 (paper); fds: farthest-first")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+        help="typical (default): draw by d^2 times typicality, representative images first; "
+        "prob: draw by d^2 (the paper); fds: farthest-first (the paper)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for draws and k-means (0)")
     parser.add_argument(
         "--model", default=DEFAULT_MODEL,

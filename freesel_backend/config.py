@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .engine import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, STRATEGIES
-from .engine.selection import resolve_budget
+from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
 SELECTION_QUEUE = "freesel-selection"
@@ -87,7 +87,8 @@ class Settings:
     job_retries: int = 3
     retry_intervals: tuple[int, ...] = (10, 30, 120)
     # A worker refreshes its running job's lease this often; a job whose lease ran out for
-    # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s).
+    # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s,
+    # idle workers included), through RQ's scheduler when the first retry interval is not 0.
     worker_heartbeat_s: int = 30
     worker_maintenance_s: int = 60
     download_max_bytes: int = 64 * 1024 * 1024
@@ -162,7 +163,7 @@ class ProjectSettings:
     budget: float | None = None
     patterns_per_image: int = 5
     attention_ratio: float = 0.5
-    strategy: str = "prob"
+    strategy: str = DEFAULT_STRATEGY
     model: str | None = None
     max_picks: int = 2000
     seed: int = 0

@@ -158,17 +158,21 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
     """Make sure one selection runs after ``after``; a selection still waiting absorbs this request.
 
     The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
-    ``after``, so a burst of imports ends in one selection, not one per import.
+    ``after``, so a burst of imports ends in one selection, not one per import. A selection that
+    is running is a dependency too: two selections of a project never run at once (each deletes
+    the other's predictions as an older version otherwise).
     """
     store = Store(connection)
     with connection.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30):
-        waiting = _waiting_selection(connection, store, project_id)
+        previous = _previous_selection(connection, store, project_id)
         dependencies = [job.id for job in after]
-        if waiting is not None:
+        if previous is not None and previous.get_status() in WAITING:
             if not dependencies:
-                return waiting
-            dependencies += _unfinished(connection, waiting.dependency_ids)
-            waiting.cancel()
+                return previous
+            dependencies += _unfinished(connection, previous.dependency_ids)
+            previous.cancel()
+        elif previous is not None and previous.get_status() == JobStatus.STARTED:
+            dependencies.append(previous.id)
         job = Queue(SELECTION_QUEUE, connection=connection).enqueue(
             run_selection,
             project_id,
@@ -182,7 +186,8 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
     return job
 
 
-def _waiting_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
+def _previous_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
+    """The project's last enqueued selection job (its status freshly read), if RQ still has it."""
     job_id = store.get_state(project_id).get("pending_selection")
     if not job_id:
         return None
@@ -190,7 +195,8 @@ def _waiting_selection(connection: redis.Redis, store: Store, project_id: int) -
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
         return None
-    return job if job.get_status(refresh=True) in WAITING else None
+    job.get_status(refresh=True)
+    return job
 
 
 def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:

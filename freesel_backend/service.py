@@ -97,7 +97,11 @@ def work(*, burst: bool = False) -> int:
         raise SettingsError("REDIS_URL is not set: the worker needs the backend's Redis")
     connection = redis.Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=connection) for name in QUEUES]
-    worker = HeartbeatWorker(queues, connection=connection, maintenance_interval=settings.worker_maintenance_s)
+    # RQ runs registry maintenance (abandoned-job retries, restarting a dead scheduler) only
+    # between dequeues, and an idle worker blocks in dequeue for worker_ttl - 15 s (405 s by
+    # default): worker_ttl is set so that an idle worker still runs it every maintenance_s.
+    maintenance_s = settings.worker_maintenance_s
+    worker = HeartbeatWorker(queues, connection=connection, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15)
     worker.lease_s = settings.worker_heartbeat_s
     worker.work(burst=burst, with_scheduler=True)
     return 0

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 files=(requirements.txt)
-[[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt)
+# The test suite also runs the quality benchmark at CI size (tests/test_quality_bench.py).
+[[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt requirements-bench.txt)
 # last: installed without dependencies, so later installs would warn about them
 files+=(requirements-offline-model.txt)
 

@@ -7,12 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-# System tools some tests need: docker-compose (validates docker-compose.yml without an engine)
-# and chromium (renders Label Studio's labelling screen). Installed when missing and root;
+# System tools some tests need: docker-compose (validates docker-compose.yml without an engine),
+# chromium (renders Label Studio's labelling screen) and Debian's Fashion-MNIST (real labelled
+# images for the quality benchmark's CI-sized run). Installed when missing and root;
 # in CI (CI set) a test whose tool is missing fails, elsewhere it is skipped.
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v chromium >/dev/null || missing+=(chromium)
+[[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
 if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${missing[*]} (apt-get)" >&2
     apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }

@@ -4,6 +4,7 @@ the real one) that can answer 5xx or be stopped and started again on the same po
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,7 @@ class LocalHttpServer:
         self.port = free_port()
         self.requests: list[tuple[str, str]] = []
         self._server: Optional[ThreadingHTTPServer] = None
+        self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
 
     @property
     def url(self) -> str:
@@ -62,6 +64,14 @@ class LocalHttpServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                owner._connections.add(self.connection)
+
+            def finish(self) -> None:
+                owner._connections.discard(self.connection)
+                super().finish()
+
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 owner.requests.append((self.command, self.path))
@@ -70,12 +80,15 @@ class LocalHttpServer:
                     code, headers, payload = route(Request(self.command, self.path, dict(self.headers), body))
                 except requests.RequestException:
                     code, headers, payload = 502, {}, b"upstream unreachable"
-                self.send_response(code)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(code)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (a killed worker, a timed-out download)
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
@@ -89,10 +102,17 @@ class LocalHttpServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut open connections too: a client's keep-alive connection would
+        otherwise still be served, and the server would not look down to it."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for connection in list(self._connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the client
 
     def __enter__(self) -> "LocalHttpServer":
         return self.start()

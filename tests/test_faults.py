@@ -29,7 +29,7 @@ from tests.test_bad_input import encoded
 FAST_RECOVERY = {
     "FREESEL_JOB_RETRIES": "5",
     "FREESEL_RETRY_INTERVALS": "1,1,2,2,4",
-    "FREESEL_WORKER_HEARTBEAT": "1",
+    "FREESEL_WORKER_HEARTBEAT": "2",
     "FREESEL_WORKER_MAINTENANCE": "2",
     "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true",
 }
@@ -115,6 +115,8 @@ def test_label_studio_down_or_failing_while_predictions_are_pushed_is_retried_un
     finally:
         stop_group(worker)
         stand_in.stop()
+    failed_attempts = (tmp_path / "worker.log").read_text()
+    assert "HTTP 503" in failed_attempts and "unreachable" in failed_attempts  # both faults were met
     assert one_prediction_per_task(ls, pid) == {task_id: 1 for task_id in ids}
     assert store.count_predictions(pid) == len(ids)
 

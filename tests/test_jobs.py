@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from freesel_backend.config import SELECTION_QUEUE, Settings
 from freesel_backend.jobs import enqueue_patterns, schedule_selection
@@ -22,6 +22,16 @@ def test_a_burst_of_imports_ends_in_one_waiting_selection_that_waits_for_every_c
     assert sorted(again.dependency_ids) == sorted(job.id for job in first + second)
     assert again.args == (5,) and all(job.args[0] == 5 for job in first + second)  # plain arguments, no secrets
     assert len(first) == 2 and first[0].retries_left == settings.job_retries
+
+
+def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(redis_connection):
+    settings = Settings()
+    running = schedule_selection(redis_connection, settings, 5)
+    Queue(SELECTION_QUEUE, connection=redis_connection).remove(running)
+    running.set_status(JobStatus.STARTED)  # what a worker does when it takes the job
+    next_one = schedule_selection(redis_connection, settings, 5)
+    assert next_one.id != running.id and next_one.dependency_ids == [running.id]
+    assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
 
 
 def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_studio, redis_connection, redis_url, tmp_path):

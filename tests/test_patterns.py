@@ -97,6 +97,30 @@ def test_features_are_the_second_to_last_block_after_the_final_norm() -> None:
     torch.testing.assert_close(attention.sum(dim=1), torch.ones(2))
 
 
+def test_global_embeddings_are_the_final_cls_token_from_the_same_pass_as_the_patterns() -> None:
+    extractor = tiny_extractor(patterns_per_image=2)
+    batch = torch.stack([extractor.to_tensor(noise_image(s)) for s in range(3)])
+    patterns, embeddings = extractor.patterns_and_embeddings_of_batch(batch)
+    with torch.inference_mode():
+        pixels = (batch.float() / 255.0 - extractor.mean) / extractor.std
+        cls_tokens = extractor.model.forward_features(pixels)[:, 0]
+    np.testing.assert_allclose(embeddings, cls_tokens.numpy(), atol=1e-5, rtol=1e-4)
+    for own, separate in zip(patterns, extractor.patterns_of_batch(batch)):
+        np.testing.assert_array_equal(own, separate)
+
+
+def test_patterns_of_features_takes_k_and_ratio_per_call() -> None:
+    extractor = tiny_extractor(patterns_per_image=5)
+    batch = torch.stack([extractor.to_tensor(noise_image(s)) for s in range(2)])
+    with torch.inference_mode():
+        features, attention = extractor.features_and_attention(batch)
+    single = extractor.patterns_of_features(features, attention, patterns_per_image=1, attention_ratio=1.0)
+    for b in range(2):
+        mean = features[b].mean(0).numpy()
+        np.testing.assert_allclose(single[b][0], mean / np.linalg.norm(mean), atol=1e-5)
+    assert [len(p) for p in extractor.patterns_of_features(features, attention)] == [5, 5]
+
+
 def test_extract_gives_each_image_at_most_k_unit_length_patterns() -> None:
     extractor = tiny_extractor(patterns_per_image=3)
     patterns = extractor.extract([noise_image(s, size=(40 + 9 * s, 50)) for s in range(6)])

@@ -1,4 +1,5 @@
-"""FreeSel selection: full rankings, fds = brute-force farthest-first, prob draws by d^2."""
+"""FreeSel selection: full rankings, fds = brute-force farthest-first, prob draws by d^2
+(the typicality prior of the default strategy is specified in test_density.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from freesel_backend import select
+from freesel_backend import STRATEGIES, select
 from freesel_backend.engine.selection import DUPLICATE_TOLERANCE, resolve_budget
 from tests.helpers import random_patterns
 
@@ -62,7 +63,7 @@ def test_fds_with_seeds_equals_brute_force() -> None:
     assert ranking.order[:10].tolist() == brute_force_farthest_first(patterns, [3, 17], 10)
 
 
-@pytest.mark.parametrize("strategy", ["prob", "fds"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_ranking_lists_every_image_once_picks_first_then_by_decreasing_distance(strategy: str) -> None:
     patterns = random_patterns(60, k=5, dim=12, seed=3)
     ranking = select(patterns, 15, strategy=strategy, seed=11)
@@ -99,14 +100,14 @@ def test_prob_draws_follow_squared_distance() -> None:
     draws = 4000
     counts = np.zeros(4)
     for seed in range(draws):
-        counts[select(patterns, 1, seeds=[0], seed=seed).order[0]] += 1
+        counts[select(patterns, 1, strategy="prob", seeds=[0], seed=seed).order[0]] += 1
     expected = draws * np.array([0.0, 1 / 21, 4 / 21, 16 / 21])
     chi_square = float((((counts - expected) ** 2)[1:] / expected[1:]).sum())
     assert counts[0] == 0
     assert chi_square < 13.8  # 2 degrees of freedom, p = 0.001
 
 
-@pytest.mark.parametrize("strategy", ["prob", "fds"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_copy_of_a_picked_image_is_never_picked_while_unseen_content_remains(strategy: str) -> None:
     unique = random_patterns(12, k=3, dim=10, seed=9)
     copies = [p.copy() for p in unique[:8]]
@@ -119,7 +120,7 @@ def test_a_copy_of_a_picked_image_is_never_picked_while_unseen_content_remains(s
         assert np.all(ranking.distance[12:] == 0.0)
 
 
-@pytest.mark.parametrize("strategy", ["prob", "fds"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_when_only_copies_remain_the_order_still_completes(strategy: str) -> None:
     same = np.ones((1, 4), np.float32) / 2.0
     patterns = [same.copy() for _ in range(6)]
@@ -152,11 +153,12 @@ def test_incremental_continuation_with_earlier_picks_as_seeds_matches_one_longer
     assert continued.order[:5].tolist() == long_run.order[5:10].tolist()
 
 
-def test_same_seed_same_ranking_other_seed_other_ranking() -> None:
+@pytest.mark.parametrize("strategy", ["typical", "prob"])
+def test_same_seed_same_ranking_other_seed_other_ranking(strategy: str) -> None:
     patterns = random_patterns(80, k=4, dim=12, seed=6)
-    first = select(patterns, 20, seed=123)
-    assert np.array_equal(first.order, select(patterns, 20, seed=123).order)
-    assert not np.array_equal(first.order, select(patterns, 20, seed=124).order)
+    first = select(patterns, 20, strategy=strategy, seed=123)
+    assert np.array_equal(first.order, select(patterns, 20, strategy=strategy, seed=123).order)
+    assert not np.array_equal(first.order, select(patterns, 20, strategy=strategy, seed=124).order)
 
 
 def test_a_budget_larger_than_the_pool_picks_everything() -> None:

@@ -168,15 +168,35 @@ class PatternExtractor:
     def patterns_of_batch(self, batch: torch.Tensor) -> list[np.ndarray]:
         """Patterns for a (B, 3, H, W) uint8 batch from :meth:`to_tensor`."""
         features, attention = self.features_and_attention(batch)
-        kept = attention_mask(attention, features, self.settings.attention_ratio)
-        return self._cluster(features, kept)[0]
+        return self.patterns_of_features(features, attention)
+
+    @torch.inference_mode()
+    def patterns_and_embeddings_of_batch(self, batch: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
+        """Patterns and the (B, D) global embeddings (final [CLS] token after the final norm)
+        of a uint8 batch, from one forward pass."""
+        features, attention, embeddings = self.features_attention_and_embeddings(batch)
+        return self.patterns_of_features(features, attention), embeddings.cpu().numpy()
+
+    def patterns_of_features(
+        self,
+        features: torch.Tensor,
+        attention: torch.Tensor,
+        *,
+        patterns_per_image: int | None = None,
+        attention_ratio: float | None = None,
+    ) -> list[np.ndarray]:
+        """Patterns from :meth:`features_and_attention`'s output; K and the attention ratio
+        default to the extractor's settings (others serve experiments on the same pass)."""
+        ratio = self.settings.attention_ratio if attention_ratio is None else attention_ratio
+        kept = attention_mask(attention, features, ratio)
+        return self._cluster(features, kept, patterns_per_image or self.settings.patterns_per_image)[0]
 
     @torch.inference_mode()
     def details_of_batch(self, batch: torch.Tensor) -> list[PatchDetails]:
         """Which patches each image kept and which pattern each belongs to (for reports)."""
         features, attention = self.features_and_attention(batch)
         kept = attention_mask(attention, features, self.settings.attention_ratio)
-        _, owners = self._cluster(features, kept)
+        _, owners = self._cluster(features, kept, self.settings.patterns_per_image)
         grid = self.model.patch_embed.grid_size
         return [
             PatchDetails(tuple(grid), attention[b].float().cpu().numpy(), kept[b].cpu().numpy(), owners[b])
@@ -186,26 +206,43 @@ class PatternExtractor:
     def features_and_attention(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, D) patch features of the second-to-last block after the final norm, and the
         last block's (B, N) [CLS]->patch attention averaged over heads, summing to 1."""
+        features, attention, _ = self._forward(batch, with_embeddings=False)
+        return features, attention
+
+    def features_attention_and_embeddings(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`features_and_attention` plus the (B, D) final [CLS] token after the final
+        norm (the image's global embedding); the last block then runs in full."""
+        features, attention, embeddings = self._forward(batch, with_embeddings=True)
+        assert embeddings is not None
+        return features, attention, embeddings
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _forward(
+        self, batch: torch.Tensor, *, with_embeddings: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         model = self.model
         pixels = (batch.to(self.device, non_blocking=True).float() / 255.0 - self.mean) / self.std
+        embeddings = None
         with self._autocast():
             tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(pixels))))
             for block in model.blocks[:-1]:
                 tokens = block(tokens)
             features = model.norm(tokens)[:, model.num_prefix_tokens :]
             attention = cls_attention(model.blocks[-1], tokens)[:, model.num_prefix_tokens :]
+            if with_embeddings:
+                embeddings = model.norm(model.blocks[-1](tokens))[:, 0].float()
         attention = attention.float()
-        return features.float(), attention / attention.sum(dim=1, keepdim=True)
-
-    # ---- internals --------------------------------------------------------------------------
+        return features.float(), attention / attention.sum(dim=1, keepdim=True), embeddings
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _cluster(self, features: torch.Tensor, kept: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        k = self.settings.patterns_per_image
+    def _cluster(
+        self, features: torch.Tensor, kept: torch.Tensor, k: int
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         generator = torch.Generator(device=self.device).manual_seed(self.settings.seed)
         centroids, members, assignment = batched_kmeans(
             features, kept, k, iterations=self.settings.kmeans_iterations, generator=generator

@@ -4,9 +4,17 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 ``p`` to the nearest pattern of any selected image. Each step draws one pattern (with
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
+``typical`` (the default) first takes one representative image per cluster (k-means of the
+images' mean patterns into ``budget`` clusters, the image nearest each centroid, TypiClust-style),
+ordered so that every prefix of the queue is typical and spread out (:func:`.density.coverage_order`),
+and draws any remaining picks like ``prob`` with weights multiplied by a typicality prior
+(:mod:`.density`), so that small budgets pick representative images, not outliers; ``prob``
+and ``fds`` are the paper's algorithm as published (docs/quality.md has the measurements).
 
-Distances are matrix products over the normalised patterns: one ``(M, D) @ (D, k)`` product
-per pick instead of the reference implementation's slice-wise broadcasting.
+Distances are matrix products over the normalised patterns. :mod:`.nearest` batches the updates
+of ``d`` (lazy updates): the draws work from an upper bound of ``d`` and compute the true ``d`` of
+the few patterns they look at, so the distances are lowered a few hundred picks at a time in
+compute-bound products instead of one memory-bound pass over all patterns per pick.
 """
 
 from __future__ import annotations
@@ -17,12 +25,23 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-Strategy = Literal["prob", "fds"]
-STRATEGIES: tuple[str, ...] = ("prob", "fds")
+from .density import cluster_representatives, coverage_order, image_descriptors, typicality_prior
+from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
 
-# Cosine distances below this count as zero: float32 rounding leaves ~1e-6 between two copies
-# of the same pattern, and a copy of a picked image must carry no weight at all.
-DUPLICATE_TOLERANCE = 1e-4
+Strategy = Literal["typical", "prob", "fds"]
+STRATEGIES: tuple[str, ...] = ("typical", "prob", "fds")
+DEFAULT_STRATEGY: Strategy = "typical"
+# Exponent on the typicality prior of ``typical``, chosen on held-out data (docs/quality.md).
+TYPICALITY_STRENGTH = 1.0
+
+__all__ = ["DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking", "resolve_budget", "select"]
+
+# fds: true distances computed first, then x4 while the best does not beat the next bound.
+FDS_FIRST_CANDIDATES = 32
+# fds: above this share of patterns to look at, a flush is cheaper.
+FDS_CANDIDATE_SHARE = 0.05
+# prob: consecutive rejections after which the bounds are refreshed (a flush).
+MAX_REJECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -94,10 +113,11 @@ class PatternPool:
 
     def distance_block(self, queries: np.ndarray) -> np.ndarray:
         """Cosine distance from every pattern to the nearest of ``queries`` (rows of the pool)."""
-        similarity = self.matrix @ queries.T
-        distance = 1.0 - similarity.max(axis=1)
-        distance[distance < self.duplicate_threshold] = 0.0
-        return distance
+        return nearest_cosine_distance(self.matrix, queries, self.duplicate_threshold)
+
+    def patterns_of(self, images: Iterable[int]) -> np.ndarray:
+        """The normalised patterns of ``images``, stacked."""
+        return np.concatenate([self.matrix[self.rows_of(image)] for image in images])
 
     def per_image_max(self, values: np.ndarray) -> np.ndarray:
         return np.maximum.reduceat(values, self.starts)
@@ -114,19 +134,26 @@ def select(
     patterns: Sequence[np.ndarray],
     budget: int,
     *,
-    strategy: Strategy = "prob",
+    strategy: Strategy = DEFAULT_STRATEGY,
     seeds: Iterable[int] = (),
     seed: int | None = None,
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
+    updates: Updates = "lazy",
+    prior: np.ndarray | None = None,
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
 
     ``patterns[i]`` is image ``i``'s (k_i, D) array of semantic patterns. ``seeds`` are images
     already selected (e.g. labelled): they steer the picks and are left out of the ranking.
     ``budget`` picks are drawn (fewer when fewer images remain), the rest is ordered by distance.
+    ``prior`` (n_images,), positive, multiplies each image's draw weights (for ``fds``: the
+    distances it maximises); ``typical`` computes its own when none is given.
     Distances below ``duplicate_threshold`` count as zero: with the threshold of
     :func:`~freesel_backend.engine.duplicates.find_near_duplicates`, a picked image's
     near-duplicates carry no weight, so no two of one group are picked while others remain.
+    ``updates="dense"`` recomputes every distance at every pick (the reference path). The default
+    ``"lazy"`` gives the same fds ranking and prob draws from the same distribution (not the same
+    draws for a seed: rejection sampling consumes the random stream differently).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -134,22 +161,30 @@ def select(
         raise ValueError(f"budget must be >= 0, got {budget}")
     pool = PatternPool(patterns, duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
+    row_prior = _row_prior(pool, strategy, prior)
     rng = np.random.default_rng(seed)
 
     selected = np.zeros(pool.n_images, dtype=bool)
     selected[list(seed_ids)] = True
-    nearest = pool.distances_to(seed_ids) if seed_ids else np.full(len(pool.matrix), np.inf, np.float32)
+    nearest = NearestDistances(pool.matrix, threshold=pool.duplicate_threshold, updates=updates)
+    if seed_ids:
+        nearest.add(pool.patterns_of(seed_ids))
+    draws = _Draws(pool, nearest, strategy, rng, row_prior)
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
+    representatives = iter(_representatives(pool, strategy, n_picks, selected, seed, row_prior))
     picks: list[int] = []
     pick_distances: list[float] = []
     for _ in range(n_picks):
-        image, distance = _draw(pool, nearest, selected, strategy, rng)
+        image = next(representatives, None)
+        if image is None:
+            image, distance = draws.next(selected)
+        else:
+            distance = draws.distance_of(image)
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
-        rows = pool.rows_of(image)
-        nearest = np.minimum(nearest, pool.distance_block(pool.matrix[rows]))
+        nearest.add(pool.matrix[pool.rows_of(image)])
 
     rest_order, rest_distance = _order_rest(pool, nearest, selected)
     return Ranking(
@@ -179,36 +214,169 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
     return seed_ids
 
 
-def _draw(
-    pool: PatternPool,
-    nearest: np.ndarray,
-    selected: np.ndarray,
-    strategy: Strategy,
-    rng: np.random.Generator,
-) -> tuple[int, float]:
-    """One pick: (image index, the drawn pattern's distance)."""
-    if np.isinf(nearest).all():
-        # Nothing selected yet: the paper starts from one random image.
-        image = int(rng.integers(pool.n_images))
-        return image, math.inf
-    top = float(nearest.max())
-    if top <= 0.0:
-        # Only copies of selected images remain: complete the order in index order.
-        image = int(np.flatnonzero(~selected)[0])
-        return image, 0.0
-    if strategy == "fds":
-        pattern = int(np.argmax(nearest))
-    else:
-        weights = np.square(nearest, dtype=np.float64)
-        cumulative = np.cumsum(weights)
-        pattern = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-        pattern = min(pattern, len(cumulative) - 1)
-    return int(pool.owner[pattern]), float(nearest[pattern])
+def _representatives(
+    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None, row_prior: np.ndarray | None
+) -> np.ndarray:
+    """``typical``'s first picks: one per cluster of the images' mean patterns (none otherwise),
+    in coverage order (typical and spread out first: the queue is worked from the top)."""
+    if strategy != "typical" or n_picks == 0:
+        return np.zeros(0, dtype=np.int64)
+    descriptors = image_descriptors(pool.matrix, pool.starts)
+    picks = cluster_representatives(descriptors, n_picks + int(selected.sum()), covered=selected.copy(), seed=seed)[:n_picks]
+    image_prior = row_prior[pool.starts] if row_prior is not None else np.ones(pool.n_images)
+    # The square root: typicality spans orders of magnitude and must not outweigh distance, else a
+    # dense cluster's second image would come before any image of another cluster.
+    order = coverage_order(descriptors[picks], np.sqrt(image_prior[picks]), taken=descriptors[selected])
+    return picks[order]
 
 
-def _order_rest(pool: PatternPool, nearest: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    farthest = pool.per_image_max(nearest).astype(np.float64)
+def _row_prior(pool: PatternPool, strategy: Strategy, prior: np.ndarray | None) -> np.ndarray | None:
+    """The per-pattern-row draw factor: the image prior repeated over its patterns, or None."""
+    if prior is None and strategy == "typical":
+        prior = typicality_prior(pool.matrix, pool.starts, strength=TYPICALITY_STRENGTH)
+    if prior is None:
+        return None
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (pool.n_images,) or not np.all(np.isfinite(prior)) or not np.all(prior > 0):
+        raise ValueError(f"prior must hold one finite value > 0 per image ({pool.n_images}), got shape {prior.shape}")
+    return prior[pool.owner]
+
+
+class _Draws:
+    """One pick at a time from the bounds of :class:`NearestDistances`.
+
+    Both strategies work from a snapshot of the bounds taken at the last flush (sorted for fds,
+    cumulative weights for prob): a snapshot bound stays an upper bound of the true ``d``.
+    """
+
+    def __init__(
+        self,
+        pool: PatternPool,
+        nearest: NearestDistances,
+        strategy: Strategy,
+        rng: np.random.Generator,
+        row_prior: np.ndarray | None,
+    ) -> None:
+        self.pool, self.nearest, self.strategy, self.rng = pool, nearest, strategy, rng
+        self.row_prior = row_prior
+        self._snapshot_at = -1
+        self._snapshot = np.empty(0, np.float32)
+        self._snapshot_scores = np.empty(0)
+        self._by_bound = np.empty(0, np.int64)
+        self._cumulative = np.empty(0)
+
+    def next(self, selected: np.ndarray) -> tuple[int, float]:
+        """One pick: (image index, the drawn pattern's distance)."""
+        if self.nearest.nothing_selected:
+            # Nothing selected yet: the paper starts from one random image (drawn by the prior).
+            if self.row_prior is None:
+                return int(self.rng.integers(self.pool.n_images)), math.inf
+            image_prior = self.row_prior[self.pool.starts]
+            return int(self.rng.choice(self.pool.n_images, p=image_prior / image_prior.sum())), math.inf
+        drawn = self._farthest() if self.strategy == "fds" else self._sampled()
+        if drawn is None:
+            # Only copies of selected images remain: complete the order in index order.
+            return int(np.flatnonzero(~selected)[0]), 0.0
+        pattern, distance = drawn
+        return int(self.pool.owner[pattern]), distance
+
+    def distance_of(self, image: int) -> float:
+        """The true ``d`` of ``image``'s farthest pattern (``inf`` while nothing is selected)."""
+        if self.nearest.nothing_selected:
+            return math.inf
+        rows = self.pool.rows_of(image)
+        return float(self.nearest.refresh(np.arange(rows.start, rows.stop)).max())
+
+    def _farthest(self) -> tuple[int, float] | None:
+        """The pattern of largest true ``d`` (times its prior; the lowest index among equals, as
+        argmax), or None when every ``d`` is 0. Candidates are taken by decreasing bound until the
+        best true value beats every bound left: no other pattern can then reach it."""
+        nearest = self.nearest
+        count = FDS_FIRST_CANDIDATES
+        # count < len(patterns) in the loop, so a next bound always exists.
+        while not nearest.is_exact and count <= FDS_CANDIDATE_SHARE * len(nearest.copy_of):
+            self._take_snapshot()
+            candidates = self._by_bound[:count]
+            exact = nearest.refresh(candidates)
+            scores = self._scaled(exact, candidates)
+            best = scores.max()
+            if best > self._snapshot_scores[self._by_bound[count]]:
+                chosen = int(np.flatnonzero(scores == best)[np.argmin(candidates[scores == best])])
+                return int(candidates[chosen]), float(exact[chosen])
+            count *= 4
+        values = nearest.values()
+        pattern = int(np.argmax(self._scaled(values)))
+        return (pattern, float(values[pattern])) if values[pattern] > 0.0 else None
+
+    def _scaled(self, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``values`` (of ``rows``, or of every row) times their rows' prior."""
+        if self.row_prior is None:
+            return values
+        return values * (self.row_prior if rows is None else self.row_prior[rows])
+
+    def _sampled(self) -> tuple[int, float] | None:
+        """A pattern drawn with probability proportional to ``d ** 2``, or None when every ``d``
+        is 0. Proposals come from the snapshot bounds and are accepted with probability
+        ``weight(d) / weight(bound)``: exactly the ``d ** 2`` distribution (times the row's prior,
+        which cancels in that ratio)."""
+        nearest = self.nearest
+        rejections = 0
+        while True:
+            self._take_snapshot()
+            cumulative = self._cumulative
+            if cumulative[-1] <= 0.0:
+                return None
+            pattern = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+            pattern = min(pattern, len(cumulative) - 1)
+            bound = self._snapshot[pattern]
+            if nearest.is_exact:
+                return pattern, float(bound)
+            distance = nearest.refresh(np.array([pattern]))[0]
+            if self.rng.random() * _weights(bound) < _weights(distance):
+                return pattern, float(distance)
+            rejections += 1
+            if rejections >= MAX_REJECTIONS:
+                nearest.flush()
+                rejections = 0
+
+    def _take_snapshot(self) -> None:
+        """Snapshot the bounds once per flush."""
+        if self._snapshot_at == self.nearest.n_flushes:
+            return
+        self._snapshot = self.nearest.bound
+        if self.strategy == "fds":
+            self._snapshot_scores = self._scaled(self._snapshot)
+            self._by_bound = np.argsort(-self._snapshot_scores, kind="stable")
+        else:
+            weights = _weights(self._snapshot)
+            self._cumulative = np.cumsum(weights if self.row_prior is None else weights * self.row_prior)
+        self._snapshot_at = self.nearest.n_flushes
+
+
+def _weights(distance: np.ndarray | np.float32) -> np.ndarray:
+    """prob's draw weight of a pattern at distance ``d``: ``d ** 2`` (float64)."""
+    return np.square(distance, dtype=np.float64)
+
+
+def _order_rest(pool: PatternPool, nearest: NearestDistances, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    farthest = _farthest_per_image(pool, nearest, ~selected).astype(np.float64)
     rest = np.flatnonzero(~selected)
     # Stable sort on -distance keeps index order among ties (e.g. all-zero duplicates).
     order = rest[np.argsort(-farthest[rest], kind="stable")]
     return order.astype(np.int64), farthest[order]
+
+
+def _farthest_per_image(pool: PatternPool, nearest: NearestDistances, images: np.ndarray) -> np.ndarray:
+    """(n_images,) the true ``d`` of each image's farthest pattern, for the ``images`` (mask).
+
+    Computes the true ``d`` of each image's pattern of largest bound, then only of the patterns
+    whose bound exceeds the best so far: the others cannot be the farthest.
+    """
+    if nearest.nothing_selected:
+        return np.full(pool.n_images, np.inf)
+    wanted = images[pool.owner]
+    largest_bound = pool.per_image_max(nearest.bound)
+    nearest.refresh(np.flatnonzero(wanted & (nearest.bound == largest_bound[pool.owner])))
+    best = pool.per_image_max(np.where(nearest.is_current(), nearest.bound, -np.inf))
+    nearest.refresh(np.flatnonzero(wanted & ~nearest.is_current() & (nearest.bound > best[pool.owner])))
+    return pool.per_image_max(np.where(nearest.is_current(), nearest.bound, -np.inf))

@@ -1,0 +1,24 @@
+"""The benchmark's code path at tiny sizes (its figures are meaningless here: no timing checks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from freesel_backend import bench, select
+
+
+def test_bench_smoke_run_prints_one_line_per_selection_target(capsys: pytest.CaptureFixture[str]) -> None:
+    bench.main(["--smoke", "--only", "selection", "--only", "paper"])
+    printed = capsys.readouterr().out
+    assert "selection vs reference" not in printed  # that target is measured at N=5,000 only
+    assert "[PASS] fds picks identical to the reference's" in printed
+    assert "paper scale (N=400" in printed
+    assert "peak memory" in printed
+    assert printed.count("load ") >= 3
+
+
+def test_reference_and_product_fds_pick_the_same_images() -> None:
+    patterns = bench.semantic_patterns(300, seed=1)
+    reference = bench.reference_select(patterns, 20, "fds", seed=0)
+    ours = select(patterns, 19, strategy="fds", seeds=[reference[0]])
+    assert ours.picks.tolist() == reference[1:]

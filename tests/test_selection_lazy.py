@@ -1,0 +1,188 @@
+"""Lazy (batched) distance updates: the same fds ranking as recomputing every distance at every
+pick, prob draws from the same d^2 distribution, and true distances wherever they are read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from freesel_backend import select
+from freesel_backend.engine.nearest import NearestDistances, nearest_cosine_distance
+from tests.helpers import random_patterns
+
+
+def clustered_patterns(n_images: int, *, k: int = 4, dim: int = 24, seed: int = 0) -> list[np.ndarray]:
+    """Patterns scattered around a few directions, as real patterns are."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(8, dim))
+    patterns = []
+    for _ in range(n_images):
+        block = directions[rng.integers(0, 8, k)] + 0.3 * rng.normal(size=(k, dim))
+        patterns.append((block / np.linalg.norm(block, axis=1, keepdims=True)).astype(np.float32))
+    return patterns
+
+
+def with_copies(patterns: list[np.ndarray], n_copies: int) -> list[np.ndarray]:
+    return patterns + [p.copy() for p in patterns[:n_copies]]
+
+
+def farthest_first_float64(patterns: list[np.ndarray], first: list[int], budget: int, threshold: float = 1e-4) -> list[int]:
+    """Farthest-first in float64, every distance recomputed: argmax takes the lowest index."""
+    matrix = np.concatenate(patterns).astype(np.float64)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(len(patterns)), [len(p) for p in patterns])
+    nearest = np.full(len(matrix), np.inf)
+    picks: list[int] = []
+    for image in first:
+        nearest = np.minimum(nearest, _distances(matrix, matrix[owner == image], threshold))
+    for _ in range(budget):
+        image = int(owner[np.argmax(nearest)])
+        picks.append(image)
+        nearest = np.minimum(nearest, _distances(matrix, matrix[owner == image], threshold))
+    return picks
+
+
+def _distances(matrix: np.ndarray, queries: np.ndarray, threshold: float) -> np.ndarray:
+    distance = 1.0 - (matrix @ queries.T).max(axis=1)
+    return np.where(distance < threshold, 0.0, distance)
+
+
+def assert_lazy_equals_dense(patterns: list[np.ndarray], budget: int, **kwargs: object) -> None:
+    lazy = select(patterns, budget, strategy="fds", updates="lazy", **kwargs)  # type: ignore[arg-type]
+    dense = select(patterns, budget, strategy="fds", updates="dense", **kwargs)  # type: ignore[arg-type]
+    assert lazy.n_picked == dense.n_picked
+    assert np.array_equal(lazy.picks, dense.picks)
+    assert np.allclose(lazy.distance, dense.distance, rtol=0, atol=1e-6)
+    assert sorted(lazy.order.tolist()) == sorted(dense.order.tolist())
+    assert np.all(np.diff(lazy.distance[lazy.n_picked :]) <= 0)
+
+
+# A pool of 600 images x 4 patterns and 250 picks: 1,000 selected patterns, so the lazy path
+# flushes mid-run and searches candidates between flushes.
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fds_lazy_picks_equal_dense_picks_on_clustered_patterns(seed: int) -> None:
+    assert_lazy_equals_dense(clustered_patterns(600, seed=seed), 250, seed=seed)
+
+
+def test_fds_lazy_picks_equal_dense_picks_on_unstructured_patterns() -> None:
+    assert_lazy_equals_dense(random_patterns(600, k=4, dim=32, seed=3, vary_k=False), 250, seed=5)
+
+
+def test_fds_lazy_picks_equal_dense_picks_with_copies_seeds_and_a_duplicate_threshold() -> None:
+    patterns = with_copies(clustered_patterns(500, seed=4), 150)
+    assert_lazy_equals_dense(patterns, 300, seeds=[0, 7, 505], seed=9)
+    assert_lazy_equals_dense(patterns, 300, seeds=[3], seed=9, duplicate_threshold=0.05)
+
+
+def test_fds_with_a_prior_maximises_prior_times_distance_lazily_as_densely() -> None:
+    patterns = clustered_patterns(600, seed=6)
+    prior = np.random.default_rng(6).uniform(0.2, 1.0, size=600)
+    assert_lazy_equals_dense(patterns, 250, seed=1, prior=prior)
+
+
+def test_fds_lazy_picks_equal_float64_farthest_first() -> None:
+    patterns = clustered_patterns(600, seed=8)
+    ranking = select(patterns, 250, strategy="fds", seeds=[11])
+    assert ranking.picks.tolist() == farthest_first_float64(patterns, [11], 250)
+
+
+def test_fds_ties_go_to_the_lowest_pattern_index_as_argmax() -> None:
+    # Every image has an exact copy later in the pool: each maximum is a tie, and the earlier
+    # copy (lower pattern index) must win, as numpy argmax on the true distances does.
+    originals = clustered_patterns(400, seed=5)
+    patterns = originals + [p.copy() for p in originals]
+    ranking = select(patterns, 200, strategy="fds", seeds=[0])
+    assert np.all(ranking.picks < 400)
+    assert ranking.picks.tolist() == farthest_first_float64(patterns, [0], 200)
+
+
+def test_lazy_rest_distances_are_each_images_true_farthest_distance() -> None:
+    patterns = random_patterns(700, k=4, dim=16, seed=2)
+    ranking = select(patterns, 200, strategy="prob", seed=4)
+    matrix = np.concatenate(patterns).astype(np.float64)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(len(patterns)), [len(p) for p in patterns])
+    picked = np.isin(owner, ranking.picks)
+    nearest = _distances(matrix, matrix[picked], 1e-4)
+    farthest = np.maximum.reduceat(nearest, np.flatnonzero(np.diff(owner, prepend=-1)))
+    rest = ranking.order[ranking.n_picked :]
+    assert np.allclose(ranking.distance[ranking.n_picked :], farthest[rest], rtol=0, atol=1e-5)
+
+
+def pick_frequencies(patterns: list[np.ndarray], updates: str, runs: int) -> np.ndarray:
+    """How often each image is the second pick after seed image 0, over ``runs`` seeds."""
+    counts = np.zeros(len(patterns))
+    for seed in range(runs):
+        ranking = select(patterns, 2, strategy="prob", seeds=[0], seed=seed, updates=updates)  # type: ignore[arg-type]
+        counts[ranking.picks[1]] += 1
+    return counts
+
+
+def exact_second_pick_probabilities(patterns: list[np.ndarray]) -> np.ndarray:
+    """P(image is the second pick) under the d^2 rule, summed over every first pick."""
+    matrix = np.concatenate(patterns).astype(np.float64)
+    owner = np.repeat(np.arange(len(patterns)), [len(p) for p in patterns])
+
+    def pick_probabilities(selected: list[int]) -> np.ndarray:
+        weights = _distances(matrix, matrix[np.isin(owner, selected)], 1e-4) ** 2
+        return np.bincount(owner, weights, minlength=len(patterns)) / weights.sum()
+
+    first = pick_probabilities([0])
+    total = np.zeros(len(patterns))
+    for image, p_first in enumerate(first):
+        if p_first > 0:
+            second = pick_probabilities([0, image])
+            total += p_first * second
+    return total
+
+
+def test_prob_lazy_and_dense_second_picks_follow_the_exact_squared_distance_distribution() -> None:
+    # The second pick is drawn by rejection sampling against the first pick's pending patterns.
+    patterns = random_patterns(12, k=2, dim=3, seed=1, vary_k=False)
+    expected = 3000 * exact_second_pick_probabilities(patterns)
+    for updates in ("lazy", "dense"):
+        observed = pick_frequencies(patterns, updates, 3000)
+        assert observed[0] == 0
+        chi_square = float(((observed[1:] - expected[1:]) ** 2 / expected[1:]).sum())
+        assert chi_square < stats.chi2.ppf(0.999, df=len(patterns) - 2), updates
+
+
+def test_prob_dense_path_draws_as_before_and_lazy_differs_only_in_the_random_stream() -> None:
+    patterns = clustered_patterns(300, seed=3)
+    lazy = select(patterns, 100, strategy="prob", seed=7)
+    assert np.array_equal(lazy.order, select(patterns, 100, strategy="prob", seed=7).order)
+    dense = select(patterns, 100, strategy="prob", seed=7, updates="dense")
+    assert lazy.order[0] == dense.order[0]  # the random first image consumes the stream alike
+
+
+def test_bounds_stay_upper_bounds_and_refresh_gives_true_distances() -> None:
+    matrix = np.concatenate(random_patterns(500, k=3, dim=16, seed=6, vary_k=False))
+    lazy = NearestDistances(matrix, updates="lazy", flush_queries=50)
+    dense = NearestDistances(matrix, updates="dense")
+    rng = np.random.default_rng(0)
+    for image in rng.choice(500, 60, replace=False):
+        queries = matrix[3 * image : 3 * image + 3]
+        lazy.add(queries)
+        dense.add(queries)
+        true = dense.values()
+        assert np.all(lazy.bound >= true - 1e-6)
+        rows = rng.choice(len(matrix), 40, replace=False)
+        assert np.allclose(lazy.refresh(rows), true[rows], rtol=0, atol=1e-6)
+    assert lazy.n_flushes < dense.n_flushes
+    assert np.allclose(lazy.values(), dense.values(), rtol=0, atol=1e-6)
+
+
+def test_a_distance_under_the_threshold_counts_as_zero() -> None:
+    rows = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    queries = np.array([[1.0, 0.001]], np.float32) / np.float32(np.hypot(1.0, 0.001))
+    distance = nearest_cosine_distance(rows, queries, threshold=1e-4)
+    assert distance[0] == 0.0
+    assert distance[1] == pytest.approx(0.4, abs=1e-3)
+
+
+def test_unknown_update_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown distance updates"):
+        select(random_patterns(5), 2, updates="sparse")  # type: ignore[arg-type]
