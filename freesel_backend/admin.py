@@ -45,6 +45,9 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
     """Validate and store ``changes``; then recompute, re-rank, enable or disable as they require.
     A project the backend has not seen yet is synced (its tasks enqueued) whatever the changes."""
     store = backend.store
+    new_project = "patterns_version" not in store.get_state(project_id)
+    if new_project:
+        backend.client.get_project(project_id)  # an id Label Studio does not know: 404, nothing stored
     before = store.get_settings(project_id)
     after = before.updated(changes)
     store.save_settings(project_id, after)
@@ -52,7 +55,6 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
         if before.enabled or not changes:
             disable(backend, project_id)
         return after
-    new_project = "patterns_version" not in store.get_state(project_id)
     if new_project or not before.enabled or not changes or any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS):
         remember_previous_sampling(backend.client, store, project_id)
         enqueue_sync(backend.connection, backend.settings, project_id)

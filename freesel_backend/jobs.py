@@ -188,7 +188,11 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
 
 def _previous_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
     """The project's last enqueued selection job (its status freshly read), if RQ still has it."""
-    job_id = store.get_state(project_id).get("pending_selection")
+    return fetch_job(connection, store.get_state(project_id).get("pending_selection"))
+
+
+def fetch_job(connection: redis.Redis, job_id: str | None) -> Job | None:
+    """The job ``job_id`` with its status freshly read, or None when RQ no longer has it."""
     if not job_id:
         return None
     try:

@@ -17,12 +17,11 @@ from typing import Any
 import redis
 from PIL import Image
 from rq import Queue
-from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from .config import SELECTION_QUEUE, Settings
 from .engine import ImageLoadError
-from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, _retry, extractor_for, version_of
+from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, _retry, extractor_for, fetch_job, version_of
 from .label_studio import LabelStudioError
 from .report import Failure, ReportData, ReportOptions, build_report
 from .store import SelectionRecord, Store
@@ -68,13 +67,8 @@ def enqueue_report(connection: redis.Redis, settings: Settings, project_id: int)
 
 
 def _unfinished_report_job(connection: redis.Redis, job_id: str | None) -> Job | None:
-    if not job_id:
-        return None
-    try:
-        job = Job.fetch(job_id, connection=connection)
-    except NoSuchJobError:
-        return None
-    return job if job.get_status(refresh=True) in (*WAITING, JobStatus.STARTED) else None
+    job = fetch_job(connection, job_id)
+    return job if job is not None and job.get_status(refresh=False) in (*WAITING, JobStatus.STARTED) else None
 
 
 def build_project_report(project_id: int) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def test_predict_with_thousands_of_tasks_answers_at_once_and_enqueues_chunks(red
     assert len(Queue(SELECTION_QUEUE, connection=redis_connection).deferred_job_registry.get_job_ids()) == 1
 
 
-def test_tasks_of_a_project_that_does_not_exist_are_dropped_and_its_status_is_404(label_studio, redis_connection, redis_url, tmp_path):
+def test_tasks_of_a_project_that_does_not_exist_are_dropped_its_status_and_enable_are_404(label_studio, redis_connection, redis_url, tmp_path):
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
     backend = BackendProcesses(env, tmp_path).start(workers=0)
     try:
@@ -159,7 +159,12 @@ def test_tasks_of_a_project_that_does_not_exist_are_dropped_and_its_status_is_40
         run_worker_burst(env)
         status = requests.get(f"{backend.url}/freesel/projects/{missing}/status", timeout=30)
         unknown = requests.get(f"{backend.url}/freesel/projects/123456/status", timeout=30)
+        enable = requests.post(f"{backend.url}/freesel/projects/123456/enable", json={}, timeout=30)
+        settings = requests.patch(f"{backend.url}/freesel/projects/123456/settings", json={"budget": 5}, timeout=30)
+        still_unknown = requests.get(f"{backend.url}/freesel/projects/123456/status", timeout=30)
     finally:
         backend.stop()
     assert status.status_code == 200 and status.json()["tasks"] == 0 and status.json()["failed"] == 0
     assert unknown.status_code == 404 and "not known to FreeSel" in unknown.json()["error"]
+    assert enable.status_code == 404 and "not found in Label Studio" in enable.json()["error"]
+    assert settings.status_code == 404 and still_unknown.status_code == 404
