@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -50,9 +50,6 @@ class DuplicateGroups:
     def n_flagged(self) -> int:
         """Images that are a near-duplicate of their group's representative."""
         return sum(len(group) - 1 for group in self.groups)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "groups": [list(group) for group in self.groups]}
 
 
 def find_near_duplicates(

@@ -141,6 +141,7 @@ class PatternExtractor:
             except ImageLoadError as error:
                 return index, source, str(error)
 
+        report = on_batch or (lambda covered: None)
         with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
             prepared = _prefetching_map(pool, prepare, enumerate(sources), lookahead=2 * self.batch_size)
             pending: list[tuple[int, Source, torch.Tensor]] = []
@@ -153,10 +154,12 @@ class PatternExtractor:
                 pending.append((index, source, tensor_or_error))
                 if len(pending) == self.batch_size:
                     yield from self._run_pending(pending)
-                    pending, covered = [], _report(on_batch, covered)
+                    report(covered)
+                    pending, covered = [], 0
             if pending:
                 yield from self._run_pending(pending)
-            _report(on_batch, covered)
+            if covered:
+                report(covered)
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """Bicubic resize to the model's input size -> (3, H, W) uint8 tensor."""
@@ -320,8 +323,3 @@ def _prefetching_map(
     for future in in_flight:
         yield future.result()
 
-
-def _report(on_batch: Callable[[int], None] | None, covered: int) -> int:
-    if on_batch is not None and covered:
-        on_batch(covered)
-    return 0
