@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from freesel_backend import select
-from freesel_backend.engine.nearest import NearestDistances, nearest_cosine_distance
+from freesel_backend.engine.nearest import NearestDistances, distinct_rows, nearest_cosine_distance
 from tests.helpers import random_patterns
 
 
@@ -186,3 +186,31 @@ def test_a_distance_under_the_threshold_counts_as_zero() -> None:
 def test_unknown_update_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown distance updates"):
         select(random_patterns(5), 2, updates="sparse")  # type: ignore[arg-type]
+
+
+def test_distinct_rows_numbers_copies_by_first_appearance() -> None:
+    rows = np.random.default_rng(3).normal(size=(6, 40)).astype(np.float32)
+    matrix = rows[[0, 1, 0, 2, 1, 3, 4, 5, 0]]
+    distinct, copy_of = distinct_rows(matrix)
+    assert np.array_equal(distinct, rows)
+    assert copy_of.tolist() == [0, 1, 0, 2, 1, 3, 4, 5, 0]
+    assert np.array_equal(distinct[copy_of], matrix)
+
+
+def test_rows_equal_in_every_sampled_word_but_one_stay_distinct() -> None:
+    # 40 float32 words: the fingerprint samples 16 of them, so rows that differ only in word 1
+    # share it and must be told apart by the full comparison.
+    base = np.random.default_rng(4).normal(size=40).astype(np.float32)
+    variant = base.copy()
+    variant[1] += 1.0
+    matrix = np.stack([base, variant, base, variant])
+    distinct, copy_of = distinct_rows(matrix)
+    assert np.array_equal(distinct, matrix[:2])
+    assert copy_of.tolist() == [0, 1, 0, 1]
+
+
+def test_a_pool_without_copies_is_not_copied() -> None:
+    matrix = np.random.default_rng(5).normal(size=(50, 8)).astype(np.float32)
+    distinct, copy_of = distinct_rows(matrix)
+    assert distinct is matrix
+    assert np.array_equal(copy_of, np.arange(50))

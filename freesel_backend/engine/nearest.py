@@ -152,11 +152,35 @@ class NearestDistances:
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct rows in order of first appearance, (M,) index of each row's distinct row)."""
-    row_bytes = np.ascontiguousarray(matrix).view(np.dtype((np.void, matrix.dtype.itemsize * matrix.shape[1])))
-    _, first, inverse = np.unique(row_bytes.ravel(), return_index=True, return_inverse=True)
+    fingerprint = _row_fingerprints(matrix)
+    _, first, inverse, counts = np.unique(fingerprint, return_index=True, return_inverse=True, return_counts=True)
     if len(first) == len(matrix):
         return matrix, np.arange(len(matrix))  # no copies: no second matrix
-    by_appearance = np.argsort(first)
-    rank = np.empty_like(by_appearance)
-    rank[by_appearance] = np.arange(len(by_appearance))
-    return matrix[first[by_appearance]], rank[inverse.ravel()]
+    # Rows sharing a fingerprint are compared byte for byte: only those are sorted as bytes.
+    shared = np.flatnonzero(counts[inverse] > 1)
+    representative = np.arange(len(matrix))
+    representative[shared] = shared[_first_equal_row(matrix[shared])]
+    return _numbered_by_first_appearance(matrix, representative)
+
+
+def _row_fingerprints(matrix: np.ndarray) -> np.ndarray:
+    """(M,) a 64-bit hash of 16 of each row's 32-bit words: copies share it, and other rows of
+    real-valued data almost never do (those that do are compared in full)."""
+    words = np.ascontiguousarray(matrix).view(np.uint32).reshape(len(matrix), -1)
+    sampled = words[:, np.linspace(0, words.shape[1] - 1, min(16, words.shape[1])).astype(np.int64)]
+    multipliers = np.random.default_rng(0).integers(1, 2**63, sampled.shape[1], dtype=np.uint64) | np.uint64(1)
+    return (sampled.astype(np.uint64) * multipliers).sum(axis=1, dtype=np.uint64)
+
+
+def _first_equal_row(rows: np.ndarray) -> np.ndarray:
+    """For each of ``rows``, the position of the first row equal to it byte for byte."""
+    row_bytes = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
+    _, first, inverse = np.unique(row_bytes.ravel(), return_index=True, return_inverse=True)
+    return first[inverse.ravel()]
+
+
+def _numbered_by_first_appearance(matrix: np.ndarray, representative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that represent themselves, in order, and each row's position among them."""
+    is_distinct = representative == np.arange(len(matrix))
+    position = np.cumsum(is_distinct) - 1
+    return matrix[is_distinct], position[representative]

@@ -78,19 +78,17 @@ class PatternPool:
         self.duplicate_threshold = duplicate_threshold
         if len(patterns) == 0:
             raise ValueError("select() needs at least one image's patterns")
-        counts = []
-        dims = set()
-        for index, image_patterns in enumerate(patterns):
-            array = np.asarray(image_patterns)
+        arrays = [np.asarray(image_patterns) for image_patterns in patterns]
+        for index, array in enumerate(arrays):
             if array.ndim != 2 or array.shape[0] == 0:
                 raise ValueError(
                     f"patterns[{index}] must be a non-empty (k, D) array, got shape {array.shape}"
                 )
-            counts.append(array.shape[0])
-            dims.add(array.shape[1])
+        counts = [array.shape[0] for array in arrays]
+        dims = {array.shape[1] for array in arrays}
         if len(dims) != 1:
             raise ValueError(f"all patterns must have the same dimension, got {sorted(dims)}")
-        self.matrix = _normalised_rows(np.concatenate([np.asarray(p, np.float32) for p in patterns]))
+        self.matrix = _normalised_rows(np.concatenate(arrays, dtype=np.float32))
         self.counts = np.asarray(counts, dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.owner = np.repeat(np.arange(len(patterns)), self.counts)
@@ -124,10 +122,13 @@ class PatternPool:
 
 
 def _normalised_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if np.any(~np.isfinite(matrix)) or np.any(norms == 0):
+    """``matrix`` (a fresh float32 copy) with unit rows, normalised in place."""
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+    # A non-finite value makes its row's norm non-finite: checking the norms checks every value.
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise ValueError("patterns must be finite and non-zero (they are compared by cosine)")
-    return matrix / norms
+    matrix /= norms[:, None]
+    return matrix
 
 
 def select(
