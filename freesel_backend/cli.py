@@ -60,7 +60,10 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--weights", type=Path, help="local checkpoint: timm .safetensors/.pth or official DINO .pth")
     parser.add_argument("--random-init", action="store_true", help="random weights (tests and demos only)")
     parser.add_argument("--image-size", type=int, help="model input size (default: the model's own)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument(
+        "--device", help="cpu, cuda, cuda:1 ... for the model and, on a GPU, the selection's distance "
+        "products (default: cuda when available; selection moves to it from 50,000 patterns on)",
+    )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking")
@@ -74,6 +77,13 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--out", type=Path, help="ranking JSON file (default: standard output)")
     parser.add_argument("--report", type=Path, help="also write the HTML selection report here")
     parser.set_defaults(run=run_select)
+
+
+def _selection_device(device: str | None) -> str:
+    """The selection's device for the CLI's ``--device``: the CPU's products are numpy's."""
+    if device is None:
+        return "auto"
+    return "numpy" if device == "cpu" else device
 
 
 def run_select(args: argparse.Namespace) -> int:
@@ -91,7 +101,7 @@ def run_select(args: argparse.Namespace) -> int:
     budget = resolve_budget(args.budget, len(paths) - len(seeds))
     ranking = (
         select(patterns, budget, strategy=args.strategy, seeds=seeds, seed=args.seed,
-               duplicate_threshold=args.duplicate_threshold)
+               duplicate_threshold=args.duplicate_threshold, device=_selection_device(args.device))
         if paths else None
     )
     duplicates = find_near_duplicates(patterns, args.duplicate_threshold) if paths else None

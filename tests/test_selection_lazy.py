@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from freesel_backend import select
-from freesel_backend.engine.nearest import NearestDistances, distinct_rows, nearest_cosine_distance
+from freesel_backend.engine.nearest import NearestDistances, distinct_rows, nearest_cosine_distance, resolved_device
 from tests.helpers import random_patterns
 
 
@@ -214,3 +215,42 @@ def test_a_pool_without_copies_is_not_copied() -> None:
     distinct, copy_of = distinct_rows(matrix)
     assert distinct is matrix
     assert np.array_equal(copy_of, np.arange(50))
+
+
+def test_flushes_on_a_torch_device_give_the_numpy_ranking() -> None:
+    # torch on the CPU runs the same code path as on a GPU: rows copied once, products there.
+    patterns = clustered_patterns(600, seed=11)
+    on_torch = select(patterns, 250, strategy="fds", seed=0, device="cpu")
+    in_numpy = select(patterns, 250, strategy="fds", seed=0, device="numpy")
+    assert np.array_equal(on_torch.picks, in_numpy.picks)
+    assert np.allclose(on_torch.distance, in_numpy.distance, rtol=0, atol=1e-6)
+    assert np.array_equal(on_torch.order, in_numpy.order)
+
+
+def test_torch_device_flushes_lower_every_bound_to_the_true_distance() -> None:
+    matrix = np.concatenate(clustered_patterns(300, seed=12))
+    on_torch = NearestDistances(matrix, device="cpu", flush_queries=40)
+    in_numpy = NearestDistances(matrix, device="numpy", flush_queries=40)
+    for image in range(0, 300, 7):
+        on_torch.add(matrix[4 * image : 4 * image + 4])
+        in_numpy.add(matrix[4 * image : 4 * image + 4])
+    assert on_torch.n_flushes == in_numpy.n_flushes > 1
+    assert np.allclose(on_torch.values(), in_numpy.values(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_flushes_on_a_gpu_give_the_numpy_ranking() -> None:
+    patterns = clustered_patterns(600, seed=13)
+    on_gpu = select(patterns, 250, strategy="fds", seed=0, device="cuda")
+    in_numpy = select(patterns, 250, strategy="fds", seed=0, device="numpy")
+    assert np.array_equal(on_gpu.picks, in_numpy.picks)
+    assert np.allclose(on_gpu.distance, in_numpy.distance, rtol=0, atol=1e-5)
+
+
+def test_auto_keeps_small_pools_in_numpy_and_unknown_devices_are_refused() -> None:
+    assert resolved_device("auto", 1_000) == "numpy"
+    with pytest.raises(ValueError, match="unknown selection device 'tpu9'"):
+        select(random_patterns(5), 2, device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            select(random_patterns(5), 2, device="cuda")

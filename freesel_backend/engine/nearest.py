@@ -12,6 +12,10 @@ the best true value found beats every remaining bound; prob proposes from ``flus
 accepts with probability ``d ** 2 / flushed ** 2`` (rejection sampling: exactly the ``d ** 2``
 distribution). ``updates="dense"`` flushes after every pick: the reference path, which recomputes
 every distance at every pick as the paper's algorithm does.
+
+The flush products run in numpy, or on a torch device (``device="cuda"``): the distinct rows are
+copied there once and each flush sends only the pending patterns and brings back one distance per
+row. Small products (refreshes of a few rows) stay in numpy, where they cost less than a transfer.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 
 # Cosine distances below this count as zero: float32 rounding leaves ~1e-6 between two copies
 # of the same pattern, and a copy of a picked image must carry no weight at all.
@@ -32,6 +37,12 @@ FLUSH_BLOCK_ELEMENTS = 2**24
 
 Updates = Literal["lazy", "dense"]
 UPDATES: tuple[str, ...] = ("lazy", "dense")
+# ``device`` values that mean "numpy"; "auto" also means a GPU when torch sees one.
+NUMPY = "numpy"
+AUTO = "auto"
+# "auto" moves the products to a GPU from this many rows (patterns) on: below it a selection
+# takes well under a second in numpy, less than starting CUDA and copying the rows.
+AUTO_DEVICE_MIN_ROWS = 50_000
 
 
 def nearest_cosine_distance(rows: np.ndarray, queries: np.ndarray, threshold: float) -> np.ndarray:
@@ -62,11 +73,14 @@ class NearestDistances:
         threshold: float = DUPLICATE_TOLERANCE,
         updates: Updates = "lazy",
         flush_queries: int = FLUSH_QUERIES,
+        device: str = NUMPY,
     ) -> None:
         if updates not in UPDATES:
             raise ValueError(f"unknown distance updates {updates!r}; choose one of {', '.join(UPDATES)}")
         self.distinct, self.copy_of = distinct_rows(matrix)
         self.threshold = threshold
+        self.device = resolved_device(device, len(self.distinct))
+        self._device_rows = None if self.device == NUMPY else torch.from_numpy(self.distinct).to(self.device)
         self.flush_queries = 1 if updates == "dense" else flush_queries
         self._bound = np.full(len(self.distinct), np.inf, np.float32)
         self._version = np.zeros(len(self.distinct), np.int64)
@@ -115,10 +129,14 @@ class NearestDistances:
         if self.is_exact:
             return
         queries = self.selected[self.flushed_at :]
+        device_queries = None if self._device_rows is None else torch.from_numpy(queries).to(self.device)
         rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // len(queries))
         for start in range(0, len(self.distinct), rows_per_block):
             block = slice(start, start + rows_per_block)
-            lowered = nearest_cosine_distance(self.distinct[block], queries, self.threshold)
+            if self._device_rows is None:
+                lowered = nearest_cosine_distance(self.distinct[block], queries, self.threshold)
+            else:
+                lowered = _nearest_on_device(self._device_rows[block], device_queries, self.threshold)
             np.minimum(self._bound[block], lowered, out=self._bound[block])
         self._version[:] = self.n_selected
         self.flushed_at = self.n_selected
@@ -148,6 +166,31 @@ class NearestDistances:
         """The true ``d`` of every row (flushes)."""
         self.flush()
         return self.bound
+
+
+def resolved_device(device: str, n_rows: int) -> str:
+    """``device`` as used: "numpy", or a torch device name; "auto" is "cuda" for ``n_rows`` of at
+    least :data:`AUTO_DEVICE_MIN_ROWS` when torch sees a GPU, else "numpy" (on a CPU numpy's
+    products are the faster)."""
+    if device == AUTO:
+        return "cuda" if n_rows >= AUTO_DEVICE_MIN_ROWS and torch.cuda.is_available() else NUMPY
+    if device == NUMPY:
+        return NUMPY
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown selection device {device!r}: use auto, numpy or a torch device such as cuda") from error
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"selection device {device!r}: torch sees no CUDA GPU here; use auto or numpy")
+    return str(torch_device)
+
+
+def _nearest_on_device(rows: torch.Tensor, queries: torch.Tensor, threshold: float) -> np.ndarray:
+    """:func:`nearest_cosine_distance` with the product on the rows' device (float32: TF32 stays off,
+    torch's default)."""
+    distance = (1.0 - (rows @ queries.T).amax(dim=1)).cpu().numpy()
+    distance[distance < threshold] = 0.0
+    return distance
 
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 
 from .density import cluster_representatives, coverage_order, image_descriptors, typicality_prior
-from .nearest import DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
+from .nearest import AUTO, DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
 
 Strategy = Literal["typical", "prob", "fds"]
 STRATEGIES: tuple[str, ...] = ("typical", "prob", "fds")
@@ -141,6 +141,7 @@ def select(
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
     updates: Updates = "lazy",
     prior: np.ndarray | None = None,
+    device: str = AUTO,
 ) -> Ranking:
     """Rank images to label first with FreeSel's distance-based sampling.
 
@@ -155,6 +156,8 @@ def select(
     ``updates="dense"`` recomputes every distance at every pick (the reference path). The default
     ``"lazy"`` gives the same fds ranking and prob draws from the same distribution (not the same
     draws for a seed: rejection sampling consumes the random stream differently).
+    ``device`` runs the large distance products on a torch device ("cuda", "cuda:1"); "numpy"
+    keeps them in numpy; "auto" (the default) uses the GPU when torch sees one.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -167,7 +170,7 @@ def select(
 
     selected = np.zeros(pool.n_images, dtype=bool)
     selected[list(seed_ids)] = True
-    nearest = NearestDistances(pool.matrix, threshold=pool.duplicate_threshold, updates=updates)
+    nearest = NearestDistances(pool.matrix, threshold=pool.duplicate_threshold, updates=updates, device=device)
     if seed_ids:
         nearest.add(pool.patterns_of(seed_ids))
     draws = _Draws(pool, nearest, strategy, rng, row_prior)
