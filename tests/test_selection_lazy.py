@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from freesel_backend import select
+from freesel_backend.engine import nearest
 from freesel_backend.engine.nearest import NearestDistances, distinct_rows, nearest_cosine_distance, resolved_device
 from tests.helpers import random_patterns
 
@@ -217,8 +218,10 @@ def test_a_pool_without_copies_is_not_copied() -> None:
     assert np.array_equal(copy_of, np.arange(50))
 
 
-def test_flushes_on_a_torch_device_give_the_numpy_ranking() -> None:
-    # torch on the CPU runs the same code path as on a GPU: rows copied once, products there.
+def test_products_on_a_torch_device_give_the_numpy_ranking(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch on the CPU runs the same code path as on a GPU: rows copied once, products there
+    # (all of them here, however small).
+    monkeypatch.setattr(nearest, "DEVICE_MIN_PRODUCT", 0)
     patterns = clustered_patterns(600, seed=11)
     on_torch = select(patterns, 250, strategy="fds", seed=0, device="cpu")
     in_numpy = select(patterns, 250, strategy="fds", seed=0, device="numpy")
@@ -227,19 +230,22 @@ def test_flushes_on_a_torch_device_give_the_numpy_ranking() -> None:
     assert np.array_equal(on_torch.order, in_numpy.order)
 
 
-def test_torch_device_flushes_lower_every_bound_to_the_true_distance() -> None:
+def test_products_on_a_torch_device_give_every_true_distance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nearest, "DEVICE_MIN_PRODUCT", 0)
     matrix = np.concatenate(clustered_patterns(300, seed=12))
     on_torch = NearestDistances(matrix, device="cpu", flush_queries=40)
     in_numpy = NearestDistances(matrix, device="numpy", flush_queries=40)
     for image in range(0, 300, 7):
         on_torch.add(matrix[4 * image : 4 * image + 4])
         in_numpy.add(matrix[4 * image : 4 * image + 4])
+        rows = np.arange(0, len(matrix), 5)
+        assert np.allclose(on_torch.refresh(rows), in_numpy.refresh(rows), rtol=0, atol=1e-6)
     assert on_torch.n_flushes == in_numpy.n_flushes > 1
     assert np.allclose(on_torch.values(), in_numpy.values(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_flushes_on_a_gpu_give_the_numpy_ranking() -> None:
+def test_products_on_a_gpu_give_the_numpy_ranking() -> None:
     patterns = clustered_patterns(600, seed=13)
     on_gpu = select(patterns, 250, strategy="fds", seed=0, device="cuda")
     in_numpy = select(patterns, 250, strategy="fds", seed=0, device="numpy")

@@ -13,9 +13,10 @@ accepts with probability ``d ** 2 / flushed ** 2`` (rejection sampling: exactly 
 distribution). ``updates="dense"`` flushes after every pick: the reference path, which recomputes
 every distance at every pick as the paper's algorithm does.
 
-The flush products run in numpy, or on a torch device (``device="cuda"``): the distinct rows are
-copied there once and each flush sends only the pending patterns and brings back one distance per
-row. Small products (refreshes of a few rows) stay in numpy, where they cost less than a transfer.
+The products run in numpy, or on a torch device (``device="cuda"``): the distinct rows are copied
+there once, and each large product (a flush, a refresh of many rows) sends only the selected
+patterns it needs and brings back one distance per row. Small products (a few rows) stay in
+numpy, where they cost less than a transfer.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ AUTO = "auto"
 # "auto" moves the products to a GPU from this many rows (patterns) on: below it a selection
 # takes well under a second in numpy, less than starting CUDA and copying the rows.
 AUTO_DEVICE_MIN_ROWS = 50_000
+# Similarities from which a product runs on the device rather than in numpy.
+DEVICE_MIN_PRODUCT = 2**20
 
 
 def nearest_cosine_distance(rows: np.ndarray, queries: np.ndarray, threshold: float) -> np.ndarray:
@@ -129,15 +132,10 @@ class NearestDistances:
         if self.is_exact:
             return
         queries = self.selected[self.flushed_at :]
-        device_queries = None if self._device_rows is None else torch.from_numpy(queries).to(self.device)
         rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // len(queries))
         for start in range(0, len(self.distinct), rows_per_block):
             block = slice(start, start + rows_per_block)
-            if self._device_rows is None:
-                lowered = nearest_cosine_distance(self.distinct[block], queries, self.threshold)
-            else:
-                lowered = _nearest_on_device(self._device_rows[block], device_queries, self.threshold)
-            np.minimum(self._bound[block], lowered, out=self._bound[block])
+            np.minimum(self._bound[block], self._nearest(block, queries), out=self._bound[block])
         self._version[:] = self.n_selected
         self.flushed_at = self.n_selected
         self.n_flushes += 1
@@ -152,11 +150,24 @@ class NearestDistances:
         values = self._bound[rows]
         for version in np.unique(versions[versions < self.n_selected]):
             behind = versions == version
-            lowered = nearest_cosine_distance(self.distinct[rows[behind]], self.selected[version:], self.threshold)
+            lowered = self._nearest(rows[behind], self.selected[version:])
             values[behind] = np.minimum(values[behind], lowered)
         self._bound[rows] = values
         self._version[rows] = self.n_selected
         return values
+
+    def _nearest(self, rows: slice | np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """:func:`nearest_cosine_distance` of distinct ``rows`` to ``queries``: on the device when
+        there is one and the product is large, in numpy otherwise (a transfer costs more than a
+        small product)."""
+        n_rows = len(range(len(self.distinct))[rows]) if isinstance(rows, slice) else len(rows)
+        if self._device_rows is None or n_rows * len(queries) < DEVICE_MIN_PRODUCT:
+            return nearest_cosine_distance(self.distinct[rows], queries, self.threshold)
+        device_rows = self._device_rows[rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.device)]
+        similarity = device_rows @ torch.from_numpy(queries).to(self.device).T
+        distance = (1.0 - similarity.amax(dim=1)).cpu().numpy()
+        distance[distance < self.threshold] = 0.0
+        return distance
 
     def is_current(self) -> np.ndarray:
         """(M,) whether each row's bound is its true ``d``."""
@@ -183,14 +194,6 @@ def resolved_device(device: str, n_rows: int) -> str:
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"selection device {device!r}: torch sees no CUDA GPU here; use auto or numpy")
     return str(torch_device)
-
-
-def _nearest_on_device(rows: torch.Tensor, queries: torch.Tensor, threshold: float) -> np.ndarray:
-    """:func:`nearest_cosine_distance` with the product on the rows' device (float32: TF32 stays off,
-    torch's default)."""
-    distance = (1.0 - (rows @ queries.T).amax(dim=1)).cpu().numpy()
-    distance[distance < threshold] = 0.0
-    return distance
 
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
