@@ -144,7 +144,9 @@ def typiclust_method(config: PatternConfig, *, descriptor: Descriptor = "pattern
         points = _descriptors(features, config, descriptor)
         labels, _ = _kmeans_labels(points, min(budget, TYPICLUST_MAX_CLUSTERS, len(points)), seed, 1)
         sizes = np.bincount(labels)
-        clusters = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] > TYPICLUST_MIN_CLUSTER_SIZE]
+        by_size = np.argsort(-sizes, kind="stable")
+        # (In a tiny pool every cluster may be small: then none is dropped.)
+        clusters = [c for c in by_size if sizes[c] > TYPICLUST_MIN_CLUSTER_SIZE] or list(by_size)
         global_typicality = _knn_typicality(points, 20) if scope == "global" else None
         available = np.ones(len(points), dtype=bool)
         picks: list[int] = []
