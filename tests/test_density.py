@@ -1,5 +1,5 @@
-"""The default ``typical`` strategy (one representative per cluster of mean patterns) and the
-typicality prior that weights its remaining d^2 draws."""
+"""The default ``typical`` strategy (one representative per cluster of the whitened mean
+patterns) and the typicality prior that weights its remaining d^2 draws."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from freesel_backend.engine.density import (
     image_descriptors,
     typicality,
     typicality_prior,
+    whitened,
 )
 from tests.helpers import random_patterns
 from tests.test_selection import assert_is_full_ranking
@@ -194,3 +195,32 @@ def test_coverage_order_starts_typical_then_spreads_out_and_respects_labelled_im
     assert order.tolist()[:4] == [1, 2, 3, 4]  # the copy of row 1 (distance 0) comes last
     after_labelled = coverage_order(descriptors, weights, taken=np.eye(4, dtype=np.float32)[[1]])
     assert after_labelled[0] == 1  # row 2's direction is labelled: the most typical of the rest
+
+
+def test_whitened_descriptors_are_unit_rows_on_at_most_the_asked_components() -> None:
+    descriptors = image_descriptors(*stacked(random_patterns(50, k=2, dim=16, seed=1)))
+    white = whitened(descriptors, components=4)
+    assert white.shape == (50, 4)
+    np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, atol=1e-5)
+    copies = np.repeat(descriptors[:1], 3, axis=0)
+    assert np.array_equal(whitened(copies), copies)  # no variance: nothing to whiten
+
+
+def test_whitening_gives_every_direction_of_variation_the_same_weight() -> None:
+    # Spread 2 : 1.5 : 1 along three directions; whitened, each weighs the same in the
+    # distances k-means works with (typical clusters these rows: the widest directions no
+    # longer decide the clusters alone).
+    rng = np.random.default_rng(0)
+    points = np.zeros((4000, 6))
+    points[:, 0] = 1.0
+    points[:, 1:4] = rng.normal(size=(4000, 3)) * [0.02, 0.015, 0.01]
+    second_moments = (whitened(points) ** 2).mean(axis=0)
+    np.testing.assert_allclose(second_moments, 1 / 3, atol=0.02)
+
+
+def test_whitening_leaves_out_directions_of_mere_noise() -> None:
+    # Three blobs span two directions; the other ten hold only the blobs' small noise. Scaled
+    # to unit variance, that noise would weigh as much as the blobs' separation.
+    descriptors = image_descriptors(*stacked(blobs([10, 30, 20], seed=0)))
+    assert whitened(descriptors).shape == (60, 2)
+

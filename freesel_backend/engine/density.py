@@ -17,12 +17,40 @@ MAX_REFERENCE_IMAGES = 10_000
 BLOCK_ROWS = 1024
 # Floor on the mean neighbour distance, so an image with many exact copies gets a finite value.
 MIN_MEAN_DISTANCE = 1e-3
+# Squared distances to a centroid closer than this count as equal (cluster_representatives).
+TIE_TOLERANCE = 1e-6
+# :func:`whitened` keeps the fewest principal components that explain this share of the
+# variance, at most WHITENED_COMPONENTS (chosen on held-out data, docs/quality.md): whitening
+# scales every kept direction to the same variance, so directions of mere noise must stay out.
+EXPLAINED_VARIANCE = 0.9
+WHITENED_COMPONENTS = 32
 
 
 def image_descriptors(pattern_matrix: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """(n_images, D): each image's L2-normalised mean pattern, from stacked per-image rows."""
     sums = np.add.reduceat(pattern_matrix.astype(np.float32, copy=False), starts, axis=0)
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+
+
+def whitened(descriptors: np.ndarray, *, components: int = WHITENED_COMPONENTS) -> np.ndarray:
+    """(n, c) PCA-whitened ``descriptors``, rows L2-normalised: the centred rows projected on
+    their principal directions of most variance (the fewest that explain ``EXPLAINED_VARIANCE``
+    of it, at most ``components``), each divided by its standard deviation. K-means on them
+    weighs every kept direction of variation alike, instead of letting the few directions of
+    largest variance decide the clusters. Rows with no variance among them (one row, or copies
+    of one) come back unchanged."""
+    points = np.asarray(descriptors, dtype=np.float64)
+    centred = points - points.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / max(len(points) - 1, 1))
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    if eigenvalues.sum() <= 0.0:
+        return np.asarray(descriptors, dtype=np.float32)
+    by_variance = np.argsort(eigenvalues)[::-1]
+    explained = np.cumsum(eigenvalues[by_variance]) / eigenvalues.sum()
+    top = by_variance[: min(components, int(np.searchsorted(explained, EXPLAINED_VARIANCE)) + 1)]
+    projected = centred @ eigenvectors[:, top] / np.sqrt(eigenvalues[top])
+    norms = np.linalg.norm(projected, axis=1, keepdims=True)
+    return (projected / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def typicality(descriptors: np.ndarray, *, neighbours: int = NEIGHBOURS, seed: int = 0) -> np.ndarray:
@@ -65,7 +93,8 @@ def cluster_representatives(
 ) -> np.ndarray:
     """TypiClust-style picks: k-means of the L2-normalised ``descriptors`` into ``n_clusters``;
     from every cluster holding no ``covered`` image (seeds), largest cluster first, the image
-    nearest its centroid. Fewer than ``n_clusters`` come back when clusters are covered or empty."""
+    nearest its centroid (the lowest index among equally near ones). Fewer than ``n_clusters``
+    come back when clusters are covered or empty."""
     import torch
 
     from .kmeans import batched_kmeans
@@ -87,7 +116,9 @@ def cluster_representatives(
             continue
         candidates = np.flatnonzero((assignment == cluster) & ~covered)
         gaps = ((descriptors[candidates] - centroids[cluster]) ** 2).sum(axis=1)
-        picks.append(int(candidates[np.argmin(gaps)]))
+        # Near-ties (a two-image cluster's centroid lies halfway) go to the lowest index, so that
+        # rounding noise in the descriptors cannot change the pick.
+        picks.append(int(candidates[np.flatnonzero(gaps <= gaps.min() + TIE_TOLERANCE)[0]]))
     return np.asarray(picks, dtype=np.int64)
 
 

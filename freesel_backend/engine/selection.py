@@ -5,7 +5,7 @@ Every image owns a few L2-normalised patterns. ``d[p]`` is the cosine distance f
 probability proportional to ``d**2`` for ``prob``, the largest ``d`` for ``fds``), selects the
 image that owns it and lowers ``d`` with the distances to all of that image's patterns.
 ``typical`` (the default) first takes one representative image per cluster (k-means of the
-images' mean patterns into ``budget`` clusters, the image nearest each centroid, TypiClust-style),
+images' PCA-whitened mean patterns into ``budget`` clusters, the image nearest each centroid),
 ordered so that every prefix of the queue is typical and spread out (:func:`.density.coverage_order`),
 and draws any remaining picks like ``prob`` with weights multiplied by a typicality prior
 (:mod:`.density`), so that small budgets pick representative images, not outliers; ``prob``
@@ -25,7 +25,7 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-from .density import cluster_representatives, coverage_order, image_descriptors, typicality_prior
+from .density import cluster_representatives, coverage_order, image_descriptors, typicality_prior, whitened
 from .nearest import AUTO, DUPLICATE_TOLERANCE, NearestDistances, Updates, nearest_cosine_distance
 
 Strategy = Literal["typical", "prob", "fds"]
@@ -221,12 +221,15 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
 def _representatives(
     pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None, row_prior: np.ndarray | None
 ) -> np.ndarray:
-    """``typical``'s first picks: one per cluster of the images' mean patterns (none otherwise),
+    """``typical``'s first picks: one per cluster of the images' whitened mean patterns (none otherwise),
     in coverage order (typical and spread out first: the queue is worked from the top)."""
     if strategy != "typical" or n_picks == 0:
         return np.zeros(0, dtype=np.int64)
     descriptors = image_descriptors(pool.matrix, pool.starts)
-    picks = cluster_representatives(descriptors, n_picks + int(selected.sum()), covered=selected.copy(), seed=seed)[:n_picks]
+    # Clustered on the PCA-whitened descriptors: the few directions of largest variance would
+    # otherwise decide the clusters (held-out measurements: docs/quality.md).
+    n_clusters = n_picks + int(selected.sum())
+    picks = cluster_representatives(whitened(descriptors), n_clusters, covered=selected.copy(), seed=seed)[:n_picks]
     image_prior = row_prior[pool.starts] if row_prior is not None else np.ones(pool.n_images)
     # The square root: typicality spans orders of magnitude and must not outweigh distance, else a
     # dense cluster's second image would come before any image of another cluster.

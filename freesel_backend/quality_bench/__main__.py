@@ -21,7 +21,16 @@ from ..engine.selection import DEFAULT_STRATEGY
 from .data import DEFAULT_ROOT, DatasetMissingError, load_split
 from .evaluate import Probe, score_methods
 from .features import DEFAULT_CACHE_DIR, ExtractionSettings, Features, cached_features
-from .methods import Method, centroid_method, coreset_method, freesel_method, random_method
+from .methods import (
+    Method,
+    centroid_method,
+    centroid_variant_method,
+    coreset_method,
+    freesel_method,
+    probcover_method,
+    random_method,
+    typiclust_method,
+)
 from .report import markdown_tables, plot
 
 BUDGETS = (10, 20, 50, 100, 200, 500, 1000)
@@ -54,6 +63,19 @@ def tuning_methods() -> list[Method]:
             methods.append(freesel_method(f"prob+typ^{strength:g} K={k} r={ratio}", (k, ratio), "prob", strength=strength))
         methods.append(freesel_method(f"fds+typ^2 K={k} r={ratio}", (k, ratio), "fds", strength=2.0))
         methods.append(freesel_method(f"typical K={k} r={ratio}", (k, ratio), "typical"))
+    # Issue 7 part 2 (docs/tuning/4-6): TypiClust's and ProbCover's own rules, k-means restarts,
+    # and k-means on the PCA-whitened mean patterns (now the engine's typical).
+    product = (5, 0.5)
+    methods += [
+        typiclust_method(product, scope="cluster"),
+        typiclust_method(product, scope="global"),
+        typiclust_method(product, descriptor="cls"),
+        probcover_method(product),
+        probcover_method(product, purity=0.5),
+        centroid_variant_method(product, n_init=10),
+        centroid_variant_method(product, descriptor="whiten32"),
+        centroid_variant_method(product, descriptor="whiten64"),
+    ]
     return methods
 
 
