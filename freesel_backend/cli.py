@@ -16,8 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .engine import (
+    DEFAULT_ATTENTION_RATIO,
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
+    DEFAULT_PATTERNS_PER_IMAGE,
     STRATEGIES,
     PatternExtractor,
     WeightsError,
@@ -44,8 +46,14 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument("images", type=Path, help="a folder (searched recursively) or a .txt/.json list of paths")
     parser.add_argument("--budget", type=float, required=True, help="number of picks, or a fraction of the pool (0..1)")
-    parser.add_argument("--patterns", type=int, default=5, dest="patterns_per_image", help="patterns per image, K (5)")
-    parser.add_argument("--attention-ratio", type=float, default=0.5, help="share of [CLS] attention mass kept (0.5)")
+    parser.add_argument(
+        "--patterns", type=int, default=DEFAULT_PATTERNS_PER_IMAGE, dest="patterns_per_image",
+        help=f"patterns per image, K ({DEFAULT_PATTERNS_PER_IMAGE}; the paper's multi-object setting is 5)",
+    )
+    parser.add_argument(
+        "--attention-ratio", type=float, default=DEFAULT_ATTENTION_RATIO,
+        help=f"share of [CLS] attention mass kept ({DEFAULT_ATTENTION_RATIO}: every patch; the paper's is 0.5)",
+    )
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
         help="typical (default): draw by d^2 times typicality, representative images first; "
@@ -296,8 +304,8 @@ def _report_extractor(selection: dict[str, Any], args: argparse.Namespace) -> Pa
         name = "offline"
     try:
         extractor = PatternExtractor(
-            name, patterns_per_image=int(settings.get("patterns_per_image", 5)),
-            attention_ratio=float(settings.get("attention_ratio", 0.5)), random_init=random_init,
+            name, patterns_per_image=int(settings.get("patterns_per_image", DEFAULT_PATTERNS_PER_IMAGE)),
+            attention_ratio=float(settings.get("attention_ratio", DEFAULT_ATTENTION_RATIO)), random_init=random_init,
             weights=args.weights, image_size=settings.get("image_size"), seed=int(settings.get("seed", 0)),
             device=args.device,
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, STRATEGIES
+from .engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, DEFAULT_PATTERNS_PER_IMAGE, STRATEGIES
 from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
@@ -161,8 +161,8 @@ class ProjectSettings:
 
     enabled: bool = True
     budget: float | None = None
-    patterns_per_image: int = 5
-    attention_ratio: float = 0.5
+    patterns_per_image: int = DEFAULT_PATTERNS_PER_IMAGE
+    attention_ratio: float = DEFAULT_ATTENTION_RATIO
     strategy: str = DEFAULT_STRATEGY
     model: str | None = None
     max_picks: int = 2000

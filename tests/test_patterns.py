@@ -133,7 +133,7 @@ def test_extract_gives_each_image_at_most_k_unit_length_patterns() -> None:
 
 
 def test_one_pattern_per_image_is_the_mean_of_the_kept_patches() -> None:
-    extractor = tiny_extractor(patterns_per_image=1)
+    extractor = tiny_extractor(patterns_per_image=1, attention_ratio=0.5)
     batch = torch.stack([extractor.to_tensor(noise_image(s)) for s in range(3)])
     with torch.inference_mode():
         features, attention = extractor.features_and_attention(batch)

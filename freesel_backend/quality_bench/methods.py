@@ -13,7 +13,7 @@ import numpy as np
 
 from ..engine import select
 from ..engine.density import image_descriptors, typicality_prior, whitened
-from ..engine.selection import PatternPool
+from ..engine.selection import DUPLICATE_TOLERANCE, PatternPool
 from .features import Features, PatternConfig
 
 PickFunction = Callable[[Features, int, int], np.ndarray]
@@ -30,7 +30,10 @@ def random_method() -> Method:
     return Method("random", lambda features, budget, seed: np.random.default_rng(seed).permutation(len(features))[:budget])
 
 
-def freesel_method(name: str, config: PatternConfig, strategy: str, *, strength: float | None = None) -> Method:
+def freesel_method(
+    name: str, config: PatternConfig, strategy: str, *, strength: float | None = None,
+    duplicate_threshold: float = DUPLICATE_TOLERANCE,
+) -> Method:
     """FreeSel's ``select`` on the patterns of ``config``; ``strength`` sets an explicit
     typicality prior exponent (None: the strategy's own behaviour)."""
 
@@ -40,7 +43,9 @@ def freesel_method(name: str, config: PatternConfig, strategy: str, *, strength:
         if strength is not None:
             pool = PatternPool(patterns)
             prior = typicality_prior(pool.matrix, pool.starts, strength=strength)
-        return select(patterns, budget, strategy=strategy, seed=seed, prior=prior).picks  # type: ignore[arg-type]
+        return select(
+            patterns, budget, strategy=strategy, seed=seed, prior=prior, duplicate_threshold=duplicate_threshold,  # type: ignore[arg-type]
+        ).picks
 
     # typical's picks depend on the budget (one per cluster); prob and fds rank once for all.
     return Method(name, pick, nested=strategy != "typical")
