@@ -176,8 +176,15 @@ def bench_torch_device(scale: str) -> list[Result]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     in_numpy = select(patterns, n_images // 5, strategy="fds", seed=0, device="numpy")
     on_device = select(patterns, n_images // 5, strategy="fds", seed=0, device=device)
-    same = bool(np.array_equal(in_numpy.order, on_device.order))
-    results = [Result(f"flushes on torch device {device}: fds ranking identical to numpy's (N={n_images:,})", str(same), "identical", same)]
+    # Two BLAS libraries round differently in the last bit: the order of the rest may swap images
+    # whose distances tie within that, so the check is on picks and on every distance.
+    same = bool(np.array_equal(in_numpy.picks, on_device.picks)
+                and np.allclose(in_numpy.distance, on_device.distance, rtol=0, atol=1e-6))
+    swapped = int(np.count_nonzero(in_numpy.order != on_device.order))
+    results = [Result(
+        f"products on torch device {device}: fds picks identical to numpy's, every distance within 1e-6 (N={n_images:,})",
+        f"{same} (rest order: {swapped} positions swapped between near-ties)", "identical", same,
+    )]
     if device != "cuda":
         print("No CUDA GPU here: the GPU path was checked on torch's CPU device; its speed is estimated in docs/scaling.md.")
         return results
