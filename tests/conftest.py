@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import missing_prerequisite
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,9 +35,7 @@ def label_studio():
         server = LabelStudioServer(_label_studio_executable()).start()
     except Exception as exc:  # noqa: BLE001 - reported below
         message = f"real Label Studio could not be started: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing_prerequisite(message)
     try:
         yield server
     finally:

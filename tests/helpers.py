@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from freesel_backend import PatternExtractor
 
 TINY_MODEL = "vit_tiny_patch16_224"
 TINY_IMAGE_SIZE = 64
+
+
+def missing_prerequisite(message: str) -> NoReturn:
+    """A tool or service the test needs is missing: a failure in CI (scripts/test.sh installs
+    and starts everything there), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 def tiny_extractor(**overrides: object) -> PatternExtractor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import missing_prerequisite
 from tests.test_end_to_end import LABEL_CONFIG, write_group
 
 CHROMIUM_ARGS = [
@@ -25,9 +26,7 @@ def browser_page(label_studio, tmp_path):
     executable = shutil.which("chromium")
     if executable is None:
         message = "chromium is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing_prerequisite(message)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
