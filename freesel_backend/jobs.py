@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -128,6 +128,19 @@ def _retry(settings: Settings) -> Retry | None:
     return Retry(max=settings.job_retries, interval=list(settings.retry_intervals[: settings.job_retries]))
 
 
+def enqueue_project_job(
+    queue: Queue, settings: Settings, function: Callable[..., Any], project_id: int, *args: Any,
+    what: str, meta: dict[str, Any] | None = None, **options: Any,
+) -> Job:
+    """One of a project's jobs: the settings' retries and time limit (``job_timeout`` in
+    ``options`` overrides it), the project in its meta, "FreeSel <what>" as its description."""
+    options.setdefault("job_timeout", settings.job_timeout_s)
+    return queue.enqueue(
+        function, project_id, *args, retry=_retry(settings), meta={"project": project_id, **(meta or {})},
+        description=f"FreeSel {what}", **options,
+    )
+
+
 def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
     """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
     ids = sorted({int(t) for t in task_ids})
@@ -139,14 +152,9 @@ def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: in
     store.start_progress(project_id, sum(store.count_done(project_id, version)) if version else 0)
     queue = Queue(FEATURES_QUEUE, connection=connection)
     jobs = [
-        queue.enqueue(
-            compute_patterns,
-            project_id,
-            chunk,
-            retry=_retry(settings),
-            job_timeout=settings.job_timeout_s,
-            meta={"project": project_id, "tasks": len(chunk)},
-            description=f"FreeSel patterns: project {project_id}, {len(chunk)} tasks",
+        enqueue_project_job(
+            queue, settings, compute_patterns, project_id, chunk,
+            what=f"patterns: project {project_id}, {len(chunk)} tasks", meta={"tasks": len(chunk)},
         )
         for chunk in _chunks(ids, settings.chunk_size)
     ]
@@ -173,14 +181,10 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
             previous.cancel()
         elif previous is not None and previous.get_status() == JobStatus.STARTED:
             dependencies.append(previous.id)
-        job = Queue(SELECTION_QUEUE, connection=connection).enqueue(
-            run_selection,
-            project_id,
+        job = enqueue_project_job(
+            Queue(SELECTION_QUEUE, connection=connection), settings, run_selection, project_id,
+            what=f"selection: project {project_id}",
             depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
-            retry=_retry(settings),
-            job_timeout=settings.job_timeout_s,
-            meta={"project": project_id},
-            description=f"FreeSel selection: project {project_id}",
         )
         store.update_state(project_id, pending_selection=job.id)
     return job
@@ -210,23 +214,17 @@ def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
 
 def enqueue_sync(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
     """Compare the project's tasks with the stored patterns and enqueue what is missing (a job)."""
-    return Queue(SELECTION_QUEUE, connection=connection).enqueue(
-        sync_project,
-        project_id,
-        retry=_retry(settings),
-        job_timeout=settings.job_timeout_s,
-        meta={"project": project_id},
-        description=f"FreeSel sync: project {project_id}",
+    return enqueue_project_job(
+        Queue(SELECTION_QUEUE, connection=connection), settings, sync_project, project_id,
+        what=f"sync: project {project_id}",
     )
 
 
 def enqueue_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
-    return Queue(SELECTION_QUEUE, connection=connection).enqueue(
-        remove_selection,
-        project_id,
-        retry=_retry(settings),
-        meta={"project": project_id},
-        description=f"FreeSel cleanup: project {project_id}",
+    # RQ's default time limit (job_timeout=None), as before: cleanup only deletes predictions.
+    return enqueue_project_job(
+        Queue(SELECTION_QUEUE, connection=connection), settings, remove_selection, project_id,
+        what=f"cleanup: project {project_id}", job_timeout=None,
     )
 
 

@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 
 from .config import SELECTION_QUEUE, Settings
 from .engine import ImageLoadError
-from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, _retry, extractor_for, fetch_job, version_of
+from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, enqueue_project_job, extractor_for, fetch_job, version_of
 from .label_studio import LabelStudioError
 from .report import Failure, ReportData, ReportOptions, build_report
 from .store import SelectionRecord, Store
@@ -54,13 +54,9 @@ def enqueue_report(connection: redis.Redis, settings: Settings, project_id: int)
         current = _unfinished_report_job(connection, store.get_state(project_id).get("report_job"))
         if current is not None:
             return current
-        job = Queue(SELECTION_QUEUE, connection=connection).enqueue(
-            build_project_report,
-            project_id,
-            retry=_retry(settings),
-            job_timeout=settings.job_timeout_s,
-            meta={"project": project_id},
-            description=f"FreeSel report: project {project_id}",
+        job = enqueue_project_job(
+            Queue(SELECTION_QUEUE, connection=connection), settings, build_project_report, project_id,
+            what=f"report: project {project_id}",
         )
         store.update_state(project_id, report_job=job.id)
     return job
