@@ -51,8 +51,12 @@ DEVICE_MIN_PRODUCT = 2**20
 def nearest_cosine_distance(rows: np.ndarray, queries: np.ndarray, threshold: float) -> np.ndarray:
     """Cosine distance from each unit row to its nearest unit query; distances under
     ``threshold`` (copies, near-duplicates) are 0."""
-    similarity = rows @ queries.T
-    distance = 1.0 - similarity.max(axis=1)
+    return _distance_of_nearest((rows @ queries.T).max(axis=1), threshold)
+
+
+def _distance_of_nearest(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """Cosine distances from the similarities to the nearest queries; under ``threshold``: 0."""
+    distance = 1.0 - similarity
     distance[distance < threshold] = 0.0
     return distance
 
@@ -165,9 +169,7 @@ class NearestDistances:
             return nearest_cosine_distance(self.distinct[rows], queries, self.threshold)
         device_rows = self._device_rows[rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.device)]
         similarity = device_rows @ torch.from_numpy(queries).to(self.device).T
-        distance = (1.0 - similarity.amax(dim=1)).cpu().numpy()
-        distance[distance < self.threshold] = 0.0
-        return distance
+        return _distance_of_nearest(similarity.amax(dim=1).cpu().numpy(), self.threshold)
 
     def is_current(self) -> np.ndarray:
         """(M,) whether each row's bound is its true ``d``."""

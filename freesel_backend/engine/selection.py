@@ -157,7 +157,8 @@ def select(
     ``"lazy"`` gives the same fds ranking and prob draws from the same distribution (not the same
     draws for a seed: rejection sampling consumes the random stream differently).
     ``device`` runs the large distance products on a torch device ("cuda", "cuda:1"); "numpy"
-    keeps them in numpy; "auto" (the default) uses the GPU when torch sees one.
+    keeps them in numpy; "auto" (the default) uses the GPU when torch sees one and the pool holds
+    :data:`~.nearest.AUTO_DEVICE_MIN_ROWS` patterns or more.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
