@@ -98,14 +98,19 @@ def reference_select(patterns: list[np.ndarray], budget: int, strategy: str, see
 
 
 def reference_seconds(patterns: list[np.ndarray], budget: int, prefix: int) -> tuple[float, str]:
-    """Reference time for ``budget`` picks; every pick scans all patterns, so a prefix of
-    ``prefix`` picks is timed and scaled linearly when ``prefix < budget``."""
-    started = time.perf_counter()
-    reference_select(patterns, budget, "prob", seed=0, picks=prefix)
-    elapsed = time.perf_counter() - started
-    if prefix >= budget:
+    """Reference time for ``budget`` picks (see :func:`prefix_seconds`)."""
+    return prefix_seconds(lambda picks: reference_select(patterns, budget, "prob", seed=0, picks=picks), budget, prefix)
+
+
+def prefix_seconds(run_picks: Callable[[int], object], budget: int, prefix: int) -> tuple[float, str]:
+    """Time of a loop whose every pick scans all patterns, for ``budget`` picks: ``run_picks(n)``
+    makes the first n picks; a prefix of ``prefix`` picks is timed and scaled linearly when
+    ``prefix < budget``. Returns the seconds and how they were had."""
+    picks = min(prefix, budget)
+    elapsed = timed(lambda: run_picks(picks))
+    if picks == budget:
         return elapsed, "measured"
-    return elapsed * budget / prefix, f"extrapolated from {prefix} picks"
+    return elapsed * budget / picks, f"extrapolated from {picks} picks"
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -148,7 +153,7 @@ def bench_selection(scale: str) -> list[Result]:
         how = "measured" if prefix >= budget else f"extrapolated from {prefix} picks"
         rows.append(f"  N={n_images:>6,} B={budget:>5,}: product {ours:7.2f} s, reference {reference:8.1f} s ({how}), {reference / ours:6.1f}x ({loads})")
         if n_images == 5_000:
-            paper_code = paper_code_seconds(patterns, budget, prefix)
+            paper_code, _ = prefix_seconds(lambda picks: paper_code_select(patterns, picks), budget, prefix)
             rows.append(f"  the same pool with the paper's code as published (torch on this CPU, normalising every slice each pick): "
                         f"{paper_code:.1f} s, product {paper_code / ours:.1f}x ({load()})")
             results.append(Result(
@@ -202,19 +207,17 @@ def _fds_matches_reference(n_images: int) -> bool:
     return ours.order[:99].tolist() == reference[1:]
 
 
-def paper_code_seconds(patterns: list[np.ndarray], budget: int, prefix: int) -> float:
-    """The published selection loop's time for ``budget`` picks, the way its code runs on a CPU:
+def paper_code_select(patterns: list[np.ndarray], picks: int) -> list[int]:
+    """The first ``picks`` picks of the published selection loop, the way its code runs on a CPU:
     torch tensors, every slice of 1000 rows normalised again at each pick, a (slice, k, D)
-    broadcast product, the d^2 vector renormalised and sampled with numpy. Timed on ``prefix``
-    picks and scaled linearly, as :func:`reference_seconds`."""
+    broadcast product, the d^2 vector renormalised and sampled with numpy."""
     features = torch.from_numpy(np.concatenate(patterns).astype(np.float32))
     owner = np.repeat(np.arange(len(patterns)), [len(p) for p in patterns])
     rng = np.random.default_rng(0)
-    started = time.perf_counter()
     distances = torch.full((len(features),), 1e20)
-    image = int(rng.integers(len(patterns)))
-    for _ in range(min(prefix, budget)):
-        queries = torch.nn.functional.normalize(features[torch.from_numpy(owner == image)], dim=1)[None]
+    selected = [int(rng.integers(len(patterns)))]
+    for _ in range(picks):  # each pick: update with the last selected image, then draw (as reference_select)
+        queries = torch.nn.functional.normalize(features[torch.from_numpy(owner == selected[-1])], dim=1)[None]
         slices = [
             1 - (torch.nn.functional.normalize(features[start : start + 1000, None, :], dim=2) * queries).sum(dim=2)
             for start in range(0, len(features), 1000)
@@ -222,8 +225,8 @@ def paper_code_seconds(patterns: list[np.ndarray], budget: int, prefix: int) -> 
         lowered = torch.cat(slices).min(dim=1).values
         distances = torch.where(distances < lowered, distances, lowered)
         probability = (distances**2 / (distances**2).sum()).numpy().astype(np.float64)
-        image = int(owner[rng.choice(len(features), p=probability / probability.sum())])
-    return (time.perf_counter() - started) * budget / min(prefix, budget)
+        selected.append(int(owner[rng.choice(len(features), p=probability / probability.sum())]))
+    return selected[:picks]
 
 
 def bench_paper_scale(scale: str) -> list[Result]:
