@@ -1,5 +1,6 @@
 """Lazy (batched) distance updates: the same fds ranking as recomputing every distance at every
-pick, prob draws from the same d^2 distribution, and true distances wherever they are read."""
+pick, prob draws from the same d^2 distribution, and true distances wherever they are read;
+with the bounds lowered in bfloat16 (CPUs that multiply it natively) and in float32 (others)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from freesel_backend import select
 from freesel_backend.engine import nearest
 from freesel_backend.engine.nearest import NearestDistances, distinct_rows, nearest_cosine_distance, resolved_device
 from tests.helpers import random_patterns
+
+
+@pytest.fixture(params=[True, False], ids=["bfloat16", "float32"])
+def bounds_precision(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs a test with bfloat16 bounds and with float32 ones, whatever this CPU does natively."""
+    monkeypatch.setattr(nearest, "native_bfloat16", lambda: request.param)
+    return bool(request.param)
 
 
 def clustered_patterns(n_images: int, *, k: int = 4, dim: int = 24, seed: int = 0) -> list[np.ndarray]:
@@ -65,15 +73,15 @@ def assert_lazy_equals_dense(patterns: list[np.ndarray], budget: int, **kwargs: 
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fds_lazy_picks_equal_dense_picks_on_clustered_patterns(seed: int) -> None:
+def test_fds_lazy_picks_equal_dense_picks_on_clustered_patterns(seed: int, bounds_precision: bool) -> None:
     assert_lazy_equals_dense(clustered_patterns(600, seed=seed), 250, seed=seed)
 
 
-def test_fds_lazy_picks_equal_dense_picks_on_unstructured_patterns() -> None:
+def test_fds_lazy_picks_equal_dense_picks_on_unstructured_patterns(bounds_precision: bool) -> None:
     assert_lazy_equals_dense(random_patterns(600, k=4, dim=32, seed=3, vary_k=False), 250, seed=5)
 
 
-def test_fds_lazy_picks_equal_dense_picks_with_copies_seeds_and_a_duplicate_threshold() -> None:
+def test_fds_lazy_picks_equal_dense_picks_with_copies_seeds_and_a_duplicate_threshold(bounds_precision: bool) -> None:
     patterns = with_copies(clustered_patterns(500, seed=4), 150)
     assert_lazy_equals_dense(patterns, 300, seeds=[0, 7, 505], seed=9)
     assert_lazy_equals_dense(patterns, 300, seeds=[3], seed=9, duplicate_threshold=0.05)
@@ -91,7 +99,7 @@ def test_fds_lazy_picks_equal_float64_farthest_first() -> None:
     assert ranking.picks.tolist() == farthest_first_float64(patterns, [11], 250)
 
 
-def test_fds_ties_go_to_the_lowest_pattern_index_as_argmax() -> None:
+def test_fds_ties_go_to_the_lowest_pattern_index_as_argmax(bounds_precision: bool) -> None:
     # Every image has an exact copy later in the pool: each maximum is a tie, and the earlier
     # copy (lower pattern index) must win, as numpy argmax on the true distances does.
     originals = clustered_patterns(400, seed=5)
@@ -101,7 +109,7 @@ def test_fds_ties_go_to_the_lowest_pattern_index_as_argmax() -> None:
     assert ranking.picks.tolist() == farthest_first_float64(patterns, [0], 200)
 
 
-def test_lazy_rest_distances_are_each_images_true_farthest_distance() -> None:
+def test_lazy_rest_distances_are_each_images_true_farthest_distance(bounds_precision: bool) -> None:
     patterns = random_patterns(700, k=4, dim=16, seed=2)
     ranking = select(patterns, 200, strategy="prob", seed=4)
     matrix = np.concatenate(patterns).astype(np.float64)
@@ -141,7 +149,7 @@ def exact_second_pick_probabilities(patterns: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-def test_prob_lazy_and_dense_second_picks_follow_the_exact_squared_distance_distribution() -> None:
+def test_prob_lazy_and_dense_second_picks_follow_the_exact_squared_distance_distribution(bounds_precision: bool) -> None:
     # The second pick is drawn by rejection sampling against the first pick's pending patterns.
     patterns = random_patterns(12, k=2, dim=3, seed=1, vary_k=False)
     expected = 3000 * exact_second_pick_probabilities(patterns)
@@ -160,9 +168,10 @@ def test_prob_dense_path_draws_as_before_and_lazy_differs_only_in_the_random_str
     assert lazy.order[0] == dense.order[0]  # the random first image consumes the stream alike
 
 
-def test_bounds_stay_upper_bounds_and_refresh_gives_true_distances() -> None:
+@pytest.mark.parametrize("bfloat16", [True, False], ids=["bfloat16", "float32"])
+def test_bounds_stay_upper_bounds_and_refresh_gives_true_distances(bfloat16: bool) -> None:
     matrix = np.concatenate(random_patterns(500, k=3, dim=16, seed=6, vary_k=False))
-    lazy = NearestDistances(matrix, updates="lazy", flush_queries=50)
+    lazy = NearestDistances(matrix, updates="lazy", flush_queries=50, bfloat16=bfloat16)
     dense = NearestDistances(matrix, updates="dense")
     rng = np.random.default_rng(0)
     for image in rng.choice(500, 60, replace=False):
@@ -173,8 +182,35 @@ def test_bounds_stay_upper_bounds_and_refresh_gives_true_distances() -> None:
         assert np.all(lazy.bound >= true - 1e-6)
         rows = rng.choice(len(matrix), 40, replace=False)
         assert np.allclose(lazy.refresh(rows), true[rows], rtol=0, atol=1e-6)
+        one = int(rng.integers(len(matrix)))
+        assert lazy.refresh_one(one) == pytest.approx(true[one], abs=1e-6)
     assert lazy.n_flushes < dense.n_flushes
     assert np.allclose(lazy.values(), dense.values(), rtol=0, atol=1e-6)
+
+
+def test_bfloat16_bounds_are_within_their_rounding_of_the_true_distance_and_tighten_makes_them_exact() -> None:
+    matrix = np.concatenate(clustered_patterns(400, seed=7))
+    lazy = NearestDistances(matrix, flush_queries=10**6, bfloat16=True)
+    for image in range(0, 400, 9):
+        lazy.add(matrix[4 * image : 4 * image + 4])
+    true = NearestDistances(matrix, updates="dense")
+    true.add(lazy.selected)
+    lazy.tighten()  # lowers the bounds with the pending patterns
+    assert not lazy.has_pending and not lazy.is_exact
+    assert np.all(lazy.bound >= true.values() - 1e-6)
+    assert np.all(lazy.bound <= true.values() + 0.03)
+    lazy.tighten()  # nothing pending: every bound becomes the true distance
+    assert lazy.is_exact
+    assert np.allclose(lazy.bound, true.values(), rtol=0, atol=1e-6)
+
+
+def test_prob_ends_when_only_copies_of_picked_images_remain(bounds_precision: bool) -> None:
+    # bfloat16 bounds of a copy stay above zero: the draws must make them exact to see that
+    # nothing is left to draw, not reject proposals forever.
+    originals = clustered_patterns(40, seed=8)
+    ranking = select(originals + [p.copy() for p in originals], 60, strategy="prob", seed=2)
+    assert sorted(ranking.order.tolist()) == list(range(80))
+    assert np.all(ranking.distance[40:] == 0.0)
 
 
 def test_a_distance_under_the_threshold_counts_as_zero() -> None:
