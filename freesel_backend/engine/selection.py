@@ -394,14 +394,18 @@ def _order_rest(pool: PatternPool, nearest: NearestDistances, selected: np.ndarr
 def _farthest_per_image(pool: PatternPool, nearest: NearestDistances, images: np.ndarray) -> np.ndarray:
     """(n_images,) the true ``d`` of each image's farthest pattern, for the ``images`` (mask).
 
-    Computes the true ``d`` of each image's pattern of largest bound, then only of the patterns
-    whose bound exceeds the best so far: the others cannot be the farthest.
+    In rounds: the true ``d`` of each image's pattern of largest bound among those whose bound
+    exceeds the image's best true ``d`` so far (the others cannot be the farthest), until none
+    is left. Most images are settled in one or two rounds.
     """
     if nearest.nothing_selected:
         return np.full(pool.n_images, np.inf)
     wanted = images[pool.owner]
-    largest_bound = pool.per_image_max(nearest.bound)
-    nearest.refresh(np.flatnonzero(wanted & (nearest.bound == largest_bound[pool.owner])))
-    best = pool.per_image_max(np.where(nearest.is_current(), nearest.bound, -np.inf))
-    nearest.refresh(np.flatnonzero(wanted & ~nearest.is_current() & (nearest.bound > best[pool.owner])))
-    return pool.per_image_max(np.where(nearest.is_current(), nearest.bound, -np.inf))
+    while True:
+        bound, current = nearest.bound, nearest.is_current()
+        best = pool.per_image_max(np.where(current, bound, -np.inf))
+        open_rows = wanted & ~current & (bound > best[pool.owner])
+        if not open_rows.any():
+            return best
+        largest_open = pool.per_image_max(np.where(open_rows, bound, -np.inf))
+        nearest.refresh(np.flatnonzero(open_rows & (bound == largest_open[pool.owner])))
