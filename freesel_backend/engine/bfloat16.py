@@ -64,10 +64,13 @@ class Bfloat16Rows:
         # product costs as much again in page faults as the product itself.
         self._products = torch.empty(0, dtype=torch.bfloat16)
 
-    def nearest_similarity_floor(self, rows: slice, queries: np.ndarray) -> np.ndarray:
-        """For each of ``rows`` (at most ``block_elements / len(queries)``), a value at most its
-        exact similarity to the nearest of ``queries``."""
-        largest = self._products_of(self.rows[rows], queries).amax(dim=1).float().numpy()
+    def nearest_similarity_floor(self, queries: np.ndarray) -> np.ndarray:
+        """For every row, a value at most its exact similarity to the nearest of ``queries``."""
+        transposed = _transposed_bfloat16(queries)
+        largest = np.concatenate([
+            self._products_of(self.rows[block], transposed).amax(dim=1).float().numpy()
+            for block in self._row_blocks(range(len(self.rows)), len(queries))
+        ])
         return largest - similarity_error(largest, self.dim)
 
     def nearest_similarity(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -76,16 +79,21 @@ class Bfloat16Rows:
         if len(rows) * len(queries) < CANDIDATES_MIN_PRODUCT:
             exact = self.exact_rows[torch.from_numpy(rows)] @ torch.from_numpy(queries).T
             return exact.amax(dim=1).numpy()
-        rows_per_block = max(1, self.block_elements // len(queries))
+        transposed = _transposed_bfloat16(queries)
         return np.concatenate([
-            self._nearest_from_candidates(rows[start : start + rows_per_block], queries)
-            for start in range(0, len(rows), rows_per_block)
+            self._nearest_from_candidates(rows[block], queries, transposed)
+            for block in self._row_blocks(rows, len(queries))
         ])
 
-    def _nearest_from_candidates(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    def _row_blocks(self, rows: range | np.ndarray, n_queries: int) -> list[slice]:
+        """Slices of ``rows`` with at most ``block_elements`` products each."""
+        rows_per_block = max(1, self.block_elements // n_queries)
+        return [slice(start, start + rows_per_block) for start in range(0, len(rows), rows_per_block)]
+
+    def _nearest_from_candidates(self, rows: np.ndarray, queries: np.ndarray, transposed: torch.Tensor) -> np.ndarray:
         """The bfloat16 product leaves a few candidates per row (those within its error of the
         row's largest value), whose similarities are then computed exactly."""
-        products = self._products_of(self.rows[torch.from_numpy(rows)], queries)
+        products = self._products_of(self.rows[torch.from_numpy(rows)], transposed)
         largest = products.amax(dim=1).float().numpy()
         lowest_candidate = largest - similarity_error(largest, self.dim) - self.largest_error
         # Compared in bfloat16, where a difference keeps the sign of the exact one: the bound is
@@ -98,9 +106,14 @@ class Bfloat16Rows:
         # nonzero lists candidates row by row, and every row has one (its largest).
         return np.maximum.reduceat(exact, np.flatnonzero(np.diff(row, prepend=-1)))
 
-    def _products_of(self, rows: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
-        needed = len(rows) * len(queries)
+    def _products_of(self, rows: torch.Tensor, transposed_queries: torch.Tensor) -> torch.Tensor:
+        needed = len(rows) * transposed_queries.shape[1]
         if needed > len(self._products):
             self._products = torch.empty(needed, dtype=torch.bfloat16)
-        products = self._products[:needed].view(len(rows), len(queries))
-        return torch.matmul(rows, torch.from_numpy(queries).to(torch.bfloat16).T, out=products)
+        products = self._products[:needed].view(len(rows), transposed_queries.shape[1])
+        return torch.matmul(rows, transposed_queries, out=products)
+
+
+def _transposed_bfloat16(queries: np.ndarray) -> torch.Tensor:
+    """(D, Q) the queries in bfloat16, converted once for every block of rows."""
+    return torch.from_numpy(queries).to(torch.bfloat16).T

@@ -158,10 +158,8 @@ class NearestDistances:
             return
         if not self.has_pending:
             return
-        queries = self.selected[self.bounded_at :]
-        for block in self._row_blocks(len(queries)):
-            similarity_floor = self._bfloat16_rows.nearest_similarity_floor(block, queries)
-            np.minimum(self._bound[block], _distance_of_nearest(similarity_floor, self.threshold), out=self._bound[block])
+        similarity_floor = self._bfloat16_rows.nearest_similarity_floor(self.selected[self.bounded_at :])
+        np.minimum(self._bound, _distance_of_nearest(similarity_floor, self.threshold), out=self._bound)
         self.bounded_at = self.n_selected
         self.n_flushes += 1
 
