@@ -35,7 +35,7 @@ def batched_kmeans(
         assignment = new_assignment
         if converged:
             break
-    members = _one_hot(assignment, mask, k).sum(dim=1)
+    members = _cluster_sizes(_flat_clusters(assignment, mask, k), len(points), k)
     return centroids, members, torch.where(mask, assignment, torch.full_like(assignment, -1))
 
 
@@ -80,14 +80,26 @@ def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return squared.argmin(dim=-1)
 
 
-def _one_hot(assignment: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(assignment, k).float() * mask.unsqueeze(-1).float()
+def _flat_clusters(assignment: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The cluster of every kept point, numbered across the batch (image b's are b*k .. b*k+k-1)."""
+    offsets = torch.arange(len(assignment), device=assignment.device).unsqueeze(1) * k
+    return (assignment + offsets)[mask]
+
+
+def _cluster_sizes(flat_clusters: torch.Tensor, batch: int, k: int) -> torch.Tensor:
+    """(B, k) float: how many kept points each cluster holds."""
+    return torch.bincount(flat_clusters, minlength=batch * k).view(batch, k).float()
 
 
 def _update(
     points: torch.Tensor, mask: torch.Tensor, assignment: torch.Tensor, centroids: torch.Tensor
 ) -> torch.Tensor:
-    membership = _one_hot(assignment, mask, centroids.shape[1])
-    sums = membership.transpose(1, 2) @ points
-    counts = membership.sum(dim=1).unsqueeze(-1)
-    return torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+    """Each centroid moved to the mean of its kept points (an empty cluster keeps its centroid).
+    Summed by index, not through a (B, N, k) one-hot matrix: that costs N x k per image, which
+    for clustering thousands of images into thousands of clusters is most of the time."""
+    batch, k, dim = centroids.shape
+    flat_clusters = _flat_clusters(assignment, mask, k)
+    sums = torch.zeros(batch * k, dim, dtype=points.dtype, device=points.device)
+    sums.index_add_(0, flat_clusters, points[mask])
+    counts = _cluster_sizes(flat_clusters, batch, k).unsqueeze(-1)
+    return torch.where(counts > 0, sums.view(batch, k, dim) / counts.clamp(min=1), centroids)
