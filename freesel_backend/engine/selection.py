@@ -44,7 +44,8 @@ FDS_CANDIDATE_SHARE = 0.05
 # costs ~16 us, lowering every bound of 25,000 patterns by 640 picked ones ~17 ms (bfloat16, 2
 # cores): tightening after a few hundred rejections keeps both small (measured, N=5,000-20,000).
 MAX_REJECTIONS = 200
-# prob: proposals drawn at once, their true d computed in one product (not one per proposal).
+# prob: proposals drawn at once, their true d computed in one product (not one per proposal);
+# typical: representatives brought up to date at once, likewise.
 PROPOSAL_BATCH = 32
 
 
@@ -105,9 +106,13 @@ class PatternPool:
         start = int(self.starts[image])
         return slice(start, start + int(self.counts[image]))
 
+    def pattern_indices(self, images: Iterable[int]) -> np.ndarray:
+        """The rows of ``images``' patterns, image after image."""
+        return np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in images])
+
     def distances_to(self, images: Iterable[int]) -> np.ndarray:
         """Cosine distance from every pattern to the nearest pattern of ``images``."""
-        rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in images])
+        rows = self.pattern_indices(images)
         nearest = np.full(len(self.matrix), np.inf, dtype=np.float32)
         for chunk in np.array_split(rows, max(1, math.ceil(len(rows) / 256))):
             nearest = np.minimum(nearest, self.distance_block(self.matrix[chunk]))
@@ -181,15 +186,17 @@ def select(
     draws = _Draws(pool, nearest, strategy, rng, row_prior)
 
     n_picks = min(budget, pool.n_images - len(seed_ids))
-    representatives = iter(_representatives(pool, strategy, n_picks, selected, seed, row_prior))
+    representatives = _representatives(pool, strategy, n_picks, selected, seed, row_prior)
     picks: list[int] = []
     pick_distances: list[float] = []
-    for _ in range(n_picks):
-        image = next(representatives, None)
-        if image is None:
-            image, distance = draws.next(selected)
-        else:
+    for position in range(n_picks):
+        if position < len(representatives):
+            if position % PROPOSAL_BATCH == 0:
+                draws.bring_up_to_date(representatives[position : position + PROPOSAL_BATCH])
+            image = int(representatives[position])
             distance = draws.distance_of(image)
+        else:
+            image, distance = draws.next(selected)
         picks.append(image)
         pick_distances.append(distance)
         selected[image] = True
@@ -293,6 +300,12 @@ class _Draws:
             return int(np.flatnonzero(~selected)[0]), 0.0
         pattern, distance = drawn
         return int(self.pool.owner[pattern]), distance
+
+    def bring_up_to_date(self, images: np.ndarray) -> None:
+        """Compute the true ``d`` of the patterns of ``images``, picked next, in one product: then
+        :meth:`distance_of` each costs only the picks made since."""
+        if not self.nearest.nothing_selected and len(images):
+            self.nearest.refresh(self.pool.pattern_indices(images))
 
     def distance_of(self, image: int) -> float:
         """The true ``d`` of ``image``'s farthest pattern (``inf`` while nothing is selected)."""
