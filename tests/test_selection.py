@@ -90,6 +90,17 @@ def test_a_pick_reports_its_distance_when_drawn_and_the_first_pick_without_seeds
     assert np.all(np.diff(ranking.distance[1:6]) <= 1e-6)
 
 
+@pytest.mark.parametrize("seeds", [(), (4, 9)])
+def test_typical_picks_report_their_distance_to_the_picks_before_them_across_batches(seeds: tuple[int, ...]) -> None:
+    # 70 representatives: more than two batches of picks brought up to date together.
+    patterns = random_patterns(150, k=3, dim=12, seed=8)
+    ranking = select(patterns, 70, strategy="typical", seeds=seeds, seed=1)
+    picks = ranking.order[:70].tolist()
+    for position in range(0 if seeds else 1, 70):
+        expected = farthest_pattern_distance(patterns, picks[position], list(seeds) + picks[:position])
+        assert ranking.distance[position] == pytest.approx(expected, abs=1e-5)
+
+
 def test_prob_draws_follow_squared_distance() -> None:
     # One seed pattern e0 and three candidates at cosine distance 0.2, 0.4 and 0.8 from it:
     # d^2 weights 0.04 : 0.16 : 0.64, i.e. probabilities 1/21, 4/21, 16/21.
