@@ -41,6 +41,13 @@ def similarity_error(similarity: np.ndarray, dim: int) -> np.ndarray:
     return (inputs + accumulation + result).astype(np.float32)
 
 
+def row_blocks(n_rows: int, n_queries: int, block_elements: int) -> list[slice]:
+    """Slices of ``n_rows`` rows, each with at most ``block_elements`` products against
+    ``n_queries`` queries (at least one row): bounds the memory a product holds at once."""
+    rows_per_block = max(1, block_elements // n_queries)
+    return [slice(start, start + rows_per_block) for start in range(0, n_rows, rows_per_block)]
+
+
 # Similarities from which an exact product goes through bfloat16 candidates: below it the
 # candidate search costs more than it saves.
 CANDIDATES_MIN_PRODUCT = 2**18
@@ -49,8 +56,10 @@ CANDIDATES_MIN_PRODUCT = 2**18
 class Bfloat16Rows:
     """Unit rows, multiplied by unit queries at bfloat16 speed.
 
-    Every product runs in torch, the exact small ones too: numpy's BLAS threads would otherwise
-    spin beside torch's on the same cores and slow the large products down (measured: up to 2x).
+    Its products of many rows run in torch, the exact small ones too: numpy's BLAS threads would
+    otherwise spin beside torch's on the same cores and slow the large products down (measured:
+    up to 2x). Only :meth:`.NearestDistances.refresh_one`'s one-row product stays in numpy, where
+    it costs half as much.
     """
 
     def __init__(self, rows: np.ndarray, block_elements: int) -> None:
@@ -69,7 +78,7 @@ class Bfloat16Rows:
         transposed = _transposed_bfloat16(queries)
         largest = np.concatenate([
             self._products_of(self.rows[block], transposed).amax(dim=1).float().numpy()
-            for block in self._row_blocks(range(len(self.rows)), len(queries))
+            for block in row_blocks(len(self.rows), len(queries), self.block_elements)
         ])
         return largest - similarity_error(largest, self.dim)
 
@@ -82,13 +91,8 @@ class Bfloat16Rows:
         transposed = _transposed_bfloat16(queries)
         return np.concatenate([
             self._nearest_from_candidates(rows[block], queries, transposed)
-            for block in self._row_blocks(rows, len(queries))
+            for block in row_blocks(len(rows), len(queries), self.block_elements)
         ])
-
-    def _row_blocks(self, rows: range | np.ndarray, n_queries: int) -> list[slice]:
-        """Slices of ``rows`` with at most ``block_elements`` products each."""
-        rows_per_block = max(1, self.block_elements // n_queries)
-        return [slice(start, start + rows_per_block) for start in range(0, len(rows), rows_per_block)]
 
     def _nearest_from_candidates(self, rows: np.ndarray, queries: np.ndarray, transposed: torch.Tensor) -> np.ndarray:
         """The bfloat16 product leaves a few candidates per row (those within its error of the

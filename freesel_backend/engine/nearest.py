@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .bfloat16 import Bfloat16Rows, native_bfloat16
+from .bfloat16 import Bfloat16Rows, native_bfloat16, row_blocks
 
 # Cosine distances below this count as zero: float32 rounding leaves ~1e-6 between two copies
 # of the same pattern, and a copy of a picked image must carry no weight at all.
@@ -39,8 +39,8 @@ DUPLICATE_TOLERANCE = 1e-4
 # speed. prob also lowers them when proposals are rejected often (selection.MAX_REJECTIONS), which
 # decides for most pools: this cap bounds the work of checking one proposal against the pending.
 FLUSH_QUERIES = 4096
-# Similarities per block of a flush (64 MiB of float32): bounds the memory held at once. With a
-# single pick's patterns the whole matrix is one product, as it always was.
+# Similarities per block of a product (64 MiB of float32, 32 MiB of bfloat16): bounds the memory
+# held at once. With a single pick's patterns the whole matrix is one product.
 FLUSH_BLOCK_ELEMENTS = 2**24
 
 Updates = Literal["lazy", "dense"]
@@ -178,17 +178,12 @@ class NearestDistances:
         if self.is_exact:
             return
         queries = self.selected[self.flushed_at :]
-        for block in self._row_blocks(len(queries)):
+        for block in row_blocks(len(self.distinct), len(queries), FLUSH_BLOCK_ELEMENTS):
             np.minimum(self._exact[block], self._nearest(block, queries), out=self._exact[block])
         self._bound[:] = self._exact
         self._version[:] = self.n_selected
         self.flushed_at = self.bounded_at = self.n_selected
         self.n_flushes += 1
-
-    def _row_blocks(self, n_queries: int) -> list[slice]:
-        """Row blocks of at most :data:`FLUSH_BLOCK_ELEMENTS` similarities against ``n_queries``."""
-        rows_per_block = max(1, FLUSH_BLOCK_ELEMENTS // n_queries)
-        return [slice(start, start + rows_per_block) for start in range(0, len(self.distinct), rows_per_block)]
 
     def refresh(self, rows: np.ndarray) -> np.ndarray:
         """The true ``d`` of ``rows`` (pattern indices), which their bounds become."""

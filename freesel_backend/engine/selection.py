@@ -311,8 +311,7 @@ class _Draws:
         """The true ``d`` of ``image``'s farthest pattern (``inf`` while nothing is selected)."""
         if self.nearest.nothing_selected:
             return math.inf
-        rows = self.pool.rows_of(image)
-        return float(self.nearest.refresh(np.arange(rows.start, rows.stop)).max())
+        return float(self.nearest.refresh(self.pool.pattern_indices([image])).max())
 
     def _farthest(self) -> tuple[int, float] | None:
         """The pattern of largest true ``d`` (times its prior; the lowest index among equals, as
