@@ -97,20 +97,22 @@ def reference_select(patterns: list[np.ndarray], budget: int, strategy: str, see
     return selected[: min(budget, picks or budget)]
 
 
-def reference_seconds(patterns: list[np.ndarray], budget: int, prefix: int) -> tuple[float, str]:
+def reference_seconds(patterns: list[np.ndarray], budget: int, prefix: int) -> float:
     """Reference time for ``budget`` picks (see :func:`prefix_seconds`)."""
     return prefix_seconds(lambda picks: reference_select(patterns, budget, "prob", seed=0, picks=picks), budget, prefix)
 
 
-def prefix_seconds(run_picks: Callable[[int], object], budget: int, prefix: int) -> tuple[float, str]:
+def prefix_seconds(run_picks: Callable[[int], object], budget: int, prefix: int) -> float:
     """Time of a loop whose every pick scans all patterns, for ``budget`` picks: ``run_picks(n)``
     makes the first n picks; a prefix of ``prefix`` picks is timed and scaled linearly when
-    ``prefix < budget``. Returns the seconds and how they were had."""
+    ``prefix < budget`` (:func:`how_timed` says which)."""
     picks = min(prefix, budget)
-    elapsed = timed(lambda: run_picks(picks))
-    if picks == budget:
-        return elapsed, "measured"
-    return elapsed * budget / picks, f"extrapolated from {picks} picks"
+    return timed(lambda: run_picks(picks)) * budget / picks
+
+
+def how_timed(budget: int, prefix: int) -> str:
+    """How :func:`prefix_seconds` had its figure."""
+    return "measured" if prefix >= budget else f"extrapolated from {prefix} picks"
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -154,13 +156,13 @@ def bench_selection(scale: str) -> list[Result]:
         patterns = semantic_patterns(n_images)
         ours, reference, loads = interleaved(
             lambda: timed(lambda: select(patterns, budget, strategy="prob", seed=0, device="numpy")),
-            lambda: reference_seconds(patterns, budget, prefix)[0],
+            lambda: reference_seconds(patterns, budget, prefix),
             rounds=TARGET_ROUNDS if n_images == 5_000 else 2,
         )
-        how = "measured" if prefix >= budget else f"extrapolated from {prefix} picks"
+        how = how_timed(budget, prefix)
         rows.append(f"  N={n_images:>6,} B={budget:>5,}: product {ours:7.2f} s, reference {reference:8.1f} s ({how}), {reference / ours:6.1f}x ({loads})")
         if n_images == 5_000:
-            paper_code, _ = prefix_seconds(lambda picks: paper_code_select(patterns, picks), budget, prefix)
+            paper_code = prefix_seconds(lambda picks: paper_code_select(patterns, picks), budget, prefix)
             rows.append(f"  the same pool with the paper's code as published (torch on this CPU, normalising every slice each pick): "
                         f"{paper_code:.1f} s, product {paper_code / ours:.1f}x ({load()})")
             results.append(Result(
@@ -171,7 +173,7 @@ def bench_selection(scale: str) -> list[Result]:
     worst = isotropic_patterns(n_worst)
     ours, reference, loads = interleaved(
         lambda: timed(lambda: select(worst, n_worst // 10, strategy="prob", seed=0, device="numpy")),
-        lambda: reference_seconds(worst, n_worst // 10, prefix)[0],
+        lambda: reference_seconds(worst, n_worst // 10, prefix),
     )
     rows.append(f"  isotropic (no structure) N={n_worst:,} B={n_worst // 10:,}: product {ours:.2f} s, reference {reference:.1f} s, {reference / ours:.1f}x ({loads})")
     fds_check = _fds_matches_reference(400 if scale == "smoke" else 2_000)
