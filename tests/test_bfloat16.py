@@ -1,5 +1,6 @@
-"""bfloat16 products: a similarity floor that never exceeds the exact nearest similarity, and
-exact nearest similarities through bfloat16 candidates, on random and adversarial unit vectors."""
+"""bfloat16 products of ``a.q - 1``: every one within its error bound, a similarity floor that
+never exceeds the exact nearest similarity, and exact nearest similarities through bfloat16
+candidates, on random and adversarial unit vectors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 
 from freesel_backend.engine import bfloat16
-from freesel_backend.engine.bfloat16 import Bfloat16Rows, native_bfloat16, similarity_error
+from freesel_backend.engine.bfloat16 import (
+    UNIT_ROUNDOFF,
+    Bfloat16Rows,
+    augmented_bfloat16,
+    constant_error,
+    native_bfloat16,
+    result_error,
+)
 
 
 def unit(matrix: np.ndarray) -> np.ndarray:
@@ -33,23 +41,53 @@ def hard_cases(dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, queries
 
 
+def largest_error(rows: Bfloat16Rows, queries: np.ndarray) -> float:
+    """The error bound of any product of ``rows`` and ``queries`` (``|a.q - 1| <= 2``)."""
+    query_rounding = float(augmented_bfloat16(queries, last=-1.0)[1].max())
+    return float(constant_error(rows.row_rounding, query_rounding, rows.dim).max() + result_error(np.float32(2.0)))
+
+
 @pytest.mark.parametrize("dim", [8, 384, 1024])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_floor_never_exceeds_the_exact_nearest_similarity_and_stays_within_two_errors(dim: int, seed: int) -> None:
     rows, queries = hard_cases(dim, seed)
-    floor = Bfloat16Rows(rows, 50 * len(queries)).nearest_similarity_floor(queries)  # several blocks
+    in_bfloat16 = Bfloat16Rows(rows, 50 * len(queries))  # several blocks
+    floor = in_bfloat16.nearest_similarity_floor(queries)
     exact = exact_nearest(rows, queries)
     assert np.all(floor <= exact)
-    assert np.all(exact - floor <= 2 * similarity_error(np.float32(1.01), dim))
+    assert np.all(exact - floor <= 2 * largest_error(in_bfloat16, queries))
 
 
 @pytest.mark.parametrize("dim", [8, 384, 1024])
-def test_every_bfloat16_product_is_within_its_error_of_the_exact_one(dim: int) -> None:
+def test_every_bfloat16_product_is_minus_the_distance_within_its_error(dim: int) -> None:
     rows, queries = hard_cases(dim, seed=2)
     in_bfloat16 = Bfloat16Rows(rows, 2**22)
-    products = in_bfloat16._products_of(in_bfloat16.rows, torch.from_numpy(queries).to(torch.bfloat16).T).float().numpy()
-    exact = rows.astype(np.float64) @ queries.astype(np.float64).T
-    assert np.all(np.abs(exact - products) <= similarity_error(products, dim))
+    transposed, query_rounding = augmented_bfloat16(queries, last=-1.0)
+    products = in_bfloat16._products_of(in_bfloat16.rows, transposed.T).float().numpy()
+    minus_distance = rows.astype(np.float64) @ queries.astype(np.float64).T - 1.0
+    error = constant_error(in_bfloat16.row_rounding, float(query_rounding.max()), dim)[:, None] + result_error(products)
+    assert np.all(np.abs(minus_distance - products) <= error)
+
+
+def test_the_rounding_of_each_vector_is_measured_and_never_exceeds_the_unit_roundoff() -> None:
+    rows, _ = hard_cases(384, seed=5)
+    augmented, rounding = augmented_bfloat16(rows, last=1.0)
+    assert augmented.dtype == torch.bfloat16 and augmented.shape == (len(rows), 385)
+    assert np.all(augmented[:, -1].float().numpy() == 1.0)
+    measured = np.linalg.norm(rows.astype(np.float64) - augmented[:, :-1].float().numpy(), axis=1)
+    assert np.all(rounding >= measured)
+    assert np.all(rounding <= UNIT_ROUNDOFF * 1.001)
+    # Typical vectors round by well under the worst case: the bound uses what was measured.
+    assert np.median(rounding) < 0.6 * UNIT_ROUNDOFF
+
+
+def test_ordered_bits_compare_like_the_numbers_against_a_negative_threshold() -> None:
+    values = torch.tensor([-2.0, -0.5, -0.125, -0.1, -1e-30, -0.0, 0.0, 1e-3, 0.5], dtype=torch.bfloat16)
+    for threshold in (-1.0, -0.125, -0.11, -1e-20):
+        negative = bfloat16._negative_bfloat16_below(np.array([threshold], np.float32))
+        assert negative.item() <= threshold < 0
+        by_bits = bfloat16._ordered_bits(values) <= bfloat16._ordered_bits(negative)
+        assert by_bits.tolist() == (values >= negative).tolist()
 
 
 @pytest.mark.parametrize("through_candidates", [True, False])
@@ -76,10 +114,16 @@ def test_near_ties_that_bfloat16_cannot_tell_apart_are_settled_exactly() -> None
     assert np.all(nearest == nearest[0])
 
 
-def test_the_error_bound_grows_with_the_dimension_and_the_magnitude() -> None:
-    assert similarity_error(np.float32(0.0), 1024) > similarity_error(np.float32(0.0), 8)
-    assert similarity_error(np.float32(0.9), 384) > similarity_error(np.float32(0.1), 384)
-    assert similarity_error(np.float32(1.0), 384) < 0.013
+def test_the_error_bound_grows_with_the_dimension_the_rounding_and_the_distance() -> None:
+    half = np.float32(UNIT_ROUNDOFF / 2)
+    assert constant_error(half, 0.0, 1024) > constant_error(half, 0.0, 8)
+    assert constant_error(2 * half, 0.0, 384) > constant_error(half, 0.0, 384)
+    assert constant_error(half, float(2 * half), 384) > constant_error(half, float(half), 384)
+    assert result_error(np.float32(-0.5)) > result_error(np.float32(-0.1))
+    # At a distance of 0.2 (the bound on a product of similarities: ~0.011): worst-case rounding,
+    # and typical rounding (0.42 u per vector, measured).
+    assert constant_error(2 * half, float(2 * half), 384) + result_error(np.float32(-0.2)) < 0.009
+    assert constant_error(0.84 * half, float(0.84 * half), 384) + result_error(np.float32(-0.2)) < 0.0045
 
 
 def test_native_bfloat16_is_a_plain_answer() -> None:

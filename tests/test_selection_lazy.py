@@ -198,7 +198,7 @@ def test_bfloat16_bounds_are_within_their_rounding_of_the_true_distance_and_tigh
     lazy.tighten()  # lowers the bounds with the pending patterns
     assert not lazy.has_pending and not lazy.is_exact
     assert np.all(lazy.bound >= true.values() - 1e-6)
-    assert np.all(lazy.bound <= true.values() + 0.03)
+    assert np.all(lazy.bound <= true.values() + 0.015)
     lazy.tighten()  # nothing pending: every bound becomes the true distance
     assert lazy.is_exact
     assert np.allclose(lazy.bound, true.values(), rtol=0, atol=1e-6)

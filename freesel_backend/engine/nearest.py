@@ -41,7 +41,7 @@ DUPLICATE_TOLERANCE = 1e-4
 FLUSH_QUERIES = 4096
 # Similarities per block of a product (64 MiB of float32, 32 MiB of bfloat16): bounds the memory
 # held at once. With a single pick's patterns the whole matrix is one product.
-FLUSH_BLOCK_ELEMENTS = 2**24
+FLUSH_BLOCK_ELEMENTS = 2**21
 
 Updates = Literal["lazy", "dense"]
 UPDATES: tuple[str, ...] = ("lazy", "dense")
