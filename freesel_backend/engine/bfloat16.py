@@ -26,7 +26,10 @@ import numpy as np
 import torch
 
 UNIT_ROUNDOFF = 2.0**-8
+# Rounding a value x to bfloat16 moves it by at most this times the rounded value's magnitude.
+RESULT_ROUNDOFF = UNIT_ROUNDOFF / (1.0 - UNIT_ROUNDOFF)
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+SMALLEST_NORMAL = np.finfo(np.float32).tiny
 # Unit rows are unit in float32 (norms off by a few float32 roundings), and the exact
 # similarities the bounds are compared with are float32 sums in another order: a float32
 # evaluation of a similarity of unit vectors differs from the real value by at most D 2**-24,
@@ -58,9 +61,6 @@ def result_error(product: np.ndarray) -> np.ndarray:
     return (RESULT_ROUNDOFF * np.abs(product)).astype(np.float32)
 
 
-RESULT_ROUNDOFF = UNIT_ROUNDOFF / (1.0 - UNIT_ROUNDOFF)
-SMALLEST_NORMAL = np.finfo(np.float32).tiny
-
 
 def row_blocks(n_rows: int, n_queries: int, block_elements: int) -> list[slice]:
     """Slices of ``n_rows`` rows, each with at most ``block_elements`` products against
@@ -88,8 +88,8 @@ class Bfloat16Rows:
         self.rows, self.row_rounding = augmented_bfloat16(rows, last=1.0)
         self.dim = rows.shape[1]
         self.block_elements = block_elements
-        # One output buffer, grown as needed, for every product: a fresh 30 MB result per
-        # product costs as much again in page faults as the product itself.
+        # One output buffer, grown as needed, for every product: a fresh result per product
+        # costs about as much again in page faults as the product itself.
         self._products = torch.empty(0, dtype=torch.bfloat16)
 
     def nearest_similarity_floor(self, queries: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ class Bfloat16Rows:
         """For each of ``rows`` (indices), its exact float32 similarity to the nearest of
         ``queries``."""
         if len(rows) * len(queries) < CANDIDATES_MIN_PRODUCT:
-            exact = self.exact_rows[torch.from_numpy(rows)] @ torch.from_numpy(queries).T
+            exact = torch.index_select(self.exact_rows, 0, torch.from_numpy(rows)) @ torch.from_numpy(queries).T
             return exact.amax(dim=1).numpy()
         transposed, query_rounding = _transposed_queries(queries)
         return np.concatenate([

@@ -39,8 +39,10 @@ DUPLICATE_TOLERANCE = 1e-4
 # speed. prob also lowers them when proposals are rejected often (selection.MAX_REJECTIONS), which
 # decides for most pools: this cap bounds the work of checking one proposal against the pending.
 FLUSH_QUERIES = 4096
-# Similarities per block of a product (64 MiB of float32, 32 MiB of bfloat16): bounds the memory
-# held at once. With a single pick's patterns the whole matrix is one product.
+# Similarities per block of a product (8 MiB of float32, 4 MiB of bfloat16): bounds the memory
+# held at once, and keeps a block's results in cache for the passes over them (largest value,
+# candidates): 2**20-2**21 ran 8-18% faster than 2**24 at N=5,000, in float32 and bfloat16 alike
+# (measured 2**18-2**24). With a single pick's patterns the whole matrix is one product.
 FLUSH_BLOCK_ELEMENTS = 2**21
 
 Updates = Literal["lazy", "dense"]
