@@ -1,6 +1,6 @@
-"""bfloat16 products of ``a.q - 1``: every one within its error bound, a similarity floor that
-never exceeds the exact nearest similarity, and exact nearest similarities through bfloat16
-candidates, on random and adversarial unit vectors."""
+"""bfloat16 products of ``a.q - 1``: every one within its error bound, a floor and a ceiling
+around the exact nearest similarity, and exact nearest similarities through bfloat16 candidates,
+on random and adversarial unit vectors."""
 
 from __future__ import annotations
 
@@ -49,13 +49,13 @@ def largest_error(rows: Bfloat16Rows, queries: np.ndarray) -> float:
 
 @pytest.mark.parametrize("dim", [8, 384, 1024])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_the_floor_never_exceeds_the_exact_nearest_similarity_and_stays_within_two_errors(dim: int, seed: int) -> None:
+def test_the_floor_and_ceiling_hold_the_exact_nearest_similarity_within_two_errors(dim: int, seed: int) -> None:
     rows, queries = hard_cases(dim, seed)
     in_bfloat16 = Bfloat16Rows(rows, 50 * len(queries))  # several blocks
-    floor = in_bfloat16.nearest_similarity_floor(queries)
+    floor, ceiling = in_bfloat16.nearest_similarity_bounds(queries)
     exact = exact_nearest(rows, queries)
-    assert np.all(floor <= exact)
-    assert np.all(exact - floor <= 2 * largest_error(in_bfloat16, queries))
+    assert np.all(floor <= exact) and np.all(exact <= ceiling)
+    assert np.all(ceiling - floor <= 2 * largest_error(in_bfloat16, queries))
 
 
 @pytest.mark.parametrize("dim", [8, 384, 1024])

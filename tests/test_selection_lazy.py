@@ -188,6 +188,25 @@ def test_bounds_stay_upper_bounds_and_refresh_gives_true_distances(bfloat16: boo
     assert np.allclose(lazy.values(), dense.values(), rtol=0, atol=1e-6)
 
 
+def test_a_refresh_takes_the_patterns_in_the_bounds_only_for_rows_that_may_be_nearest_to_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    matrix = np.concatenate(clustered_patterns(400, seed=9))
+    lazy = NearestDistances(matrix, flush_queries=10**6, bfloat16=True)
+    for image in range(0, 400, 7):  # 58 picks, their bounds lowered in bfloat16 twice
+        lazy.add(matrix[4 * image : 4 * image + 4])
+        if image in (98, 196):
+            lazy.lower_bounds()
+    assert lazy.has_pending and 0 < lazy.bounded_at < lazy.n_selected
+    products: list[int] = []
+    original = NearestDistances._nearest
+    monkeypatch.setattr(NearestDistances, "_nearest", lambda self, rows, queries: products.append(len(rows)) or original(self, rows, queries))
+    rows = np.arange(len(matrix))
+    true = nearest_cosine_distance(matrix, lazy.selected, lazy.threshold)
+    assert np.allclose(lazy.refresh(rows), true, rtol=0, atol=1e-6)
+    # Every row against the pending patterns, then only some against those already in the bounds.
+    assert products[0] == len(matrix) and 0 < products[1] < len(matrix)
+    assert lazy.is_current().all() and np.array_equal(lazy.bound, lazy.refresh(rows))
+
+
 def test_bfloat16_bounds_are_within_their_rounding_of_the_true_distance_and_tighten_makes_them_exact() -> None:
     matrix = np.concatenate(clustered_patterns(400, seed=7))
     lazy = NearestDistances(matrix, flush_queries=10**6, bfloat16=True)

@@ -92,15 +92,19 @@ class Bfloat16Rows:
         # costs about as much again in page faults as the product itself.
         self._products = torch.empty(0, dtype=torch.bfloat16)
 
-    def nearest_similarity_floor(self, queries: np.ndarray) -> np.ndarray:
-        """For every row, a value at most its exact similarity to the nearest of ``queries``."""
+    def nearest_similarity_bounds(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For every row, values at most and at least its exact similarity to the nearest of
+        ``queries`` (a floor and a ceiling)."""
         transposed, query_rounding = _transposed_queries(queries)
-        floors = []
+        largest, error = [], []
         for block in row_blocks(len(self.rows), len(queries), self.block_elements):
-            largest = self._products_of(self.rows[block], transposed).amax(dim=1).float().numpy()
-            error = constant_error(self.row_rounding[block], query_rounding, self.dim) + result_error(largest)
-            floors.append(1.0 + (largest - error))
-        return np.concatenate(floors)
+            block_largest = self._products_of(self.rows[block], transposed).amax(dim=1).float().numpy()
+            largest.append(block_largest)
+            error.append(constant_error(self.row_rounding[block], query_rounding, self.dim) + result_error(block_largest))
+        # The largest exact value is at most the largest of (product + its error), which is the
+        # largest product's: ``x + error(x)`` grows with ``x``.
+        nearest, nearest_error = np.concatenate(largest), np.concatenate(error)
+        return 1.0 + (nearest - nearest_error), 1.0 + (nearest + nearest_error)
 
     def nearest_similarity(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """For each of ``rows`` (indices), its exact float32 similarity to the nearest of
