@@ -61,7 +61,6 @@ def result_error(product: np.ndarray) -> np.ndarray:
     return (RESULT_ROUNDOFF * np.abs(product)).astype(np.float32)
 
 
-
 def row_blocks(n_rows: int, n_queries: int, block_elements: int) -> list[slice]:
     """Slices of ``n_rows`` rows, each with at most ``block_elements`` products against
     ``n_queries`` queries (at least one row): bounds the memory a product holds at once."""
@@ -145,7 +144,8 @@ class Bfloat16Rows:
 
 def augmented_bfloat16(vectors: np.ndarray, last: float) -> tuple[torch.Tensor, np.ndarray]:
     """(``vectors`` in bfloat16 with one more component, ``last``; each vector's distance to its
-    bfloat16 copy). The distances are rounded up by a float32 step: they enter an upper bound."""
+    bfloat16 copy). The distances enter an upper bound: they are raised by the most a float32
+    sum of D squares can miss."""
     exact = torch.from_numpy(vectors)
     augmented = torch.empty(len(vectors), vectors.shape[1] + 1, dtype=torch.bfloat16)
     augmented[:, -1] = last
@@ -154,7 +154,7 @@ def augmented_bfloat16(vectors: np.ndarray, last: float) -> tuple[torch.Tensor, 
         block = slice(start, start + ROUNDING_BLOCK_ROWS)
         augmented[block, :-1] = exact[block]
         rounding[block] = torch.linalg.vector_norm(exact[block] - augmented[block, :-1].float(), dim=1).numpy()
-    return augmented, rounding * np.float32(1.0 + 2.0**-20)
+    return augmented, rounding * np.float32(1.0 + vectors.shape[1] * FLOAT32_UNIT_ROUNDOFF)
 
 
 def _transposed_queries(queries: np.ndarray) -> tuple[torch.Tensor, float]:

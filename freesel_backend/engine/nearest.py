@@ -9,8 +9,8 @@ true ``d`` of a few rows is ``min(exact, distance to the patterns after their ve
 product. Lowering the bounds takes every row against all pending patterns in one blocked
 product: in bfloat16 where the CPU multiplies it natively (about 5x faster than float32; the
 bound then allows for the product's rounding, :mod:`.bfloat16`), exactly otherwise. A bfloat16
-product also gives each row a floor of its distance to the patterns in the bounds, so that
-bringing a row up to date takes those only when the pending ones do not already come nearer.
+product also gives each row a lower bound of its distance to the patterns in the bounds, so
+that bringing a row up to date takes those only when the pending ones do not already come nearer.
 
 The draws in :mod:`.selection` use the bound: fds takes candidates in decreasing bound until
 the best true value found beats every remaining bound; prob proposes from ``bound ** 2`` and
@@ -109,7 +109,7 @@ class NearestDistances:
         self.bfloat16 = bfloat16
         self._bound = np.full(len(self.distinct), np.inf, np.float32)
         # A lower bound of each row's distance to the patterns selected before ``bounded_at``.
-        self._floor = np.full(len(self.distinct), np.inf, np.float32)
+        self._lower_bound = np.full(len(self.distinct), np.inf, np.float32)
         self._exact = np.full(len(self.distinct), np.inf, np.float32)
         self._version = np.zeros(len(self.distinct), np.int64)
         self._selected = np.empty((64, matrix.shape[1]), np.float32)  # grown by doubling
@@ -166,7 +166,7 @@ class NearestDistances:
             return
         similarity_floor, similarity_ceiling = self._bfloat16_rows.nearest_similarity_bounds(self.selected[self.bounded_at :])
         np.minimum(self._bound, _distance_of_nearest(similarity_floor, self.threshold), out=self._bound)
-        np.minimum(self._floor, _distance_of_nearest(similarity_ceiling, self.threshold), out=self._floor)
+        np.minimum(self._lower_bound, _distance_of_nearest(similarity_ceiling, self.threshold), out=self._lower_bound)
         self.bounded_at = self.n_selected
         self.n_flushes += 1
 
@@ -187,7 +187,7 @@ class NearestDistances:
         queries = self.selected[self.flushed_at :]
         for block in row_blocks(len(self.distinct), len(queries), FLUSH_BLOCK_ELEMENTS):
             np.minimum(self._exact[block], self._nearest(block, queries), out=self._exact[block])
-        self._bound[:] = self._floor[:] = self._exact
+        self._bound[:] = self._lower_bound[:] = self._exact
         self._version[:] = self.n_selected
         self.flushed_at = self.bounded_at = self.n_selected
         self.n_flushes += 1
@@ -224,12 +224,12 @@ class NearestDistances:
     def _nearest_since(self, rows: np.ndarray, start: int) -> np.ndarray:
         """The distance of each of ``rows`` to the nearest pattern selected from ``start`` on.
         Those already in the bounds come second, and only for the rows that need them: a row
-        nearer to a pending pattern than its floor for the others has its nearest among the
-        pending (at the end of prob's draws, ~3 rows in 4)."""
+        nearer to a pending pattern than its lower bound for the others has its nearest among
+        the pending (at the end of prob's draws, ~3 rows in 4)."""
         if start >= self.bounded_at:
             return self._nearest(rows, self.selected[start:])
         nearest = self._nearest(rows, self.selected[self.bounded_at :]) if self.has_pending else np.full(len(rows), np.inf, np.float32)
-        maybe_earlier = np.flatnonzero((nearest >= self._floor[rows]) & (self._version[rows] < self.bounded_at))
+        maybe_earlier = np.flatnonzero((nearest >= self._lower_bound[rows]) & (self._version[rows] < self.bounded_at))
         if len(maybe_earlier):
             earlier_rows = rows[maybe_earlier]
             earlier = self.selected[int(self._version[earlier_rows].min()) : self.bounded_at]
