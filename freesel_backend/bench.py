@@ -121,6 +121,24 @@ def timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+# Environment variables some machines set to force OpenBLAS onto an older kernel (older OpenBLAS
+# builds crash or compute wrong results on their processors): numpy's float32 products, and so
+# selection on CPUs without native bfloat16, then run at that kernel's speed.
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def numpy_blas() -> str:
+    """Which BLAS kernel numpy's products run on, and whether the environment chose it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        kernels = "kernel unknown (threadpoolctl, requirements-bench.txt, tells)"
+    else:
+        kernels = ", ".join(f"{pool['internal_api']} {pool.get('architecture')}" for pool in threadpool_info() if pool["user_api"] == "blas")
+    overrides = [f"{name}={os.environ[name]}" for name in OPENBLAS_OVERRIDES if name in os.environ]
+    return f"numpy BLAS {kernels}" + (f" (set by the environment: {' '.join(overrides)})" if overrides else "")
+
+
 def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
@@ -412,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes.add_argument("--smoke", action="store_const", const="smoke", dest="scale", help="tiny sizes: the code path only (tests)")
     args = parser.parse_args(argv)
     scale = args.scale or "full"
-    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, {scale} sizes, {load()}")
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, {scale} sizes, {load()}; {numpy_blas()}")
     results: list[Result] = []
     for name in args.only or TARGETS:
         results.extend(TARGETS[name](scale))

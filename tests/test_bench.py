@@ -15,6 +15,15 @@ def test_bench_smoke_run_prints_one_line_per_selection_target(capsys: pytest.Cap
     assert "paper scale (N=400" in printed
     assert "peak memory" in printed
     assert printed.count("load ") >= 3
+    assert "numpy BLAS openblas" in printed  # the kernel numpy's float32 products run on
+
+
+def test_the_blas_line_says_when_the_environment_chose_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert "set by the environment: OPENBLAS_CORETYPE=Haswell" in bench.numpy_blas()
+    for name in bench.OPENBLAS_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
+    assert "environment" not in bench.numpy_blas()
 
 
 def test_reference_and_product_fds_pick_the_same_images() -> None:
