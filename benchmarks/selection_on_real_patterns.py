@@ -22,7 +22,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from freesel_backend import PatternExtractor, select  # noqa: E402
-from freesel_backend.bench import interleaved, numpy_blas, reference_seconds, reference_select, timed  # noqa: E402
+from freesel_backend.bench import fds_matches_reference, interleaved, numpy_blas, reference_seconds, timed  # noqa: E402
 from freesel_backend.quality_bench.data import load_split  # noqa: E402
 
 ROUNDS = 5
@@ -57,10 +57,7 @@ def main() -> None:
           f"{reference / ours:.1f}x (best of {ROUNDS} interleaved; {loads})")
     fds = min(timed(lambda: select(patterns, args.budget, strategy="fds", seed=0, device="numpy")) for _ in range(ROUNDS))
     print(f"fds: product {fds * 1000:.1f} ms (best of {ROUNDS})")
-    picks = min(100, args.budget)
-    expected = reference_select(patterns, picks, "fds", seed=0)
-    ours = select(patterns, picks - 1, strategy="fds", seeds=[expected[0]], device="numpy")
-    print(f"fds picks identical to the reference's ({picks} picks): {ours.order[: picks - 1].tolist() == expected[1:]}")
+    print(f"fds picks identical to the reference's (100 picks): {fds_matches_reference(patterns)}")
 
 
 if __name__ == "__main__":

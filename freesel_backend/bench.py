@@ -194,7 +194,7 @@ def bench_selection(scale: str) -> list[Result]:
         lambda: reference_seconds(worst, n_worst // 10, prefix),
     )
     rows.append(f"  isotropic (no structure) N={n_worst:,} B={n_worst // 10:,}: product {ours:.2f} s, reference {reference:.1f} s, {reference / ours:.1f}x ({loads})")
-    fds_check = _fds_matches_reference(400 if scale == "smoke" else 2_000)
+    fds_check = fds_matches_reference(semantic_patterns(400 if scale == "smoke" else 2_000, seed=3))
     results.append(Result("fds picks identical to the reference's (100 picks)", str(fds_check), "identical", fds_check))
     print("Selection vs the reference algorithm (semantic synthetic patterns, B = N/10):", *rows, sep="\n")
     results.extend(bench_torch_device(scale))
@@ -227,11 +227,11 @@ def bench_torch_device(scale: str) -> list[Result]:
     return results
 
 
-def _fds_matches_reference(n_images: int) -> bool:
-    patterns = semantic_patterns(n_images, seed=3)
-    reference = reference_select(patterns, 100, "fds", seed=0)
-    ours = select(patterns, 99, strategy="fds", seeds=[reference[0]], device="numpy")
-    return ours.order[:99].tolist() == reference[1:]
+def fds_matches_reference(patterns: list[np.ndarray], picks: int = 100) -> bool:
+    """Whether fds, seeded with the reference's random first image, picks what it picks next."""
+    reference = reference_select(patterns, picks, "fds", seed=0)
+    ours = select(patterns, picks - 1, strategy="fds", seeds=[reference[0]], device="numpy")
+    return ours.order[: picks - 1].tolist() == reference[1:]
 
 
 def paper_code_select(patterns: list[np.ndarray], picks: int) -> list[int]:
