@@ -46,7 +46,8 @@ class RedisServer:
         else:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             command += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "60 1"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own session: a terminal's Ctrl-C must not stop it before the clients that still need it.
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

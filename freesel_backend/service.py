@@ -44,6 +44,9 @@ def serve(host: str, port: int, web_workers: int) -> int:
 
     SIGTERM or Ctrl-C stops gunicorn gracefully, then the worker (warm shutdown: its running job
     may finish), then the embedded Redis (which writes its data file on the way out)."""
+    # Label Studio reaches this backend (and its webhook) at FREESEL_PUBLIC_URL; unset, at the port served
+    if not os.environ.get("FREESEL_PUBLIC_URL"):
+        os.environ["FREESEL_PUBLIC_URL"] = f"http://localhost:{port}"
     settings = Settings.from_env()
     if settings.basic_auth is None:
         log.warning(
@@ -58,7 +61,11 @@ def serve(host: str, port: int, web_workers: int) -> int:
             embedded = RedisServer(settings.model_dir / "redis").start()
             os.environ["REDIS_URL"] = embedded.url
             log.info("embedded Redis at %s (data in %s); starting one worker", embedded.url, embedded.data_dir)
-            worker = subprocess.Popen([sys.executable, "-m", "freesel_backend", "worker"], env=dict(os.environ))
+            # Its own session: a terminal's Ctrl-C reaches gunicorn only, and the worker is stopped
+            # below (warm shutdown) before the embedded Redis, which it needs until it has ended.
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "freesel_backend", "worker"], env=dict(os.environ), start_new_session=True
+            )
         log.info("FreeSel backend on http://%s:%s (Label Studio reaches it at %s)", host, port, settings.public_url)
         _Gunicorn({"bind": f"{host}:{port}", "workers": web_workers, "threads": 4, "timeout": 120,
                    "graceful_timeout": 10, "worker_class": "gthread", "accesslog": "-",

@@ -338,3 +338,25 @@ def test_stopping_the_main_command_ends_every_process_and_redis_data_survives_a_
         second.process.send_signal(signal.SIGTERM)
         second.process.wait(timeout=90)
         stop_group(second.process)
+
+
+def test_the_announced_url_follows_the_port_and_ctrl_c_during_start_up_ends_without_a_traceback(label_studio, tmp_path):
+    env = backend_env("", label_studio.url, label_studio.pat, tmp_path / "model_dir")
+    port = free_port()
+    log_path = tmp_path / "run.log"
+    process = subprocess.Popen(
+        ["bash", "scripts/run.sh", "--host", "127.0.0.1", "--port", str(port), "--web-workers", "1"],
+        cwd=REPO_ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: "Label Studio reaches it at" in log_path.read_text(errors="replace"), 120, "the start-up line")
+        time.sleep(2)  # the worker is still importing its libraries
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(timeout=90)
+    finally:
+        stop_group(process)
+    log = log_path.read_text(errors="replace")
+    print(log)
+    assert f"Label Studio reaches it at http://localhost:{port})" in log
+    assert code == 0
+    assert "Traceback" not in log and "ConnectionError" not in log
