@@ -429,8 +429,17 @@ def _rate_and_eta(progress: dict[str, Any]) -> str:
     return f", {progress['tasks_per_s']:.1f} tasks/s, ETA {progress['eta_s']:.0f} s"
 
 
+def add_onboarding_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .demo import add_demo_command
+    from .quickstart import add_quickstart_command
+
+    add_quickstart_command(commands)
+    add_demo_command(commands)
+
+
 REGISTRARS: list[CommandRegistrar] = [
     add_select_command, add_report_command, add_serve_command, add_worker_command, add_project_command,
+    add_onboarding_commands,
 ]
 
 

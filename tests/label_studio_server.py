@@ -82,6 +82,7 @@ class LabelStudioServer:
         self.startup_timeout = startup_timeout
         self.enable_legacy_token = enable_legacy_token
         self.extra_env = dict(extra_env or {})
+        # the API key a user configures: a Personal Access Token, or before 1.18 the legacy token
         self.pat: Optional[str] = None
         self.legacy_token: Optional[str] = None
         self.start_seconds: Optional[float] = None
@@ -266,7 +267,11 @@ class LabelStudioServer:
         self._session = session
 
     def _create_pat(self) -> str:
+        """A Personal Access Token; on Label Studio without them (before 1.18: no ``/api/token/``)
+        the user's legacy token, the only kind of API key those versions have."""
         resp = self.session.post(f"{self.url}/api/token/", json={}, timeout=30)
+        if resp.status_code in (404, 405):
+            return self._legacy_token()
         if resp.status_code != 201:
             raise LabelStudioStartError(f"POST /api/token/ failed: HTTP {resp.status_code} {resp.text[:200]}")
         token = resp.json()["token"]
@@ -280,8 +285,12 @@ class LabelStudioServer:
             json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True},
             timeout=30,
         )
-        if resp.status_code not in (200, 201):
+        # 404: a version before 1.18, where legacy tokens are the only tokens and always enabled
+        if resp.status_code not in (200, 201, 404):
             raise LabelStudioStartError(f"POST /api/jwt/settings failed: HTTP {resp.status_code} {resp.text[:200]}")
+        return self._legacy_token()
+
+    def _legacy_token(self) -> str:
         resp = self.session.get(f"{self.url}/api/current-user/token", timeout=30)
         if resp.status_code != 200:
             raise LabelStudioStartError(f"GET /api/current-user/token failed: HTTP {resp.status_code}")
