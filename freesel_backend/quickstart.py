@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import mimetypes
 import os
 import re
@@ -33,6 +34,8 @@ LABEL_CONFIGS = {
     "detection": REPO_ROOT / "label_config_detection.xml",
 }
 BACKEND_TITLE = "FreeSel"
+# Django's DATA_UPLOAD_MAX_NUMBER_FILES in Label Studio: more files in one request answer HTTP 500
+MAX_FILES_PER_REQUEST = 100
 # Label Studio stores an uploaded file as /data/upload/<project>/<8 hex>-<name>
 _STORED_NAME = re.compile(r"^[0-9a-f]{8}-(.+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -50,6 +53,8 @@ class Target:
     api_key: str
     backend_url: str
     basic_auth: tuple[str, str] | None = None
+    # FreeSel settings of a newly connected project (the connect form's extra params)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +123,8 @@ class ProjectClient(LabelStudioClient):
         body: dict[str, Any] = {"url": target.backend_url, "project": int(project_id), "title": BACKEND_TITLE}
         if target.basic_auth:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=target.basic_auth[0], basic_auth_pass=target.basic_auth[1])
+        if target.settings:
+            body["extra_params"] = json.dumps(target.settings)
         self._json("POST", "/api/ml", json_body=body)
 
 
@@ -170,7 +177,7 @@ def wait_for_ranking(target: Target, project_id: int, expected_tasks: int, since
             time.sleep(1.0)
 
 
-def quickstart(target: Target, images: Path, title: str, label_config: str, *, batch_size: int = 100,
+def quickstart(target: Target, images: Path, title: str, label_config: str, *, batch_size: int = MAX_FILES_PER_REQUEST,
                wait_s: float = 3600.0) -> dict[str, Any]:
     """Project ``title`` with the images of ``images``, connected to the backend and ranked."""
     scan = scan_folder(images)
@@ -213,7 +220,10 @@ def target_from(args: argparse.Namespace) -> Target:
         url, key = url or local.url, key or local.token
     backend = args.backend_url or os.environ.get("FREESEL_PUBLIC_URL") or "http://localhost:9090"
     user, password = os.environ.get("BASIC_AUTH_USER", ""), os.environ.get("BASIC_AUTH_PASS", "")
-    return Target(url.rstrip("/"), key, backend.rstrip("/"), (user, password) if user else None)
+    settings = json.loads(args.settings) if args.settings else {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"--settings must be a JSON object, got {args.settings!r}")
+    return Target(url.rstrip("/"), key, backend.rstrip("/"), (user, password) if user else None, settings)
 
 
 def add_quickstart_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -232,7 +242,9 @@ def add_quickstart_command(commands: "argparse._SubParsersAction[argparse.Argume
     parser.add_argument("--label-studio-url")
     parser.add_argument("--api-key", help="Personal Access Token or legacy token")
     parser.add_argument("--backend-url", help="the backend as Label Studio reaches it (FREESEL_PUBLIC_URL or http://localhost:9090)")
-    parser.add_argument("--batch-size", type=int, default=100, help="images per upload request (100)")
+    parser.add_argument("--settings", help='FreeSel settings when the backend is connected, e.g. \'{"budget": 50}\' (README)')
+    parser.add_argument("--batch-size", type=int, default=MAX_FILES_PER_REQUEST,
+                        help=f"images per upload request ({MAX_FILES_PER_REQUEST}, Label Studio's most)")
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for the first ranking (3600)")
     parser.set_defaults(run=run_quickstart)
 
@@ -240,6 +252,8 @@ def add_quickstart_command(commands: "argparse._SubParsersAction[argparse.Argume
 def run_quickstart(args: argparse.Namespace) -> int:
     if not args.images.is_dir():
         raise FileNotFoundError(f"no such folder: {args.images}")
+    if not 1 <= args.batch_size <= MAX_FILES_PER_REQUEST:
+        raise ValueError(f"--batch-size must be 1..{MAX_FILES_PER_REQUEST} (Label Studio refuses more files per request), got {args.batch_size}")
     config_file = args.label_config or LABEL_CONFIGS[args.task]
     target = target_from(args)
     try:

@@ -360,3 +360,100 @@ def test_the_announced_url_follows_the_port_and_ctrl_c_during_start_up_ends_with
     assert f"Label Studio reaches it at http://localhost:{port})" in log
     assert code == 0
     assert "Traceback" not in log and "ConnectionError" not in log
+
+
+def demo_env(model_dir: Path, label_studio_port: int) -> dict[str, str]:
+    """A machine without Label Studio settings; the tiny random ViT keeps it CI-sized."""
+    env = backend_env("", "", "", model_dir)
+    for key in ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        env.pop(key)
+    env.update(LABEL_STUDIO_PORT=str(label_studio_port), FREESEL_CHUNK_SIZE="100")
+    return env
+
+
+def start_demo(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        ["bash", "scripts/run.sh", "--host", "127.0.0.1", "--port", str(port), "--web-workers", "1"],
+        cwd=REPO_ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def ready() -> bool:
+        assert process.poll() is None, log_path.read_text(errors="replace")[-5000:]
+        return "Label All Tasks serves FreeSel's picks first" in log_path.read_text(errors="replace")
+
+    try:
+        wait_for(ready, 900, "the demo's first ranking")
+    except BaseException:
+        stop_group(process)
+        raise
+    return process
+
+
+def ctrl_c(process: subprocess.Popen[bytes]) -> None:
+    tree = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C; what it started runs in sessions of its own
+    assert process.wait(timeout=120) == 0
+    wait_for(lambda: not alive(tree), 60, "every process the demo started to end")
+
+
+class LabelStudioApi:
+    """The local Label Studio's REST API with the token the demo printed."""
+
+    def __init__(self, url: str, token: str) -> None:
+        access = requests.post(f"{url}/api/token/refresh/", json={"refresh": token}, timeout=30).json()["access"]
+        self.url, self.headers = url, {"Authorization": f"Bearer {access}"}
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, f"{self.url}{path}", headers=self.headers, timeout=60, **kwargs)
+
+    def project(self, title: str) -> dict:
+        return next(p for p in self.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"] if p["title"] == title)
+
+    def task_count(self, project_id: int) -> int:
+        return self.api("GET", "/api/tasks/", params={"project": project_id, "page_size": 1}).json()["total"]
+
+
+def test_run_sh_without_label_studio_settings_shows_a_ranked_demo_project_and_a_second_run_reuses_it(tmp_path):
+    from tests.test_quickstart import run_quickstart, write_tiny_images
+
+    model_dir, port, ls_port = tmp_path / "model_dir", free_port(), free_port()
+    env = demo_env(model_dir, ls_port)
+    first = start_demo(env, port, tmp_path / "first.log")
+    try:
+        log = (tmp_path / "first.log").read_text()
+        admin = json.loads((model_dir / "label-studio" / "freesel-admin.json").read_text())
+        assert admin["url"] == f"http://localhost:{ls_port}" and f"API token (Personal Access Token): {admin['token']}" in log
+        assert f"Open http://localhost:{ls_port}, project 'FreeSel demo'" in log
+        ls = LabelStudioApi(admin["url"], admin["token"])
+        demo = ls.project("FreeSel demo")
+        samples = len(list((model_dir / "sample_images").glob("*.jpg")))
+        assert samples >= 50 and ls.task_count(demo["id"]) == samples
+        assert ls.api("GET", f"/api/projects/{demo['id']}/").json()["sampling"] == "Uncertainty sampling"
+        assert ls.api("GET", f"/api/projects/{demo['id']}/next").json()["id"] == current_ranking(ls, demo["id"])[0]
+
+        folder = tmp_path / "own"
+        write_tiny_images(folder, 500)
+        own = run_quickstart({**env, "MODEL_DIR": str(model_dir)}, str(folder), "--backend-url", f"http://localhost:{port}",
+                             "--settings", json.dumps({"budget": 10}))
+        assert own.returncode == 0, own.stderr[-3000:]
+        assert "FreeSel ranked 500 tasks of project 'own'" in own.stdout
+        assert ls.api("GET", f"/api/projects/{ls.project('own')['id']}/next").json()["id"] == current_ranking(ls, ls.project("own")["id"])[0]
+        ctrl_c(first)
+    finally:
+        stop_group(first)
+    first_log = (tmp_path / "first.log").read_text()
+    assert "Traceback" not in first_log, first_log[-5000:]
+
+    second = start_demo(env, port, tmp_path / "second.log")
+    try:
+        log = (tmp_path / "second.log").read_text()
+        assert admin["token"] not in log and "password and token in" in log
+        assert json.loads((model_dir / "label-studio" / "freesel-admin.json").read_text()) == admin
+        ls = LabelStudioApi(admin["url"], admin["token"])
+        assert ls.project("FreeSel demo")["id"] == demo["id"] and ls.task_count(demo["id"]) == samples
+        assert f"{samples} images already in the project: skipped" in log
+        assert len(ls.api("GET", "/api/ml", params={"project": demo["id"]}).json()) == 1
+        assert ls.api("GET", f"/api/projects/{demo['id']}/next").json()["id"] == current_ranking(ls, demo["id"])[0]
+        ctrl_c(second)
+    finally:
+        stop_group(second)

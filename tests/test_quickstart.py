@@ -4,6 +4,8 @@ skipped, a second run uploads only what is missing, the queue follows the rankin
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,12 @@ def test_upload_names_keep_the_sub_folder_and_only_characters_label_studio_keeps
     assert all(reason for _, reason in scan.unreadable)
 
 
+def test_quickstart_refuses_more_files_per_request_than_label_studio_takes(tmp_path):
+    done = run_quickstart(dict(os.environ), str(tmp_path), "--batch-size", "101", "--label-studio-url", "http://localhost:1",
+                          "--api-key", "k")
+    assert done.returncode == 2 and "--batch-size must be 1..100" in done.stderr
+
+
 def run_quickstart(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "freesel_backend", "quickstart", *args],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -57,7 +65,7 @@ def test_quickstart_uploads_500_images_in_batches_skips_unreadable_ones_and_a_se
         folder = tmp_path / "my images"
         write_tiny_images(folder, 500)
         write_unreadable(folder)
-        options = ("--task", "detection", "--title", "My 500", "--backend-url", backend.url, "--batch-size", "200")
+        options = ("--task", "detection", "--title", "My 500", "--backend-url", backend.url, "--batch-size", "64", "--settings", json.dumps({"budget": 10}))
         first = run_quickstart(backend.env, str(folder), *options)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "skipped (unreadable):" in first.stderr and "truncated.jpg" in first.stderr and "empty.png" in first.stderr
