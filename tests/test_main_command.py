@@ -400,11 +400,12 @@ class LabelStudioApi:
     """The local Label Studio's REST API with the token the demo printed."""
 
     def __init__(self, url: str, token: str) -> None:
-        access = requests.post(f"{url}/api/token/refresh/", json={"refresh": token}, timeout=30).json()["access"]
-        self.url, self.headers = url, {"Authorization": f"Bearer {access}"}
+        self.url, self.token = url, token
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, f"{self.url}{path}", headers=self.headers, timeout=60, **kwargs)
+        # access tokens live minutes: a fresh one per call
+        access = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": self.token}, timeout=30).json()["access"]
+        return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {access}"}, timeout=60, **kwargs)
 
     def project(self, title: str) -> dict:
         return next(p for p in self.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"] if p["title"] == title)
