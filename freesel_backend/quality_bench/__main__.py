@@ -123,14 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         features = pool_features.subset(select_ids)
         probe = Probe.build(features.embeddings, pool.labels[select_ids],
                             pool_features.embeddings[score_ids], pool.labels[score_ids])
-        scores = score_methods(_chosen(tuning_methods(), args.only), features, probe, args.budgets, seeds, cache=_score_cache(args, "tune"))
+        scores = score_methods(chosen_methods(tuning_methods(), args.only), features, probe, args.budgets, seeds, cache=_score_cache(args, "tune"))
         name, title = "quality_tuning", f"Tuning: select from {len(select_ids)} pool images, score on the other {len(score_ids)}"
     else:
         assert test is not None
         test = test.subset(np.arange(min(args.test_size, len(test))))
         test_features = cached_features(test.images, "test", ExtractionSettings(**{**settings.__dict__, "configs": ()}), args.cache_dir)
         probe = Probe.build(pool_features.embeddings, pool.labels, test_features.embeddings, test.labels)
-        scores = score_methods(_chosen(report_methods(), args.only), pool_features, probe, args.budgets, seeds, cache=_score_cache(args, "report"))
+        scores = score_methods(chosen_methods(report_methods(), args.only), pool_features, probe, args.budgets, seeds, cache=_score_cache(args, "report"))
         name, title = "quality_results", f"Fashion-MNIST: pool {len(pool)}, test {len(test)}, {pool_features.model_id} at {args.image_size}px"
     tables = markdown_tables(scores)
     header = _header(args, pool_features, title, time.perf_counter() - started, len(seeds))
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _chosen(methods: list[Method], names: Sequence[str] | None) -> list[Method]:
+def chosen_methods(methods: list[Method], names: Sequence[str] | None) -> list[Method]:
     if not names:
         return methods
     unknown = set(names) - {method.name for method in methods}
@@ -172,7 +172,7 @@ def _header(args: argparse.Namespace, features: Features, title: str, seconds: f
 
 
 def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("__main__.py", "-m")
+    return Path(sys.argv[0]).name in ("__main__.py", "multi_object.py", "-m")
 
 
 if __name__ == "__main__":
