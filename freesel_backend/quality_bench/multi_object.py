@@ -39,6 +39,7 @@ from .scenes import SceneSettings, Scenes, balanced_objects, build_scenes
 BUDGETS = (20, 50, 100, 200, 400)
 SCENE_CONFIGS: tuple[PatternConfig, ...] = ((1, 1.0), (3, 0.5), (5, 0.5), (5, 1.0))
 EVALUATION_OBJECTS_PER_CLASS = 300
+PROBE_COMPONENTS = 64
 HELD_OUT_SEED, TEST_SEED = 1, 2
 
 
@@ -86,13 +87,25 @@ def prepare(args: argparse.Namespace) -> Benchmark:
         half = _half(len(scenes))
         kept = scenes.objects_of(half)
         scenes, scene_features, object_features = scenes.subset(half), scene_features.subset(half), object_features.subset(kept)
-    probe = Probe.build(object_features.embeddings, scenes.object_labels, evaluation_features.embeddings, evaluation.labels)
+    pool_objects, evaluation_objects = _principal_components(object_features.embeddings, evaluation_features.embeddings)
+    probe = Probe.build(pool_objects, scenes.object_labels, evaluation_objects, evaluation.labels)
     where = "held-out training objects" if args.mode == "tune" else "Fashion-MNIST test objects"
     description = (
         f"{len(scenes)} scenes ({len(scenes.object_labels)} objects, {args.canvas} px), scored on {len(evaluation)} "
-        f"balanced {where}; {scene_features.model_id}, scenes at {args.scene_size} px, objects at {args.object_size} px"
+        f"balanced {where}; {scene_features.model_id}, scenes at {args.scene_size} px, objects at {args.object_size} px "
+        f"(probe on {pool_objects.shape[1]} principal components)"
     )
     return Benchmark(scenes, scene_features, probe, description)
+
+
+def _principal_components(pool: np.ndarray, evaluation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets projected on the top PROBE_COMPONENTS principal components of the standardised
+    pool objects (unlabelled data): the probe's fits then take seconds, not minutes, on 2 cores."""
+    mean, std = pool.mean(axis=0), pool.std(axis=0) + 1e-6
+    standardised = (pool - mean) / std
+    _, _, components = np.linalg.svd(standardised - standardised.mean(axis=0), full_matrices=False)
+    basis = components[: min(PROBE_COMPONENTS, len(components))].T
+    return standardised @ basis, ((evaluation - mean) / std) @ basis
 
 
 def _evaluation_objects(args: argparse.Namespace, train: LabelledImages, scenes: Scenes) -> LabelledImages:
@@ -234,13 +247,10 @@ def multi_object_methods() -> list[Method]:
         freesel_method("typical K=5 r=0.5", paper, "typical"),
         freesel_method("paper: prob K=5 r=0.5", paper, "prob"),
         freesel_method("paper: fds K=5 r=0.5", paper, "fds"),
-        freesel_method("fds K=3 r=0.5", (3, 0.5), "fds"),
-        freesel_method("fds K=5 r=1.0", (5, 1.0), "fds"),
         typiclust_method(paper),
         probcover_method(paper, purity=0.5),
         coreset_method(),
         pattern_cluster_method(paper),
-        pattern_cluster_method((5, 1.0)),
     ]
 
 
