@@ -85,14 +85,8 @@ def tuning_methods() -> list[Method]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m freesel_backend.quality_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", choices=("report", "tune"), default="report")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST IDX files ({DEFAULT_ROOT})")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features (.cache/quality_bench)")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="where the table and plot go (docs)")
-    parser.add_argument("--model", default="offline", help="backbone (offline: the bundled DINOv2 ViT-S/14)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (the test suite's quick run)")
+    add_shared_arguments(parser)
     parser.add_argument("--image-size", type=int, default=112, help="model input size for the 28x28 images (112)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--pool-size", type=int, default=10_000, help="first N training images (10000)")
     parser.add_argument("--test-size", type=int, default=10_000, help="first N test images (10000)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
@@ -100,6 +94,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ... (0)")
     parser.add_argument("--only", nargs="+", metavar="METHOD", help="score only these methods (exact names)")
     return parser.parse_args(argv)
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mode, data, cache, output and model options of both benchmarks."""
+    parser.add_argument("mode", nargs="?", choices=("report", "tune"), default="report")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST IDX files ({DEFAULT_ROOT})")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features and scores (.cache/quality_bench)")
+    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="where the tables (and plot) go (docs)")
+    parser.add_argument("--model", default="offline", help="backbone (offline: the bundled DINOv2 ViT-S/14)")
+    parser.add_argument("--random-init", action="store_true", help="random weights (the test suite's quick run)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import DEFAULT_ROOT, DatasetMissingError, LabelledImages, load_split
+from .data import DatasetMissingError, LabelledImages, load_split
 from .evaluate import Probe, cached_rows, method_picks
-from .features import DEFAULT_CACHE_DIR, ExtractionSettings, Features, PatternConfig, cached_features
-from .__main__ import argv_is_cli, chosen_methods
+from .features import ExtractionSettings, Features, PatternConfig, cached_features
+from .__main__ import add_shared_arguments, argv_is_cli, chosen_methods
 from .methods import (
     Method,
     coreset_method,
@@ -123,13 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m freesel_backend.quality_bench.multi_object", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("mode", nargs="?", choices=("report", "tune"), default="report")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST IDX files ({DEFAULT_ROOT})")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features and scores (.cache/quality_bench)")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="where the table goes (docs)")
-    parser.add_argument("--model", default="offline", help="backbone (offline: the bundled DINOv2 ViT-S/14)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (the test suite's quick run)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    add_shared_arguments(parser)
     parser.add_argument("--scenes", type=int, default=3000, help="scenes in the pool (3000; tune selects from half)")
     parser.add_argument("--canvas", type=int, default=224, help="scene size in pixels (224)")
     parser.add_argument("--scene-size", type=int, default=112, help="model input size for the scenes (112)")
