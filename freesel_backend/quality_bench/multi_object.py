@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,6 +51,15 @@ class Benchmark:
     features: Features  # of the scenes
     probe: Probe  # pool: the scenes' objects; test: the evaluation objects
     description: str
+    scored: dict[bytes, float] = field(default_factory=dict)  # accuracy per set of labelled objects
+
+    def accuracy(self, scenes: np.ndarray) -> float:
+        """The probe's accuracy when ``scenes`` are labelled (the same set is scored once)."""
+        objects = self.scenes.objects_of(scenes)
+        key = objects.tobytes()
+        if key not in self.scored:
+            self.scored[key] = self.probe.accuracy(objects)
+        return self.scored[key]
 
 
 @dataclass(frozen=True)
@@ -135,49 +144,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _RandomByObjects:
-    """Random scenes, in one seeded order, until they hold at least a given number of objects:
-    the per-object baseline. Probe accuracies are kept per (seed, prefix length)."""
+class _RandomCurves:
+    """Random scenes' accuracy per seed at each budget, and the objects they held: the baseline
+    per scene, and (interpolated in log objects between budgets) per labelled object."""
 
-    def __init__(self, benchmark: Benchmark) -> None:
-        self.benchmark = benchmark
-        self.counts = benchmark.scenes.objects_per_scene()
-        self.accuracies: dict[tuple[int, int], float] = {}
+    def __init__(self, benchmark: Benchmark, budgets: Sequence[int], seeds: Sequence[int]) -> None:
+        counts = benchmark.scenes.objects_per_scene()
+        self.budgets = sorted(budgets)
+        self.objects: dict[int, np.ndarray] = {}
+        self.accuracies: dict[int, np.ndarray] = {}
+        for seed in seeds:
+            order = np.random.default_rng(seed).permutation(len(counts))  # random_method's order
+            self.objects[seed] = np.array([counts[order[:budget]].sum() for budget in self.budgets], dtype=float)
+            self.accuracies[seed] = np.array([benchmark.accuracy(order[:budget]) for budget in self.budgets])
 
-    def accuracy(self, seed: int, n_objects: int) -> float:
-        order = np.random.default_rng(seed).permutation(len(self.counts))
-        length = int(np.searchsorted(np.cumsum(self.counts[order]), n_objects)) + 1
-        if (seed, length) not in self.accuracies:
-            picks = order[:length]
-            self.accuracies[(seed, length)] = self.benchmark.probe.accuracy(self.benchmark.scenes.objects_of(picks))
-        return self.accuracies[(seed, length)]
+    def at_budget(self, seed: int, budget: int) -> float:
+        return float(self.accuracies[seed][self.budgets.index(budget)])
+
+    def at_objects(self, seed: int, n_objects: int) -> float:
+        """Linear in log objects between the two nearest budgets (extended past the ends)."""
+        x, y = np.log(self.objects[seed]), self.accuracies[seed]
+        if len(x) == 1:
+            return float(y[0])
+        right = int(np.clip(np.searchsorted(x, np.log(n_objects)), 1, len(x) - 1))
+        slope = (y[right] - y[right - 1]) / (x[right] - x[right - 1])
+        return float(y[right - 1] + slope * (np.log(n_objects) - x[right - 1]))
 
 
 def score_multi_object(
     methods: Sequence[Method], benchmark: Benchmark, budgets: Sequence[int], seeds: Sequence[int], cache: Path | None
 ) -> list[MultiObjectScore]:
     """Every method's per-object scores; random's accuracies per seed are the baseline of the gains."""
-    baseline = _RandomByObjects(benchmark)
-    random_accuracy = {(seed, budget): baseline.accuracy(seed, _objects_of_random(benchmark, seed, budget))
-                       for seed in seeds for budget in budgets}
+    baseline = _RandomCurves(benchmark, budgets, seeds)
     scores = []
     for method in methods:
         rows = cached_rows(
             cache, f"{method.name}|{list(budgets)}|{list(seeds)}",
-            lambda: [asdict(s) for s in _score_method(method, benchmark, budgets, seeds, baseline, random_accuracy)],
+            lambda: [asdict(s) for s in _score_method(method, benchmark, budgets, seeds, baseline)],
         )
         scores.extend(MultiObjectScore(**row) for row in rows)
     return scores
 
 
-def _objects_of_random(benchmark: Benchmark, seed: int, budget: int) -> int:
-    order = np.random.default_rng(seed).permutation(len(benchmark.scenes))
-    return int(benchmark.scenes.objects_per_scene()[order[:budget]].sum())
-
-
 def _score_method(
-    method: Method, benchmark: Benchmark, budgets: Sequence[int], seeds: Sequence[int],
-    baseline: _RandomByObjects, random_accuracy: dict[tuple[int, int], float],
+    method: Method, benchmark: Benchmark, budgets: Sequence[int], seeds: Sequence[int], baseline: _RandomCurves
 ) -> list[MultiObjectScore]:
     scenes, rare = benchmark.scenes, benchmark.scenes.rarest_classes()
     cells: dict[int, list[tuple[float, float, int, float, int]]] = {budget: [] for budget in budgets}
@@ -188,10 +198,10 @@ def _score_method(
         seconds.append(time.perf_counter() - started)
         for budget, picks in picks_by_budget.items():
             objects = scenes.objects_of(picks)
-            accuracy = benchmark.probe.accuracy(objects)
+            accuracy = benchmark.accuracy(picks)
             cells[budget].append((
-                accuracy, accuracy - random_accuracy[(seed, budget)], len(objects),
-                accuracy - baseline.accuracy(seed, len(objects)), int(np.isin(scenes.object_labels[objects], rare).sum()),
+                accuracy, accuracy - baseline.at_budget(seed, budget), len(objects),
+                accuracy - baseline.at_objects(seed, len(objects)), int(np.isin(scenes.object_labels[objects], rare).sum()),
             ))
     print(f"  scored {method.name}: {np.mean(seconds):.1f} s selection per seed", file=sys.stderr, flush=True)
     return [_summary(method.name, budget, np.asarray(cells[budget], dtype=float), float(np.mean(seconds))) for budget in budgets]
