@@ -1,7 +1,8 @@
 """FreeSel for Label Studio: pick the images worth labelling first, with no training.
 
 Public API (the engine): :func:`select` ranks images from their semantic patterns;
-:class:`PatternExtractor` computes those patterns with a frozen pretrained ViT.
+:class:`PatternExtractor` computes those patterns with a frozen pretrained ViT; :func:`preset`
+gives the settings for a kind of labelling task ("classification", "detection", "segmentation").
 """
 
 from .engine import (
@@ -12,6 +13,7 @@ from .engine import (
     Ranking,
     WeightsError,
     load_image,
+    preset,
     select,
 )
 
@@ -26,5 +28,6 @@ __all__ = [
     "WeightsError",
     "__version__",
     "load_image",
+    "preset",
     "select",
 ]

@@ -15,6 +15,7 @@ from rq.job import Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from .config import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, ProjectSettings, Settings
+from .engine import preset
 from .jobs import VERSION_PREFIX, client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
 from .label_studio import LabelStudioClient
 from .store import Store
@@ -50,6 +51,7 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
         backend.client.get_project(project_id)  # an id Label Studio does not know: 404, nothing stored
     before = store.get_settings(project_id)
     after = before.updated(changes)
+    after = after.with_preset(after.preset_in_use(store.get_state(project_id))[0])
     store.save_settings(project_id, after)
     if not after.enabled:
         if before.enabled or not changes:
@@ -100,6 +102,7 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
     """Counts for an admin: tasks, patterns done/failed (with reasons), progress, picks, jobs."""
     store = backend.store
     state = store.get_state(project_id)
+    project_settings = store.get_settings(project_id)
     version = state.get("patterns_version", "")
     done, failed = store.count_done(project_id, version) if version else (0, 0)
     failures = store.failures(project_id, version) if version else {}
@@ -108,7 +111,8 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
     jobs = project_jobs(backend.connection, project_id)
     return {
         "project": project_id,
-        "settings": store.get_settings(project_id).to_dict(),
+        "settings": project_settings.to_dict(),
+        "preset": preset_status(project_settings, state),
         "tasks": tasks,
         "patterns_done": done,
         "patterns_pending": max(0, tasks - done - failed),
@@ -123,6 +127,13 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
         "near_duplicates": near_duplicates(store, project_id),
     }
+
+
+def preset_status(project_settings: ProjectSettings, state: Mapping[str, str]) -> dict[str, Any]:
+    """Which preset applies and why, its values, and which settings override it."""
+    kind, reason = project_settings.preset_in_use(state)
+    return {"task": kind, "reason": reason, "values": preset(kind), "explicit": list(project_settings.explicit),
+            "description": project_settings.describe_preset(state)}
 
 
 def near_duplicates(store: Store, project_id: int) -> dict[str, Any] | None:

@@ -20,17 +20,20 @@ from .engine import (
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
     DEFAULT_PATTERNS_PER_IMAGE,
+    PRESET_FIELDS,
     STRATEGIES,
+    TASKS,
     PatternExtractor,
     WeightsError,
     find_near_duplicates,
     list_image_files,
     load_image,
+    preset,
     select,
 )
 from .config import DEFAULT_PORT, QUEUES
 from .engine.duplicates import DuplicateGroups
-from .engine.selection import DEFAULT_STRATEGY, Ranking, resolve_budget
+from .engine.selection import Ranking, resolve_budget
 from .report import Failure, ReportData, ReportOptions, build_report, write_report
 
 log = logging.getLogger("freesel_backend")
@@ -47,16 +50,22 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("images", type=Path, help="a folder (searched recursively) or a .txt/.json list of paths")
     parser.add_argument("--budget", type=float, required=True, help="number of picks, or a fraction of the pool (0..1)")
     parser.add_argument(
-        "--patterns", type=int, default=DEFAULT_PATTERNS_PER_IMAGE, dest="patterns_per_image",
-        help=f"patterns per image, K ({DEFAULT_PATTERNS_PER_IMAGE}; the paper's multi-object setting is 5)",
+        "--task", choices=TASKS, default="classification",
+        help="what the images will be labelled for: its preset sets --patterns, --attention-ratio and "
+        "--strategy where they are not given (classification: "
+        + _preset_text("classification") + "; detection and segmentation: " + _preset_text("detection") + ")",
     )
     parser.add_argument(
-        "--attention-ratio", type=float, default=DEFAULT_ATTENTION_RATIO,
-        help=f"share of [CLS] attention mass kept ({DEFAULT_ATTENTION_RATIO}: every patch; the paper's is 0.5)",
+        "--patterns", type=int, dest="patterns_per_image",
+        help="patterns per image, K (default: the --task preset's; the paper's multi-object setting is 5)",
     )
     parser.add_argument(
-        "--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
-        help="typical (default): draw by d^2 times typicality, representative images first; "
+        "--attention-ratio", type=float,
+        help="share of [CLS] attention mass kept (default: the --task preset's; 1.0: every patch; the paper's is 0.5)",
+    )
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES,
+        help="default: the --task preset's; typical: one representative image per cluster first; "
         "prob: draw by d^2 (the paper); fds: farthest-first (the paper)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed for draws and k-means (0)")
@@ -87,6 +96,16 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.set_defaults(run=run_select)
 
 
+def _preset_text(kind: str) -> str:
+    return ", ".join(f"{name} {value}" for name, value in preset(kind).items())
+
+
+def _with_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the --task preset's value for each pattern/strategy option not given."""
+    values = preset(args.task)
+    return argparse.Namespace(**{**vars(args), **{name: values[name] for name in PRESET_FIELDS if getattr(args, name) is None}})
+
+
 def _selection_device(device: str | None) -> str:
     """The selection's device for the CLI's ``--device``: the CPU's products are numpy's."""
     if device is None:
@@ -95,6 +114,7 @@ def _selection_device(device: str | None) -> str:
 
 
 def run_select(args: argparse.Namespace) -> int:
+    args = _with_preset(args)
     failures: list[dict[str, str]] = []
     extractor: PatternExtractor | None = None
     if args.load_patterns:
@@ -116,6 +136,7 @@ def run_select(args: argparse.Namespace) -> int:
     report = {
         **provenance,
         "settings": {
+            "task": args.task,
             "patterns_per_image": args.patterns_per_image,
             "attention_ratio": args.attention_ratio,
             "strategy": args.strategy,
@@ -396,6 +417,7 @@ def describe_status(status: dict[str, Any]) -> str:
         f"project {status['project']}: FreeSel {'enabled' if settings['enabled'] else 'disabled'} "
         f"(strategy {settings['strategy']}, budget {budget}, {settings['patterns_per_image']} patterns/image, "
         f"attention {settings['attention_ratio']})",
+        *([f"preset: {status['preset']['description']}"] if "preset" in status else []),
         f"patterns: {progress['tasks_done']} of {progress['tasks_total']} tasks ({progress['percent']:.0f}%), "
         f"{status['failed']} failed" + _rate_and_eta(progress),
     ]

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, DEFAULT_PATTERNS_PER_IMAGE, STRATEGIES
+from .engine import (
+    DEFAULT_ATTENTION_RATIO,
+    DEFAULT_DUPLICATE_THRESHOLD,
+    DEFAULT_MODEL,
+    DEFAULT_PATTERNS_PER_IMAGE,
+    PRESET_FIELDS,
+    STRATEGIES,
+    TASKS,
+    preset,
+)
 from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
@@ -157,7 +166,11 @@ class ProjectSettings:
     ``max_picks``; the tasks after the picks are ordered by distance. ``model=None`` uses the
     process default (``FREESEL_MODEL``). Tasks whose patterns all match within
     ``duplicate_threshold`` (cosine distance) are near-duplicates: grouped, and a picked task's
-    group-mates carry no weight in the selection."""
+    group-mates carry no weight in the selection.
+
+    ``patterns_per_image``, ``attention_ratio`` and ``strategy`` come from the preset of the
+    project's kind of task (``task``, or else the one read from its label config) unless a project
+    admin set them: those are listed in ``explicit`` and kept whatever the preset."""
 
     enabled: bool = True
     budget: float | None = None
@@ -168,6 +181,8 @@ class ProjectSettings:
     max_picks: int = 2000
     seed: int = 0
     duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
+    task: str | None = None
+    explicit: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -196,6 +211,11 @@ class ProjectSettings:
             )
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise SettingsError(f"model must be a model name or null, got {self.model!r}")
+        if self.task is not None and self.task not in TASKS:
+            raise SettingsError(f"task must be one of {', '.join(TASKS)} or null (from the label config), got {self.task!r}")
+        if isinstance(self.explicit, str) or not isinstance(self.explicit, (list, tuple)) or not set(self.explicit) <= set(PRESET_FIELDS):
+            raise SettingsError(f"explicit must be a list of settings among {', '.join(PRESET_FIELDS)}, got {self.explicit!r}")
+        object.__setattr__(self, "explicit", tuple(sorted(set(self.explicit))))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -208,7 +228,39 @@ class ProjectSettings:
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
             raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self.field_names())}")
-        return dataclasses.replace(self, **dict(changes))
+        changes = dict(changes)
+        if "explicit" not in changes:  # a value set now is the admin's: no preset changes it
+            changes["explicit"] = (*self.explicit, *(name for name in PRESET_FIELDS if name in changes))
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> "ProjectSettings":
+        """Settings as saved by :meth:`to_dict`. Saved before presets existed (no ``explicit``), a
+        preset setting counts as the admin's where it differs from the default of that time."""
+        stored = dict(stored)
+        if "explicit" not in stored:
+            stored["explicit"] = [name for name in PRESET_FIELDS if name in stored and stored[name] != getattr(cls, name)]
+        return cls().updated(stored)
+
+    def with_preset(self, kind: str) -> "ProjectSettings":
+        """These settings with ``kind``'s preset values wherever they are not explicit."""
+        values = preset(kind)
+        return dataclasses.replace(self, **{name: values[name] for name in PRESET_FIELDS if name not in self.explicit})
+
+    def preset_in_use(self, project_state: Mapping[str, str]) -> tuple[str, str]:
+        """The kind of task whose preset applies, and why: ``task`` if set, else the kind
+        read from the label config (``model.task_of_label_config``, kept in the project state)."""
+        if self.task is not None:
+            return self.task, "set per project"
+        if "label_config_task" in project_state:
+            return project_state["label_config_task"], project_state.get("label_config_task_reason", "from the label config")
+        return "classification", "the default: the label config has not been read yet"
+
+    def describe_preset(self, project_state: Mapping[str, str]) -> str:
+        """E.g. "detection, from the label config's RectangleLabels (strategy set per project)"."""
+        kind, reason = self.preset_in_use(project_state)
+        explicit = f" ({', '.join(self.explicit)} set per project)" if self.explicit else ""
+        return f"{kind}, {reason}{explicit}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

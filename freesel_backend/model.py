@@ -42,6 +42,30 @@ def image_field_of(label_config: str) -> str:
     )
 
 
+# Label Studio's image control tags that label objects (regions) rather than the whole image.
+OBJECT_TAGS = (
+    "RectangleLabels", "Rectangle", "PolygonLabels", "Polygon", "BrushLabels", "Brush", "KeyPointLabels", "KeyPoint",
+    "EllipseLabels", "Ellipse", "BitmaskLabels", "Bitmask", "MagicWand",
+)
+IMAGE_CLASS_TAGS = ("Choices", "Taxonomy")
+
+
+def task_of_label_config(label_config: str) -> tuple[str, str]:
+    """The kind of task (a preset name) the config labels, and why: any object tag makes it
+    detection ("detection, from the label config's RectangleLabels"); otherwise classification."""
+    try:
+        tags = [element.tag for element in ElementTree.fromstring(label_config or "").iter()]
+    except ElementTree.ParseError as error:
+        raise LabelConfigError(f"the project's labeling config is not valid XML: {error}") from None
+    found = [tag for tag in OBJECT_TAGS if tag in tags]
+    if found:
+        return "detection", f"from the label config's {', '.join(found)}"
+    classes = [tag for tag in IMAGE_CLASS_TAGS if tag in tags]
+    if classes:
+        return "classification", f"from the label config's {', '.join(classes)}"
+    return "classification", "the default: the label config has no object or class tag"
+
+
 def project_id_of(project: Any) -> int:
     """Label Studio sends the project as ``"<id>.<created timestamp>"`` (or an id, or a dict)."""
     if isinstance(project, Mapping):
@@ -68,7 +92,8 @@ class FreeSelModel(LabelStudioMLBase):
         """On connect: check the config, apply settings from the connect form, register the
         webhook, and enqueue patterns for the tasks already in the project. Returns the model version."""
         field = image_field_of(self.label_config or "")
-        self.store.update_state(self.project_id, image_field=field)
+        task, reason = task_of_label_config(self.label_config or "")
+        self.store.update_state(self.project_id, image_field=field, label_config_task=task, label_config_task_reason=reason)
         admin.apply_settings(self.backend, self.project_id, dict(extra_params or {}))
         settings = self.backend.settings
         self.backend.client.register_webhook(

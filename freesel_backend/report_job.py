@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 REPORT_OPTIONS = ReportOptions(map_thumbnails=200)
 # Project settings shown under their own heading by the report, or of no use there.
-HIDDEN_SETTINGS = ("enabled", "duplicate_threshold")
+HIDDEN_SETTINGS = ("enabled", "duplicate_threshold", "explicit")
 
 
 class NoSelectionYet(LookupError):
@@ -99,7 +99,7 @@ def build_project_report(project_id: int) -> dict[str, Any]:
         patterns=[patterns[t] for t in record.task_ids],
         ranking=record.ranking(),
         model_id=extractor.model_id if made_the_patterns else f"patterns version {record.patterns_version} (settings changed since)",
-        settings=_shown_settings(record, project_settings.to_dict()),
+        settings=_shown_settings(record, project_settings.to_dict(), project_settings.describe_preset(store.get_state(project_id))),
         failures=[Failure(f"task {t}", reason) for t, reason in sorted(store.failures(project_id, record.patterns_version).items())],
         duplicates=record.duplicates(),
         duplicate_threshold=record.duplicate_threshold,
@@ -111,6 +111,6 @@ def build_project_report(project_id: int) -> dict[str, Any]:
     return {"model_version": record.model_version, "bytes": len(html.encode())}
 
 
-def _shown_settings(record: SelectionRecord, project_settings: dict[str, Any]) -> dict[str, Any]:
+def _shown_settings(record: SelectionRecord, project_settings: dict[str, Any], preset: str) -> dict[str, Any]:
     shown = {name: value for name, value in project_settings.items() if name not in HIDDEN_SETTINGS}
-    return {**shown, "model version": record.model_version, "patterns version": record.patterns_version}
+    return {"preset": preset, **shown, "model version": record.model_version, "patterns version": record.patterns_version}

@@ -127,7 +127,7 @@ class Store:
 
     def get_settings(self, project_id: int) -> ProjectSettings:
         raw = self.redis.get(self._key(project_id, "settings"))
-        return ProjectSettings().updated(json.loads(raw)) if raw else ProjectSettings()
+        return ProjectSettings.from_stored(json.loads(raw)) if raw else ProjectSettings()
 
     def save_settings(self, project_id: int, settings: ProjectSettings) -> None:
         with self.redis.pipeline() as pipe:

@@ -7,6 +7,7 @@ from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, DuplicateGroups, find_near_
 from .images import ImageLoadError, list_image_files, load_image
 from .models import DEFAULT_MODEL, BackboneSpec, WeightsError
 from .patterns import DEFAULT_ATTENTION_RATIO, DEFAULT_PATTERNS_PER_IMAGE, ExtractorSettings, PatternExtractor
+from .presets import PRESET_FIELDS, TASKS, preset
 from .selection import STRATEGIES, Ranking, select
 
 __all__ = [
@@ -15,7 +16,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PATTERNS_PER_IMAGE",
     "DuplicateGroups",
+    "PRESET_FIELDS",
     "STRATEGIES",
+    "TASKS",
     "BackboneSpec",
     "ExtractorSettings",
     "ImageLoadError",
@@ -25,5 +28,6 @@ __all__ = [
     "find_near_duplicates",
     "list_image_files",
     "load_image",
+    "preset",
     "select",
 ]

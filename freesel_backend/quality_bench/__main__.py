@@ -85,14 +85,8 @@ def tuning_methods() -> list[Method]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m freesel_backend.quality_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", choices=("report", "tune"), default="report")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST IDX files ({DEFAULT_ROOT})")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features (.cache/quality_bench)")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="where the table and plot go (docs)")
-    parser.add_argument("--model", default="offline", help="backbone (offline: the bundled DINOv2 ViT-S/14)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (the test suite's quick run)")
+    add_shared_arguments(parser)
     parser.add_argument("--image-size", type=int, default=112, help="model input size for the 28x28 images (112)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--pool-size", type=int, default=10_000, help="first N training images (10000)")
     parser.add_argument("--test-size", type=int, default=10_000, help="first N test images (10000)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
@@ -100,6 +94,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ... (0)")
     parser.add_argument("--only", nargs="+", metavar="METHOD", help="score only these methods (exact names)")
     return parser.parse_args(argv)
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mode, data, cache, output and model options of both benchmarks."""
+    parser.add_argument("mode", nargs="?", choices=("report", "tune"), default="report")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST IDX files ({DEFAULT_ROOT})")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features and scores (.cache/quality_bench)")
+    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="where the tables (and plot) go (docs)")
+    parser.add_argument("--model", default="offline", help="backbone (offline: the bundled DINOv2 ViT-S/14)")
+    parser.add_argument("--random-init", action="store_true", help="random weights (the test suite's quick run)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,14 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         features = pool_features.subset(select_ids)
         probe = Probe.build(features.embeddings, pool.labels[select_ids],
                             pool_features.embeddings[score_ids], pool.labels[score_ids])
-        scores = score_methods(_chosen(tuning_methods(), args.only), features, probe, args.budgets, seeds, cache=_score_cache(args, "tune"))
+        scores = score_methods(chosen_methods(tuning_methods(), args.only), features, probe, args.budgets, seeds, cache=_score_cache(args, "tune"))
         name, title = "quality_tuning", f"Tuning: select from {len(select_ids)} pool images, score on the other {len(score_ids)}"
     else:
         assert test is not None
         test = test.subset(np.arange(min(args.test_size, len(test))))
         test_features = cached_features(test.images, "test", ExtractionSettings(**{**settings.__dict__, "configs": ()}), args.cache_dir)
         probe = Probe.build(pool_features.embeddings, pool.labels, test_features.embeddings, test.labels)
-        scores = score_methods(_chosen(report_methods(), args.only), pool_features, probe, args.budgets, seeds, cache=_score_cache(args, "report"))
+        scores = score_methods(chosen_methods(report_methods(), args.only), pool_features, probe, args.budgets, seeds, cache=_score_cache(args, "report"))
         name, title = "quality_results", f"Fashion-MNIST: pool {len(pool)}, test {len(test)}, {pool_features.model_id} at {args.image_size}px"
     tables = markdown_tables(scores)
     header = _header(args, pool_features, title, time.perf_counter() - started, len(seeds))
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _chosen(methods: list[Method], names: Sequence[str] | None) -> list[Method]:
+def chosen_methods(methods: list[Method], names: Sequence[str] | None) -> list[Method]:
     if not names:
         return methods
     unknown = set(names) - {method.name for method in methods}
@@ -172,7 +177,7 @@ def _header(args: argparse.Namespace, features: Features, title: str, seconds: f
 
 
 def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("__main__.py", "-m")
+    return Path(sys.argv[0]).name in ("__main__.py", "multi_object.py", "-m")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -61,17 +61,25 @@ def score_methods(
 ) -> list[Score]:
     """Every method's scores; with ``cache`` (a .json file), scores of a method already scored
     under the same name, budgets and seeds are reused (the name must carry its settings)."""
-    stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     scores = []
     for method in methods:
-        key = f"{method.name}|{list(budgets)}|{list(seeds)}"
-        if key not in stored:
-            stored[key] = [asdict(score) for score in _score_method(method, features, probe, budgets, seeds)]
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(stored, indent=1))
-        scores.extend(Score(**row) for row in stored[key])
+        rows = cached_rows(
+            cache, f"{method.name}|{list(budgets)}|{list(seeds)}",
+            lambda: [asdict(score) for score in _score_method(method, features, probe, budgets, seeds)],
+        )
+        scores.extend(Score(**row) for row in rows)
     return scores
+
+
+def cached_rows(cache: Path | None, key: str, compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``compute()``'s rows, stored under ``key`` in the .json file ``cache`` (None: no cache)."""
+    stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key not in stored:
+        stored[key] = compute()
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(stored, indent=1))
+    return list(stored[key])
 
 
 def _score_method(
@@ -82,7 +90,7 @@ def _score_method(
     seconds = []
     for seed in seeds:
         started = time.perf_counter()
-        picks_by_budget = _picks(method, features, budgets, seed)
+        picks_by_budget = method_picks(method, features, budgets, seed)
         seconds.append(time.perf_counter() - started)
         for budget, picks in picks_by_budget.items():
             accuracy[budget].append(probe.accuracy(picks))
@@ -95,7 +103,7 @@ def _score_method(
     ]
 
 
-def _picks(method: Method, features: Features, budgets: Sequence[int], seed: int) -> dict[int, np.ndarray]:
+def method_picks(method: Method, features: Features, budgets: Sequence[int], seed: int) -> dict[int, np.ndarray]:
     if method.nested:
         ranking = method.pick(features, max(budgets), seed)
         return {budget: ranking[:budget] for budget in budgets}

@@ -237,3 +237,30 @@ def _greedy_cover(covers: np.ndarray, budget: int, rng: np.random.Generator) -> 
         degree -= covers[:, newly].sum(axis=1)
     rest = rng.permutation(np.flatnonzero(~picked))
     return np.concatenate([np.asarray(picks, dtype=np.int64), rest])[:budget]
+
+
+# --- Candidates for multi-object images (multi_object.py); held-out `tune` first -------------
+
+
+def pattern_cluster_method(config: PatternConfig, *, components: int = 32) -> Method:
+    """Coverage of *patterns* rather than of images: k-means of every pattern of the pool
+    (PCA-whitened) into ``budget`` clusters; clusters visited largest first (density on patterns),
+    each giving the image that holds the pattern nearest its centroid, among images not yet picked."""
+
+    def pick(features: Features, budget: int, seed: int) -> np.ndarray:
+        pool = PatternPool(features.patterns[config])
+        points = whitened(pool.matrix, components=components)
+        labels, centres = _kmeans_labels(points, min(budget, len(points)), seed, 1)
+        squared = (points**2).sum(1) - 2 * (points * centres[labels]).sum(1)  # distance to its own centre, shifted
+        available = np.ones(pool.n_images, dtype=bool)
+        picks: list[int] = []
+        for cluster in np.argsort(-np.bincount(labels), kind="stable"):
+            rows = np.flatnonzero((labels == cluster) & available[pool.owner])
+            if len(rows) == 0:
+                continue
+            chosen = int(pool.owner[rows[np.argmin(squared[rows])]])
+            picks.append(chosen)
+            available[chosen] = False
+        return np.asarray(picks[:budget])
+
+    return Method(f"pattern clusters K={config[0]} r={config[1]}", pick, nested=False)
