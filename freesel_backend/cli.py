@@ -20,6 +20,7 @@ from .engine import (
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
     DEFAULT_PATTERNS_PER_IMAGE,
+    PRECISIONS,
     STRATEGIES,
     PatternExtractor,
     WeightsError,
@@ -72,7 +73,10 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         "--device", help="cpu, cuda, cuda:1 ... for the model and, on a GPU, the selection's distance "
         "products (default: cuda when available; selection moves to it from 50,000 patterns on)",
     )
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto",
+        help="auto (default): bf16 where the CPU or GPU multiplies bfloat16 natively, else fp32",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking")
     parser.add_argument("--load-patterns", type=Path, help="re-rank from a --save-patterns file instead of extracting")

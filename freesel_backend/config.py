@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, DEFAULT_PATTERNS_PER_IMAGE, STRATEGIES
+from .engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_MODEL, DEFAULT_PATTERNS_PER_IMAGE, PRECISIONS, STRATEGIES
 from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
@@ -80,7 +80,7 @@ class Settings:
     basic_auth_user: str = ""
     basic_auth_pass: str = dataclasses.field(default="", repr=False)
     device: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_size: int = 32
     chunk_size: int = 64
     job_timeout_s: int = 3600
@@ -105,9 +105,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        precision = env.get("FREESEL_PRECISION", "fp32").strip() or "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise SettingsError(f"FREESEL_PRECISION must be fp32 or bf16, got {precision!r}")
+        precision = env.get("FREESEL_PRECISION", "auto").strip() or "auto"
+        if precision not in PRECISIONS:
+            raise SettingsError(f"FREESEL_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         image_size = _int_env(env, "FREESEL_TEST_IMAGE_SIZE", 0, minimum=0)
         return cls(
             label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").strip().rstrip("/"),

@@ -111,6 +111,9 @@ def version_of(extractor: PatternExtractor) -> str:
         kmeans_iterations=options.kmeans_iterations,
         seed=options.seed,
         random_init=extractor.backbone_spec.random_init,
+        # bf16 patterns differ from fp32 ones by rounding: never mixed in one ranking. fp32 stays
+        # out of the name so that patterns stored before precision was part of it stay valid.
+        **({"precision": extractor.precision} if extractor.precision != "fp32" else {}),
     )
 
 
