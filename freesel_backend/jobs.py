@@ -30,7 +30,7 @@ from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near
 from .engine.selection import PatternPool
 from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import SelectionRecord, Store, patterns_version
-from .writeout import VERSION_PREFIX, enqueue_writeout, flagged, write_lock
+from .writeout import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
 
 log = logging.getLogger(__name__)
 
@@ -524,14 +524,12 @@ def remove_selection(project_id: int) -> dict[str, int]:
     store = context.store
     ours = [int(p["id"]) for p in context.client.list_predictions(project_id) if str(p.get("model_version") or "").startswith(VERSION_PREFIX)]
     flags = store.get_flags(project_id)
-    with write_lock(store, project_id):
-        for prediction_id in ours:
-            context.client.delete_prediction(prediction_id)
-        tasks = {int(task["id"]): task for task in context.client.get_tasks(project_id, sorted(flags))} if flags else {}
-        for task_id in flags:
-            if task_id in tasks:
-                context.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
-            store.set_flag(project_id, task_id, None)
+    delete_predictions(context.client, store, context.settings, project_id, ours)
+    tasks = {int(task["id"]): task for task in context.client.get_tasks(project_id, sorted(flags))} if flags else {}
+    for task_id in flags:
+        if task_id in tasks:
+            context.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
+        store.set_flag(project_id, task_id, None)
     store.replace_predictions(project_id, {})
     store.forget_ranking(project_id)
     log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, len(ours), len(flags))

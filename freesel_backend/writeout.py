@@ -25,6 +25,7 @@ replaces the target: the next step works towards it.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ TASK_DATA_BATCH = 100
 DELETE_BATCH = 50
 # Scores closer than this cannot be told apart reliably: a full import renormalises them.
 MIN_SCORE_GAP = 1e-9
-LOCK_TIMEOUT_S = 900
+# The project's write lock outlives the longest single request by this much; it is renewed before
+# every request, so a killed worker's lock frees itself soon.
+LOCK_MARGIN_S = 15
 
 
 # ---- planning scores ----------------------------------------------------------------------------
@@ -195,6 +198,7 @@ class Step:
     settings: Settings
     project_id: int
     budget: int
+    lock: Any
     started_requests: int = 0
     writes: int = 0
 
@@ -206,12 +210,25 @@ class Step:
         return self.client.requests_sent - self.started_requests
 
     def spend(self) -> None:
+        """Before a request: stop when the budget is used, else renew the write lock."""
         if self.requests >= self.budget:
             raise OutOfRequests()
+        self.lock.reacquire()
 
 
-def write_lock(store: Store, project_id: int) -> Any:
-    return store.redis.lock(store._key(project_id, "writeout-lock"), timeout=LOCK_TIMEOUT_S)
+def write_lock(store: Store, settings: Settings, client: LabelStudioClient, project_id: int) -> Any:
+    """The project's Label Studio write lock: held by a write-out step, or by a cleanup batch."""
+    longest = max(client.timeout, settings.label_studio_write_timeout_s) + LOCK_MARGIN_S
+    return store.redis.lock(store._key(project_id, "writeout-lock"), timeout=longest)
+
+
+def delete_predictions(client: LabelStudioClient, store: Store, settings: Settings, project_id: int, prediction_ids: Sequence[int]) -> None:
+    """Delete these predictions one request each (a whole-version DELETE takes ~14 ms per
+    prediction in one request and outlives client timeouts), holding the write lock per batch."""
+    for start in range(0, len(prediction_ids), DELETE_BATCH):
+        with write_lock(store, settings, client, project_id):
+            for prediction_id in prediction_ids[start : start + DELETE_BATCH]:
+                client.delete_prediction(prediction_id)
 
 
 def write_out(project_id: int) -> dict[str, Any]:
@@ -220,11 +237,11 @@ def write_out(project_id: int) -> dict[str, Any]:
 
     context = _context()
     store, settings = context.store, context.settings
-    lock = write_lock(store, project_id)
+    lock = write_lock(store, settings, context.client, project_id)
     if not lock.acquire(blocking=True, blocking_timeout=5):
         enqueue_writeout(store.redis, settings, project_id, delay_s=5)
         return {"waiting": "another write-out or cleanup of the project holds its write lock"}
-    step = Step(context.client, store, settings, project_id, settings.writeout_step_requests)
+    step = Step(context.client, store, settings, project_id, settings.writeout_step_requests, lock)
     progress = JobProgress(0, stage="writing")
     started = time.monotonic()
     finished, target = False, None
@@ -265,6 +282,9 @@ def _record(store: Store, project_id: int, target: Mapping[str, Any] | None, ste
 
 def _advance(step: Step, target: dict[str, Any], progress: Any) -> bool:
     state = step.store.get_state(step.project_id)
+    if "import_in_flight" in state:  # a step died waiting for an import's answer
+        _recover_import(step, json.loads(state["import_in_flight"]))
+        state = step.store.get_state(step.project_id)
     if target["full"] and target["model_version"] != state.get("model_version"):
         _full_import(step, target, progress)
     return _in_place(step, target, progress)
@@ -339,41 +359,69 @@ def _prediction(task: int, score: float, cluster: int, version: str) -> dict[str
 
 
 def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
-    """Import ``batch`` (never twice): if the request times out, wait for Label Studio to show
-    the predictions and record those it has; the rest is imported by a later pass."""
+    """Import ``batch``, never twice: the batch is marked in flight first, and a request that
+    timed out (or a step killed meanwhile, see :func:`_recover_import`) is looked up in Label
+    Studio before anything else is imported."""
     if not batch:
         return
     step.spend()
     version = next(iter(batch.values()))["model_version"]
+    in_flight = {"model_version": version, "staged": staged or "", "tasks": sorted(batch), "sent_at": time.time()}
+    step.store.update_state(step.project_id, import_in_flight=json.dumps(in_flight))
     try:
         step.client.import_predictions(step.project_id, list(batch.values()), timeout=step.settings.label_studio_write_timeout_s)
     except LabelStudioUnavailable as error:
         if not error.timed_out:
+            step.store.redis.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
             raise
-        stored = _await_import(step, version, set(batch))
-        log.warning("project %s: importing %d predictions timed out; Label Studio has %d of them", step.project_id, len(batch), len(stored))
-        step.store.update_predictions(step.project_id, {t: {**batch[t], "id": stored[t]} for t in stored}, staged=staged)
         step.writes += 1
+        log.warning("project %s: importing %d predictions timed out: asking Label Studio what it stored", step.project_id, len(batch))
+        _recover_import(step, in_flight)
         raise OutOfRequests() from None  # the next step plans again from what Label Studio has
     step.writes += 1
-    step.store.update_predictions(step.project_id, dict(batch), staged=staged)
+    with step.store.redis.pipeline() as pipe:
+        pipe.hset(_predictions_key(step, staged), mapping={int(t): json.dumps(p) for t, p in batch.items()})
+        pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
+        pipe.execute()
 
 
-def _await_import(step: Step, version: str, tasks: set[int]) -> dict[int, int]:
-    """Prediction ids of ``version`` for ``tasks`` once Label Studio shows all of them, or
-    what it shows after waiting about four write timeouts (at least 20 s)."""
-    deadline = time.monotonic() + max(20.0, 4 * step.settings.label_studio_write_timeout_s)
+def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
+    """Record what Label Studio stored of an import whose answer never came (timed out, or the
+    worker died): what it shows after waiting is recorded, the rest is imported again later."""
+    version, tasks = in_flight["model_version"], set(in_flight["tasks"])
+    stored = _await_import(step, version, tasks, float(in_flight["sent_at"]))
+    log.warning("project %s: %d of %d predictions of an unanswered import are in Label Studio", step.project_id, len(stored), len(tasks))
+    scores = {int(p["task"]): p for p in stored.values()}
+    with step.store.redis.pipeline() as pipe:
+        if scores:
+            pipe.hset(
+                _predictions_key(step, in_flight["staged"] or None),
+                mapping={t: json.dumps(_prediction(t, float(p["score"]), -1 if p.get("cluster") is None else int(p["cluster"]), version) | {"id": int(p["id"])}) for t, p in scores.items()},
+            )
+        pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
+        pipe.execute()
+
+
+def _predictions_key(step: Step, staged: str | None) -> str:
+    return step.store._key(step.project_id, "staged", staged) if staged else step.store._key(step.project_id, "predictions")
+
+
+def _await_import(step: Step, version: str, tasks: set[int], sent_at: float) -> dict[int, dict[str, Any]]:
+    """Predictions of ``version`` for ``tasks`` once Label Studio shows all of them, or what it
+    shows about four write timeouts (at least 20 s) after the import was sent."""
+    deadline = sent_at + max(20.0, 4 * step.settings.label_studio_write_timeout_s)
     while True:
-        stored = _ids_of(step, version, tasks)
-        if len(stored) == len(tasks) or time.monotonic() > deadline:
+        step.lock.reacquire()
+        stored = _listed(step, version, tasks)
+        if len(stored) == len(tasks) or time.time() > deadline:
             return stored
         time.sleep(1.0)
 
 
-def _ids_of(step: Step, version: str, tasks: Iterable[int]) -> dict[int, int]:
+def _listed(step: Step, version: str, tasks: Iterable[int]) -> dict[int, dict[str, Any]]:
     wanted = set(tasks)
     return {
-        int(p["task"]): int(p["id"])
+        int(p["task"]): p
         for p in step.client.list_predictions(step.project_id)
         if p.get("model_version") == version and int(p["task"]) in wanted
     }
@@ -386,11 +434,11 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
     if not without:
         return
     step.spend()
-    ids = _ids_of(step, version, without)
-    step.store.update_predictions(step.project_id, {t: {**predictions[t], "id": ids[t]} for t in ids}, staged=staged)
-    lost = without - set(ids)
+    listed = _listed(step, version, without)
+    step.store.update_predictions(step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged)
+    lost = without - set(listed)
     if lost:  # imported but gone (tasks deleted meanwhile): forget them, a later pass imports what is still ranked
-        step.store.redis.hdel(step.store._key(step.project_id, "staged", staged) if staged else step.store._key(step.project_id, "predictions"), *lost)
+        step.store.redis.hdel(_predictions_key(step, staged), *lost)
 
 
 def _write_flags(step: Step, target: Mapping[str, Any], additions: bool) -> None:
@@ -425,9 +473,7 @@ def flagged(data: Mapping[str, Any], text: str | None) -> dict[str, Any]:
 
 
 def delete_old_versions(project_id: int) -> dict[str, int]:
-    """Delete FreeSel predictions of versions that are neither live nor being imported, one
-    request per prediction (a whole-version DELETE takes ~14 ms per prediction in one request
-    and outlives client timeouts), holding the project's write lock per batch only."""
+    """Delete FreeSel predictions of versions that are neither live nor being imported."""
     from .jobs import _context
 
     context = _context()
@@ -441,9 +487,6 @@ def delete_old_versions(project_id: int) -> dict[str, int]:
         for p in context.client.list_predictions(project_id)
         if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in keep
     ]
-    for start in range(0, len(old), DELETE_BATCH):
-        with write_lock(store, project_id):
-            for prediction_id in old[start : start + DELETE_BATCH]:
-                context.client.delete_prediction(prediction_id)
+    delete_predictions(context.client, store, context.settings, project_id, old)
     log.info("project %s: %d predictions of old versions deleted", project_id, len(old))
     return {"deleted_predictions": len(old)}
