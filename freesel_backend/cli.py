@@ -29,7 +29,7 @@ from .engine import (
     load_image,
     select,
 )
-from .config import DEFAULT_PORT, QUEUES
+from .config import DEFAULT_PORT, QUEUES, SettingsError
 from .engine.duplicates import DuplicateGroups
 from .engine.selection import DEFAULT_STRATEGY, Ranking, resolve_budget
 from .report import Failure, ReportData, ReportOptions, build_report, write_report
@@ -348,13 +348,21 @@ def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         f"rq worker --with-scheduler -w rq.worker.SimpleWorker --url $REDIS_URL {' '.join(QUEUES)}",
     )
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.add_argument(
+        "--queues", default=",".join(QUEUES),
+        help=f"comma-separated queues to take jobs from, first ones first (default: all, {','.join(QUEUES)})",
+    )
     parser.set_defaults(run=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from .service import work
 
-    return work(burst=args.burst)
+    queues = tuple(name.strip() for name in args.queues.split(",") if name.strip())
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise SettingsError(f"--queues: unknown queue(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(QUEUES)}")
+    return work(burst=args.burst, queues=queues)
 
 
 def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -408,14 +416,17 @@ def describe_status(status: dict[str, Any]) -> str:
         counts = f" {selection['done']}/{selection['total']}" if selection.get("total") else ""
         lines.append(f"selection: running: {selection['stage']}{counts}")
     if status["last_selection_at"]:
-        lines.append(
-            f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']} "
-            f"(model version {status['model_version']})"
-        )
+        lines.append(f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']}")
     else:
         lines.append("last ranking: none yet")
+    lines += describe_label_studio_side(status)
     waiting = [f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n) for queue, groups in status["jobs"].items() if any(groups.values())]
     lines.append("jobs: " + ("; ".join(waiting) if waiting else "none"))
+    lines += [f"failed job: {job['description']}: {job['error']}" for job in status.get("failed_jobs", [])]
+    lines += [
+        f"retrying: {job['description']} at {job['next_try_at']} ({job['retries_left']} retries left): {job['error']}"
+        for job in status.get("retrying", [])
+    ]
     duplicates = status.get("near_duplicates")
     if duplicates and duplicates["groups"]:
         groups = "; ".join(", ".join(f"task {t}" for t in group) for group in duplicates["listed"][:10])
@@ -425,6 +436,26 @@ def describe_status(status: dict[str, Any]) -> str:
         )
     lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
     return "\n".join(lines)
+
+
+def describe_label_studio_side(status: dict[str, Any]) -> list[str]:
+    """What Label Studio's queue serves now, and the last ranking's write-out."""
+    live, writeout = status.get("live"), status.get("writeout")
+    lines = []
+    if live:
+        written = f", ranking {live['ranking']} written at {live['written_at']}" if live["ranking"] else ""
+        lines.append(f"live in Label Studio: model version {live['model_version']} since {live['switched_at']}{written}")
+    else:
+        lines.append("live in Label Studio: nothing yet")
+    if writeout:
+        step = writeout["step"]
+        doing = f", now {step['stage']} {step['done']}/{step['total']}" if step and step.get("total") else ""
+        rate = f", {writeout['per_s']:.1f}/s, ETA {writeout['eta_s']:.0f} s" if writeout["per_s"] else ""
+        lines.append(
+            f"write-out of ranking {writeout['ranking']}{' (new version)' if writeout['new_version'] else ''}: {writeout['state']}, "
+            f"{writeout['writes']} writes in {writeout['label_studio_requests']} Label Studio requests, {writeout['seconds']:.1f} s{doing}{rate}"
+        )
+    return lines
 
 
 def _rate_and_eta(progress: dict[str, Any]) -> str:
