@@ -74,8 +74,8 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         "products (default: cuda when available; selection moves to it from 50,000 patterns on)",
     )
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default="auto",
-        help="auto (default): bf16 where the CPU or GPU multiplies bfloat16 natively, else fp32",
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (default); bf16; auto: bf16 where the CPU or GPU multiplies bfloat16 natively, else fp32",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking")

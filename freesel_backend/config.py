@@ -98,7 +98,7 @@ class Settings:
     basic_auth_user: str = ""
     basic_auth_pass: str = dataclasses.field(default="", repr=False)
     device: str | None = None
-    precision: str = "auto"
+    precision: str = "fp32"
     batch_size: int = 32
     chunk_size: int = 64
     job_timeout_s: int = 3600
@@ -131,7 +131,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        precision = env.get("FREESEL_PRECISION", "auto").strip() or "auto"
+        precision = env.get("FREESEL_PRECISION", "fp32").strip() or "fp32"
         if precision not in PRECISIONS:
             raise SettingsError(f"FREESEL_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         image_size = _int_env(env, "FREESEL_TEST_IMAGE_SIZE", 0, minimum=0)

@@ -1,5 +1,5 @@
-"""Extraction precision: bfloat16 by default where the hardware multiplies it natively, float32
-elsewhere; FREESEL_PRECISION overrides; patterns of one precision never pass for the other's."""
+"""Extraction precision: float32 by default; ``auto`` takes bfloat16 where the hardware multiplies it
+natively; patterns of one precision never pass for the other's."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from freesel_backend.jobs import version_of
 from tests.helpers import tiny_extractor
 
 
-def test_auto_is_the_default_and_each_precision_can_be_forced() -> None:
-    assert Settings.from_env({}).precision == "auto"
-    assert Settings.from_env({"FREESEL_PRECISION": "fp32"}).precision == "fp32"
+def test_fp32_is_the_default_and_auto_or_bf16_can_be_chosen() -> None:
+    assert Settings.from_env({}).precision == "fp32"
+    assert Settings.from_env({"FREESEL_PRECISION": "auto"}).precision == "auto"
     assert Settings.from_env({"FREESEL_PRECISION": " bf16 "}).precision == "bf16"
     with pytest.raises(SettingsError, match="FREESEL_PRECISION must be one of auto, fp32, bf16, got 'fp16'"):
         Settings.from_env({"FREESEL_PRECISION": "fp16"})

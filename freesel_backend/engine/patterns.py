@@ -39,7 +39,7 @@ DEFAULT_ATTENTION_RATIO = 1.0
 def native_precision(device: torch.device) -> Precision:
     """bf16 where ``device`` multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs
     from NVIDIA Ampere on), fp32 elsewhere: emulated bfloat16 is no faster than float32. The
-    patterns differ by bfloat16's rounding only; docs/quality.md measured no loss of quality."""
+    patterns differ by bfloat16's rounding (quality of both measured in docs/quality.md)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     if device.type == "cpu":
