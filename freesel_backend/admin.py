@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 import redis
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from .config import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, ProjectSettings, Settings
+from .config import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings
 from .engine import preset
-from .jobs import VERSION_PREFIX, client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
+from .jobs import client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
 from .label_studio import LabelStudioClient
 from .store import Store
 
@@ -24,6 +25,10 @@ from .store import Store
 PATTERN_FIELDS = frozenset({"patterns_per_image", "attention_ratio", "model", "seed"})
 MAX_LISTED_FAILURES = 100
 MAX_LISTED_GROUPS = 100
+MAX_LISTED_JOBS = 10
+# Label Studio calls /setup twice on connect and again now and then: a /setup without changes
+# lists the project's tasks (a sync) at most once per this many seconds.
+SETUP_SYNC_INTERVAL_S = 300
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
         if before.enabled or not changes:
             disable(backend, project_id)
         return after
-    if new_project or not before.enabled or not changes or any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS):
+    patterns_changed = any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS)
+    if new_project or not before.enabled or patterns_changed or (not changes and _sync_due(store, project_id)):
         remember_previous_sampling(backend.client, store, project_id)
         enqueue_sync(backend.connection, backend.settings, project_id)
     elif before != after:
@@ -65,23 +71,24 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
     return after
 
 
+def _sync_due(store: Store, project_id: int) -> bool:
+    """True at most once per SETUP_SYNC_INTERVAL_S for the project."""
+    return bool(store.redis.set(store._key(project_id, "setup-sync"), time.time(), nx=True, ex=SETUP_SYNC_INTERVAL_S))
+
+
 def enable(backend: Backend, project_id: int) -> ProjectSettings:
     return apply_settings(backend, project_id, {"enabled": True})
 
 
 def disable(backend: Backend, project_id: int) -> ProjectSettings:
-    """Stop FreeSel for the project: delete its predictions, restore the sampling and model
-    version the project had before, and remove the flags (in a job)."""
+    """Stop FreeSel for the project: restore the sampling and model version the project had
+    before, then delete its predictions and remove the flags (in a cleanup job)."""
     store = backend.store
     settings = store.get_settings(project_id)
     if settings.enabled:
         settings = settings.updated({"enabled": False})
         store.save_settings(project_id, settings)
     client = backend.client
-    # Delete first: Label Studio clears the project's model_version when deleting that version.
-    for version in client.list_model_versions(project_id):
-        if version.startswith(VERSION_PREFIX):
-            client.delete_model_version(project_id, version)
     state = store.get_state(project_id)
     if "previous_sampling" in state:
         client.update_project(
@@ -99,7 +106,9 @@ def reselect(backend: Backend, project_id: int) -> str:
 
 
 def status(backend: Backend, project_id: int) -> dict[str, Any]:
-    """Counts for an admin: tasks, patterns done/failed (with reasons), progress, picks, jobs."""
+    """Counts for an admin: tasks, patterns done/failed (with reasons), progress, the ranking
+    live in Label Studio and the one being written, jobs (failed and retrying ones with their
+    error), Label Studio requests of the last write-out."""
     store = backend.store
     state = store.get_state(project_id)
     project_settings = store.get_settings(project_id)
@@ -107,7 +116,6 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
     done, failed = store.count_done(project_id, version) if version else (0, 0)
     failures = store.failures(project_id, version) if version else {}
     tasks = len(store.task_ids(project_id))
-    last = state.get("last_selection_at")
     jobs = project_jobs(backend.connection, project_id)
     return {
         "project": project_id,
@@ -123,8 +131,12 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "ranked": int(state.get("n_ranked", 0)),
         "model_version": state.get("model_version"),
         "patterns_version": version or None,
-        "last_selection_at": datetime.datetime.fromtimestamp(float(last), datetime.timezone.utc).isoformat() if last else None,
+        "last_selection_at": _iso(state.get("last_selection_at")),
+        "live": live_ranking(state),
+        "writeout": writeout_status(store, project_id, jobs),
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
+        "failed_jobs": [_job_problem(job) for job in _failed_jobs(backend.connection, project_id)],
+        "retrying": [_job_problem(job, backend.connection) for groups in jobs.values() for job in groups["scheduled"] if _attempts(job)],
         "near_duplicates": near_duplicates(store, project_id),
     }
 
@@ -134,6 +146,83 @@ def preset_status(project_settings: ProjectSettings, state: Mapping[str, str]) -
     kind, reason = project_settings.preset_in_use(state)
     return {"task": kind, "reason": reason, "values": preset(kind), "explicit": list(project_settings.explicit),
             "description": project_settings.describe_preset(state)}
+
+
+def _iso(timestamp: str | float | None) -> str | None:
+    if not timestamp:
+        return None
+    return datetime.datetime.fromtimestamp(float(timestamp), datetime.timezone.utc).isoformat()
+
+
+def live_ranking(state: Mapping[str, str]) -> dict[str, Any] | None:
+    """What Label Studio's queue serves now: the model version, since when, and which ranking."""
+    if not state.get("model_version") or not state.get("switched_at"):
+        return None
+    return {
+        "model_version": state["model_version"],
+        "switched_at": _iso(state["switched_at"]),
+        "ranking": int(state["live_generation"]) if state.get("live_generation") else None,
+        "written_at": _iso(state.get("live_at")),
+    }
+
+
+def writeout_status(store: Store, project_id: int, jobs: Mapping[str, Mapping[str, list[Job]]]) -> dict[str, Any] | None:
+    """The last ranking's write-out: requests and writes so far, the running step's stage and
+    counts, its rate and ETA."""
+    target = store.get_target(project_id)
+    if target is None:
+        return None
+    raw = {k.decode(): v.decode() for k, v in store.redis.hgetall(store._key(project_id, "writeout")).items()}
+    same = raw.get("generation") == str(target["generation"])
+    running = next(iter(jobs[WRITEOUT_QUEUE]["running"]), None)
+    stage = None if running is None else {key: running.meta.get(key) for key in ("stage", "done", "total")}
+    rate = eta = None
+    if running is not None and running.meta.get("done") and running.started_at:
+        elapsed = (datetime.datetime.now(datetime.timezone.utc) - running.started_at.replace(tzinfo=datetime.timezone.utc)).total_seconds()
+        rate = running.meta["done"] / max(elapsed, 1e-9)
+        eta = (running.meta["total"] - running.meta["done"]) / rate
+    finished = same and "finished_at" in raw
+    return {
+        "ranking": target["generation"],
+        "model_version": target["model_version"],
+        "new_version": bool(target["full"]),
+        "state": "done" if finished else "writing",
+        "label_studio_requests": int(raw.get("requests", 0)) if same else 0,
+        "writes": int(raw.get("writes", 0)) if same else 0,
+        "seconds": round(float(raw.get("seconds", 0)), 1) if same else 0.0,
+        "finished_at": _iso(raw.get("finished_at")) if finished else None,
+        "step": stage,
+        "per_s": round(rate, 2) if rate else None,
+        "eta_s": round(eta, 1) if eta is not None else None,
+    }
+
+
+def _attempts(job: Job) -> bool:
+    """True for a job that failed at least once (a retry is what it waits for)."""
+    return job.latest_result() is not None
+
+
+def _failed_jobs(connection: redis.Redis, project_id: int) -> list[Job]:
+    found: list[Job] = []
+    for name in QUEUES:
+        ids = FailedJobRegistry(queue=Queue(name, connection=connection)).get_job_ids()
+        found += [job for job in Job.fetch_many(ids[-MAX_LISTED_JOBS:], connection=connection) if job and job.meta.get("project") == project_id]
+    return found[-MAX_LISTED_JOBS:]
+
+
+def _job_problem(job: Job, connection: redis.Redis | None = None) -> dict[str, Any]:
+    """A failed or retrying job: what it is, its last error line, and when it retries."""
+    result = job.latest_result()
+    error = (result.exc_string if result is not None and result.exc_string else job.exc_info or "").strip().splitlines()
+    answer: dict[str, Any] = {"job": job.id, "description": job.description, "error": error[-1] if error else None}
+    if connection is not None:
+        registry = ScheduledJobRegistry(queue=Queue(job.origin, connection=connection))
+        try:
+            answer["next_try_at"] = registry.get_scheduled_time(job).isoformat()
+        except NoSuchJobError:  # enqueued for its retry this very moment
+            answer["next_try_at"] = None
+        answer["retries_left"] = job.retries_left
+    return answer
 
 
 def near_duplicates(store: Store, project_id: int) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from .engine import (
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
     DEFAULT_PATTERNS_PER_IMAGE,
+    PRECISIONS,
     PRESET_FIELDS,
     STRATEGIES,
     TASKS,
@@ -31,7 +32,7 @@ from .engine import (
     preset,
     select,
 )
-from .config import DEFAULT_PORT, QUEUES
+from .config import DEFAULT_PORT, QUEUES, SettingsError
 from .engine.duplicates import DuplicateGroups
 from .engine.selection import Ranking, resolve_budget
 from .report import Failure, ReportData, ReportOptions, build_report, write_report
@@ -81,7 +82,10 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         "--device", help="cpu, cuda, cuda:1 ... for the model and, on a GPU, the selection's distance "
         "products (default: cuda when available; selection moves to it from 50,000 patterns on)",
     )
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (default); bf16; auto: bf16 where the CPU or GPU multiplies bfloat16 natively, else fp32",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking")
     parser.add_argument("--load-patterns", type=Path, help="re-rank from a --save-patterns file instead of extracting")
@@ -365,13 +369,21 @@ def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         f"rq worker --with-scheduler -w rq.worker.SimpleWorker --url $REDIS_URL {' '.join(QUEUES)}",
     )
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.add_argument(
+        "--queues", default=",".join(QUEUES),
+        help=f"comma-separated queues to take jobs from, first ones first (default: all, {','.join(QUEUES)})",
+    )
     parser.set_defaults(run=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from .service import work
 
-    return work(burst=args.burst)
+    queues = tuple(name.strip() for name in args.queues.split(",") if name.strip())
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise SettingsError(f"--queues: unknown queue(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(QUEUES)}")
+    return work(burst=args.burst, queues=queues)
 
 
 def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -426,14 +438,17 @@ def describe_status(status: dict[str, Any]) -> str:
         counts = f" {selection['done']}/{selection['total']}" if selection.get("total") else ""
         lines.append(f"selection: running: {selection['stage']}{counts}")
     if status["last_selection_at"]:
-        lines.append(
-            f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']} "
-            f"(model version {status['model_version']})"
-        )
+        lines.append(f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']}")
     else:
         lines.append("last ranking: none yet")
+    lines += describe_label_studio_side(status)
     waiting = [f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n) for queue, groups in status["jobs"].items() if any(groups.values())]
     lines.append("jobs: " + ("; ".join(waiting) if waiting else "none"))
+    lines += [f"failed job: {job['description']}: {job['error']}" for job in status.get("failed_jobs", [])]
+    lines += [
+        f"retrying: {job['description']} at {job['next_try_at']} ({job['retries_left']} retries left): {job['error']}"
+        for job in status.get("retrying", [])
+    ]
     duplicates = status.get("near_duplicates")
     if duplicates and duplicates["groups"]:
         groups = "; ".join(", ".join(f"task {t}" for t in group) for group in duplicates["listed"][:10])
@@ -443,6 +458,26 @@ def describe_status(status: dict[str, Any]) -> str:
         )
     lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
     return "\n".join(lines)
+
+
+def describe_label_studio_side(status: dict[str, Any]) -> list[str]:
+    """What Label Studio's queue serves now, and the last ranking's write-out."""
+    live, writeout = status.get("live"), status.get("writeout")
+    lines = []
+    if live:
+        written = f", ranking {live['ranking']} written at {live['written_at']}" if live["ranking"] else ""
+        lines.append(f"live in Label Studio: model version {live['model_version']} since {live['switched_at']}{written}")
+    else:
+        lines.append("live in Label Studio: nothing yet")
+    if writeout:
+        step = writeout["step"]
+        doing = f", now {step['stage']} {step['done']}/{step['total']}" if step and step.get("total") else ""
+        rate = f", {writeout['per_s']:.1f}/s, ETA {writeout['eta_s']:.0f} s" if writeout["per_s"] else ""
+        lines.append(
+            f"write-out of ranking {writeout['ranking']}{' (new version)' if writeout['new_version'] else ''}: {writeout['state']}, "
+            f"{writeout['writes']} writes in {writeout['label_studio_requests']} Label Studio requests, {writeout['seconds']:.1f} s{doing}{rate}"
+        )
+    return lines
 
 
 def _rate_and_eta(progress: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from .engine import (
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
     DEFAULT_PATTERNS_PER_IMAGE,
+    PRECISIONS,
     PRESET_FIELDS,
     STRATEGIES,
     TASKS,
@@ -29,8 +30,13 @@ from .engine import (
 from .engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
-SELECTION_QUEUE = "freesel-selection"
-QUEUES = (FEATURES_QUEUE, SELECTION_QUEUE)
+SELECTION_QUEUE = "freesel-selection"  # rankings and project syncs
+WRITEOUT_QUEUE = "freesel-writeout"  # predictions and flags written to Label Studio, in bounded steps
+CLEANUP_QUEUE = "freesel-cleanup"  # old prediction versions deleted, flags removed after disable
+QUEUES = (FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, CLEANUP_QUEUE)
+# What ``serve`` without REDIS_URL starts: one worker process per group, so that a long write-out
+# or pattern extraction never holds up another project's ranking.
+EMBEDDED_WORKER_QUEUES = ((FEATURES_QUEUE,), (SELECTION_QUEUE,), (WRITEOUT_QUEUE, CLEANUP_QUEUE))
 DEFAULT_PORT = 9090
 
 
@@ -48,6 +54,19 @@ def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _seconds_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
     return value
 
 
@@ -106,6 +125,14 @@ class Settings:
     # the configured Label Studio host is always allowed.
     allow_private_downloads: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
+    # The write-out: the first head_size tasks of the queue are kept in exact order and flagged;
+    # a re-ranking starts at most once per rerank_interval_s per project; a write-out job makes at
+    # most writeout_step_requests requests, then yields its worker; bulk imports and version
+    # deletes may take label_studio_write_timeout_s before Label Studio is asked what it did.
+    head_size: int = 300
+    rerank_interval_s: int = 10
+    writeout_step_requests: int = 200
+    label_studio_write_timeout_s: float = 120.0
     webhook_secret_override: str = dataclasses.field(default="", repr=False)
     # Tests only: random weights and a small input size, so a tiny ViT runs in a test worker.
     test_random_init: bool = False
@@ -115,8 +142,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         precision = env.get("FREESEL_PRECISION", "fp32").strip() or "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise SettingsError(f"FREESEL_PRECISION must be fp32 or bf16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise SettingsError(f"FREESEL_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         image_size = _int_env(env, "FREESEL_TEST_IMAGE_SIZE", 0, minimum=0)
         return cls(
             label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").strip().rstrip("/"),
@@ -140,6 +167,10 @@ class Settings:
             download_timeout_s=_int_env(env, "FREESEL_DOWNLOAD_TIMEOUT", 30),
             allow_private_downloads=_bool_env(env, "FREESEL_ALLOW_PRIVATE_DOWNLOADS"),
             max_request_bytes=_int_env(env, "FREESEL_MAX_REQUEST_BYTES", 64 * 1024 * 1024),
+            head_size=_int_env(env, "FREESEL_HEAD_SIZE", 300),
+            rerank_interval_s=_int_env(env, "FREESEL_RERANK_INTERVAL", 10, minimum=0),
+            writeout_step_requests=_int_env(env, "FREESEL_WRITEOUT_STEP", 200),
+            label_studio_write_timeout_s=_seconds_env(env, "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT", 120.0),
             webhook_secret_override=env.get("FREESEL_WEBHOOK_SECRET", "").strip(),
             test_random_init=_bool_env(env, "FREESEL_TEST_RANDOM_INIT"),
             test_image_size=image_size or None,

@@ -3,13 +3,17 @@
 Job functions take plain arguments (project id, task ids) and never a secret: workers read
 ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment. Enqueue helpers take
 the Redis connection explicitly. Flow: ``enqueue_patterns`` -> ``compute_patterns`` chunks ->
-``run_selection`` (depends on the chunks; at most one waiting per project) -> predictions in
-Label Studio, the project's queue switched to them, old predictions deleted.
+``run_selection`` (depends on the chunks; at most one waiting per project, at most one started
+per ``rerank_interval_s``) -> a target ranking in Redis -> ``writeout.write_out`` steps bring
+Label Studio to it (see ``writeout.py``).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,18 +25,15 @@ from rq import Queue, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 
-from .config import FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
+from .config import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
 from .engine.selection import PatternPool
 from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import SelectionRecord, Store, patterns_version
+from .writeout import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
 
 log = logging.getLogger(__name__)
 
-UNCERTAINTY_SAMPLING = "Uncertainty sampling"
-VERSION_PREFIX = "freesel-"
-FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
-RANK_FIELD = "freesel_rank"  # 1-based pick number: a sortable/filterable Data Manager column
 FAILURE_FLAG = "FreeSel could not use this image: "
 # Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
 # Any other error (a 500 for one missing upload, say) belongs to that one task.
@@ -111,6 +112,9 @@ def version_of(extractor: PatternExtractor) -> str:
         kmeans_iterations=options.kmeans_iterations,
         seed=options.seed,
         random_init=extractor.backbone_spec.random_init,
+        # bf16 patterns differ from fp32 ones by rounding: never mixed in one ranking. fp32 stays
+        # out of the name so that patterns stored before precision was part of it stay valid.
+        **({"precision": extractor.precision} if extractor.precision != "fp32" else {}),
     )
 
 
@@ -130,15 +134,16 @@ def _retry(settings: Settings) -> Retry | None:
 
 def enqueue_project_job(
     queue: Queue, settings: Settings, function: Callable[..., Any], project_id: int, *args: Any,
-    what: str, meta: dict[str, Any] | None = None, **options: Any,
+    what: str, meta: dict[str, Any] | None = None, delay_s: float = 0, **options: Any,
 ) -> Job:
     """One of a project's jobs: the settings' retries and time limit (``job_timeout`` in
-    ``options`` overrides it), the project in its meta, "FreeSel <what>" as its description."""
+    ``options`` overrides it), the project in its meta, "FreeSel <what>" as its description;
+    started no sooner than ``delay_s`` from now (by the workers' scheduler)."""
     options.setdefault("job_timeout", settings.job_timeout_s)
-    return queue.enqueue(
-        function, project_id, *args, retry=_retry(settings), meta={"project": project_id, **(meta or {})},
-        description=f"FreeSel {what}", **options,
-    )
+    options.update(retry=_retry(settings), meta={"project": project_id, **(meta or {})}, description=f"FreeSel {what}")
+    if delay_s > 0:
+        return queue.enqueue_in(datetime.timedelta(seconds=delay_s), function, project_id, *args, **options)
+    return queue.enqueue(function, project_id, *args, **options)
 
 
 def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
@@ -167,8 +172,9 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
 
     The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
     ``after``, so a burst of imports ends in one selection, not one per import. A selection that
-    is running is a dependency too: two selections of a project never run at once (each deletes
-    the other's predictions as an older version otherwise).
+    is running is a dependency too: two selections of a project never run at once. Without
+    dependencies, a selection starts no sooner than ``rerank_interval_s`` after the last one began
+    (a burst of labels ends in one re-ranking).
     """
     store = Store(connection)
     with connection.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30):
@@ -185,9 +191,15 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
             Queue(SELECTION_QUEUE, connection=connection), settings, run_selection, project_id,
             what=f"selection: project {project_id}",
             depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
+            delay_s=0 if dependencies else _rerank_delay(store, project_id, settings),
         )
         store.update_state(project_id, pending_selection=job.id)
     return job
+
+
+def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
+    last = store.get_state(project_id).get("ranking_started_at")
+    return max(0.0, float(last) + settings.rerank_interval_s - time.time()) if last else 0.0
 
 
 def _previous_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
@@ -223,7 +235,7 @@ def enqueue_sync(connection: redis.Redis, settings: Settings, project_id: int) -
 def enqueue_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
     # RQ's default time limit (job_timeout=None), as before: cleanup only deletes predictions.
     return enqueue_project_job(
-        Queue(SELECTION_QUEUE, connection=connection), settings, remove_selection, project_id,
+        Queue(CLEANUP_QUEUE, connection=connection), settings, remove_selection, project_id,
         what=f"cleanup: project {project_id}", job_timeout=None,
     )
 
@@ -359,14 +371,16 @@ def sync_project(project_id: int) -> dict[str, int]:
 
 
 def run_selection(project_id: int) -> dict[str, Any]:
-    """Rank the project's unlabelled tasks (labelled ones are seeds), write the predictions under
-    a new model version, point the project's queue at it, then delete the older versions."""
+    """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
+    target of the write-out (enqueued here). Skipped when neither the tasks, the labels, the
+    patterns nor the settings changed since the last ranking."""
     context = _context()
     store = context.store
     settings = store.get_settings(project_id)
     if not settings.enabled:
         return {"skipped": "FreeSel is disabled for this project"}
     started = time.monotonic()
+    store.update_state(project_id, ranking_started_at=time.time())
     progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version")
     try:
@@ -383,48 +397,69 @@ def run_selection(project_id: int) -> dict[str, Any]:
     failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
     ids = sorted(stored)
     labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
-    unlabelled = len(ids) - len(labelled)
-    if unlabelled == 0:
-        write_flags(context, project_id, tasks, flags_for([], [], failures))
-        return {"ranked": 0, "picked": 0, "seeds": len(labelled), "failed": len(failures)}
+    fingerprint = _fingerprint(settings, version or "", ids, labelled, failures)
+    if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
+        return {"skipped": "nothing that decides the ranking changed"}
     patterns = [stored[t] for t in ids]
     seeds = [i for i, t in enumerate(ids) if t in labelled]
+    unlabelled = len(ids) - len(labelled)
     progress.start_stage("ranking", unlabelled)
     ranking = select(
         patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
         duplicate_threshold=settings.duplicate_threshold,
-    )
+    ) if unlabelled else None
     duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
-    clusters = nearest_pick(patterns, ranking.picks, ranking.order)
-    model_version = f"{VERSION_PREFIX}{store.next_run(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
-    predictions = {
-        ids[image]: {
-            "task": ids[image],
-            "result": [],
-            "score": position / len(ranking.order),
-            "model_version": model_version,
-            "cluster": int(cluster),
-        }
-        for position, (image, cluster) in enumerate(zip(ranking.order, clusters))
-    }
-    ranked_at = time.monotonic()
-    progress.start_stage("writing predictions", len(predictions))
-    publish_predictions(context, project_id, model_version, predictions)
-    picked = [ids[image] for image in ranking.picks]
-    duplicate_of = near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)
-    changed = write_flags(context, project_id, tasks, flags_for(picked, predictions, failures, duplicate_of), progress)
-    store.save_selection(project_id, SelectionRecord.of(model_version, version or "", ids, ranking, duplicates))
+    order = [ids[image] for image in ranking.order] if ranking else []
+    picked = order[: ranking.n_picked] if ranking else []
+    clusters = nearest_pick(patterns, ranking.picks, ranking.order) if ranking else np.zeros(0, dtype=np.int64)
+    target = _target(store, project_id, fingerprint, order, picked, clusters, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
+    if ranking is not None:
+        store.save_selection(project_id, SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates))
+    store.save_target(project_id, target)
     store.update_state(
-        project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(predictions), ranked_version=version or ""
+        project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(order), ranked_version=version or "",
+        ranked_fingerprint=fingerprint, ranking_seconds=round(time.monotonic() - started, 2),
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
+    enqueue_writeout(store.redis, context.settings, project_id)
     log.info(
-        "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s; published in %.1f s (%d flags changed)",
-        project_id, model_version, len(picked), len(predictions), len(labelled), ranked_at - started,
-        time.monotonic() - ranked_at, changed,
+        "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
+        project_id, target["model_version"], len(picked), len(order), len(labelled), time.monotonic() - started,
+        " (a new version)" if target["full"] else "",
     )
-    return {"ranked": len(predictions), "picked": len(picked), "seeds": len(labelled), "model_version": model_version}
+    return {"ranked": len(order), "picked": len(picked), "seeds": len(labelled), "model_version": target["model_version"]}
+
+
+def _fingerprint(settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]) -> str:
+    """What decides a ranking: settings, patterns version, the tasks, which are labelled, which failed."""
+    described = json.dumps([settings.to_dict(), version, list(ids), sorted(labelled), sorted(failures)], default=str)
+    return hashlib.sha1(described.encode()).hexdigest()
+
+
+def _target(
+    store: Store, project_id: int, fingerprint: str, order: list[int], picked: list[int], clusters: np.ndarray, flags: dict[int, str]
+) -> dict[str, Any]:
+    """The write-out's target. A new model version only on the first ranking or after a settings
+    or patterns change (an unfinished new version is reused); otherwise the live one, changed in place."""
+    state, previous = store.get_state(project_id), store.get_target(project_id) or {}
+    settings_key = fingerprint_of_settings(store.get_settings(project_id), state.get("patterns_version", ""))
+    live = state.get("model_version", "")
+    unfinished = previous.get("full") and previous.get("model_version") != live
+    full = not live or unfinished or previous.get("settings_key") != settings_key
+    model_version = previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
+    return {
+        "generation": store.next_run(project_id), "model_version": model_version, "full": bool(full), "settings_key": settings_key,
+        "order": order, "n_picked": len(picked), "clusters": [int(c) for c in clusters], "flags": flags,
+    }
+
+
+def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) -> str:
+    return hashlib.sha1(json.dumps([settings.to_dict(), patterns_version], default=str).encode()).hexdigest()
+
+
+def new_model_version(store: Store, project_id: int) -> str:
+    return f"{VERSION_PREFIX}{int(store.redis.hincrby(store._key(project_id, 'state'), 'versions', 1)):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def nearest_pick(patterns: Sequence[np.ndarray], picks: np.ndarray, order: np.ndarray, rows_per_block: int = 4096) -> np.ndarray:
@@ -450,21 +485,6 @@ def nearest_pick(patterns: Sequence[np.ndarray], picks: np.ndarray, order: np.nd
     return result
 
 
-def publish_predictions(
-    context: WorkerContext, project_id: int, model_version: str, predictions: Mapping[int, Mapping[str, Any]]
-) -> None:
-    """Write the new version, switch the project's queue to it, then delete older FreeSel versions
-    (in this order: Label Studio clears the project's model_version when its version is deleted)."""
-    context.client.import_predictions(project_id, list(predictions.values()))
-    remember_previous_sampling(context.client, context.store, project_id)
-    context.client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=model_version)
-    context.store.replace_predictions(project_id, predictions)
-    context.store.update_state(project_id, model_version=model_version)
-    for old in context.client.list_model_versions(project_id):
-        if old.startswith(VERSION_PREFIX) and old != model_version:
-            context.client.delete_model_version(project_id, old)
-
-
 def remember_previous_sampling(client: LabelStudioClient, store: Store, project_id: int) -> None:
     """On the first switch to FreeSel, keep the project's sampling and model version for disable."""
     if "previous_sampling" in store.get_state(project_id):
@@ -480,23 +500,12 @@ def remember_previous_sampling(client: LabelStudioClient, store: Store, project_
 NOT_PICKED = "FreeSel: not picked"
 
 
-def flags_for(
-    picked: Sequence[int],
-    ranked: Iterable[int],
-    failures: Mapping[int, str] | None = None,
-    duplicate_of: Mapping[int, int] | None = None,
-) -> dict[int, tuple[str, int | None]]:
-    """Flag text and pick number per task: "FreeSel pick i of n" on picks, "FreeSel: not picked"
-    on the other ranked tasks (a stable text, so a re-ranking rewrites only the tasks whose flag
-    changes), "FreeSel: not picked (near-duplicate of task 12)" on a ranked task that
-    ``duplicate_of`` maps to task 12, "FreeSel could not use this image: <reason>" on failed ones."""
-    flags: dict[int, tuple[str, int | None]] = {t: (f"{FAILURE_FLAG}{reason}", None) for t, reason in (failures or {}).items()}
-    flags.update({task_id: (NOT_PICKED, None) for task_id in ranked})
-    for task_id, original in (duplicate_of or {}).items():
-        if flags.get(task_id) == (NOT_PICKED, None):
-            flags[task_id] = (f"{NOT_PICKED} (near-duplicate of task {original})", None)
-    for number, task_id in enumerate(picked, start=1):
-        flags[task_id] = (f"FreeSel pick {number} of {len(picked)}", number)
+def flags_for(failures: Mapping[int, str], duplicate_of: Mapping[int, int]) -> dict[int, str]:
+    """Flags that do not depend on the queue's head: "FreeSel could not use this image: <reason>"
+    on failed tasks, "FreeSel: not picked (near-duplicate of task 12)" on a ranked task that
+    ``duplicate_of`` maps to task 12. The picks' flag is the write-out's (head only)."""
+    flags = {task_id: f"{NOT_PICKED} (near-duplicate of task {original})" for task_id, original in duplicate_of.items()}
+    flags.update({task_id: f"{FAILURE_FLAG}{reason}" for task_id, reason in failures.items()})
     return flags
 
 
@@ -512,44 +521,19 @@ def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroup
     return duplicate_of
 
 
-def write_flags(
-    context: WorkerContext,
-    project_id: int,
-    tasks: Mapping[int, Mapping[str, Any]],
-    flags: Mapping[int, tuple[str, int | None]],
-    progress: "JobProgress | None" = None,
-) -> int:
-    """Write ``flags`` into the tasks' data (so shown, never part of an annotation) and remove
-    FreeSel's flags from the other tasks; only tasks whose flag changes are written. Returns how many."""
-    current = context.store.get_flags(project_id)
-    wanted = {task_id: flag for task_id, flag in flags.items() if task_id in tasks}
-    changed = [t for t in set(current) | set(wanted) if t in tasks and current.get(t) != wanted.get(t, (None,))[0]]
-    if progress is not None:
-        progress.start_stage("writing flags", len(changed))
-    for task_id in changed:
-        data = {k: v for k, v in (tasks[task_id].get("data") or {}).items() if k not in (FLAG_FIELD, RANK_FIELD)}
-        if task_id in wanted:
-            text, number = wanted[task_id]
-            data[FLAG_FIELD] = text
-            if number is not None:
-                data[RANK_FIELD] = number
-        context.client.update_task_data(task_id, data)
-        if progress is not None:
-            progress.advance(1)
-    context.store.replace_flags(project_id, {t: text for t, (text, _) in wanted.items()})
-    return len(changed)
-
-
 def remove_selection(project_id: int) -> dict[str, int]:
-    """After disable: delete FreeSel's predictions and flags from the project."""
+    """After disable: delete FreeSel's predictions (one request each, see ``writeout``) and flags."""
     context = _context()
-    deleted = 0
-    for version in context.client.list_model_versions(project_id):
-        if version.startswith(VERSION_PREFIX):
-            deleted += context.client.delete_model_version(project_id, version)
-    tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
-    cleared = write_flags(context, project_id, tasks, {})
-    context.store.replace_predictions(project_id, {})
-    context.store.forget_ranking(project_id)
-    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, deleted, cleared)
-    return {"deleted_predictions": deleted}
+    store = context.store
+    ours = [int(p["id"]) for p in context.client.list_predictions(project_id) if str(p.get("model_version") or "").startswith(VERSION_PREFIX)]
+    flags = store.get_flags(project_id)
+    delete_predictions(context.client, store, context.settings, project_id, ours)
+    tasks = {int(task["id"]): task for task in context.client.get_tasks(project_id, sorted(flags))} if flags else {}
+    for task_id in flags:
+        if task_id in tasks:
+            context.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
+        store.set_flag(project_id, task_id, None)
+    store.replace_predictions(project_id, {})
+    store.forget_ranking(project_id)
+    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, len(ours), len(flags))
+    return {"deleted_predictions": len(ours)}

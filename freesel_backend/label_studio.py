@@ -97,9 +97,11 @@ class LabelStudioAuthError(LabelStudioError):
 
 
 class LabelStudioUnavailable(LabelStudioError):
-    """Label Studio is unreachable, timed out, or answered 429/5xx: worth retrying later."""
+    """Label Studio is unreachable, timed out, or answered 429/5xx: worth retrying later.
+    ``timed_out``: no answer within the client's timeout (Label Studio may still finish the request)."""
 
     retryable = True
+    timed_out = False
 
 
 class LabelStudioDownloadError(LabelStudioError):
@@ -196,6 +198,7 @@ class LabelStudioClient:
         self._access_token: Optional[str] = None
         self._access_expires_at: float = 0.0
         self._lock = threading.Lock()
+        self.requests_sent = 0  # API requests made (downloads not counted): what a job cost Label Studio
         self._session = session or requests.Session()
         # Third-party downloads get a separate session: no Label Studio cookies, no auth.
         self._public_session = requests.Session()
@@ -334,7 +337,9 @@ class LabelStudioClient:
         if len(detail) > _BODY_EXCERPT_CHARS:
             detail = detail[:_BODY_EXCERPT_CHARS] + "..."
         server = server or f"Label Studio at {self.url}"
-        return LabelStudioUnavailable(f"{method} {path}: {server} {kind} ({detail})", method=method, path=path)
+        error = LabelStudioUnavailable(f"{method} {path}: {server} {kind} ({detail})", method=method, path=path)
+        error.timed_out = isinstance(exc, requests.Timeout)
+        return error
 
     # ------------------------------------------------------------------ core request
 
@@ -346,11 +351,14 @@ class LabelStudioClient:
         params: Optional[Mapping[str, Any]] = None,
         json_body: Any = None,
         expected: Iterable[int] = (200, 201, 204),
+        timeout: Optional[float] = None,
     ) -> requests.Response:
-        """One authenticated API call (path relative to the base URL); retries once on a 401."""
+        """One authenticated API call (path relative to the base URL); retries once on a 401.
+        ``timeout`` overrides the client's for this request."""
         expected = tuple(expected)
         for attempt in (1, 2):
             headers, used = self._auth_header()
+            self.requests_sent += 1
             try:
                 resp = self._session.request(
                     method,
@@ -358,7 +366,7 @@ class LabelStudioClient:
                     params=params,
                     json=json_body,
                     headers=headers,
-                    timeout=self.timeout,
+                    timeout=self.timeout if timeout is None else timeout,
                     allow_redirects=False,
                 )
             except requests.RequestException as exc:
@@ -418,7 +426,7 @@ class LabelStudioClient:
         self,
         project_id: int,
         *,
-        page_size: int = 100,
+        page_size: int = 1000,
         task_ids: Optional[Sequence[int]] = None,
         resolve_uri: bool = False,
     ) -> Iterator[JSONDict]:
@@ -483,23 +491,40 @@ class LabelStudioClient:
     # ------------------------------------------------------------------ predictions
 
     def import_predictions(
-        self, project_id: int, predictions: Sequence[Mapping[str, Any]], *, chunk_size: int = 500
+        self, project_id: int, predictions: Sequence[Mapping[str, Any]], *, chunk_size: int = 500,
+        timeout: Optional[float] = None,
     ) -> int:
         """Bulk-create predictions (``{"task", "result", "score", "model_version", ...}``).
 
-        Sent in chunks; returns the number created. Predictions are never updated in place:
-        writing again adds rows, so write a new ``model_version`` and delete the old one.
+        Sent in chunks; returns the number created. Importing again adds rows (it never replaces
+        one): change a prediction with :meth:`update_prediction`.
         """
         created = 0
         path = f"/api/projects/{int(project_id)}/import/predictions"
         for start in range(0, len(predictions), max(1, chunk_size)):
             chunk = [dict(p) for p in predictions[start : start + chunk_size]]
-            body = self._json("POST", path, json_body=chunk)
+            body = self._json("POST", path, json_body=chunk, timeout=timeout)
             if isinstance(body, dict) and isinstance(body.get("created"), int):
                 created += body["created"]
             else:
                 created += len(chunk)
         return created
+
+    def list_predictions(self, project_id: int) -> list[JSONDict]:
+        """Every prediction of the project (all model versions; one request, not paginated)."""
+        body = self._json("GET", "/api/predictions/", params={"project": int(project_id)})
+        return list(body if isinstance(body, list) else (body or {}).get("results", []))
+
+    def update_prediction(self, prediction_id: int, **fields: Any) -> JSONDict:
+        """Change one prediction in place, e.g. ``score=0.25``."""
+        return self._json("PATCH", f"/api/predictions/{int(prediction_id)}/", json_body=fields)
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        """Delete one prediction; one that is already gone is not an error."""
+        try:
+            self._request("DELETE", f"/api/predictions/{int(prediction_id)}/")
+        except LabelStudioNotFound:
+            pass
 
     def list_model_versions(self, project_id: int) -> dict[str, int]:
         """``{model_version: number of predictions}`` for the project's stored predictions."""
@@ -508,7 +533,7 @@ class LabelStudioClient:
             body = body["static"]
         return {str(k): int(v) for k, v in (body or {}).items()}
 
-    def delete_model_version(self, project_id: int, model_version: str) -> int:
+    def delete_model_version(self, project_id: int, model_version: str, *, timeout: Optional[float] = None) -> int:
         """Delete every prediction of ``model_version``; returns how many were deleted.
 
         Label Studio 1.23.2 also clears the project's ``model_version`` when it equals the
@@ -519,6 +544,7 @@ class LabelStudioClient:
             "DELETE",
             f"/api/projects/{int(project_id)}/model-versions/",
             json_body={"model_version": model_version},
+            timeout=timeout,
         )
         if isinstance(body, int):
             return body

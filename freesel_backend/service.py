@@ -18,7 +18,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
-from .config import QUEUES, Settings, SettingsError
+from .config import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
 from .redis_server import RedisServer
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,12 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def serve(host: str, port: int, web_workers: int) -> int:
-    """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and a worker process.
+    """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and one worker
+    process per queue group (patterns; rankings; write-outs and cleanups), so that a long pattern
+    extraction or write-out never holds up a ranking, and write-outs take turns in bounded steps.
 
-    SIGTERM or Ctrl-C stops gunicorn gracefully, then the worker (warm shutdown: its running job
-    may finish), then the embedded Redis (which writes its data file on the way out)."""
+    SIGTERM or Ctrl-C stops gunicorn gracefully, then the workers (warm shutdown: their running
+    jobs may finish), then the embedded Redis (which writes its data file on the way out)."""
     # Label Studio reaches this backend (and its webhook) at FREESEL_PUBLIC_URL; unset, at the port served
     if not os.environ.get("FREESEL_PUBLIC_URL"):
         os.environ["FREESEL_PUBLIC_URL"] = f"http://localhost:{port}"
@@ -55,17 +57,21 @@ def serve(host: str, port: int, web_workers: int) -> int:
             port,
         )
     embedded: RedisServer | None = None
-    worker: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         if settings.redis_url is None:
             embedded = RedisServer(settings.model_dir / "redis").start()
             os.environ["REDIS_URL"] = embedded.url
-            log.info("embedded Redis at %s (data in %s); starting one worker", embedded.url, embedded.data_dir)
-            # Its own session: a terminal's Ctrl-C reaches gunicorn only, and the worker is stopped
-            # below (warm shutdown) before the embedded Redis, which it needs until it has ended.
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "freesel_backend", "worker"], env=dict(os.environ), start_new_session=True
-            )
+            log.info("embedded Redis at %s (data in %s); starting %d workers", embedded.url, embedded.data_dir, len(EMBEDDED_WORKER_QUEUES))
+            # Their own sessions: a terminal's Ctrl-C reaches gunicorn only, and the workers are stopped
+            # below (warm shutdown) before the embedded Redis, which they need until they have ended.
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "freesel_backend", "worker", "--queues", ",".join(group)],
+                    env=dict(os.environ), start_new_session=True,
+                )
+                for group in EMBEDDED_WORKER_QUEUES
+            ]
         log.info("FreeSel backend on http://%s:%s (Label Studio reaches it at %s)", host, port, settings.public_url)
         _Gunicorn({"bind": f"{host}:{port}", "workers": web_workers, "threads": 4, "timeout": 120,
                    "graceful_timeout": 10, "worker_class": "gthread", "accesslog": "-",
@@ -74,7 +80,7 @@ def serve(host: str, port: int, web_workers: int) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:
-        if worker is not None:
+        for worker in workers:
             stop_worker(worker)
         if embedded is not None:
             embedded.stop()
@@ -96,19 +102,18 @@ def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s:
     worker.wait()
 
 
-def work(*, burst: bool = False) -> int:
-    """An RQ worker on FreeSel's queues. SimpleWorker (no fork per job) keeps the model loaded
+def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
+    """An RQ worker on ``queues`` (first ones first). SimpleWorker (no fork per job) keeps the model loaded
     between jobs; the scheduler runs the delayed retries."""
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the worker needs the backend's Redis")
     connection = redis.Redis.from_url(settings.redis_url)
-    queues = [Queue(name, connection=connection) for name in QUEUES]
     # RQ runs registry maintenance (abandoned-job retries, restarting a dead scheduler) only
     # between dequeues, and an idle worker blocks in dequeue for worker_ttl - 15 s (405 s by
     # default): worker_ttl is set so that an idle worker still runs it every maintenance_s.
     maintenance_s = settings.worker_maintenance_s
-    worker = HeartbeatWorker(queues, connection=connection, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15)
+    worker = HeartbeatWorker([Queue(name, connection=connection) for name in queues], connection=connection, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15)
     worker.lease_s = settings.worker_heartbeat_s
     worker.work(burst=burst, with_scheduler=True)
     return 0

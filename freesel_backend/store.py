@@ -8,7 +8,11 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:tasks                    set of task ids known to the backend
     <p>:<id>:patterns:<v>             hash task id -> encoded float16 patterns
     <p>:<id>:failed:<v>               hash task id -> reason
-    <p>:<id>:predictions              hash task id -> JSON prediction (what /predict answers)
+    <p>:<id>:predictions              hash task id -> JSON prediction in Label Studio's live version
+                                      (with its Label Studio id; what /predict answers)
+    <p>:<id>:staged:<m>               hash task id -> JSON prediction imported under model version <m>
+                                      before the project's queue is switched to it
+    <p>:<id>:target                   JSON of the last ranking that the write-out brings Label Studio to
     <p>:<id>:flags                    hash task id -> flag text written into the task's data
     <p>:<id>:selection                JSON of the last selection run (SelectionRecord)
     <p>:<id>:report                   hash: model_version, html (the report of that selection run)
@@ -180,8 +184,8 @@ class Store:
 
     def forget_ranking(self, project_id: int) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.hdel(self._key(project_id, "state"), "ranked_version", "model_version", *PROGRESS_FIELDS)
-            pipe.delete(self._key(project_id, "selection"), self._key(project_id, "report"))
+            pipe.hdel(self._key(project_id, "state"), "ranked_version", "ranked_fingerprint", "model_version", *PROGRESS_FIELDS)
+            pipe.delete(self._key(project_id, "selection"), self._key(project_id, "report"), self._key(project_id, "target"))
             pipe.execute()
 
     def next_run(self, project_id: int) -> int:
@@ -260,6 +264,35 @@ class Store:
                 pipe.delete(key)
             pipe.execute()
 
+    def update_predictions(self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None) -> None:
+        """Record these predictions as written (to the live version, or to the ``staged`` one)."""
+        if predictions:
+            key = self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
+            self.redis.hset(key, mapping={int(t): json.dumps(p) for t, p in predictions.items()})
+
+    def all_predictions(self, project_id: int, staged: str | None = None) -> dict[int, dict[str, Any]]:
+        key = self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
+        return {int(t): json.loads(value) for t, value in self.redis.hgetall(key).items()}
+
+    def promote_staged(self, project_id: int, model_version: str) -> None:
+        """The staged version became the live one: its predictions replace the live ones."""
+        key = self._key(project_id, "predictions")
+        with self.redis.pipeline() as pipe:
+            pipe.delete(key)
+            pipe.rename(self._key(project_id, "staged", model_version), key)
+            pipe.hset(self._key(project_id, "state"), mapping={"model_version": model_version, "switched_at": str(time.time())})
+            pipe.execute()
+
+    def drop_staged(self, project_id: int, model_version: str) -> None:
+        self.redis.delete(self._key(project_id, "staged", model_version))
+
+    def save_target(self, project_id: int, target: Mapping[str, Any]) -> None:
+        self.redis.set(self._key(project_id, "target"), json.dumps(target))
+
+    def get_target(self, project_id: int) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key(project_id, "target"))
+        return json.loads(raw) if raw else None
+
     def get_predictions(self, project_id: int, task_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = [int(t) for t in task_ids]
         raw = self.redis.hmget(self._key(project_id, "predictions"), ids) if ids else []
@@ -270,6 +303,14 @@ class Store:
 
     def get_flags(self, project_id: int) -> dict[int, str]:
         return {int(t): v.decode() for t, v in self.redis.hgetall(self._key(project_id, "flags")).items()}
+
+    def set_flag(self, project_id: int, task_id: int, text: str | None) -> None:
+        """Record the flag now in the task's data (None: none)."""
+        key = self._key(project_id, "flags")
+        if text is None:
+            self.redis.hdel(key, int(task_id))
+        else:
+            self.redis.hset(key, int(task_id), text)
 
     def replace_flags(self, project_id: int, flags: Mapping[int, str]) -> None:
         key = self._key(project_id, "flags")

@@ -50,8 +50,8 @@ def run_worker_burst(env: dict[str, str], timeout_s: float = 300) -> subprocess.
 class BackendProcesses:
     """``serve`` (gunicorn) plus one long-running worker process."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**env, "FREESEL_PUBLIC_URL": self.url}
         self.log_dir = log_dir

@@ -246,25 +246,34 @@ class LabelStudioServer:
         return self._session
 
     def _login(self) -> None:
+        self._session = self.form_session("/user/login/", self.username, self.password)
+
+    def sign_up(self, email: str, password: str = DEFAULT_PASSWORD) -> requests.Session:
+        """A second user of the organisation (the sign-up form, as a new annotator uses it),
+        returned as a logged-in session for the API."""
+        return self.form_session("/user/signup/", email, password)
+
+    def form_session(self, page: str, email: str, password: str) -> requests.Session:
+        """Submit Label Studio's login or sign-up form; a session logged in as that user."""
         session = requests.Session()
-        resp = session.get(f"{self.url}/user/login/", timeout=30)
+        resp = session.get(f"{self.url}{page}", timeout=30)
         resp.raise_for_status()
         csrf = session.cookies.get("csrftoken")
         if not csrf:
-            raise LabelStudioStartError("no csrftoken cookie from /user/login/")
+            raise LabelStudioStartError(f"no csrftoken cookie from {page}")
         resp = session.post(
-            f"{self.url}/user/login/",
-            data={"email": self.username, "password": self.password, "csrfmiddlewaretoken": csrf},
-            headers={"Referer": f"{self.url}/user/login/"},
+            f"{self.url}{page}",
+            data={"email": email, "password": password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": f"{self.url}{page}"},
             allow_redirects=False,
             timeout=30,
         )
         if resp.status_code != 302 or "sessionid" not in session.cookies:
-            raise LabelStudioStartError(f"session login failed: HTTP {resp.status_code}")
+            raise LabelStudioStartError(f"{page} failed for {email}: HTTP {resp.status_code}")
         # Django rotates the CSRF token on login.
         session.headers["X-CSRFToken"] = session.cookies.get("csrftoken", csrf)
         session.headers["Referer"] = f"{self.url}/"
-        self._session = session
+        return session
 
     def _create_pat(self) -> str:
         """A Personal Access Token; on Label Studio without them (before 1.18: no ``/api/token/``)

@@ -125,6 +125,8 @@ class LabelStudioStandIn(LocalHttpServer):
     """Forwards everything to the real Label Studio at ``target``, except while ``failing`` says
     a request (method, path) should get an HTTP error instead."""
 
+    forward_timeout_s = 60.0
+
     def __init__(self, target: str) -> None:
         super().__init__(fallback=self._forward)
         self.target = target.rstrip("/")
@@ -143,7 +145,7 @@ class LabelStudioStandIn(LocalHttpServer):
             headers={k: v for k, v in request.headers.items() if k.lower() not in skipped},
             data=request.body or None,
             allow_redirects=False,
-            timeout=60,
+            timeout=self.forward_timeout_s,
         )
         headers = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "location")}
         return response.status_code, headers, response.content

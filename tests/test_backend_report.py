@@ -18,6 +18,7 @@ import requests
 
 from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
 from freesel_backend.jobs import NOT_PICKED
+from freesel_backend.writeout import PICK_FLAG
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, wait_for
 from tests.helpers import scene_image
 from tests.test_end_to_end import LABEL_CONFIG, current_ranking, settled
@@ -68,7 +69,7 @@ def test_exact_copies_uploaded_twice_are_listed_as_near_duplicate_groups_in_stat
 
 def test_one_member_of_each_group_is_picked_and_the_other_is_flagged_as_its_near_duplicate(label_studio, project) -> None:
     data = flags(label_studio, project["id"])
-    picked = {task_id for task_id, fields in data.items() if "freesel_rank" in fields}
+    picked = {task_id for task_id, fields in data.items() if fields.get("freesel") == PICK_FLAG}
     assert len(picked) == DISTINCT_SCENES
     for scene, copy in zip(COPIED_SCENES, project["copies"]):
         group = {project["originals"][scene], copy}

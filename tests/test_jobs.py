@@ -55,5 +55,8 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
         chunk.refresh()
         assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]
-    selection = Job.fetch(state["pending_selection"], connection=redis_connection)
-    assert selection.meta["stage"] == "writing flags" and selection.meta["done"] == selection.meta["total"] == 6  # 5 ranked + 1 failed
+    writeout = Job.fetch(state["writeout_job"], connection=redis_connection)
+    assert writeout.get_status(refresh=True) == JobStatus.FINISHED and writeout.return_value()["finished"]
+    flags = {task["id"]: task["data"].get("freesel") for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]}
+    assert {t: flags[t] for t in flags if t not in broken} == {t["id"]: "FreeSel pick" for t in tasks}  # the whole pool is picked
+    assert flags[broken[0]].startswith("FreeSel could not use this image: image download failed")

@@ -203,12 +203,12 @@ def test_connected_with_basic_auth_next_serves_the_top_pick_and_every_ranked_tas
     assert len(ranking) == 10
     served = ls.api("GET", f"/api/projects/{pid}/next").json()
     assert served["id"] == ranking[0]
-    flags = {task["id"]: (task["data"].get("freesel"), task["data"].get("freesel_rank")) for task in tasks_of(ls, pid)}
-    assert flags[ranking[0]] == ("FreeSel pick 1 of 3", 1)
-    assert [flags[t] for t in ranking[:3]] == [(f"FreeSel pick {n} of 3", n) for n in (1, 2, 3)]
-    # the two looks are near-duplicates within each look: the rest says so, naming a pick
+    flags = {task["id"]: task["data"].get("freesel") for task in tasks_of(ls, pid)}
+    assert [flags[t] for t in ranking[:3]] == ["FreeSel pick"] * 3
+    # the two looks are near-duplicates within each look: the rest says so, naming a pick; a task
+    # that is merely not picked carries no flag
     near_duplicate_of_a_pick = {f"FreeSel: not picked (near-duplicate of task {t})" for t in ranking[:3]}
-    assert all(flags[t][1] is None and flags[t][0] in {"FreeSel: not picked"} | near_duplicate_of_a_pick for t in ranking[3:])
+    assert all(flags[t] in {None} | near_duplicate_of_a_pick for t in ranking[3:])
     project_now = ls.api("GET", f"/api/projects/{pid}/").json()
     assert project_now["sampling"] == "Uncertainty sampling"
     log = main_command.log()

@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .bfloat16 import native_bfloat16
 from .images import ImageLoadError, load_image
 from .kmeans import batched_kmeans
 from .models import DEFAULT_MODEL, BackboneSpec, create_backbone
 
 Precision = Literal["fp32", "bf16"]
+# "auto": bf16 where the device multiplies bfloat16 natively, fp32 elsewhere (native_precision).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 Source = TypeVar("Source")
 
 
@@ -31,6 +34,17 @@ Source = TypeVar("Source")
 # K=5, ratio 0.5.
 DEFAULT_PATTERNS_PER_IMAGE = 1
 DEFAULT_ATTENTION_RATIO = 1.0
+
+
+def native_precision(device: torch.device) -> Precision:
+    """bf16 where ``device`` multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs
+    from NVIDIA Ampere on), fp32 elsewhere: emulated bfloat16 is no faster than float32. The
+    patterns differ by bfloat16's rounding (quality of both measured in docs/quality.md)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    if device.type == "cpu":
+        return "bf16" if native_bfloat16() else "fp32"
+    return "fp32"
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ class PatternExtractor:
         device: str | None = None,
         random_init: bool = False,
         weights: str | Path | None = None,
-        precision: Precision = "fp32",
+        precision: Precision | Literal["auto"] = "fp32",
         batch_size: int = 32,
         image_size: int | None = None,
         kmeans_iterations: int = 100,
@@ -108,7 +122,7 @@ class PatternExtractor:
             **({"cache_dir": Path(cache_dir)} if cache_dir else {}),
         )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.precision = precision
+        self.precision: Precision = native_precision(self.device) if precision == "auto" else precision
         self.batch_size = batch_size
         self.decode_workers = decode_workers
         backbone, self.model_id = create_backbone(self.backbone_spec)

@@ -1,0 +1,139 @@
+"""The write-out at a CI-sized scale (1,000 tasks, tiny model) against a real Label Studio,
+through a forwarding proxy that counts the backend's requests: one FreeSel prediction per task
+at rest, also after a write-out step killed mid-import (and retried) and with every bulk
+import timing out on the client side; the picks at the head of the queue carry their flag;
+a re-ranking after a label writes in proportion to how the head changed, not to the pool."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from freesel_backend.store import Store
+from freesel_backend.writeout import PICK_FLAG
+from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
+from tests.helpers import noise_image
+from tests.local_http import LabelStudioStandIn, LocalHttpServer, content
+from tests.test_bad_input import encoded
+from tests.test_end_to_end import LABEL_CONFIG, annotate
+from tests.test_faults import FAST_RECOVERY, start_worker, stop_group
+
+TASKS = 1000
+HEAD = 40
+SCALE_ENV = {
+    **FAST_RECOVERY,
+    "FREESEL_TEST_IMAGE_SIZE": "32",
+    "FREESEL_CHUNK_SIZE": "250",
+    "FREESEL_HEAD_SIZE": str(HEAD),
+    "FREESEL_RERANK_INTERVAL": "1",
+    # every bulk import outlives this: the backend must ask Label Studio what it stored
+    "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT": "0.05",
+}
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
+
+
+def freesel_predictions(ls, project_id: int) -> list[dict]:
+    return [p for p in ls.api("GET", "/api/predictions/", params={"project": project_id}).json() if p["model_version"].startswith("freesel-")]
+
+
+def queue_by_score(ls, project_id: int) -> list[int]:
+    """Unlabelled task ids in the order /next serves them (lowest score of the project's version first)."""
+    version = ls.api("GET", f"/api/projects/{project_id}/").json()["model_version"]
+    tasks = ls.api("GET", "/api/tasks/", params={"project": project_id, "page_size": TASKS + 10}).json()["tasks"]
+    labelled = {t["id"] for t in tasks if t["is_labeled"]}
+    mine = [p for p in freesel_predictions(ls, project_id) if p["model_version"] == version and p["task"] not in labelled]
+    return [p["task"] for p in sorted(mine, key=lambda p: p["score"])]
+
+
+def flags(ls, project_id: int) -> dict[int, str]:
+    tasks = ls.api("GET", "/api/tasks/", params={"project": project_id, "page_size": TASKS + 10}).json()["tasks"]
+    return {t["id"]: t["data"]["freesel"] for t in tasks if "freesel" in t["data"]}
+
+
+def in_order_kept(before: list[int], after: list[int]) -> int:
+    """Length of the longest common subsequence of two heads (tasks that kept their relative order)."""
+    previous = [0] * (len(after) + 1)
+    for task in before:
+        current = [0]
+        for j, other in enumerate(after):
+            current.append(previous[j] + 1 if task == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def written(status: dict, after_ranking: int) -> dict | None:
+    writeout = status["writeout"]
+    done = idle(status) and writeout and writeout["ranking"] > after_ranking and writeout["state"] == "done"
+    return status if done else None
+
+
+@pytest.fixture
+def scale_setup(label_studio, redis_connection, redis_url, tmp_path):
+    images = {f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(TASKS)}
+    with LocalHttpServer(images) as image_host:
+        proxy = LabelStudioStandIn(label_studio.url).start()
+        env = {**backend_env(redis_url, proxy.url, label_studio.pat, tmp_path / "model_dir"), **SCALE_ENV}
+        backend = BackendProcesses(env, tmp_path).start(workers=0)
+        workers = [start_worker(backend.env, tmp_path / "worker.log")]
+        try:
+            yield label_studio, proxy, backend, image_host, workers
+        except BaseException:
+            print(backend.logs())
+            raise
+        finally:
+            for worker in workers:
+                stop_group(worker)
+            backend.stop()
+            proxy.stop()
+
+
+@pytest.mark.slow
+def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_reranking_bounded_by_head_changes(scale_setup, redis_connection):
+    ls, proxy, backend, image_host, workers = scale_setup
+    logs = backend.log_dir
+    pid = ls.create_project("FreeSel at scale", LABEL_CONFIG)["id"]
+    ids = ls.import_tasks(pid, [{"image": f"{image_host.url}/img/{n}.png"} for n in range(TASKS)])
+    # d^2 draws: a new label redraws the order, so re-rankings move tasks within the head
+    response = ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel", "extra_params": json.dumps({"strategy": "prob"})})
+    assert response.status_code == 201, response.text
+
+    # the first full import is under way: the worker is killed while an import waits for its
+    # answer; the job is retried by a new worker, which asks Label Studio what it stored
+    store = Store(redis_connection)
+    wait_for(lambda: "import_in_flight" in store.get_state(pid), 300, "the first import of predictions")
+    stop_group(workers[0], signal.SIGKILL)
+    workers.append(start_worker(backend.env, logs / "survivor.log"))
+    status = wait_for(lambda: written(backend.status(pid), 0), 300, "the first ranking written out")
+    assert "timed out" in (logs / "worker.log").read_text() + (logs / "survivor.log").read_text()
+    assert Counter(p["task"] for p in freesel_predictions(ls, pid)) == {t: 1 for t in ids}
+    assert status["live"]["model_version"] == ls.api("GET", f"/api/projects/{pid}/").json()["model_version"]
+
+    queue = queue_by_score(ls, pid)
+    assert sorted(queue) == ids and {t: f for t, f in flags(ls, pid).items() if f == PICK_FLAG} == {t: PICK_FLAG for t in queue[:HEAD]}
+
+    head_changes = 0
+    for _ in range(3):  # an annotator labels what /next serves; each label re-ranks
+        served = ls.api("GET", f"/api/projects/{pid}/next").json()
+        assert served["id"] == queue[0] and served["data"]["freesel"] == PICK_FLAG
+        ranking, sent = backend.status(pid)["writeout"]["ranking"], len(proxy.requests)
+        annotate(ls, served["id"])
+        status = wait_for(lambda: written(backend.status(pid), ranking), 120, "the re-ranking written out")
+        requests = proxy.requests[sent:]
+        new_queue = queue_by_score(ls, pid)
+        changed = HEAD - in_order_kept(queue[1 : HEAD + 1], new_queue[:HEAD])
+        head_changes += changed
+        writes = sum(method in WRITES for method, _ in requests)
+        print(f"re-ranking: head changed by {changed} of {HEAD}; {len(requests)} Label Studio requests, {writes} writes")
+        # per task that entered or left the head: a score and a flag at most
+        assert writes <= 4 * changed + 1 and len(requests) <= writes + 4
+        assert status["writeout"]["label_studio_requests"] <= len(requests)
+        assert Counter(p["task"] for p in freesel_predictions(ls, pid)) == {t: 1 for t in ids}
+        picks = {t for t, f in flags(ls, pid).items() if f == PICK_FLAG}
+        assert set(new_queue[:HEAD]) <= picks
+        queue = new_queue
+    assert head_changes > 0  # scores were changed in place, not only kept
+    print(json.dumps(status["writeout"]))
