@@ -128,6 +128,9 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "model_version": state.get("model_version"),
         "patterns_version": version or None,
         "last_selection_at": _iso(state.get("last_selection_at")),
+        "last_ranking": None if "ranking_seconds" not in state else {
+            "seconds": float(state["ranking_seconds"]), "label_studio_requests": int(state.get("ranking_requests", 0)),
+        },
         "live": live_ranking(state),
         "writeout": writeout_status(store, project_id, jobs),
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},

@@ -294,12 +294,12 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     """Import every ranked task under the target's new version, flag the head, switch the queue."""
     version, order = target["model_version"], target["order"]
     staged = step.store.all_predictions(step.project_id, staged=version)
-    scores, clusters = full_scores(order), dict(zip(order, target["clusters"]))
+    scores = full_scores(order)
     missing = [t for t in order if t not in staged]
     progress.start_stage("importing predictions", len(order))
     progress.advance(len(order) - len(missing))
     for start in range(0, len(missing), IMPORT_BATCH):
-        batch = {t: _prediction(t, scores[t], clusters.get(t, -1), version) for t in missing[start : start + IMPORT_BATCH]}
+        batch = {t: _prediction(t, scores[t], version) for t in missing[start : start + IMPORT_BATCH]}
         _import(step, batch, staged=version)
         progress.advance(len(batch))
     _fill_ids(step, version, staged=version)
@@ -323,24 +323,22 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
     if plan.renormalise:
         _start_full_import(step.store, step.project_id, target)
         return False
-    clusters = dict(zip(target["order"], target["clusters"]))
     progress.start_stage("writing the head", len(plan.create) + len(plan.patch))
     for start in range(0, len(plan.create), IMPORT_BATCH):
-        _import(step, {t: _prediction(t, s, clusters.get(t, -1), version) for t, s in plan.create[start : start + IMPORT_BATCH]})
+        _import(step, {t: _prediction(t, s, version) for t, s in plan.create[start : start + IMPORT_BATCH]})
         progress.advance(min(IMPORT_BATCH, len(plan.create) - start))
     _fill_ids(step, version)
     _write_flags(step, target, additions=True)
     live = step.store.all_predictions(step.project_id)
     for task, score in plan.patch:
         step.spend()
-        cluster = int(clusters.get(task, -1))
         try:
-            step.client.update_prediction(live[task]["id"], score=score, cluster=cluster)
+            step.client.update_prediction(live[task]["id"], score=score)
         except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
             step.store.redis.hdel(step.store._key(step.project_id, "predictions"), task)
             continue
         step.writes += 1
-        step.store.update_predictions(step.project_id, {task: {**live[task], "score": score, "cluster": cluster}})
+        step.store.update_predictions(step.project_id, {task: {**live[task], "score": score}})
         progress.advance(1)
     _write_flags(step, target, additions=False)
     return True
@@ -354,8 +352,10 @@ def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) ->
     log.info("project %s: scores ran out of room: importing a fresh version %s", project_id, target["model_version"])
 
 
-def _prediction(task: int, score: float, cluster: int, version: str) -> dict[str, Any]:
-    return {"task": int(task), "result": [], "score": float(score), "model_version": version, "cluster": int(cluster)}
+def _prediction(task: int, score: float, version: str) -> dict[str, Any]:
+    """No ``cluster``: Label Studio's /next puts tasks of clusters the annotator has labelled
+    behind the others, and cluster numbers that change between rankings would reorder the head."""
+    return {"task": int(task), "result": [], "score": float(score), "model_version": version}
 
 
 def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
@@ -396,7 +396,7 @@ def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
         if scores:
             pipe.hset(
                 _predictions_key(step, in_flight["staged"] or None),
-                mapping={t: json.dumps(_prediction(t, float(p["score"]), -1 if p.get("cluster") is None else int(p["cluster"]), version) | {"id": int(p["id"])}) for t, p in scores.items()},
+                mapping={t: json.dumps(_prediction(t, float(p["score"]), version) | {"id": int(p["id"])}) for t, p in scores.items()},
             )
         pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
         pipe.execute()
