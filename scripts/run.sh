@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Main job: set up .venv, then serve the FreeSel Label Studio ML backend on http://localhost:9090
-# with an embedded Redis (data under MODEL_DIR, default ./model_dir) and one worker, ready to be
+# with an embedded Redis (data under MODEL_DIR, default ./model_dir) and three workers, ready to be
 # connected from Label Studio. Set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY first (README).
 # Extra arguments go to `serve`, e.g. `scripts/run.sh --port 9091`.
 set -euo pipefail

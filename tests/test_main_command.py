@@ -188,6 +188,13 @@ def test_every_endpoint_wants_basic_auth_health_included(main_command):
     assert "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set" not in main_command.log()
 
 
+def test_the_main_command_runs_a_worker_each_for_patterns_rankings_and_write_outs(main_command):
+    log = main_command.log()
+    assert "starting 3 workers" in log
+    for queues in ("freesel-features", "freesel-selection", "freesel-writeout, freesel-cleanup"):
+        assert f"*** Listening on {queues}..." in log, queues
+
+
 def test_label_studio_without_the_credentials_cannot_connect(label_studio, main_command):
     created = label_studio.create_project("FreeSel wrong password", LABEL_CONFIG)
     response = label_studio.api("POST", "/api/ml", json={
