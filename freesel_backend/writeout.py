@@ -318,8 +318,9 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
 def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
     """Scores and flags of the live version changed where the head needs it. True when done."""
     version = step.store.get_state(step.project_id).get("model_version", "")
-    live = step.store.all_predictions(step.project_id)
-    plan = plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.settings.head_size)
+    plan = _plan(step, target)
+    if plan.create and _adopt(step, version, [task for task, _ in plan.create]):
+        plan = _plan(step, target)
     if plan.renormalise:
         _start_full_import(step.store, step.project_id, target)
         return False
@@ -344,6 +345,21 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
     return True
 
 
+def _plan(step: Step, target: Mapping[str, Any]) -> ScorePlan:
+    live = step.store.all_predictions(step.project_id)
+    return plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.settings.head_size)
+
+
+def _adopt(step: Step, version: str, tasks: Sequence[int]) -> bool:
+    """Record predictions of the live version that Label Studio holds for ``tasks`` although the
+    backend has none recorded (made by Label Studio from /predict answers, e.g. its "Retrieve
+    Predictions" after a prediction was deleted): they are changed, not imported again."""
+    step.spend()
+    found = _listed(step, version, tasks)
+    step.store.update_predictions(step.project_id, {t: _recorded(p) for t, p in found.items()})
+    return bool(found)
+
+
 def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) -> None:
     from .jobs import new_model_version
 
@@ -356,6 +372,11 @@ def _prediction(task: int, score: float, version: str) -> dict[str, Any]:
     """No ``cluster``: Label Studio's /next puts tasks of clusters the annotator has labelled
     behind the others, and cluster numbers that change between rankings would reorder the head."""
     return {"task": int(task), "result": [], "score": float(score), "model_version": version}
+
+
+def _recorded(listed: Mapping[str, Any]) -> dict[str, Any]:
+    """A prediction as Label Studio lists it, as the backend records it."""
+    return _prediction(int(listed["task"]), float(listed["score"]), str(listed["model_version"])) | {"id": int(listed["id"])}
 
 
 def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
@@ -391,13 +412,9 @@ def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
     version, tasks = in_flight["model_version"], set(in_flight["tasks"])
     stored = _await_import(step, version, tasks, float(in_flight["sent_at"]))
     log.warning("project %s: %d of %d predictions of an unanswered import are in Label Studio", step.project_id, len(stored), len(tasks))
-    scores = {int(p["task"]): p for p in stored.values()}
     with step.store.redis.pipeline() as pipe:
-        if scores:
-            pipe.hset(
-                _predictions_key(step, in_flight["staged"] or None),
-                mapping={t: json.dumps(_prediction(t, float(p["score"]), version) | {"id": int(p["id"])}) for t, p in scores.items()},
-            )
+        if stored:
+            pipe.hset(_predictions_key(step, in_flight["staged"] or None), mapping={t: json.dumps(_recorded(p)) for t, p in stored.items()})
         pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
         pipe.execute()
 
