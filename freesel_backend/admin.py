@@ -102,6 +102,8 @@ def disable(backend: Backend, project_id: int) -> ProjectSettings:
 
 
 def reselect(backend: Backend, project_id: int) -> str:
+    """Rank again even if nothing changed (a selection skips otherwise)."""
+    backend.connection.hdel(backend.store._key(project_id, "state"), "ranked_fingerprint")
     return schedule_selection(backend.connection, backend.settings, project_id).id
 
 
