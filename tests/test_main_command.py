@@ -268,7 +268,7 @@ def test_retrieve_predictions_enqueues_tasks_the_backend_never_saw(label_studio,
     retrieve_predictions(ls, pid, {"all": True, "excluded": []})
     status = settled(main_command, pid, started)
     assert status["tasks"] == 12 and status["patterns_done"] == 12
-    assert set(new_ids) <= set(current_ranking(ls, pid))
+    assert set(new_ids) <= set(current_ranking(ls, pid)), ls.api("GET", "/api/predictions/", params={"project": pid}).json()
 
 
 def test_a_settings_change_recomputes_patterns_under_a_new_version_and_old_versions_expire(label_studio, main_command, project):
