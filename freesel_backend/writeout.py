@@ -342,7 +342,20 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
         step.store.update_predictions(step.project_id, {task: {**live[task], "score": score}})
         progress.advance(1)
     _write_flags(step, target, additions=False)
+    _keep_queue_switched(step, version)
     return True
+
+
+def _keep_queue_switched(step: Step, version: str) -> None:
+    """Switch the project's queue back to the live version if something switched it off (Label
+    Studio clears the project's model version when "show predictions to annotators" is turned off)."""
+    step.spend()
+    project = step.client.get_project(step.project_id)
+    if project.get("model_version") != version or project.get("sampling") != UNCERTAINTY_SAMPLING:
+        step.spend()
+        step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
+        step.writes += 1
+        log.warning("project %s: the queue no longer served FreeSel's version %s: switched back", step.project_id, version)
 
 
 def _plan(step: Step, target: Mapping[str, Any]) -> ScorePlan:
