@@ -96,6 +96,7 @@ def measure(tree: Path, ls: LabelStudioServer, redis_url: str, image_host: str, 
         wait_for(lambda: settled_after(url, pid, started), 3600, "the first ranking", interval_s=2)
         result: dict[str, Any] = {"tree": str(tree), "tasks": tasks, "first_ranking_s": round(time.time() - started, 1),
                                   "first_ranking_requests": len(proxy.requests), "rows_after_first": prediction_rows(ls, pid)[0], "rerankings": []}
+        print(json.dumps(result), flush=True)
         for _ in range(rerankings):
             served = ls.api("GET", f"/api/projects/{pid}/next").json()
             sent, since = len(proxy.requests), time.time()
@@ -107,6 +108,7 @@ def measure(tree: Path, ls: LabelStudioServer, redis_url: str, image_host: str, 
                 "seconds": round(time.time() - since, 1), "requests": len(made),
                 "writes": sum(method in WRITES for method, _ in made), "prediction_rows": rows, "tasks_with_duplicates": duplicated,
             })
+            print(json.dumps(result["rerankings"][-1]), flush=True)
         return result
     finally:
         for process in processes:
@@ -124,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     images = {f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(args.tasks)}
     with tempfile.TemporaryDirectory() as scratch, LocalHttpServer(images) as image_host, RedisServer() as redis_server:
-        ls = LabelStudioServer(_label_studio_executable()).start()
+        ls = LabelStudioServer(_label_studio_executable(), startup_timeout=900).start()
         try:
             for number, tree in enumerate(args.trees):
                 work = Path(scratch) / f"tree{number}"

@@ -49,7 +49,8 @@ class Backend:
 
 def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]) -> ProjectSettings:
     """Validate and store ``changes``; then recompute, re-rank, enable or disable as they require.
-    A project the backend has not seen yet is synced (its tasks enqueued) whatever the changes."""
+    A project the backend has not seen yet is synced (its tasks enqueued) whatever the changes,
+    as is a known one on a /setup without changes, at most once per SETUP_SYNC_INTERVAL_S."""
     store = backend.store
     new_project = "patterns_version" not in store.get_state(project_id)
     if new_project:
@@ -62,17 +63,18 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
         if before.enabled or not changes:
             disable(backend, project_id)
         return after
-    patterns_changed = any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS)
-    if new_project or not before.enabled or patterns_changed or (not changes and _sync_due(store, project_id)):
-        remember_previous_sampling(backend.client, store, project_id)
-        enqueue_sync(backend.connection, backend.settings, project_id)
+    must_sync = not before.enabled or any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS)
+    if must_sync or new_project or not changes:  # a repeated /setup lists the tasks at most once per interval
+        if _sync_due(store, project_id) or must_sync:
+            remember_previous_sampling(backend.client, store, project_id)
+            enqueue_sync(backend.connection, backend.settings, project_id)
     elif before != after:
         schedule_selection(backend.connection, backend.settings, project_id)
     return after
 
 
 def _sync_due(store: Store, project_id: int) -> bool:
-    """True at most once per SETUP_SYNC_INTERVAL_S for the project."""
+    """True at most once per SETUP_SYNC_INTERVAL_S for the project (each call starts the interval if due)."""
     return bool(store.redis.set(store._key(project_id, "setup-sync"), time.time(), nx=True, ex=SETUP_SYNC_INTERVAL_S))
 
 
@@ -102,6 +104,8 @@ def disable(backend: Backend, project_id: int) -> ProjectSettings:
 
 
 def reselect(backend: Backend, project_id: int) -> str:
+    """Rank again even if nothing changed (a selection skips otherwise)."""
+    backend.connection.hdel(backend.store._key(project_id, "state"), "ranked_fingerprint")
     return schedule_selection(backend.connection, backend.settings, project_id).id
 
 
@@ -132,6 +136,9 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "model_version": state.get("model_version"),
         "patterns_version": version or None,
         "last_selection_at": _iso(state.get("last_selection_at")),
+        "last_ranking": None if "ranking_seconds" not in state else {
+            "seconds": float(state["ranking_seconds"]), "label_studio_requests": int(state.get("ranking_requests", 0)),
+        },
         "live": live_ranking(state),
         "writeout": writeout_status(store, project_id, jobs),
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},

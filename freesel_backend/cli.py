@@ -438,7 +438,9 @@ def describe_status(status: dict[str, Any]) -> str:
         counts = f" {selection['done']}/{selection['total']}" if selection.get("total") else ""
         lines.append(f"selection: running: {selection['stage']}{counts}")
     if status["last_selection_at"]:
-        lines.append(f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']}")
+        cost = status.get("last_ranking") or {}
+        took = f" in {cost['seconds']:.1f} s ({cost['label_studio_requests']} Label Studio requests)" if cost else ""
+        lines.append(f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']}{took}")
     else:
         lines.append("last ranking: none yet")
     lines += describe_label_studio_side(status)

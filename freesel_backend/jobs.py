@@ -27,7 +27,6 @@ from rq.job import Dependency, Job, JobStatus
 
 from .config import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
-from .engine.selection import PatternPool
 from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import SelectionRecord, Store, patterns_version
 from .writeout import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
@@ -379,7 +378,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     settings = store.get_settings(project_id)
     if not settings.enabled:
         return {"skipped": "FreeSel is disabled for this project"}
-    started = time.monotonic()
+    started, requests_before = time.monotonic(), context.client.requests_sent
     store.update_state(project_id, ranking_started_at=time.time())
     progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version")
@@ -411,14 +410,14 @@ def run_selection(project_id: int) -> dict[str, Any]:
     duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
     order = [ids[image] for image in ranking.order] if ranking else []
     picked = order[: ranking.n_picked] if ranking else []
-    clusters = nearest_pick(patterns, ranking.picks, ranking.order) if ranking else np.zeros(0, dtype=np.int64)
-    target = _target(store, project_id, fingerprint, order, picked, clusters, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
+    target = _target(store, project_id, fingerprint, order, picked, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
     if ranking is not None:
         store.save_selection(project_id, SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates))
     store.save_target(project_id, target)
     store.update_state(
         project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(order), ranked_version=version or "",
         ranked_fingerprint=fingerprint, ranking_seconds=round(time.monotonic() - started, 2),
+        ranking_requests=context.client.requests_sent - requests_before,
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
@@ -438,7 +437,7 @@ def _fingerprint(settings: ProjectSettings, version: str, ids: Sequence[int], la
 
 
 def _target(
-    store: Store, project_id: int, fingerprint: str, order: list[int], picked: list[int], clusters: np.ndarray, flags: dict[int, str]
+    store: Store, project_id: int, fingerprint: str, order: list[int], picked: list[int], flags: dict[int, str]
 ) -> dict[str, Any]:
     """The write-out's target. A new model version only on the first ranking or after a settings
     or patterns change (an unfinished new version is reused); otherwise the live one, changed in place."""
@@ -450,7 +449,7 @@ def _target(
     model_version = previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
     return {
         "generation": store.next_run(project_id), "model_version": model_version, "full": bool(full), "settings_key": settings_key,
-        "order": order, "n_picked": len(picked), "clusters": [int(c) for c in clusters], "flags": flags,
+        "order": order, "n_picked": len(picked), "flags": flags,
     }
 
 
@@ -460,29 +459,6 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
 
 def new_model_version(store: Store, project_id: int) -> str:
     return f"{VERSION_PREFIX}{int(store.redis.hincrby(store._key(project_id, 'state'), 'versions', 1)):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def nearest_pick(patterns: Sequence[np.ndarray], picks: np.ndarray, order: np.ndarray, rows_per_block: int = 4096) -> np.ndarray:
-    """For each image of ``order``: the position (in ``picks``) of the pick nearest to it by the
-    closest pair of patterns; a pick is its own cluster. -1 when there are no picks."""
-    if len(picks) == 0:
-        return np.full(len(order), -1, dtype=np.int64)
-    pool = PatternPool(patterns)
-    pick_rows = np.concatenate([np.arange(pool.starts[p], pool.starts[p] + pool.counts[p]) for p in picks])
-    pick_of_row = np.repeat(np.arange(len(picks)), pool.counts[picks])
-    pick_matrix = pool.matrix[pick_rows]
-    best_row = np.empty(len(pool.matrix), dtype=np.int64)
-    best_similarity = np.empty(len(pool.matrix), dtype=np.float32)
-    for start in range(0, len(pool.matrix), rows_per_block):
-        similarity = pool.matrix[start : start + rows_per_block] @ pick_matrix.T
-        best_row[start : start + rows_per_block] = similarity.argmax(axis=1)
-        best_similarity[start : start + rows_per_block] = similarity.max(axis=1)
-    result = np.empty(len(order), dtype=np.int64)
-    for position, image in enumerate(order):
-        rows = pool.rows_of(int(image))
-        result[position] = pick_of_row[best_row[rows][best_similarity[rows].argmax()]]
-    result[: len(picks)] = np.arange(len(picks))
-    return result
 
 
 def remember_previous_sampling(client: LabelStudioClient, store: Store, project_id: int) -> None:

@@ -276,10 +276,11 @@ class Store:
 
     def promote_staged(self, project_id: int, model_version: str) -> None:
         """The staged version became the live one: its predictions replace the live ones."""
-        key = self._key(project_id, "predictions")
+        key, staged = self._key(project_id, "predictions"), self._key(project_id, "staged", model_version)
         with self.redis.pipeline() as pipe:
             pipe.delete(key)
-            pipe.rename(self._key(project_id, "staged", model_version), key)
+            if self.redis.exists(staged):  # nothing is staged when nothing was ranked
+                pipe.rename(staged, key)
             pipe.hset(self._key(project_id, "state"), mapping={"model_version": model_version, "switched_at": str(time.time())})
             pipe.execute()
 

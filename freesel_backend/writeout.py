@@ -294,12 +294,12 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     """Import every ranked task under the target's new version, flag the head, switch the queue."""
     version, order = target["model_version"], target["order"]
     staged = step.store.all_predictions(step.project_id, staged=version)
-    scores, clusters = full_scores(order), dict(zip(order, target["clusters"]))
+    scores = full_scores(order)
     missing = [t for t in order if t not in staged]
     progress.start_stage("importing predictions", len(order))
     progress.advance(len(order) - len(missing))
     for start in range(0, len(missing), IMPORT_BATCH):
-        batch = {t: _prediction(t, scores[t], clusters.get(t, -1), version) for t in missing[start : start + IMPORT_BATCH]}
+        batch = {t: _prediction(t, scores[t], version) for t in missing[start : start + IMPORT_BATCH]}
         _import(step, batch, staged=version)
         progress.advance(len(batch))
     _fill_ids(step, version, staged=version)
@@ -318,32 +318,66 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
 def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
     """Scores and flags of the live version changed where the head needs it. True when done."""
     version = step.store.get_state(step.project_id).get("model_version", "")
-    live = step.store.all_predictions(step.project_id)
-    plan = plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.settings.head_size)
-    if plan.renormalise:
+    plan = _plan(step, target)
+    if plan.create and _adopt(step, version, [task for task, _ in plan.create]):
+        plan = _plan(step, target)
+    log.info(
+        "project %s: write-out of ranking %s: %d scores to change, %d predictions to import (head starts %s)",
+        step.project_id, target["generation"], len(plan.patch), len(plan.create), target["order"][:5],
+    )
+    if plan.renormalise or plan.create:
+        # New tasks get their predictions through a new version: predictions imported in place
+        # for tasks created after the version was switched to were accepted (201) but not stored
+        # by Label Studio 1.23.2 in end-to-end runs (cause not found).
         _start_full_import(step.store, step.project_id, target)
         return False
-    clusters = dict(zip(target["order"], target["clusters"]))
     progress.start_stage("writing the head", len(plan.create) + len(plan.patch))
     for start in range(0, len(plan.create), IMPORT_BATCH):
-        _import(step, {t: _prediction(t, s, clusters.get(t, -1), version) for t, s in plan.create[start : start + IMPORT_BATCH]})
+        _import(step, {t: _prediction(t, s, version) for t, s in plan.create[start : start + IMPORT_BATCH]})
         progress.advance(min(IMPORT_BATCH, len(plan.create) - start))
     _fill_ids(step, version)
     _write_flags(step, target, additions=True)
     live = step.store.all_predictions(step.project_id)
     for task, score in plan.patch:
         step.spend()
-        cluster = int(clusters.get(task, -1))
         try:
-            step.client.update_prediction(live[task]["id"], score=score, cluster=cluster)
+            step.client.update_prediction(live[task]["id"], score=score)
         except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
             step.store.redis.hdel(step.store._key(step.project_id, "predictions"), task)
             continue
         step.writes += 1
-        step.store.update_predictions(step.project_id, {task: {**live[task], "score": score, "cluster": cluster}})
+        step.store.update_predictions(step.project_id, {task: {**live[task], "score": score}})
         progress.advance(1)
     _write_flags(step, target, additions=False)
+    _keep_queue_switched(step, version)
     return True
+
+
+def _keep_queue_switched(step: Step, version: str) -> None:
+    """Switch the project's queue back to the live version if something switched it off (Label
+    Studio clears the project's model version when "show predictions to annotators" is turned off)."""
+    step.spend()
+    project = step.client.get_project(step.project_id)
+    if project.get("model_version") != version or project.get("sampling") != UNCERTAINTY_SAMPLING:
+        step.spend()
+        step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
+        step.writes += 1
+        log.warning("project %s: the queue no longer served FreeSel's version %s: switched back", step.project_id, version)
+
+
+def _plan(step: Step, target: Mapping[str, Any]) -> ScorePlan:
+    live = step.store.all_predictions(step.project_id)
+    return plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.settings.head_size)
+
+
+def _adopt(step: Step, version: str, tasks: Sequence[int]) -> bool:
+    """Record predictions of the live version that Label Studio holds for ``tasks`` although the
+    backend has none recorded (made by Label Studio from /predict answers, e.g. its "Retrieve
+    Predictions" after a prediction was deleted): they are changed, not imported again."""
+    step.spend()
+    found = _listed(step, version, tasks)
+    step.store.update_predictions(step.project_id, {t: _recorded(p) for t, p in found.items()})
+    return bool(found)
 
 
 def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) -> None:
@@ -354,8 +388,15 @@ def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) ->
     log.info("project %s: scores ran out of room: importing a fresh version %s", project_id, target["model_version"])
 
 
-def _prediction(task: int, score: float, cluster: int, version: str) -> dict[str, Any]:
-    return {"task": int(task), "result": [], "score": float(score), "model_version": version, "cluster": int(cluster)}
+def _prediction(task: int, score: float, version: str) -> dict[str, Any]:
+    """No ``cluster``: Label Studio's /next puts tasks of clusters the annotator has labelled
+    behind the others, and cluster numbers that change between rankings would reorder the head."""
+    return {"task": int(task), "result": [], "score": float(score), "model_version": version}
+
+
+def _recorded(listed: Mapping[str, Any]) -> dict[str, Any]:
+    """A prediction as Label Studio lists it, as the backend records it."""
+    return _prediction(int(listed["task"]), float(listed["score"]), str(listed["model_version"])) | {"id": int(listed["id"])}
 
 
 def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
@@ -391,13 +432,9 @@ def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
     version, tasks = in_flight["model_version"], set(in_flight["tasks"])
     stored = _await_import(step, version, tasks, float(in_flight["sent_at"]))
     log.warning("project %s: %d of %d predictions of an unanswered import are in Label Studio", step.project_id, len(stored), len(tasks))
-    scores = {int(p["task"]): p for p in stored.values()}
     with step.store.redis.pipeline() as pipe:
-        if scores:
-            pipe.hset(
-                _predictions_key(step, in_flight["staged"] or None),
-                mapping={t: json.dumps(_prediction(t, float(p["score"]), -1 if p.get("cluster") is None else int(p["cluster"]), version) | {"id": int(p["id"])}) for t, p in scores.items()},
-            )
+        if stored:
+            pipe.hset(_predictions_key(step, in_flight["staged"] or None), mapping={t: json.dumps(_recorded(p)) for t, p in stored.items()})
         pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
         pipe.execute()
 
@@ -437,8 +474,9 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
     listed = _listed(step, version, without)
     step.store.update_predictions(step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged)
     lost = without - set(listed)
-    if lost:  # imported but gone (tasks deleted meanwhile): forget them, a later pass imports what is still ranked
+    if lost:  # imported but not listed: forget them (a later pass looks again before importing)
         step.store.redis.hdel(_predictions_key(step, staged), *lost)
+        log.warning("project %s: %d imported predictions of %s are not listed by Label Studio", step.project_id, len(lost), version)
 
 
 def _write_flags(step: Step, target: Mapping[str, Any], additions: bool) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Main job: set up .venv, then serve the FreeSel Label Studio ML backend on http://localhost:9090
-# with an embedded Redis (data under MODEL_DIR, default ./model_dir) and one worker.
+# with an embedded Redis (data under MODEL_DIR, default ./model_dir) and three workers.
 # With LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set: ready to be connected from that Label Studio.
 # With neither set: the demo (`python -m freesel_backend demo`): a local Label Studio on
 # http://localhost:8080 (LABEL_STUDIO_PORT), installed on first use, with a project

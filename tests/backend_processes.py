@@ -31,6 +31,7 @@ def backend_env(redis_url: str, label_studio_url: str, api_key: str, model_dir: 
             "FREESEL_DEVICE": "cpu",
             "FREESEL_CHUNK_SIZE": "8",
             "FREESEL_JOB_RETRIES": "0",
+            "FREESEL_RERANK_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -32,7 +32,8 @@ def label_studio():
 
     server = None
     try:
-        server = LabelStudioServer(_label_studio_executable()).start()
+        startup_s = float(os.environ.get("FREESEL_TEST_LS_STARTUP_TIMEOUT", "180"))  # more on a loaded machine
+        server = LabelStudioServer(_label_studio_executable(), startup_timeout=startup_s).start()
     except Exception as exc:  # noqa: BLE001 - reported below
         message = f"real Label Studio could not be started: {exc}"
         missing_prerequisite(message)

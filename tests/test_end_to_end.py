@@ -112,7 +112,7 @@ def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_di
     status = settled(backend, pid, before)
     print(f"import -> queue reordered: {time.time() - before:.1f} s for {len(new_ids)} new tasks")
     remaining = current_ranking(ls, pid)
-    assert remaining[0] in new_ids
+    assert remaining[0] in new_ids, (remaining, new_ids, sorted((p["score"], p["task"], p["model_version"][-6:]) for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()))
     group_of = {task: group for group in status["near_duplicates"]["listed"] for task in group}
     for task in new_ids:  # ahead of the old looks, unless a near-duplicate of a task served before it
         position = remaining.index(task)

@@ -188,6 +188,12 @@ def test_every_endpoint_wants_basic_auth_health_included(main_command):
     assert "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set" not in main_command.log()
 
 
+def test_the_main_command_runs_a_worker_each_for_patterns_rankings_and_write_outs(main_command):
+    listening = [f"*** Listening on {queues}..." for queues in ("freesel-features", "freesel-selection", "freesel-writeout, freesel-cleanup")]
+    wait_for(lambda: all(line in main_command.log() for line in listening), 300, "the three workers")
+    assert "starting 3 workers" in main_command.log()
+
+
 def test_label_studio_without_the_credentials_cannot_connect(label_studio, main_command):
     created = label_studio.create_project("FreeSel wrong password", LABEL_CONFIG)
     response = label_studio.api("POST", "/api/ml", json={
@@ -262,7 +268,7 @@ def test_retrieve_predictions_enqueues_tasks_the_backend_never_saw(label_studio,
     retrieve_predictions(ls, pid, {"all": True, "excluded": []})
     status = settled(main_command, pid, started)
     assert status["tasks"] == 12 and status["patterns_done"] == 12
-    assert set(new_ids) <= set(current_ranking(ls, pid))
+    assert set(new_ids) <= set(current_ranking(ls, pid)), ls.api("GET", "/api/predictions/", params={"project": pid}).json()
 
 
 def test_a_settings_change_recomputes_patterns_under_a_new_version_and_old_versions_expire(label_studio, main_command, project):

@@ -72,6 +72,18 @@ def test_predictions_are_replaced_atomically(redis_connection):
     assert store.get_predictions(2, [1, 2]) == {2: {"score": 0.0}}
 
 
+def test_staged_predictions_become_the_live_ones_when_the_queue_is_switched(redis_connection):
+    store = Store(redis_connection)
+    store.update_predictions(2, {1: {"score": 0.0, "id": 7}})
+    store.update_predictions(2, {1: {"score": 0.5}, 2: {"score": 0.25}}, staged="freesel-0002")
+    assert store.all_predictions(2) == {1: {"score": 0.0, "id": 7}}
+    store.promote_staged(2, "freesel-0002")
+    assert store.all_predictions(2) == {1: {"score": 0.5}, 2: {"score": 0.25}}
+    assert store.all_predictions(2, staged="freesel-0002") == {} and store.get_state(2)["model_version"] == "freesel-0002"
+    store.promote_staged(2, "freesel-0003")  # nothing staged (nothing ranked): no live predictions
+    assert store.all_predictions(2) == {} and store.get_state(2)["model_version"] == "freesel-0003"
+
+
 def test_a_selection_record_gives_back_the_ranking_and_groups_it_was_made_from(redis_connection):
     store = Store(redis_connection)
     ranking = Ranking(order=np.array([2, 0, 3]), distance=np.array([np.inf, 0.5, 0.25]), n_picked=2, seeds=(1,))

@@ -1,0 +1,71 @@
+"""Planning a re-ranking's writes: which scores change so that Label Studio (lowest score first)
+serves the new head exactly in rank order, and how few change."""
+
+from __future__ import annotations
+
+import random
+
+from freesel_backend.writeout import PICK_FLAG, full_scores, longest_increasing, plan_scores, wanted_flags
+
+
+def served_after(order: list[int], scores: dict[int, float], head: int) -> list[int]:
+    """The first ``head`` tasks Label Studio serves once the plan is written."""
+    plan = plan_scores(order, scores, head)
+    written = {**scores, **dict(plan.patch), **dict(plan.create)}
+    return sorted(order, key=lambda task: written[task])[:head]
+
+
+def test_longest_increasing_subsequence_positions():
+    assert longest_increasing([3.0, 1.0, 2.0, 5.0, 4.0, 6.0]) == [1, 2, 4, 5]
+    assert longest_increasing([]) == []
+
+
+def test_an_unchanged_order_writes_nothing_and_a_labelled_top_task_leaves_the_rest_as_is():
+    order = list(range(1000))
+    scores = full_scores(order)
+    assert plan_scores(order, scores, 300).patch == [] and plan_scores(order[1:], scores, 300).patch == []
+
+
+def test_tasks_moved_within_or_into_the_head_are_the_only_ones_rescored():
+    order = list(range(1000))
+    scores = full_scores(order)
+    moved = [500, 7, 42]  # 500 comes from the tail; 7 and 42 move up
+    new_order = moved + [t for t in order if t not in moved]
+    plan = plan_scores(new_order, scores, 300)
+    assert {task for task, _ in plan.patch} == {500, 7, 42} and plan.create == []
+    assert served_after(new_order, scores, 300) == new_order[:300]
+
+
+def test_tasks_pushed_out_of_the_head_move_behind_it_and_new_tasks_get_a_prediction():
+    order = list(range(100))
+    scores = full_scores(order)
+    new_order = [1000, 1001] + order[10:] + order[:10]  # two new tasks first, the old top ten last
+    plan = plan_scores(new_order, scores, 20)
+    assert {task for task, _ in plan.create} == {1000, 1001}
+    assert served_after(new_order, {**scores}, 20) == new_order[:20]
+    tail_new = plan_scores(order + [2000], scores, 20).create
+    assert [task for task, _ in tail_new] == [2000] and tail_new[0][1] > max(scores.values())
+
+
+def test_random_reorderings_keep_the_head_exact_with_writes_near_the_number_of_moves():
+    rng = random.Random(7)
+    order = list(range(2000))
+    scores = full_scores(order)
+    for _ in range(40):
+        order = order[2:]  # two labelled
+        for _ in range(5):
+            order.insert(rng.randrange(150), order.pop(rng.randrange(len(order))))
+        plan = plan_scores(order, scores, 300)
+        assert len(plan.patch) + len(plan.create) <= 2 * 5 + 2 and not plan.renormalise
+        assert served_after(order, scores, 300) == order[:300]
+        scores = {**scores, **dict(plan.patch)}
+
+
+def test_scores_without_room_between_neighbours_ask_for_a_fresh_version():
+    scores = {1: 0.0, 2: 1e-12}
+    assert plan_scores([1, 3, 2], {**scores, 3: 5.0}, 3).renormalise
+
+
+def test_the_pick_flag_goes_on_picks_within_the_head_only_besides_the_other_flags():
+    target = {"order": [5, 6, 7, 8], "n_picked": 3, "flags": {"9": "FreeSel could not use this image: 404", "8": "dup"}}
+    assert wanted_flags(target, head_size=2) == {5: PICK_FLAG, 6: PICK_FLAG, 8: "dup", 9: "FreeSel could not use this image: 404"}
