@@ -82,7 +82,7 @@ class LabelStudioServer:
         self.startup_timeout = startup_timeout
         self.enable_legacy_token = enable_legacy_token
         self.extra_env = dict(extra_env or {})
-        # the API key a user configures: a Personal Access Token, or before 1.18 the legacy token
+        # the API key a user configures: a Personal Access Token, or where there are none (1.16.0 and older) the legacy token
         self.pat: Optional[str] = None
         self.legacy_token: Optional[str] = None
         self.start_seconds: Optional[float] = None
@@ -276,7 +276,7 @@ class LabelStudioServer:
         return session
 
     def _create_pat(self) -> str:
-        """A Personal Access Token; on Label Studio without them (before 1.18: no ``/api/token/``)
+        """A Personal Access Token; on Label Studio without them (1.16.0 and older: no ``/api/token/``)
         the user's legacy token, the only kind of API key those versions have."""
         resp = self.session.post(f"{self.url}/api/token/", json={}, timeout=30)
         if resp.status_code in (404, 405):
@@ -294,7 +294,7 @@ class LabelStudioServer:
             json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True},
             timeout=30,
         )
-        # 404: a version before 1.18, where legacy tokens are the only tokens and always enabled
+        # 404: 1.16.0 or older, where legacy tokens are the only tokens and always enabled
         if resp.status_code not in (200, 201, 404):
             raise LabelStudioStartError(f"POST /api/jwt/settings failed: HTTP {resp.status_code} {resp.text[:200]}")
         return self._legacy_token()
