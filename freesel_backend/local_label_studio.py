@@ -39,6 +39,21 @@ class Credentials:
     token: str = ""
 
 
+def wait_until_healthy(url: str, process: "subprocess.Popen[bytes]", timeout_s: float) -> str | None:
+    """Wait until the Label Studio ``process`` answers ``url``/health; None when it does, else why not."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"Label Studio exited with code {process.returncode} before answering {url}/health"
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return None
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return f"Label Studio did not answer {url}/health within {timeout_s:.0f} s"
+
+
 def data_dir_of(model_dir: Path) -> Path:
     return model_dir / "label-studio"
 
@@ -138,17 +153,9 @@ class LocalLabelStudio:
 
     def _wait_healthy(self, timeout_s: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LocalLabelStudioError(f"Label Studio exited with code {self.process.returncode}; see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise LocalLabelStudioError(f"Label Studio did not answer {self.url}/health within {timeout_s:.0f} s; see {self.log_path}")
+        problem = wait_until_healthy(self.url, self.process, timeout_s)
+        if problem:
+            raise LocalLabelStudioError(f"{problem}; see {self.log_path}")
 
     def _token_works(self, token: str) -> bool:
         response = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": token}, timeout=30)

@@ -29,6 +29,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import requests
 
+from freesel_backend.local_label_studio import wait_until_healthy
+
 DEFAULT_USERNAME = "freesel-test@example.com"
 DEFAULT_PASSWORD = "freesel-test-password-123"
 
@@ -185,24 +187,9 @@ class LabelStudioServer:
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise LabelStudioStartError(
-                    f"label-studio exited with code {code} before becoming healthy; log tail:\n{self.log_tail()}"
-                )
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise LabelStudioStartError(
-            f"label-studio not healthy at {self.url}/health after {self.startup_timeout:.0f}s; "
-            f"log tail:\n{self.log_tail()}"
-        )
-
+        problem = wait_until_healthy(self.url, self._proc, self.startup_timeout)
+        if problem:
+            raise LabelStudioStartError(f"{problem}; log tail:\n{self.log_tail()}")
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
