@@ -1,6 +1,7 @@
 """`python -m freesel_backend quickstart FOLDER` into a running Label Studio 1.23.2 and a running
 backend (real Redis, gunicorn, worker): batches with a progress bar, unreadable files listed and
-skipped, a second run uploads only what is missing, the queue follows the ranking."""
+skipped, a second run uploads only what is missing, the queue follows the ranking, and a
+RectangleLabels config puts the project on the detection preset."""
 
 from __future__ import annotations
 
@@ -74,6 +75,10 @@ def test_quickstart_uploads_500_images_in_batches_skips_unreadable_ones_and_a_se
         assert "Label All Tasks serves FreeSel's picks first" in first.stdout
         project = next(p for p in ls.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"] if p["title"] == "My 500")
         assert "RectangleLabels" in project["label_config"]
+        status = backend.status(project["id"])
+        assert status["preset"]["task"] == "detection" and "RectangleLabels" in status["preset"]["reason"]
+        in_effect = status["settings"]
+        assert (in_effect["patterns_per_image"], in_effect["attention_ratio"], in_effect["strategy"]) == (5, 0.5, "fds")
         ranking = current_ranking(ls, project["id"])
         assert len(ranking) == 500
         assert ls.api("GET", f"/api/projects/{project['id']}/next").json()["id"] == ranking[0]
