@@ -58,7 +58,7 @@ def test_label_studio_ml_start_check_validates_the_settings_and_exits(tmp_path):
     assert "settings OK" in done.stdout and "model offline" in done.stdout
     bad = subprocess.run([sys.executable, "freesel_backend/_wsgi.py", "--check", "--with", "FREESEL_PRECISION=fp8"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "FREESEL_PRECISION must be fp32 or bf16" in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "FREESEL_PRECISION must be one of auto, fp32, bf16" in bad.stderr
 
 
 def _status(url: str, auth: tuple[str, str] | None) -> int:
