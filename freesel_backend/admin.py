@@ -98,14 +98,14 @@ def disable(backend: Backend, project_id: int) -> ProjectSettings:
             sampling=state["previous_sampling"] or "Sequential sampling",
             model_version=state.get("previous_model_version", ""),
         )
-        backend.connection.hdel(store._key(project_id, "state"), "previous_sampling", "previous_model_version", "model_version")
+        store.forget_state(project_id, "previous_sampling", "previous_model_version", "model_version")
     enqueue_cleanup(backend.connection, backend.settings, project_id)
     return settings
 
 
 def reselect(backend: Backend, project_id: int) -> str:
     """Rank again even if nothing changed (a selection skips otherwise)."""
-    backend.connection.hdel(backend.store._key(project_id, "state"), "ranked_fingerprint")
+    backend.store.forget_state(project_id, "ranked_fingerprint")
     return schedule_selection(backend.connection, backend.settings, project_id).id
 
 

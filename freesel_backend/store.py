@@ -148,6 +148,10 @@ class Store:
             pipe.hset(self._key(project_id, "state"), mapping={k: str(v) for k, v in fields.items()})
             pipe.execute()
 
+    def forget_state(self, project_id: int, *fields: str) -> None:
+        """Remove these fields from the project's state."""
+        self.redis.hdel(self._key(project_id, "state"), *fields)
+
     def remember_once(self, project_id: int, **fields: str) -> bool:
         """Store ``fields`` in the state only if ``fields``' first key is not there yet (atomic)."""
         key = self._key(project_id, "state")
@@ -267,12 +271,14 @@ class Store:
     def update_predictions(self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None) -> None:
         """Record these predictions as written (to the live version, or to the ``staged`` one)."""
         if predictions:
-            key = self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
-            self.redis.hset(key, mapping={int(t): json.dumps(p) for t, p in predictions.items()})
+            self.redis.hset(self.predictions_key(project_id, staged), mapping={int(t): json.dumps(p) for t, p in predictions.items()})
 
     def all_predictions(self, project_id: int, staged: str | None = None) -> dict[int, dict[str, Any]]:
-        key = self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
-        return {int(t): json.loads(value) for t, value in self.redis.hgetall(key).items()}
+        return {int(t): json.loads(value) for t, value in self.redis.hgetall(self.predictions_key(project_id, staged)).items()}
+
+    def predictions_key(self, project_id: int, staged: str | None = None) -> str:
+        """The hash of the predictions written to the live version, or to the ``staged`` one."""
+        return self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
 
     def promote_staged(self, project_id: int, model_version: str) -> None:
         """The staged version became the live one: its predictions replace the live ones."""

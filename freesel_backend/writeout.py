@@ -343,7 +343,7 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
         try:
             step.client.update_prediction(live[task]["id"], score=score)
         except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
-            step.store.redis.hdel(step.store._key(step.project_id, "predictions"), task)
+            step.store.redis.hdel(step.store.predictions_key(step.project_id), task)
             continue
         step.writes += 1
         step.store.update_predictions(step.project_id, {task: {**live[task], "score": score}})
@@ -413,7 +413,7 @@ def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None 
         step.client.import_predictions(step.project_id, list(batch.values()), timeout=step.settings.label_studio_write_timeout_s)
     except LabelStudioUnavailable as error:
         if not error.timed_out:
-            step.store.redis.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
+            step.store.forget_state(step.project_id, "import_in_flight")
             raise
         step.writes += 1
         log.warning("project %s: importing %d predictions timed out: asking Label Studio what it stored", step.project_id, len(batch))
@@ -421,7 +421,7 @@ def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None 
         raise OutOfRequests() from None  # the next step plans again from what Label Studio has
     step.writes += 1
     with step.store.redis.pipeline() as pipe:
-        pipe.hset(_predictions_key(step, staged), mapping={int(t): json.dumps(p) for t, p in batch.items()})
+        pipe.hset(step.store.predictions_key(step.project_id, staged), mapping={int(t): json.dumps(p) for t, p in batch.items()})
         pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
         pipe.execute()
 
@@ -434,13 +434,11 @@ def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
     log.warning("project %s: %d of %d predictions of an unanswered import are in Label Studio", step.project_id, len(stored), len(tasks))
     with step.store.redis.pipeline() as pipe:
         if stored:
-            pipe.hset(_predictions_key(step, in_flight["staged"] or None), mapping={t: json.dumps(_recorded(p)) for t, p in stored.items()})
+            pipe.hset(step.store.predictions_key(step.project_id, in_flight["staged"] or None), mapping={t: json.dumps(_recorded(p)) for t, p in stored.items()})
         pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
         pipe.execute()
 
 
-def _predictions_key(step: Step, staged: str | None) -> str:
-    return step.store._key(step.project_id, "staged", staged) if staged else step.store._key(step.project_id, "predictions")
 
 
 def _await_import(step: Step, version: str, tasks: set[int], sent_at: float) -> dict[int, dict[str, Any]]:
@@ -475,7 +473,7 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
     step.store.update_predictions(step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged)
     lost = without - set(listed)
     if lost:  # imported but not listed: forget them (a later pass looks again before importing)
-        step.store.redis.hdel(_predictions_key(step, staged), *lost)
+        step.store.redis.hdel(step.store.predictions_key(step.project_id, staged), *lost)
         log.warning("project %s: %d imported predictions of %s are not listed by Label Studio", step.project_id, len(lost), version)
 
 
