@@ -45,8 +45,8 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from freesel_backend.config import FEATURES_QUEUE  # noqa: E402
-from freesel_backend.jobs import VERSION_PREFIX  # noqa: E402
+from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
+from freesel_backend.server.jobs import VERSION_PREFIX  # noqa: E402
 from tests.backend_processes import BackendProcesses, backend_env, idle  # noqa: E402
 from tests.helpers import write_noise_images  # noqa: E402
 from tests.label_studio_server import LabelStudioServer  # noqa: E402

@@ -30,7 +30,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from freesel_backend.redis_server import RedisServer, free_port  # noqa: E402
+from freesel_backend.server.redis_server import RedisServer, free_port  # noqa: E402
 from tests.backend_processes import backend_env, idle, wait_for  # noqa: E402
 from tests.conftest import _label_studio_executable  # noqa: E402
 from tests.helpers import noise_image  # noqa: E402

@@ -2,7 +2,7 @@
 
 Extracts the patterns of the first N Fashion-MNIST test images with the bundled offline DINOv2
 ViT-S/14 (112 px, bf16, the paper's K=5 and attention ratio 0.5), then times prob against the
-reference algorithm of ``python -m freesel_backend.bench`` (its first 50 picks, scaled), the two
+reference algorithm of ``python -m benchmarks.performance`` (its first 50 picks, scaled), the two
 interleaved, best of five each; times fds; and checks that fds picks what the reference picks.
 Needs Debian's dataset-fashion-mnist (``scripts/test.sh`` installs it).
 
@@ -22,8 +22,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from freesel_backend import PatternExtractor, select  # noqa: E402
-from freesel_backend.bench import fds_matches_reference, interleaved, numpy_blas, reference_seconds, timed  # noqa: E402
-from freesel_backend.quality_bench.data import load_split  # noqa: E402
+from benchmarks.performance import fds_matches_reference, interleaved, numpy_blas, reference_seconds, timed  # noqa: E402
+from benchmarks.quality.data import load_split  # noqa: E402
 
 ROUNDS = 5
 REFERENCE_PREFIX = 50

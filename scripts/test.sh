@@ -20,8 +20,8 @@ if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null
     apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
-    port=$(.venv/bin/python -c 'from freesel_backend.redis_server import free_port; print(free_port())')
-    server=$(.venv/bin/python -c 'from freesel_backend.redis_server import redis_server_executable as e; print(e())')
+    port=$(.venv/bin/python -c 'from freesel_backend.server.redis_server import free_port; print(free_port())')
+    server=$(.venv/bin/python -c 'from freesel_backend.server.redis_server import redis_server_executable as e; print(e())')
     "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
     redis_pid=$!
     trap 'kill "$redis_pid" 2>/dev/null || true' EXIT

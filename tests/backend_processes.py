@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -51,7 +51,7 @@ def redis_url():
     if url:
         yield url
         return
-    from freesel_backend.redis_server import RedisServer
+    from freesel_backend.server.redis_server import RedisServer
 
     with RedisServer() as server:
         yield server.url

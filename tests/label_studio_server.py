@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import requests
 
-from freesel_backend.local_label_studio import wait_until_healthy
+from freesel_backend.labelstudio.local import wait_until_healthy
 
 DEFAULT_USERNAME = "freesel-test@example.com"
 DEFAULT_PASSWORD = "freesel-test-password-123"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from freesel_backend import bench, select
+from benchmarks import performance as bench
+from freesel_backend import select
 
 
 def test_bench_smoke_run_prints_one_line_per_selection_target(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from freesel_backend.cli import build_parser
-from freesel_backend.config import Settings
+from freesel_backend.server.settings import Settings
 from tests.helpers import missing_prerequisite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def test_compose_variables_are_read_by_the_settings():
     settings = Settings.from_env(environment)
     assert settings.label_studio_url == "http://label-studio:8080"
     assert settings.redis_url == "redis://redis:6379/0" and settings.public_url == "http://backend:9090"
-    source = (REPO_ROOT / "freesel_backend" / "config.py").read_text()
+    source = (REPO_ROOT / "freesel_backend" / "server" / "settings.py").read_text()
     assert all(f'"{name}"' in source for name in environment)
 
 

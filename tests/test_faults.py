@@ -16,10 +16,10 @@ import numpy as np
 import redis
 import requests
 
-from freesel_backend.config import Settings
-from freesel_backend.jobs import enqueue_patterns
-from freesel_backend.redis_server import RedisServer
-from freesel_backend.store import Store
+from freesel_backend.server.settings import Settings
+from freesel_backend.server.jobs import enqueue_patterns
+from freesel_backend.server.redis_server import RedisServer
+from freesel_backend.server.store import Store
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image, write_noise_images
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, Request

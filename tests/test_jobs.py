@@ -5,9 +5,9 @@ from __future__ import annotations
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from freesel_backend.config import SELECTION_QUEUE, Settings
-from freesel_backend.jobs import enqueue_patterns, schedule_selection
-from freesel_backend.store import Store
+from freesel_backend.server.settings import SELECTION_QUEUE, Settings
+from freesel_backend.server.jobs import enqueue_patterns, schedule_selection
+from freesel_backend.server.store import Store
 from tests.backend_processes import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
 

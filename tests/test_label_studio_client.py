@@ -1,4 +1,4 @@
-"""Specification of freesel_backend.label_studio.LabelStudioClient against a REAL Label Studio 1.23.2.
+"""Specification of freesel_backend.labelstudio.client.LabelStudioClient against a REAL Label Studio 1.23.2.
 
 No mocks: the `label_studio` fixture (tests/conftest.py) runs the server.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from freesel_backend.label_studio import (
+from freesel_backend.labelstudio.client import (
     LabelStudioAuthError,
     LabelStudioClient,
     LabelStudioDownloadError,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 from tests.backend_processes import REPO_ROOT, wait_for
 from tests.test_main_command import alive, command_of, descendants, stop_group
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 from tests.backend_processes import REPO_ROOT, backend_env, wait_for
 from tests.test_end_to_end import LABEL_CONFIG, current_ranking, write_group
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from freesel_backend.quality_bench.data import DEFAULT_ROOT, load_split
-from freesel_backend.quality_bench.multi_object import main, multi_object_methods
-from freesel_backend.quality_bench.scenes import SceneSettings, build_scenes
+from benchmarks.quality.data import DEFAULT_ROOT, load_split
+from benchmarks.quality.multi_object import main, multi_object_methods
+from benchmarks.quality.scenes import SceneSettings, build_scenes
 from tests.helpers import missing_prerequisite
 
 TINY_RUN = [

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freesel_backend.quality_bench.__main__ import main, report_methods
-from freesel_backend.quality_bench.data import DEFAULT_ROOT, IDX_IMAGES_MAGIC, load_split, read_idx
+from benchmarks.quality.__main__ import main, report_methods
+from benchmarks.quality.data import DEFAULT_ROOT, IDX_IMAGES_MAGIC, load_split, read_idx
 
 TINY_RUN = [
     "--model", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--precision", "fp32",

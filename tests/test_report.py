@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from freesel_backend.engine.selection import Ranking
-from freesel_backend.report import coverage_curve, pattern_map
+from freesel_backend.report.html import coverage_curve, pattern_map
 from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, missing_prerequisite, random_patterns, scene_image
 
 TINY = ["--model", TINY_MODEL, "--random-init", "--image-size", str(TINY_IMAGE_SIZE), "--device", "cpu"]

@@ -13,8 +13,8 @@ import zlib
 import pytest
 import requests
 
-from freesel_backend.config import WEBHOOK_SECRET_HEADER, Settings
-from freesel_backend.label_studio import LabelStudioClient, LabelStudioDownloadError, LabelStudioError
+from freesel_backend.server.settings import WEBHOOK_SECRET_HEADER, Settings
+from freesel_backend.labelstudio.client import LabelStudioClient, LabelStudioDownloadError, LabelStudioError
 from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import write_noise_images
 from tests.local_http import LocalHttpServer, Request, content, hang, redirect

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from freesel_backend.config import ProjectSettings, SettingsError
+from freesel_backend.server.settings import ProjectSettings, SettingsError
 from freesel_backend.engine import DuplicateGroups, Ranking
-from freesel_backend.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
+from freesel_backend.server.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
 
 
 def test_pattern_blob_round_trips_as_float16_with_its_shape():

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from freesel_backend.store import Store
-from freesel_backend.writeout import PICK_FLAG
+from freesel_backend.server.store import Store
+from freesel_backend.server.publish import PICK_FLAG
 from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, content

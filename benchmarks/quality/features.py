@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine import PatternExtractor
+from freesel_backend.engine import PatternExtractor
 
 PatternConfig = tuple[int, float]  # (patterns per image K, attention ratio)
 DEFAULT_CONFIGS: tuple[PatternConfig, ...] = ((1, 0.5), (3, 0.5), (5, 0.5), (1, 1.0), (3, 1.0), (5, 1.0))

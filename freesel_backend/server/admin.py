@@ -15,10 +15,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from .config import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings
-from .engine import preset
+from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings
+from ..engine import preset
 from .jobs import client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
-from .label_studio import LabelStudioClient
+from ..labelstudio.client import LabelStudioClient
 from .store import Store
 
 # Settings that change the patterns themselves: changing one recomputes them.

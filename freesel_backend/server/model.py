@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from label_studio_ml.model import LabelStudioMLBase
 
 from . import admin
-from .config import WEBHOOK_SECRET_HEADER
+from .settings import WEBHOOK_SECRET_HEADER
 from .jobs import enqueue_patterns, schedule_selection
 from .store import Store
 

@@ -1,7 +1,7 @@
 """The web service: label-studio-ml's app (``/health``, ...) with FreeSel's ``/setup``,
 ``/predict`` and ``/webhook`` and the admin routes under ``/freesel/projects/<id>/``.
 
-Gunicorn: ``gunicorn 'freesel_backend.wsgi:create_app()'``.
+Gunicorn: ``gunicorn 'freesel_backend.server.web:create_app()'``.
 
 label-studio-ml 1.0.9 keeps one model object for the whole process and drops ``extra_params``
 from /setup, so its three protocol views are replaced with views that build a
@@ -20,8 +20,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from label_studio_ml.api import init_app
 
 from . import admin, report_job
-from .config import WEBHOOK_SECRET_HEADER, Settings, SettingsError
-from .label_studio import LabelStudioError, LabelStudioNotFound
+from .settings import WEBHOOK_SECRET_HEADER, Settings, SettingsError
+from ..labelstudio.client import LabelStudioError, LabelStudioNotFound
 from .model import FreeSelModel, LabelConfigError, project_id_of
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ import torch
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image
 
-from .engine.duplicates import DuplicateGroups
-from .engine.images import ImageLoadError
-from .engine.patterns import PatchDetails, PatternExtractor
-from .engine.selection import DUPLICATE_TOLERANCE, PatternPool, Ranking
+from ..engine.duplicates import DuplicateGroups
+from ..engine.images import ImageLoadError
+from ..engine.patterns import PatchDetails, PatternExtractor
+from ..engine.selection import DUPLICATE_TOLERANCE, PatternPool, Ranking
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import (
+from ..engine import (
     DEFAULT_ATTENTION_RATIO,
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
@@ -27,7 +27,7 @@ from .engine import (
     TASKS,
     preset,
 )
-from .engine.selection import DEFAULT_STRATEGY, resolve_budget
+from ..engine.selection import DEFAULT_STRATEGY, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
 SELECTION_QUEUE = "freesel-selection"  # rankings and project syncs

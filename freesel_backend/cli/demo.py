@@ -19,9 +19,9 @@ from types import FrameType
 
 import requests
 
-from .config import DEFAULT_PORT
-from .label_studio import LabelStudioError
-from .local_label_studio import (
+from ..server.settings import DEFAULT_PORT
+from ..labelstudio.client import LabelStudioError
+from ..labelstudio.local import (
     DEFAULT_LABEL_STUDIO_PORT, LocalLabelStudio, LocalLabelStudioError, credentials_path, ensure_installed, load_credentials,
 )
 from .quickstart import LABEL_CONFIGS, QuickstartError, Target, describe, quickstart

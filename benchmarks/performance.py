@@ -1,4 +1,4 @@
-"""Performance targets, measured side by side in one run: ``python -m freesel_backend.bench``.
+"""Performance targets, measured side by side in one run: ``python -m benchmarks.performance``.
 
 Prints one line per target (measured figure, target, PASS/FAIL) and the scaling tables.
 ``--only NAME`` runs one target; ``--quick`` uses smaller sizes (figures then are indicative).
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .engine import PatternExtractor, select
+from freesel_backend.engine import PatternExtractor, select
 
 K, DIM = 5, 384
 PAPER_N, PAPER_B = 16_551, 3_000
@@ -407,7 +407,7 @@ def bench_storage(scale: str) -> list[Result]:
 def _pattern_encoder() -> tuple[Callable[[np.ndarray], bytes], str]:
     """The store's own encoding when this checkout has it, else bare float16 bytes."""
     try:
-        from .store import encode_patterns  # type: ignore[attr-defined]
+        from freesel_backend.server.store import encode_patterns  # type: ignore[attr-defined]
 
         return encode_patterns, "store.encode_patterns, one hash field per task"
     except ImportError:
@@ -423,7 +423,7 @@ TARGETS: dict[str, Callable[[str], list[Result]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m freesel_backend.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=__doc__)
     parser.add_argument("--only", choices=sorted(TARGETS), action="append", help="run only this target (repeatable)")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--quick", action="store_const", const="quick", dest="scale", help="smaller sizes: a quick check, not the targets' figures")

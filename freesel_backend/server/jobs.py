@@ -25,11 +25,11 @@ from rq import Queue, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 
-from .config import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
-from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
-from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
+from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
+from ..labelstudio.client import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import SelectionRecord, Store, patterns_version
-from .writeout import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
+from .publish import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def ensure_sample_images(folder: Path) -> Path:
         photos = _scikit_image_photos()
     except (OSError, subprocess.CalledProcessError, zipfile.BadZipFile) as error:
         print(f"sample photographs unavailable ({error}); using generated shapes instead", file=sys.stderr)
-        subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "make_samples.py"),
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "make_samples.py"),
                         str(folder)], check=True)
     else:
         for name, image in photos.items():

@@ -18,7 +18,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
-from .config import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
+from .settings import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
 from .redis_server import RedisServer
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from .wsgi import create_app
+        from .web import create_app
 
         return create_app()
 

@@ -34,8 +34,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import redis
 from rq import Queue
 
-from .config import CLEANUP_QUEUE, WRITEOUT_QUEUE, Settings
-from .label_studio import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
+from .settings import CLEANUP_QUEUE, WRITEOUT_QUEUE, Settings
+from ..labelstudio.client import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import redis
 
-from .config import ProjectSettings
-from .engine import DuplicateGroups, Ranking
+from .settings import ProjectSettings
+from ..engine import DuplicateGroups, Ranking
 
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600

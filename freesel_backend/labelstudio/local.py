@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_LABEL_STUDIO_PORT = 8080
 ADMIN_EMAIL = "admin@freesel.local"

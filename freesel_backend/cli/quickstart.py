@@ -24,11 +24,11 @@ import requests
 from PIL import Image
 from tqdm import tqdm
 
-from .engine import list_image_files
-from .label_studio import LabelStudioClient, LabelStudioError
-from .local_label_studio import load_credentials
+from ..engine import list_image_files
+from ..labelstudio.client import LabelStudioClient, LabelStudioError
+from ..labelstudio.local import load_credentials
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LABEL_CONFIGS = {
     "classification": REPO_ROOT / "label_config.xml",
     "detection": REPO_ROOT / "label_config_detection.xml",

@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..engine import select
-from ..engine.density import image_descriptors, typicality_prior, whitened
-from ..engine.selection import DUPLICATE_TOLERANCE, PatternPool
+from freesel_backend.engine import select
+from freesel_backend.engine.density import image_descriptors, typicality_prior, whitened
+from freesel_backend.engine.selection import DUPLICATE_TOLERANCE, PatternPool
 from .features import Features, PatternConfig
 
 PickFunction = Callable[[Features, int, int], np.ndarray]

@@ -2,7 +2,7 @@
 
 Requests never run the model: the endpoint answers the stored HTML of the project's current
 selection run, or enqueues :func:`build_project_report` (one per project at a time) and says to
-retry. The selection job keeps what it ranked (a :class:`~freesel_backend.store.SelectionRecord`:
+retry. The selection job keeps what it ranked (a :class:`~freesel_backend.server.store.SelectionRecord`:
 task ids, order, distances, picks, seeds, near-duplicate groups), so the report shows exactly
 that run without drawing again. Thumbnails are downloaded from Label Studio (a failed download
 leaves that thumbnail out, with its reason on the page); the patch views need the worker's
@@ -19,11 +19,11 @@ from PIL import Image
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from .config import SELECTION_QUEUE, Settings
-from .engine import ImageLoadError
+from .settings import SELECTION_QUEUE, Settings
+from ..engine import ImageLoadError
 from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, enqueue_project_job, extractor_for, fetch_job, version_of
-from .label_studio import LabelStudioError
-from .report import Failure, ReportData, ReportOptions, build_report
+from ..labelstudio.client import LabelStudioError
+from ..report.html import Failure, ReportData, ReportOptions, build_report
 from .store import SelectionRecord, Store
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``python -m freesel_backend.quality_bench``: the selection-quality benchmark on Fashion-MNIST.
+"""``python -m benchmarks.quality``: the selection-quality benchmark on Fashion-MNIST.
 
 ``report`` (the default) selects from the 10,000-image pool and scores on the 10,000 test
 images: docs/quality_results.md and docs/quality_accuracy.png. ``tune`` compares candidate
@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_PATTERNS_PER_IMAGE
-from ..engine.selection import DEFAULT_STRATEGY
+from freesel_backend.engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_PATTERNS_PER_IMAGE
+from freesel_backend.engine.selection import DEFAULT_STRATEGY
 from .data import DEFAULT_ROOT, DatasetMissingError, load_split
 from .evaluate import Probe, score_methods
 from .features import DEFAULT_CACHE_DIR, ExtractionSettings, Features, cached_features
@@ -84,7 +84,7 @@ def tuning_methods() -> list[Method]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m freesel_backend.quality_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     add_shared_arguments(parser)
     parser.add_argument("--image-size", type=int, default=112, help="model input size for the 28x28 images (112)")
     parser.add_argument("--pool-size", type=int, default=10_000, help="first N training images (10000)")
@@ -167,7 +167,7 @@ def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _header(args: argparse.Namespace, features: Features, title: str, seconds: float, n_seeds: int) -> str:
-    command = "python -m freesel_backend.quality_bench " + " ".join(sys.argv[1:]) if argv_is_cli() else "(called from Python)"
+    command = "python -m benchmarks.quality " + " ".join(sys.argv[1:]) if argv_is_cli() else "(called from Python)"
     extraction = f"{features.seconds:.0f} s" if features.seconds else "loaded from cache"
     return (
         f"# {title}\n\n"

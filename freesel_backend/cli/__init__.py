@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .engine import (
+from ..engine import (
     DEFAULT_ATTENTION_RATIO,
     DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
@@ -32,10 +32,10 @@ from .engine import (
     preset,
     select,
 )
-from .config import DEFAULT_PORT, QUEUES, SettingsError
-from .engine.duplicates import DuplicateGroups
-from .engine.selection import Ranking, resolve_budget
-from .report import Failure, ReportData, ReportOptions, build_report, write_report
+from ..server.settings import DEFAULT_PORT, QUEUES, SettingsError
+from ..engine.duplicates import DuplicateGroups
+from ..engine.selection import Ranking, resolve_budget
+from ..report.html import Failure, ReportData, ReportOptions, build_report, write_report
 
 log = logging.getLogger("freesel_backend")
 
@@ -356,7 +356,7 @@ def add_serve_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .service import serve
+    from ..server.process import serve
 
     return serve(args.host, args.port, args.web_workers)
 
@@ -377,7 +377,7 @@ def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from .service import work
+    from ..server.process import work
 
     queues = tuple(name.strip() for name in args.queues.split(",") if name.strip())
     unknown = sorted(set(queues) - set(QUEUES))
@@ -403,7 +403,7 @@ def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from .service import fetch_report, project_action
+    from ..server.process import fetch_report, project_action
 
     if args.action == "report":
         write_report(args.out, fetch_report(args.project_id, args.url, args.wait))
