@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..engine import (
     DEFAULT_ATTENTION_RATIO,
@@ -44,23 +44,43 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the setting and the fix."""
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+Parse = Callable[[str, str], Any]  # (variable name, its value) -> the setting
 
 
-def _seconds_env(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _url(name: str, raw: str) -> str:
+    return raw.strip().rstrip("/")
+
+
+def _kept_as_typed(name: str, raw: str) -> str:
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _whole_number(minimum: int) -> Parse:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _size_or_none(name: str, raw: str) -> int | None:
+    return _whole_number(0)(name, raw) or None
+
+
+def _seconds(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -70,19 +90,16 @@ def _seconds_env(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _bool_env(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+def _true_or_false(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("0", "false", "no", "off"):
         return False
-    if raw in ("1", "true", "yes", "on"):
+    if value in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def _intervals_env(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def _intervals(name: str, raw: str) -> tuple[int, ...]:
     try:
         intervals = tuple(int(part) for part in raw.split(","))
     except ValueError:
@@ -92,6 +109,19 @@ def _intervals_env(env: Mapping[str, str], name: str, default: tuple[int, ...]) 
     return intervals
 
 
+def _precision(name: str, raw: str) -> str:
+    precision = raw.strip()
+    if precision not in PRECISIONS:
+        raise SettingsError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def setting(default: Any, variable: str, parse: Parse = _text, *, aliases: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """A :class:`Settings` field: its one default, the environment variable (then ``aliases``) it
+    is read from and how; an unset or blank variable leaves the default."""
+    return dataclasses.field(default=default, repr=not secret, metadata={"env": (variable, *aliases), "parse": parse})
+
+
 WEBHOOK_SECRET_HEADER = "X-FreeSel-Webhook-Secret"
 
 
@@ -99,82 +129,61 @@ WEBHOOK_SECRET_HEADER = "X-FreeSel-Webhook-Secret"
 class Settings:
     """Process settings, from environment variables (see README, "Settings")."""
 
-    label_studio_url: str = ""
-    label_studio_api_key: str = dataclasses.field(default="", repr=False)
-    redis_url: str | None = None
-    model_dir: Path = Path("model_dir")
-    public_url: str = f"http://localhost:{DEFAULT_PORT}"
-    model: str = DEFAULT_MODEL
-    basic_auth_user: str = ""
-    basic_auth_pass: str = dataclasses.field(default="", repr=False)
-    device: str | None = None
-    precision: str = "fp32"
-    batch_size: int = 32
-    chunk_size: int = 64
-    job_timeout_s: int = 3600
-    job_retries: int = 3
-    retry_intervals: tuple[int, ...] = (10, 30, 120)
+    label_studio_url: str = setting("", "LABEL_STUDIO_URL", _url, aliases=("LABEL_STUDIO_HOST",))
+    label_studio_api_key: str = setting("", "LABEL_STUDIO_API_KEY", secret=True)
+    redis_url: str | None = setting(None, "REDIS_URL")
+    model_dir: Path = setting(Path("model_dir"), "MODEL_DIR", _path)
+    public_url: str = setting(f"http://localhost:{DEFAULT_PORT}", "FREESEL_PUBLIC_URL", _url)
+    model: str = setting(DEFAULT_MODEL, "FREESEL_MODEL")
+    basic_auth_user: str = setting("", "BASIC_AUTH_USER", _kept_as_typed)
+    basic_auth_pass: str = setting("", "BASIC_AUTH_PASS", _kept_as_typed, secret=True)
+    device: str | None = setting(None, "FREESEL_DEVICE")
+    precision: str = setting("fp32", "FREESEL_PRECISION", _precision)
+    batch_size: int = setting(32, "FREESEL_BATCH_SIZE", _whole_number(1))
+    chunk_size: int = setting(64, "FREESEL_CHUNK_SIZE", _whole_number(1))
+    job_timeout_s: int = setting(3600, "FREESEL_JOB_TIMEOUT", _whole_number(1))
+    job_retries: int = setting(3, "FREESEL_JOB_RETRIES", _whole_number(0))
+    retry_intervals: tuple[int, ...] = setting((10, 30, 120), "FREESEL_RETRY_INTERVALS", _intervals)
     # A worker refreshes its running job's lease this often; a job whose lease ran out for
     # 3 heartbeats (worker killed) is retried by the next worker maintenance (every maintenance_s,
     # idle workers included), through RQ's scheduler when the first retry interval is not 0.
-    worker_heartbeat_s: int = 30
-    worker_maintenance_s: int = 60
-    download_max_bytes: int = 64 * 1024 * 1024
-    download_timeout_s: int = 30
+    worker_heartbeat_s: int = setting(30, "FREESEL_WORKER_HEARTBEAT", _whole_number(1))
+    worker_maintenance_s: int = setting(60, "FREESEL_WORKER_MAINTENANCE", _whole_number(1))
+    download_max_bytes: int = setting(64 * 1024 * 1024, "FREESEL_DOWNLOAD_MAX_BYTES", _whole_number(1))
+    download_timeout_s: int = setting(30, "FREESEL_DOWNLOAD_TIMEOUT", _whole_number(1))
     # Image URLs (and redirects) to loopback/private/link-local addresses are refused unless set;
     # the configured Label Studio host is always allowed.
-    allow_private_downloads: bool = False
-    max_request_bytes: int = 64 * 1024 * 1024
+    allow_private_downloads: bool = setting(False, "FREESEL_ALLOW_PRIVATE_DOWNLOADS", _true_or_false)
+    max_request_bytes: int = setting(64 * 1024 * 1024, "FREESEL_MAX_REQUEST_BYTES", _whole_number(1))
     # The write-out: the first head_size tasks of the queue are kept in exact order and flagged;
     # a re-ranking starts at most once per rerank_interval_s per project; a write-out job makes at
     # most writeout_step_requests requests, then yields its worker; bulk imports and version
     # deletes may take label_studio_write_timeout_s before Label Studio is asked what it did.
-    head_size: int = 300
-    rerank_interval_s: int = 10
-    writeout_step_requests: int = 200
-    label_studio_write_timeout_s: float = 120.0
-    webhook_secret_override: str = dataclasses.field(default="", repr=False)
+    head_size: int = setting(300, "FREESEL_HEAD_SIZE", _whole_number(1))
+    rerank_interval_s: int = setting(10, "FREESEL_RERANK_INTERVAL", _whole_number(0))
+    writeout_step_requests: int = setting(200, "FREESEL_WRITEOUT_STEP", _whole_number(1))
+    label_studio_write_timeout_s: float = setting(120.0, "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT", _seconds)
+    webhook_secret_override: str = setting("", "FREESEL_WEBHOOK_SECRET", secret=True)
     # Tests only: random weights and a small input size, so a tiny ViT runs in a test worker.
-    test_random_init: bool = False
-    test_image_size: int | None = None
+    test_random_init: bool = setting(False, "FREESEL_TEST_RANDOM_INIT", _true_or_false)
+    test_image_size: int | None = setting(None, "FREESEL_TEST_IMAGE_SIZE", _size_or_none)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Every field from its environment variable (see ``environment_variables``); a variable
+        that is unset or blank leaves the field's default."""
         env = os.environ if environ is None else environ
-        precision = env.get("FREESEL_PRECISION", "fp32").strip() or "fp32"
-        if precision not in PRECISIONS:
-            raise SettingsError(f"FREESEL_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        image_size = _int_env(env, "FREESEL_TEST_IMAGE_SIZE", 0, minimum=0)
-        return cls(
-            label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").strip().rstrip("/"),
-            label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or "").strip(),
-            redis_url=(env.get("REDIS_URL") or "").strip() or None,
-            model_dir=Path(env.get("MODEL_DIR") or "model_dir").expanduser(),
-            public_url=(env.get("FREESEL_PUBLIC_URL") or f"http://localhost:{DEFAULT_PORT}").strip().rstrip("/"),
-            model=(env.get("FREESEL_MODEL") or DEFAULT_MODEL).strip(),
-            basic_auth_user=env.get("BASIC_AUTH_USER", ""),
-            basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
-            device=(env.get("FREESEL_DEVICE") or "").strip() or None,
-            precision=precision,
-            batch_size=_int_env(env, "FREESEL_BATCH_SIZE", 32),
-            chunk_size=_int_env(env, "FREESEL_CHUNK_SIZE", 64),
-            job_timeout_s=_int_env(env, "FREESEL_JOB_TIMEOUT", 3600),
-            job_retries=_int_env(env, "FREESEL_JOB_RETRIES", 3, minimum=0),
-            retry_intervals=_intervals_env(env, "FREESEL_RETRY_INTERVALS", (10, 30, 120)),
-            worker_heartbeat_s=_int_env(env, "FREESEL_WORKER_HEARTBEAT", 30),
-            worker_maintenance_s=_int_env(env, "FREESEL_WORKER_MAINTENANCE", 60),
-            download_max_bytes=_int_env(env, "FREESEL_DOWNLOAD_MAX_BYTES", 64 * 1024 * 1024),
-            download_timeout_s=_int_env(env, "FREESEL_DOWNLOAD_TIMEOUT", 30),
-            allow_private_downloads=_bool_env(env, "FREESEL_ALLOW_PRIVATE_DOWNLOADS"),
-            max_request_bytes=_int_env(env, "FREESEL_MAX_REQUEST_BYTES", 64 * 1024 * 1024),
-            head_size=_int_env(env, "FREESEL_HEAD_SIZE", 300),
-            rerank_interval_s=_int_env(env, "FREESEL_RERANK_INTERVAL", 10, minimum=0),
-            writeout_step_requests=_int_env(env, "FREESEL_WRITEOUT_STEP", 200),
-            label_studio_write_timeout_s=_seconds_env(env, "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT", 120.0),
-            webhook_secret_override=env.get("FREESEL_WEBHOOK_SECRET", "").strip(),
-            test_random_init=_bool_env(env, "FREESEL_TEST_RANDOM_INIT"),
-            test_image_size=image_size or None,
-        )
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = next((env[name] for name in field.metadata["env"] if (env.get(name) or "").strip()), None)
+            if raw is not None:
+                values[field.name] = field.metadata["parse"](field.metadata["env"][0], raw)
+        return cls(**values)
+
+    @classmethod
+    def environment_variables(cls) -> dict[str, Any]:
+        """Variable name -> the default of the setting it sets (aliases left out)."""
+        return {field.metadata["env"][0]: field.default for field in dataclasses.fields(cls)}
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
