@@ -28,6 +28,7 @@ from rq.job import Dependency, Job, JobStatus
 from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
 from ..labelstudio.client import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .publish import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
 
@@ -255,8 +256,6 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     progress = JobProgress(len(todo))
     if not todo:
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
-    from .model import LabelConfigError  # the label config is parsed in one place
-
     try:
         tasks = context.client.get_tasks(project_id, todo)
         image_field = _image_field(context, project_id)
@@ -315,8 +314,6 @@ class JobProgress:
 def _image_field(context: WorkerContext, project_id: int) -> str:
     field = context.store.get_state(project_id).get("image_field")
     if not field:
-        from .model import image_field_of  # the label config is parsed in one place
-
         field = image_field_of(context.client.get_label_config(project_id))
         context.store.update_state(project_id, image_field=field)
     return field
