@@ -46,9 +46,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
+from freesel_backend.cli.samples import write_scenes  # noqa: E402
 from freesel_backend.server.jobs import VERSION_PREFIX  # noqa: E402
 from tests.backend_processes import BackendProcesses, backend_env, idle  # noqa: E402
-from tests.helpers import write_noise_images  # noqa: E402
 from tests.label_studio_server import LabelStudioServer  # noqa: E402
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 
@@ -501,7 +501,7 @@ def backend_environment(args: argparse.Namespace, proxy: CountingProxy, pat: str
 
 
 def image_host(folder: Path, count: int) -> tuple[LocalHttpServer, list[str]]:
-    paths = write_noise_images(folder, count)
+    paths = write_scenes(folder, count, (80, 60))
     routes = {f"/images/{path.name}": content(path.read_bytes(), "image/jpeg") for path in paths}
     return LocalHttpServer(routes).start(), [path.name for path in paths]
 

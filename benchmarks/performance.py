@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import redis
 import torch
-from PIL import Image, ImageDraw
 
+from freesel_backend.cli.samples import write_scenes
 from freesel_backend.engine import PatternExtractor, select
+from freesel_backend.server.redis_server import RedisServer
+from freesel_backend.server.store import encode_patterns
 
 K, DIM = 5, 384
 PAPER_N, PAPER_B = 16_551, 3_000
-REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own: the benchmark flushes it
+PHOTO_SIZE = (500, 375)  # PASCAL VOC's usual image size
 
 
 @dataclass(frozen=True)
@@ -322,7 +325,7 @@ def bench_extraction(scale: str) -> list[Result]:
     n_images = 64
     results = []
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_photo_like_jpegs(Path(folder), n_images)
+        paths = write_scenes(Path(folder), n_images, PHOTO_SIZE)
         for model, options in models:
             for precision in ("fp32", "bf16"):
                 # The paper's K=5, ratio 0.5: the attention filter and per-image K-means run in the
@@ -339,23 +342,6 @@ def bench_extraction(scale: str) -> list[Result]:
                     f"{pipeline:.1f} img/s vs {bare:.1f} img/s = {100 * pipeline / bare:.0f}% ({loads})", ">= 90%", pipeline >= 0.9 * bare,
                 ))
     return results
-
-
-def write_photo_like_jpegs(folder: Path, count: int) -> list[Path]:
-    """500x375 JPEGs (PASCAL VOC's usual size) with gradients and shapes, not noise."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        ramp = np.linspace(0, 1, 500)[None, :, None] * rng.uniform(0, 255, 3) + np.linspace(0, 1, 375)[:, None, None] * rng.uniform(0, 255, 3)
-        image = Image.fromarray((ramp / 2).astype(np.uint8))
-        draw = ImageDraw.Draw(image)
-        for _ in range(6):
-            x, y = rng.integers(0, 450), rng.integers(0, 330)
-            draw.ellipse((x, y, x + rng.integers(20, 200), y + rng.integers(20, 200)), fill=tuple(rng.integers(0, 256, 3).tolist()))
-        path = folder / f"photo_{index:04d}.jpg"
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def _bare_throughput(extractor: PatternExtractor, n_images: int) -> float:
@@ -376,42 +362,27 @@ def _pipeline_throughput(extractor: PatternExtractor, paths: list[Path]) -> floa
 
 
 def bench_storage(scale: str) -> list[Result]:
-    import redis
-
     n_tasks = 10_000 if scale == "full" else 2_000
-    encode, how = _pattern_encoder()
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    try:
+    with RedisServer() as server:  # a redis-server of its own: nothing else's data is measured or touched
+        connection = redis.Redis.from_url(server.url)
         before = connection.info("memory")["used_memory"]
         patterns = semantic_patterns(n_tasks)
         with connection.pipeline(transaction=False) as pipe:
             for task_id, image_patterns in enumerate(patterns):
-                pipe.hset("freesel:1:patterns:bench", str(task_id), encode(image_patterns))
+                pipe.hset("freesel:1:patterns:bench", str(task_id), encode_patterns(image_patterns))
             pipe.execute()
         used = connection.info("memory")["used_memory"] - before
-        blob = len(encode(patterns[0]))
-        restored = np.frombuffer(encode(patterns[0])[-K * DIM * 2 :], dtype="<f2").reshape(K, DIM)
-        error = float(np.abs(restored.astype(np.float32) - patterns[0]).max())
-    finally:
-        connection.flushdb()
+        connection.close()
+    blob = len(encode_patterns(patterns[0]))
+    restored = np.frombuffer(encode_patterns(patterns[0])[-K * DIM * 2 :], dtype="<f2").reshape(K, DIM)
+    error = float(np.abs(restored.astype(np.float32) - patterns[0]).max())
     per_image = used / n_tasks
     raw = K * DIM * 2
     return [Result(
-        f"storage: Redis memory for {n_tasks:,} tasks (K=5, D=384, {how})",
+        f"storage: Redis memory for {n_tasks:,} tasks (K=5, D=384, store.encode_patterns, one hash field per task)",
         f"{used / 2**20:.1f} MiB, {per_image:.0f} B/image (blob {blob} B = K*D*2 + {blob - raw}; float16 max error {error:.1e})",
         f"<= K*D*2 = {raw} B + small overhead", per_image <= raw * 1.1,
     )]
-
-
-def _pattern_encoder() -> tuple[Callable[[np.ndarray], bytes], str]:
-    """The store's own encoding when this checkout has it, else bare float16 bytes."""
-    try:
-        from freesel_backend.server.store import encode_patterns  # type: ignore[attr-defined]
-
-        return encode_patterns, "store.encode_patterns, one hash field per task"
-    except ImportError:
-        return (lambda patterns: patterns.astype("<f2").tobytes()), "bare float16 bytes, one hash field per task (store.py not in this checkout)"
 
 
 TARGETS: dict[str, Callable[[str], list[Result]]] = {

@@ -1,7 +1,7 @@
 """Label Studio requests and seconds per re-ranking, for the backend in one or more source trees.
 
 Starts a real Label Studio 1.23.2 (SQLite, from .venv-ls), a private Redis, a host serving N
-small noise images, and a forwarding proxy in front of Label Studio that counts the backend's
+small generated scenes, and a forwarding proxy in front of Label Studio that counts the backend's
 requests. For each source tree given (default: this one): the backend (``serve`` + one worker,
 tiny random-init ViT at 32 px) connects to a new project of N tasks; the script waits until the
 queue is switched and every job is idle, then labels what ``/next`` serves R times, waiting for
@@ -30,11 +30,10 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from freesel_backend.cli.samples import scene_image  # noqa: E402
 from freesel_backend.server.redis_server import RedisServer, free_port  # noqa: E402
 from tests.backend_processes import backend_env, idle, wait_for  # noqa: E402
-from tests.conftest import _label_studio_executable  # noqa: E402
-from tests.helpers import noise_image  # noqa: E402
-from tests.label_studio_server import LabelStudioServer  # noqa: E402
+from tests.label_studio_server import LabelStudioServer, label_studio_executable  # noqa: E402
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 from tests.test_bad_input import encoded  # noqa: E402
 from tests.test_end_to_end import LABEL_CONFIG, annotate  # noqa: E402
@@ -124,9 +123,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rerankings", type=int, default=3)
     args = parser.parse_args()
-    images = {f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(args.tasks)}
+    images = {f"/img/{n}.png": content(encoded(scene_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(args.tasks)}
     with tempfile.TemporaryDirectory() as scratch, LocalHttpServer(images) as image_host, RedisServer() as redis_server:
-        ls = LabelStudioServer(_label_studio_executable(), startup_timeout=900).start()
+        ls = LabelStudioServer(label_studio_executable(), startup_timeout=900).start()
         try:
             for number, tree in enumerate(args.trees):
                 work = Path(scratch) / f"tree{number}"

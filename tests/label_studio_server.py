@@ -31,6 +31,8 @@ import requests
 
 from freesel_backend.labelstudio.local import wait_until_healthy
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 DEFAULT_USERNAME = "freesel-test@example.com"
 DEFAULT_PASSWORD = "freesel-test-password-123"
 
@@ -41,6 +43,15 @@ IMAGE_CLASSIFICATION_CONFIG = """<View>
     <Choice value="dog"/>
   </Choices>
 </View>"""
+
+
+def label_studio_executable() -> str:
+    """Path of `label-studio` from .venv-ls, installing it first if needed."""
+    script = REPO_ROOT / "scripts" / "ensure_label_studio.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
 
 
 class LabelStudioStartError(RuntimeError):

@@ -20,7 +20,7 @@ from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
 from freesel_backend.server.jobs import NOT_PICKED
 from freesel_backend.server.publish import PICK_FLAG
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, wait_for
-from tests.helpers import scene_image
+from freesel_backend.cli.samples import scene_image
 from tests.test_end_to_end import LABEL_CONFIG, current_ranking, settled
 
 DISTINCT_SCENES = 6

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from freesel_backend.cli import build_parser
@@ -73,6 +74,7 @@ def test_compose_variables_are_read_by_the_settings():
     assert all(f'"{name}"' in source for name in environment)
 
 
+@pytest.mark.integration
 def test_docker_compose_itself_accepts_the_file_and_resolves_the_services():
     """Debian's docker-compose 1.29 validates and resolves the file without an engine; missing in
     CI is a failure (scripts/test.sh installs it when it runs as root)."""

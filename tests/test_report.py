@@ -15,7 +15,8 @@ from PIL import Image
 
 from freesel_backend.engine.selection import Ranking
 from freesel_backend.report.html import coverage_curve, pattern_map
-from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, missing_prerequisite, random_patterns, scene_image
+from freesel_backend.cli.samples import scene_image
+from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, missing_prerequisite, random_patterns
 
 TINY = ["--model", TINY_MODEL, "--random-init", "--image-size", str(TINY_IMAGE_SIZE), "--device", "cpu"]
 RANK_BADGE = (0x18, 0x64, 0xAB)  # --rank in the template: the grid's rank badges

@@ -502,8 +502,17 @@ REGISTRARS: list[CommandRegistrar] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m freesel_backend", description=__doc__)
+DESCRIPTION = (
+    "FreeSel ranks a pool of images so that labelling them in that order covers the pool early: "
+    "on a folder of images (select, report) or as a Label Studio ML backend that puts its picks first in "
+    "the labelling queue (serve, worker, project, quickstart, demo)."
+)
+
+
+def build_parser(prog: str = "python -m freesel_backend") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, epilog=f"Each command has its own --help, e.g. {prog} select --help."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
@@ -512,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # the name the user typed: the `freesel` command, or python -m freesel_backend
+    args = build_parser("freesel" if Path(sys.argv[0]).name == "freesel" else "python -m freesel_backend").parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import mimetypes
 import os
 import re
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,61 +81,26 @@ def scan_folder(root: Path) -> Scan:
     return scan
 
 
-class ProjectClient(LabelStudioClient):
-    """The Label Studio calls a quickstart makes: projects, uploads, ML backend connections."""
-
-    def find_project(self, title: str) -> dict[str, Any] | None:
-        body = self._json("GET", "/api/projects/", params={"page_size": 1000})
-        projects = body.get("results", []) if isinstance(body, dict) else body
-        return next((p for p in projects if p.get("title") == title), None)
-
-    def create_project(self, title: str, label_config: str) -> dict[str, Any]:
-        return self._json("POST", "/api/projects/", json_body={"title": title, "label_config": label_config})
-
-    def uploaded_names(self, project_id: int) -> set[str]:
-        names = set()
-        for task in self.iter_tasks(project_id, page_size=500):
-            stored = str(task.get("data", {}).get("image", "")).rsplit("/", 1)[-1]
-            match = _STORED_NAME.match(stored)
-            names.add(match.group(1) if match else stored)
-        return names
-
-    def upload(self, project_id: int, files: dict[str, Path]) -> None:
-        """One import request with these files: one task per image."""
-        path = f"/api/projects/{int(project_id)}/import"
-        with ExitStack() as stack:
-            parts = [(name, (name, stack.enter_context(open(file, "rb")), mimetypes.guess_type(name)[0] or "image/jpeg"))
-                     for name, file in files.items()]
-            headers, _ = self._auth_header()
-            try:
-                response = self._session.post(self.url + path, files=parts, headers=headers, timeout=max(self.timeout, 300))
-            except requests.RequestException as error:
-                raise self._transport_error("POST", path, error) from None
-        if response.status_code != 201:
-            raise self._http_error("POST", path, response)
-
-    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
-        return list(self._json("GET", "/api/ml", params={"project": int(project_id)}) or [])
-
-    def connect(self, project_id: int, target: Target) -> None:
-        body: dict[str, Any] = {"url": target.backend_url, "project": int(project_id), "title": BACKEND_TITLE}
-        if target.basic_auth:
-            body.update(auth_method="BASIC_AUTH", basic_auth_user=target.basic_auth[0], basic_auth_pass=target.basic_auth[1])
-        if target.settings:
-            body["extra_params"] = json.dumps(target.settings)
-        self._json("POST", "/api/ml", json_body=body)
+def uploaded_names(client: LabelStudioClient, project_id: int) -> set[str]:
+    """The upload names of the project's images (Label Studio prefixes a stored file's name)."""
+    names = set()
+    for task in client.iter_tasks(project_id, page_size=500):
+        stored = str(task.get("data", {}).get("image", "")).rsplit("/", 1)[-1]
+        match = _STORED_NAME.match(stored)
+        names.add(match.group(1) if match else stored)
+    return names
 
 
-def upload_missing(client: ProjectClient, project_id: int, scan: Scan, batch_size: int) -> int:
+def upload_missing(client: LabelStudioClient, project_id: int, scan: Scan, batch_size: int) -> int:
     """Upload the readable images the project does not hold yet, in batches; returns how many."""
-    present = client.uploaded_names(project_id)
+    present = uploaded_names(client, project_id)
     missing = [name for name in scan.readable if name not in present]
     if present:
         print(f"{len(scan.readable) - len(missing)} images already in the project: skipped", file=sys.stderr)
     with tqdm(total=len(missing), unit="img", desc="upload", file=sys.stderr, dynamic_ncols=True) as bar:
         for start in range(0, len(missing), batch_size):
             batch = missing[start:start + batch_size]
-            client.upload(project_id, {name: scan.readable[name] for name in batch})
+            client.import_files(project_id, {name: scan.readable[name] for name in batch})
             bar.update(len(batch))
     return len(missing)
 
@@ -185,14 +148,15 @@ def quickstart(target: Target, images: Path, title: str, label_config: str, *, b
         print(f"skipped (unreadable): {path}: {error}", file=sys.stderr)
     if not scan.readable:
         raise QuickstartError(f"no readable image in {images}")
-    with ProjectClient(target.label_studio_url, target.api_key) as client:
+    with LabelStudioClient(target.label_studio_url, target.api_key) as client:
         project = client.find_project(title) or client.create_project(title, label_config)
         since = time.time()
         uploaded = upload_missing(client, project["id"], scan, batch_size)
-        connected = any(b.get("url", "").rstrip("/") == target.backend_url for b in client.ml_backends(project["id"]))
+        connected = any(b.get("url", "").rstrip("/") == target.backend_url for b in client.list_ml_backends(project["id"]))
         if not connected:
-            client.connect(project["id"], target)
-        expected = len(client.uploaded_names(project["id"]))
+            client.connect_ml_backend(project["id"], target.backend_url, BACKEND_TITLE,
+                                      basic_auth=target.basic_auth, extra_params=target.settings)
+        expected = len(uploaded_names(client, project["id"]))
     status = wait_for_ranking(target, project["id"], expected, since if uploaded or not connected else 0.0, wait_s)
     return {"project": project, "uploaded": uploaded, "unreadable": scan.unreadable, "status": status}
 

@@ -23,11 +23,14 @@ import binascii
 import ipaddress
 import json
 import logging
+import mimetypes
 import os
 import re
 import socket
 import threading
 import time
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urljoin, urlsplit
 
@@ -407,6 +410,29 @@ class LabelStudioClient:
         """PATCH project fields, e.g. ``sampling="Uncertainty sampling", model_version="v2"``."""
         return self._json("PATCH", f"/api/projects/{int(project_id)}/", json_body=fields)
 
+    def find_project(self, title: str) -> Optional[JSONDict]:
+        """The first project titled ``title`` (among the first 1000), or None."""
+        body = self._json("GET", "/api/projects/", params={"page_size": 1000})
+        projects = body.get("results", []) if isinstance(body, dict) else body
+        return next((p for p in projects if p.get("title") == title), None)
+
+    def create_project(self, title: str, label_config: str) -> JSONDict:
+        return self._json("POST", "/api/projects/", json_body={"title": title, "label_config": label_config})
+
+    def import_files(self, project_id: int, files: Mapping[str, Path]) -> None:
+        """Upload these files (``{upload name: path}``) in one import request: one task per file."""
+        path = f"/api/projects/{int(project_id)}/import"
+        with ExitStack() as stack:
+            parts = [(name, (name, stack.enter_context(open(file, "rb")), mimetypes.guess_type(name)[0] or "image/jpeg"))
+                     for name, file in files.items()]
+            headers, _ = self._auth_header()
+            try:
+                response = self._session.post(self.url + path, files=parts, headers=headers, timeout=max(self.timeout, 300))
+            except requests.RequestException as error:
+                raise self._transport_error("POST", path, error) from None
+        if response.status_code != 201:
+            raise self._http_error("POST", path, response)
+
     def get_label_config(self, project_id: int) -> str:
         return str(self.get_project(project_id).get("label_config") or "")
 
@@ -553,6 +579,23 @@ class LabelStudioClient:
                 if isinstance(body.get(key), int):
                     return int(body[key])
         return 0
+
+    # ------------------------------------------------------------------ ML backends
+
+    def list_ml_backends(self, project_id: int) -> list[JSONDict]:
+        return list(self._json("GET", "/api/ml", params={"project": int(project_id)}) or [])
+
+    def connect_ml_backend(
+        self, project_id: int, url: str, title: str, *,
+        basic_auth: Optional[tuple[str, str]] = None, extra_params: Optional[Mapping[str, Any]] = None,
+    ) -> JSONDict:
+        """Connect the ML backend at ``url`` to the project (``extra_params``: the connect form's JSON)."""
+        body: JSONDict = {"url": url, "project": int(project_id), "title": title}
+        if basic_auth:
+            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+        if extra_params:
+            body["extra_params"] = json.dumps(dict(extra_params))
+        return self._json("POST", "/api/ml", json_body=body)
 
     # ------------------------------------------------------------------ webhooks
 

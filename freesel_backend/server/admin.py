@@ -17,7 +17,9 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegi
 
 from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings
 from ..engine import preset
-from .jobs import client_for, enqueue_cleanup, enqueue_sync, remember_previous_sampling, schedule_selection
+from .jobs import enqueue_cleanup, enqueue_sync, schedule_selection
+from .publish import remember_previous_sampling
+from .services import client_for
 from ..labelstudio.client import LabelStudioClient
 from .store import Store
 
@@ -75,7 +77,7 @@ def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]
 
 def _sync_due(store: Store, project_id: int) -> bool:
     """True at most once per SETUP_SYNC_INTERVAL_S for the project (each call starts the interval if due)."""
-    return bool(store.redis.set(store._key(project_id, "setup-sync"), time.time(), nx=True, ex=SETUP_SYNC_INTERVAL_S))
+    return store.due(project_id, "setup-sync", SETUP_SYNC_INTERVAL_S)
 
 
 def enable(backend: Backend, project_id: int) -> ProjectSettings:
@@ -179,7 +181,7 @@ def writeout_status(store: Store, project_id: int, jobs: Mapping[str, Mapping[st
     target = store.get_target(project_id)
     if target is None:
         return None
-    raw = {k.decode(): v.decode() for k, v in store.redis.hgetall(store._key(project_id, "writeout")).items()}
+    raw = store.writeout_record(project_id)
     same = raw.get("generation") == str(target["generation"])
     running = next(iter(jobs[WRITEOUT_QUEUE]["running"]), None)
     stage = None if running is None else {key: running.meta.get(key) for key in ("stage", "done", "total")}

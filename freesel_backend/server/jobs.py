@@ -4,32 +4,32 @@ Job functions take plain arguments (project id, task ids) and never a secret: wo
 ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment. Enqueue helpers take
 the Redis connection explicitly. Flow: ``enqueue_patterns`` -> ``compute_patterns`` chunks ->
 ``run_selection`` (depends on the chunks; at most one waiting per project, at most one started
-per ``rerank_interval_s``) -> a target ranking in Redis -> ``writeout.write_out`` steps bring
-Label Studio to it (see ``writeout.py``).
+per ``rerank_interval_s``) -> a target ranking in Redis -> ``publish.write_out`` steps bring
+Label Studio to it (see ``publish.py``).
 """
 
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
-from rq import Queue, Retry, get_current_job
-from rq.exceptions import NoSuchJobError
+from rq import Queue
 from rq.job import Dependency, Job, JobStatus
 
 from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
 from ..labelstudio.client import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
-from .publish import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
+from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
+from .publish import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged, new_model_version
+from .services import WorkerContext, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -37,45 +37,6 @@ FAILURE_FLAG = "FreeSel could not use this image: "
 # Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
 # Any other error (a 500 for one missing upload, say) belongs to that one task.
 LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
-WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
-
-
-# ---- the worker process's shared objects -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    settings: Settings
-    store: Store
-    client: LabelStudioClient
-
-
-@functools.lru_cache(maxsize=1)
-def _settings() -> Settings:
-    return Settings.from_env()
-
-
-def client_for(settings: Settings) -> LabelStudioClient:
-    """The Label Studio client with the download policy and caps of ``settings``."""
-    return LabelStudioClient(
-        settings.label_studio_url,
-        settings.label_studio_api_key,
-        max_download_bytes=settings.download_max_bytes,
-        download_timeout=settings.download_timeout_s,
-        allow_private_addresses=settings.allow_private_downloads,
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _client() -> LabelStudioClient:
-    return client_for(_settings())
-
-
-def _context() -> WorkerContext:
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("FreeSel job functions run inside an RQ worker")
-    return WorkerContext(_settings(), Store(job.connection), _client())
 
 
 @functools.lru_cache(maxsize=2)
@@ -125,26 +86,6 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(items[start : start + size])
 
 
-def _retry(settings: Settings) -> Retry | None:
-    if settings.job_retries == 0:
-        return None
-    return Retry(max=settings.job_retries, interval=list(settings.retry_intervals[: settings.job_retries]))
-
-
-def enqueue_project_job(
-    queue: Queue, settings: Settings, function: Callable[..., Any], project_id: int, *args: Any,
-    what: str, meta: dict[str, Any] | None = None, delay_s: float = 0, **options: Any,
-) -> Job:
-    """One of a project's jobs: the settings' retries and time limit (``job_timeout`` in
-    ``options`` overrides it), the project in its meta, "FreeSel <what>" as its description;
-    started no sooner than ``delay_s`` from now (by the workers' scheduler)."""
-    options.setdefault("job_timeout", settings.job_timeout_s)
-    options.update(retry=_retry(settings), meta={"project": project_id, **(meta or {})}, description=f"FreeSel {what}")
-    if delay_s > 0:
-        return queue.enqueue_in(datetime.timedelta(seconds=delay_s), function, project_id, *args, **options)
-    return queue.enqueue(function, project_id, *args, **options)
-
-
 def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
     """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
     ids = sorted({int(t) for t in task_ids})
@@ -176,7 +117,7 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
     (a burst of labels ends in one re-ranking).
     """
     store = Store(connection)
-    with connection.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30):
+    with store.lock(project_id, "selection", timeout=30, blocking_timeout=30):
         previous = _previous_selection(connection, store, project_id)
         dependencies = [job.id for job in after]
         if previous is not None and previous.get_status() in WAITING:
@@ -204,18 +145,6 @@ def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
 def _previous_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
     """The project's last enqueued selection job (its status freshly read), if RQ still has it."""
     return fetch_job(connection, store.get_state(project_id).get("pending_selection"))
-
-
-def fetch_job(connection: redis.Redis, job_id: str | None) -> Job | None:
-    """The job ``job_id`` with its status freshly read, or None when RQ no longer has it."""
-    if not job_id:
-        return None
-    try:
-        job = Job.fetch(job_id, connection=connection)
-    except NoSuchJobError:
-        return None
-    job.get_status(refresh=True)
-    return job
 
 
 def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
@@ -246,7 +175,7 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
     its reason. Tasks that already have patterns of the current version are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
-    context = _context()
+    context = worker_context()
     started = time.monotonic()
     extractor = extractor_for(context.settings, context.store.get_settings(project_id))
     version = version_of(extractor)
@@ -255,11 +184,9 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     progress = JobProgress(len(todo))
     if not todo:
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
-    from .model import LabelConfigError  # the label config is parsed in one place
-
     try:
         tasks = context.client.get_tasks(project_id, todo)
-        image_field = _image_field(context, project_id)
+        image_field = project_image_field(context, project_id)
     except LabelStudioNotFound:
         log.warning("project %s does not exist in Label Studio: dropping %d of its tasks", project_id, len(todo))
         context.store.remove_tasks(project_id, todo)
@@ -271,7 +198,7 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     log.info("project %s: patterns for %d tasks started (%d already done, version %s)", project_id, len(todo), len(task_ids) - len(todo), version)
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
-    opened = extractor.extract_sources(tasks, lambda task: _open_task_image(context.client, task, image_field), on_batch=progress.advance)
+    opened = extractor.extract_sources(tasks, lambda task: open_task_image(context.client, task, image_field), on_batch=progress.advance)
     for result in opened:
         task_id = int(result.source["id"])
         if result.patterns is None:
@@ -289,40 +216,18 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     return {"patterns": len(patterns), "failed": len(failures), "skipped": len(task_ids) - len(todo)}
 
 
-class JobProgress:
-    """``done``/``total`` (and a stage) in the current RQ job's meta, for the status endpoint."""
-
-    def __init__(self, total: int, stage: str = "") -> None:
-        self.job = get_current_job()
-        self.total, self.done = total, 0
-        self.stage = stage
-        self._save()
-
-    def advance(self, count: int) -> None:
-        self.done = min(self.total, self.done + count)
-        self._save()
-
-    def start_stage(self, stage: str, total: int) -> None:
-        self.stage, self.total, self.done = stage, total, 0
-        self._save()
-
-    def _save(self) -> None:
-        if self.job is not None:
-            self.job.meta.update({"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()})
-            self.job.save_meta()
-
-
-def _image_field(context: WorkerContext, project_id: int) -> str:
+def project_image_field(context: WorkerContext, project_id: int) -> str:
+    """The task data field holding the image, read from the label config once and kept in the project state."""
     field = context.store.get_state(project_id).get("image_field")
     if not field:
-        from .model import image_field_of  # the label config is parsed in one place
-
         field = image_field_of(context.client.get_label_config(project_id))
         context.store.update_state(project_id, image_field=field)
     return field
 
 
-def _open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
+def open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
+    """The task's image, downloaded and decoded; a reason of its own as an ImageLoadError when it cannot be had,
+    and Label Studio's own unavailability re-raised (the job is retried later)."""
     data = task.get("data") or {}
     if image_field not in data:
         raise ImageLoadError(f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})")
@@ -348,7 +253,7 @@ def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -
 def sync_project(project_id: int) -> dict[str, int]:
     """Enqueue patterns for every task of the project that has none (and no failure) yet; re-rank
     only when tasks went away or no ranking exists yet (Label Studio calls /setup often)."""
-    context = _context()
+    context = worker_context()
     store = context.store
     extractor = extractor_for(context.settings, store.get_settings(project_id))
     version = version_of(extractor)
@@ -373,7 +278,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
     target of the write-out (enqueued here). Skipped when neither the tasks, the labels, the
     patterns nor the settings changed since the last ranking."""
-    context = _context()
+    context = worker_context()
     store = context.store
     settings = store.get_settings(project_id)
     if not settings.enabled:
@@ -457,22 +362,6 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
     return hashlib.sha1(json.dumps([settings.to_dict(), patterns_version], default=str).encode()).hexdigest()
 
 
-def new_model_version(store: Store, project_id: int) -> str:
-    return f"{VERSION_PREFIX}{int(store.redis.hincrby(store._key(project_id, 'state'), 'versions', 1)):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def remember_previous_sampling(client: LabelStudioClient, store: Store, project_id: int) -> None:
-    """On the first switch to FreeSel, keep the project's sampling and model version for disable."""
-    if "previous_sampling" in store.get_state(project_id):
-        return
-    project = client.get_project(project_id)
-    store.remember_once(
-        project_id,
-        previous_sampling=str(project.get("sampling") or ""),
-        previous_model_version=str(project.get("model_version") or ""),
-    )
-
-
 NOT_PICKED = "FreeSel: not picked"
 
 
@@ -499,7 +388,7 @@ def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroup
 
 def remove_selection(project_id: int) -> dict[str, int]:
     """After disable: delete FreeSel's predictions (one request each, see ``writeout``) and flags."""
-    context = _context()
+    context = worker_context()
     store = context.store
     ours = [int(p["id"]) for p in context.client.list_predictions(project_id) if str(p.get("model_version") or "").startswith(VERSION_PREFIX)]
     flags = store.get_flags(project_id)

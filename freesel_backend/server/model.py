@@ -6,11 +6,11 @@ Requests never run the network: they read Redis and enqueue RQ jobs (``jobs.py``
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping, Sequence
 
 from label_studio_ml.model import LabelStudioMLBase
 
+from ..labelstudio.label_config import image_field_of, task_of_label_config
 from . import admin
 from .settings import WEBHOOK_SECRET_HEADER
 from .jobs import enqueue_patterns, schedule_selection
@@ -20,50 +20,6 @@ log = logging.getLogger(__name__)
 
 RERANK_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"})
 WEBHOOK_ACTIONS = ("TASKS_CREATED", *sorted(RERANK_EVENTS))
-
-
-class LabelConfigError(ValueError):
-    """The project's labeling config cannot be used with FreeSel."""
-
-
-def image_field_of(label_config: str) -> str:
-    """The task data field of the config's first ``<Image value="$field">``."""
-    try:
-        root = ElementTree.fromstring(label_config or "")
-    except ElementTree.ParseError as error:
-        raise LabelConfigError(f"the project's labeling config is not valid XML: {error}") from None
-    for tag in root.iter("Image"):
-        value = tag.get("value", "")
-        if value.startswith("$") and len(value) > 1:
-            return value[1:]
-    raise LabelConfigError(
-        'FreeSel ranks images, but the labeling config has no <Image value="$field"> tag; '
-        'add one, e.g. <Image name="image" value="$image"/>'
-    )
-
-
-# Label Studio's image control tags that label objects (regions) rather than the whole image.
-OBJECT_TAGS = (
-    "RectangleLabels", "Rectangle", "PolygonLabels", "Polygon", "BrushLabels", "Brush", "KeyPointLabels", "KeyPoint",
-    "EllipseLabels", "Ellipse", "BitmaskLabels", "Bitmask", "MagicWand",
-)
-IMAGE_CLASS_TAGS = ("Choices", "Taxonomy")
-
-
-def task_of_label_config(label_config: str) -> tuple[str, str]:
-    """The kind of task (a preset name) the config labels, and why: any object tag makes it
-    detection ("detection, from the label config's RectangleLabels"); otherwise classification."""
-    try:
-        tags = [element.tag for element in ElementTree.fromstring(label_config or "").iter()]
-    except ElementTree.ParseError as error:
-        raise LabelConfigError(f"the project's labeling config is not valid XML: {error}") from None
-    found = [tag for tag in OBJECT_TAGS if tag in tags]
-    if found:
-        return "detection", f"from the label config's {', '.join(found)}"
-    classes = [tag for tag in IMAGE_CLASS_TAGS if tag in tags]
-    if classes:
-        return "classification", f"from the label config's {', '.join(classes)}"
-    return "classification", "the default: the label config has no object or class tag"
 
 
 def project_id_of(project: Any) -> int:

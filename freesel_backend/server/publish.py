@@ -36,6 +36,8 @@ from rq import Queue
 
 from .settings import CLEANUP_QUEUE, WRITEOUT_QUEUE, Settings
 from ..labelstudio.client import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
+from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
+from .services import worker_context
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -160,8 +162,6 @@ def wanted_flags(target: Mapping[str, Any], head_size: int) -> dict[int, str]:
 
 def enqueue_writeout(connection: redis.Redis, settings: Settings, project_id: int, delay_s: float = 0) -> None:
     """Make sure a write-out step of the project is waiting (one waiting step reads the latest target)."""
-    from .jobs import WAITING, enqueue_project_job, fetch_job  # jobs imports this module
-
     store = Store(connection)
     waiting = fetch_job(connection, store.get_state(project_id).get("writeout_job"))
     if waiting is not None and waiting.get_status() in WAITING:
@@ -174,11 +174,26 @@ def enqueue_writeout(connection: redis.Redis, settings: Settings, project_id: in
 
 
 def enqueue_version_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> None:
-    from .jobs import enqueue_project_job
-
     enqueue_project_job(
         Queue(CLEANUP_QUEUE, connection=connection), settings, delete_old_versions, project_id,
         what=f"old versions: project {project_id}", job_timeout=None,
+    )
+
+
+def new_model_version(store: Store, project_id: int) -> str:
+    """A model version name not used before in the project: freesel-v0007-20260101-120000."""
+    return f"{VERSION_PREFIX}{store.next_version_number(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def remember_previous_sampling(client: LabelStudioClient, store: Store, project_id: int) -> None:
+    """On the first switch to FreeSel, keep the project's sampling and model version for disable."""
+    if "previous_sampling" in store.get_state(project_id):
+        return
+    project = client.get_project(project_id)
+    store.remember_once(
+        project_id,
+        previous_sampling=str(project.get("sampling") or ""),
+        previous_model_version=str(project.get("model_version") or ""),
     )
 
 
@@ -219,7 +234,7 @@ class Step:
 def write_lock(store: Store, settings: Settings, client: LabelStudioClient, project_id: int) -> Any:
     """The project's Label Studio write lock: held by a write-out step, or by a cleanup batch."""
     longest = max(client.timeout, settings.label_studio_write_timeout_s) + LOCK_MARGIN_S
-    return store.redis.lock(store._key(project_id, "writeout-lock"), timeout=longest)
+    return store.lock(project_id, "writeout", timeout=longest)
 
 
 def delete_predictions(client: LabelStudioClient, store: Store, settings: Settings, project_id: int, prediction_ids: Sequence[int]) -> None:
@@ -233,9 +248,7 @@ def delete_predictions(client: LabelStudioClient, store: Store, settings: Settin
 
 def write_out(project_id: int) -> dict[str, Any]:
     """One bounded step towards the project's target; enqueues the next step if work remains."""
-    from .jobs import _context, JobProgress
-
-    context = _context()
+    context = worker_context()
     store, settings = context.store, context.settings
     lock = write_lock(store, settings, context.client, project_id)
     if not lock.acquire(blocking=True, blocking_timeout=5):
@@ -262,22 +275,8 @@ def write_out(project_id: int) -> dict[str, Any]:
 
 
 def _record(store: Store, project_id: int, target: Mapping[str, Any] | None, step: Step, seconds: float, finished: bool) -> None:
-    """Requests and writes per ranking (a ranking's write-out may take several steps)."""
-    if target is None:
-        return
-    key = store._key(project_id, "writeout")
-    generation = str(target["generation"])
-    if store.redis.hget(key, "generation") != generation.encode():
-        store.redis.delete(key)
-        store.redis.hset(key, mapping={"generation": generation, "started_at": time.time() - seconds})
-    with store.redis.pipeline() as pipe:
-        pipe.hincrby(key, "requests", step.requests)
-        pipe.hincrby(key, "writes", step.writes)
-        pipe.hincrbyfloat(key, "seconds", seconds)
-        pipe.hset(key, "finished_at" if finished else "updated_at", time.time())
-        if finished:
-            pipe.hset(store._key(project_id, "state"), mapping={"live_generation": generation, "live_at": str(time.time())})
-        pipe.execute()
+    if target is not None:
+        store.record_writeout_step(project_id, str(target["generation"]), step.requests, step.writes, seconds, finished)
 
 
 def _advance(step: Step, target: dict[str, Any], progress: Any) -> bool:
@@ -304,8 +303,6 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
         progress.advance(len(batch))
     _fill_ids(step, version, staged=version)
     _write_flags(step, target, additions=True)
-    from .jobs import remember_previous_sampling
-
     step.spend()
     remember_previous_sampling(step.client, step.store, step.project_id)
     step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
@@ -381,8 +378,6 @@ def _adopt(step: Step, version: str, tasks: Sequence[int]) -> bool:
 
 
 def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) -> None:
-    from .jobs import new_model_version
-
     target.update(full=True, model_version=new_model_version(store, project_id))
     store.save_target(project_id, target)
     log.info("project %s: scores ran out of room: importing a fresh version %s", project_id, target["model_version"])
@@ -420,10 +415,7 @@ def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None 
         _recover_import(step, in_flight)
         raise OutOfRequests() from None  # the next step plans again from what Label Studio has
     step.writes += 1
-    with step.store.redis.pipeline() as pipe:
-        pipe.hset(step.store.predictions_key(step.project_id, staged), mapping={int(t): json.dumps(p) for t, p in batch.items()})
-        pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
-        pipe.execute()
+    step.store.save_imported(step.project_id, batch, staged)
 
 
 def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
@@ -432,11 +424,7 @@ def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
     version, tasks = in_flight["model_version"], set(in_flight["tasks"])
     stored = _await_import(step, version, tasks, float(in_flight["sent_at"]))
     log.warning("project %s: %d of %d predictions of an unanswered import are in Label Studio", step.project_id, len(stored), len(tasks))
-    with step.store.redis.pipeline() as pipe:
-        if stored:
-            pipe.hset(step.store.predictions_key(step.project_id, in_flight["staged"] or None), mapping={t: json.dumps(_recorded(p)) for t, p in stored.items()})
-        pipe.hdel(step.store._key(step.project_id, "state"), "import_in_flight")
-        pipe.execute()
+    step.store.save_imported(step.project_id, {t: _recorded(p) for t, p in stored.items()}, in_flight["staged"] or None)
 
 
 
@@ -510,9 +498,7 @@ def flagged(data: Mapping[str, Any], text: str | None) -> dict[str, Any]:
 
 def delete_old_versions(project_id: int) -> dict[str, int]:
     """Delete FreeSel predictions of versions that are neither live nor being imported."""
-    from .jobs import _context
-
-    context = _context()
+    context = worker_context()
     store = context.store
     keep = {store.get_state(project_id).get("model_version")}
     target = store.get_target(project_id)

@@ -21,7 +21,9 @@ from rq.job import Job, JobStatus
 
 from .settings import SELECTION_QUEUE, Settings
 from ..engine import ImageLoadError
-from .jobs import WAITING, JobProgress, _context, _image_field, _open_task_image, enqueue_project_job, extractor_for, fetch_job, version_of
+from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
+from .jobs import extractor_for, open_task_image, project_image_field, version_of
+from .services import worker_context
 from ..labelstudio.client import LabelStudioError
 from ..report.html import Failure, ReportData, ReportOptions, build_report
 from .store import SelectionRecord, Store
@@ -50,7 +52,7 @@ def stored_report_or_job(connection: redis.Redis, settings: Settings, project_id
 def enqueue_report(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
     """The project's report job: the one already waiting or running, else a new one."""
     store = Store(connection)
-    with connection.lock(store._key(project_id, "report-lock"), timeout=30, blocking_timeout=30):
+    with store.lock(project_id, "report", timeout=30, blocking_timeout=30):
         current = _unfinished_report_job(connection, store.get_state(project_id).get("report_job"))
         if current is not None:
             return current
@@ -69,7 +71,7 @@ def _unfinished_report_job(connection: redis.Redis, job_id: str | None) -> Job |
 
 def build_project_report(project_id: int) -> dict[str, Any]:
     """Build the report of the project's current selection run and store it under its model version."""
-    context = _context()
+    context = worker_context()
     JobProgress(0, stage="building the report")  # what status shows while this job runs
     store = context.store
     record = store.get_selection(project_id)
@@ -85,12 +87,12 @@ def build_project_report(project_id: int) -> dict[str, Any]:
     project_settings = store.get_settings(project_id)
     extractor = extractor_for(context.settings, project_settings)
     made_the_patterns = version_of(extractor) == record.patterns_version
-    image_field = _image_field(context, project_id)
+    image_field = project_image_field(context, project_id)
 
     def open_image(index: int) -> Image.Image:
         task_id = record.task_ids[index]
         try:
-            return _open_task_image(context.client, context.client.get_task(task_id), image_field)
+            return open_task_image(context.client, context.client.get_task(task_id), image_field)
         except LabelStudioError as error:
             raise ImageLoadError(f"task {task_id}: {error}") from None
 

@@ -289,7 +289,7 @@ class ProjectSettings:
 
     def preset_in_use(self, project_state: Mapping[str, str]) -> tuple[str, str]:
         """The kind of task whose preset applies, and why: ``task`` if set, else the kind
-        read from the label config (``model.task_of_label_config``, kept in the project state)."""
+        read from the label config (``labelstudio.label_config.task_of_label_config``, kept in the project state)."""
         if self.task is not None:
             return self.task, "set per project"
         if "label_config_task" in project_state:

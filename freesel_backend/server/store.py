@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
+from redis.lock import Lock
 
 from .settings import ProjectSettings
 from ..engine import DuplicateGroups, Ranking
@@ -195,6 +196,18 @@ class Store:
     def next_run(self, project_id: int) -> int:
         return int(self.redis.hincrby(self._key(project_id, "state"), "runs", 1))
 
+    def next_version_number(self, project_id: int) -> int:
+        """1, 2, 3, ... per project: the number in FreeSel's next model version name."""
+        return int(self.redis.hincrby(self._key(project_id, "state"), "versions", 1))
+
+    def lock(self, project_id: int, name: str, **options: Any) -> Lock:
+        """The project's Redis lock ``name`` ("selection", "report", "writeout"); ``options`` as redis-py's."""
+        return self.redis.lock(self._key(project_id, f"{name}-lock"), **options)
+
+    def due(self, project_id: int, name: str, interval_s: int) -> bool:
+        """True at most once per ``interval_s`` for the project's ``name`` (a True starts the interval)."""
+        return bool(self.redis.set(self._key(project_id, name), time.time(), nx=True, ex=interval_s))
+
     # ---- tasks --------------------------------------------------------------------------------
 
     def add_tasks(self, project_id: int, task_ids: Iterable[int]) -> None:
@@ -289,6 +302,37 @@ class Store:
                 pipe.rename(staged, key)
             pipe.hset(self._key(project_id, "state"), mapping={"model_version": model_version, "switched_at": str(time.time())})
             pipe.execute()
+
+    def save_imported(self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None) -> None:
+        """An import answered (or what Label Studio shows of one that was not): its predictions are
+        recorded and no import is in flight any more, in one transaction."""
+        with self.redis.pipeline() as pipe:
+            if predictions:
+                pipe.hset(self.predictions_key(project_id, staged), mapping={int(t): json.dumps(p) for t, p in predictions.items()})
+            pipe.hdel(self._key(project_id, "state"), "import_in_flight")
+            pipe.execute()
+
+    def record_writeout_step(
+        self, project_id: int, generation: str, requests: int, writes: int, seconds: float, finished: bool
+    ) -> None:
+        """Add a write-out step's requests, writes and seconds to its ranking's record (a ranking's
+        write-out may take several steps); the step that finishes makes the ranking live."""
+        key = self._key(project_id, "writeout")
+        if self.redis.hget(key, "generation") != generation.encode():
+            self.redis.delete(key)
+            self.redis.hset(key, mapping={"generation": generation, "started_at": time.time() - seconds})
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "requests", requests)
+            pipe.hincrby(key, "writes", writes)
+            pipe.hincrbyfloat(key, "seconds", seconds)
+            pipe.hset(key, "finished_at" if finished else "updated_at", time.time())
+            if finished:
+                pipe.hset(self._key(project_id, "state"), mapping={"live_generation": generation, "live_at": str(time.time())})
+            pipe.execute()
+
+    def writeout_record(self, project_id: int) -> dict[str, str]:
+        """The last ranking's write-out record (see :meth:`record_writeout_step`)."""
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(project_id, "writeout")).items()}
 
     def drop_staged(self, project_id: int, model_version: str) -> None:
         self.redis.delete(self._key(project_id, "staged", model_version))

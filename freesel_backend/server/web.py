@@ -22,7 +22,8 @@ from label_studio_ml.api import init_app
 from . import admin, report_job
 from .settings import WEBHOOK_SECRET_HEADER, Settings, SettingsError
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound
-from .model import FreeSelModel, LabelConfigError, project_id_of
+from ..labelstudio.label_config import LabelConfigError
+from .model import FreeSelModel, project_id_of
 
 log = logging.getLogger(__name__)
 
