@@ -17,7 +17,7 @@ import redis
 import requests
 
 from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
-from freesel_backend.server.jobs import NOT_PICKED
+from freesel_backend.engine.ranking import NOT_PICKED
 from freesel_backend.server.publish import PICK_FLAG
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, wait_for
 from freesel_backend.cli.samples import scene_image

@@ -15,7 +15,7 @@ from PIL import Image
 from rq import Queue
 
 from freesel_backend.server.settings import FEATURES_QUEUE, SELECTION_QUEUE
-from freesel_backend.server.jobs import FAILURE_FLAG
+from freesel_backend.engine.ranking import FAILURE_FLAG
 from tests.backend_processes import BackendProcesses, backend_env, idle, run_worker_burst, wait_for
 from tests.helpers import noise_image, write_noise_images
 from tests.local_http import LocalHttpServer, content, hang, redirect

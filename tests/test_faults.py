@@ -17,7 +17,8 @@ import redis
 import requests
 
 from freesel_backend.server.settings import Settings
-from freesel_backend.server.jobs import enqueue_patterns
+from freesel_backend.server.enqueue import enqueue_patterns
+from freesel_backend.server.services import Services
 from freesel_backend.server.redis_server import RedisServer
 from freesel_backend.server.store import Store
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
@@ -79,7 +80,7 @@ def test_a_worker_killed_mid_chunk_has_its_chunk_retried_and_nothing_skipped_or_
         ids = [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "img", 5))]
         ids += ls.import_tasks(pid, [{"image": f"{host.url}/slow.png"}])
         env = {**backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir"), **FAST_RECOVERY}
-        enqueue_patterns(redis_connection, Settings.from_env(env), pid, ids)
+        enqueue_patterns(Services(Settings.from_env(env), redis_connection), pid, ids)
         doomed = start_worker(env, tmp_path / "doomed.log")
         wait_for(lambda: calls, 120, "the worker to be inside the chunk")
         stop_group(doomed, signal.SIGKILL)
@@ -102,7 +103,7 @@ def test_label_studio_down_or_failing_while_predictions_are_pushed_is_retried_un
     ids = [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "img", 5))]
     stand_in.failing = lambda method, path: 503 if "/import/predictions" in path else None
     env = {**backend_env(redis_url, stand_in.url, ls.pat, tmp_path / "model_dir"), **FAST_RECOVERY}
-    enqueue_patterns(redis_connection, Settings.from_env(env), pid, ids)
+    enqueue_patterns(Services(Settings.from_env(env), redis_connection), pid, ids)
     worker = start_worker(env, tmp_path / "worker.log")
     store = Store(redis_connection)
     try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from freesel_backend.server.settings import SELECTION_QUEUE, Settings
-from freesel_backend.server.jobs import enqueue_patterns, schedule_selection
+from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, schedule_selection
+from freesel_backend.server.services import Services
 from freesel_backend.server.store import Store
 from tests.backend_processes import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
@@ -14,9 +17,9 @@ from tests.helpers import write_noise_images
 
 def test_a_burst_of_imports_ends_in_one_waiting_selection_that_waits_for_every_chunk(redis_connection):
     settings = Settings(chunk_size=2)
-    first = enqueue_patterns(redis_connection, settings, 5, [1, 2, 3])
-    second = enqueue_patterns(redis_connection, settings, 5, [4])
-    again = schedule_selection(redis_connection, settings, 5)
+    first = enqueue_patterns(Services(settings, redis_connection), 5, [1, 2, 3])
+    second = enqueue_patterns(Services(settings, redis_connection), 5, [4])
+    again = schedule_selection(Services(settings, redis_connection), 5)
     waiting = Queue(SELECTION_QUEUE, connection=redis_connection).deferred_job_registry.get_job_ids()
     assert waiting == [again.id]
     assert sorted(again.dependency_ids) == sorted(job.id for job in first + second)
@@ -26,10 +29,10 @@ def test_a_burst_of_imports_ends_in_one_waiting_selection_that_waits_for_every_c
 
 def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(redis_connection):
     settings = Settings()
-    running = schedule_selection(redis_connection, settings, 5)
+    running = schedule_selection(Services(settings, redis_connection), 5)
     Queue(SELECTION_QUEUE, connection=redis_connection).remove(running)
     running.set_status(JobStatus.STARTED)  # what a worker does when it takes the job
-    next_one = schedule_selection(redis_connection, settings, 5)
+    next_one = schedule_selection(Services(settings, redis_connection), 5)
     assert next_one.id != running.id and next_one.dependency_ids == [running.id]
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
 
@@ -39,7 +42,7 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     tasks = label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))
     broken = label_studio.import_tasks(project["id"], [{"image": "http://127.0.0.1:9/missing.png"}])
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
-    chunks = enqueue_patterns(redis_connection, Settings.from_env(env), project["id"], [t["id"] for t in tasks] + broken)
+    chunks = enqueue_patterns(Services(Settings.from_env(env), redis_connection), project["id"], [t["id"] for t in tasks] + broken)
 
     run_worker_burst(env)
 
@@ -60,3 +63,9 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     flags = {task["id"]: task["data"].get("freesel") for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]}
     assert {t: flags[t] for t in flags if t not in broken} == {t["id"]: "FreeSel pick" for t in tasks}  # the whole pool is picked
     assert flags[broken[0]].startswith("FreeSel could not use this image: image download failed")
+
+
+def test_every_job_enqueued_by_its_import_path_names_a_function():
+    for path in JOB_FUNCTIONS:
+        module, _, name = path.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), path

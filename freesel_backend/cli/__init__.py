@@ -34,8 +34,9 @@ from ..engine import (
 )
 from ..server.settings import DEFAULT_PORT, QUEUES, SettingsError
 from ..engine.duplicates import DuplicateGroups
+from ..engine.ranking import ranking_from_rows, ranking_rows
 from ..engine.selection import Ranking, resolve_budget
-from ..report.html import Failure, ReportData, ReportOptions, build_report, write_report
+from ..report.html import ReportData, ReportOptions, build_report, report_data, write_report
 
 log = logging.getLogger("freesel_backend")
 
@@ -161,7 +162,7 @@ def run_select(args: argparse.Namespace) -> int:
     }
     _write_json(report, args.out)
     if args.report and ranking is not None:
-        data = report_data(paths, patterns, ranking, report, duplicates)
+        data = _report_data(paths, patterns, ranking, report, duplicates)
         write_report(args.report, build_report(data, lambda i: load_image(paths[i]), extractor=extractor))
     summary = f"ranked {len(paths) - len(seeds)} images, {report['n_picked']} picked, {len(failures)} failed"
     if args.random_init:
@@ -200,18 +201,6 @@ def extract_folder(
     for failure in failures:
         log.warning("skipped %s: %s", failure["path"], failure["error"])
     return paths, patterns, failures, extractor
-
-
-def ranking_rows(ranking: Any, paths: Sequence[str]) -> list[dict[str, Any]]:
-    return [
-        {
-            "path": paths[int(image)],
-            "rank": position + 1,
-            "picked": position < ranking.n_picked,
-            "distance": None if not np.isfinite(distance) else round(float(distance), 6),
-        }
-        for position, (image, distance) in enumerate(zip(ranking.order, ranking.distance))
-    ]
 
 
 def save_patterns_file(
@@ -277,7 +266,7 @@ def run_report(args: argparse.Namespace) -> int:
     ranking = ranking_from_rows(selection["ranking"], paths)
     threshold = float(selection.get("settings", {}).get("duplicate_threshold", DEFAULT_DUPLICATE_THRESHOLD))
     duplicates = find_near_duplicates(patterns, threshold)
-    data = report_data(paths, patterns, ranking, selection, duplicates)
+    data = _report_data(paths, patterns, ranking, selection, duplicates)
     extractor = _report_extractor(selection, args) if args.details > 0 else None
     options = ReportOptions(grid_picks=args.picks, detail_picks=args.details, map_thumbnails=args.map_thumbnails)
     write_report(args.out, build_report(data, lambda i: load_image(paths[i]), extractor=extractor, options=options))
@@ -285,36 +274,13 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def ranking_from_rows(rows: Sequence[dict[str, Any]], paths: Sequence[str]) -> Ranking:
-    """The :class:`Ranking` behind ``select``'s JSON rows; images missing from them were seeds."""
-    index_of = {path: index for index, path in enumerate(paths)}
-    unknown = [row["path"] for row in rows if row["path"] not in index_of]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} ranked images are not in the patterns file (first: {unknown[0]}); "
-            "pass the --save-patterns file of the same select run"
-        )
-    order = np.asarray([index_of[row["path"]] for row in rows], dtype=np.int64)
-    distance = np.asarray([np.inf if row["distance"] is None else row["distance"] for row in rows], dtype=np.float64)
-    seeds = tuple(sorted(set(range(len(paths))) - set(order.tolist())))
-    return Ranking(order=order, distance=distance, n_picked=sum(bool(row["picked"]) for row in rows), seeds=seeds)
-
-
-def report_data(
-    paths: Sequence[str], patterns: Sequence[np.ndarray], ranking: Ranking, selection: dict[str, Any],
-    duplicates: DuplicateGroups | None,
+def _report_data(
+    paths: Sequence[str], patterns: Sequence[np.ndarray], ranking: Ranking, selection: dict[str, Any], duplicates: DuplicateGroups
 ) -> ReportData:
-    settings = dict(selection.get("settings", {}))
-    threshold = float(settings.pop("duplicate_threshold", DEFAULT_DUPLICATE_THRESHOLD))
-    return ReportData(
-        names=list(paths),
-        patterns=patterns,
-        ranking=ranking,
-        model_id=f"{selection.get('model', 'unknown')} ({selection.get('weights', 'pretrained')})",
-        settings=settings,
-        failures=[Failure(f["path"], f["error"]) for f in selection.get("failed", [])],
-        duplicates=duplicates,
-        duplicate_threshold=threshold,
+    """The report of a ``select`` run from its JSON (``selection``)."""
+    return report_data(
+        paths, patterns, ranking, duplicates, model_id=f"{selection.get('model', 'unknown')} ({selection.get('weights', 'pretrained')})",
+        settings=selection.get("settings", {}), failures={f["path"]: f["error"] for f in selection.get("failed", [])},
     )
 
 

@@ -61,6 +61,25 @@ class ReportData:
     title: str = "FreeSel selection report"
 
 
+def report_data(
+    names: Sequence[str], patterns: Sequence[np.ndarray], ranking: Ranking, duplicates: DuplicateGroups, *,
+    model_id: str, settings: Mapping[str, Any], failures: Mapping[str, str], title: str = ReportData.title,
+) -> ReportData:
+    """What the report of one ranking shows: ``settings`` as given, except the near-duplicate
+    threshold, which is that of ``duplicates`` and shown with them; ``failures`` by image name."""
+    return ReportData(
+        names=list(names),
+        patterns=list(patterns),
+        ranking=ranking,
+        model_id=model_id,
+        settings={name: value for name, value in settings.items() if name != "duplicate_threshold"},
+        failures=[Failure(name, reason) for name, reason in failures.items()],
+        duplicates=duplicates,
+        duplicate_threshold=duplicates.threshold,
+        title=title,
+    )
+
+
 @dataclass(frozen=True)
 class ReportOptions:
     """How much the page shows; every thumbnail costs one ``open_image`` call and ~3 KB."""

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import redis
@@ -15,12 +13,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings
+from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings
 from ..engine import preset
-from .jobs import enqueue_cleanup, enqueue_sync, schedule_selection
+from .enqueue import enqueue_cleanup, enqueue_sync, schedule_selection
 from .publish import remember_previous_sampling
-from .services import client_for
-from ..labelstudio.client import LabelStudioClient
+from .services import Services
 from .store import Store
 
 # Settings that change the patterns themselves: changing one recomputes them.
@@ -33,45 +30,29 @@ MAX_LISTED_JOBS = 10
 SETUP_SYNC_INTERVAL_S = 300
 
 
-@dataclass(frozen=True)
-class Backend:
-    """The web service's shared services."""
-
-    settings: Settings
-    connection: redis.Redis
-
-    @property
-    def store(self) -> Store:
-        return Store(self.connection)
-
-    @functools.cached_property
-    def client(self) -> LabelStudioClient:
-        return client_for(self.settings)
-
-
-def apply_settings(backend: Backend, project_id: int, changes: Mapping[str, Any]) -> ProjectSettings:
+def apply_settings(services: Services, project_id: int, changes: Mapping[str, Any]) -> ProjectSettings:
     """Validate and store ``changes``; then recompute, re-rank, enable or disable as they require.
     A project the backend has not seen yet is synced (its tasks enqueued) whatever the changes,
     as is a known one on a /setup without changes, at most once per SETUP_SYNC_INTERVAL_S."""
-    store = backend.store
+    store = services.store
     new_project = "patterns_version" not in store.get_state(project_id)
     if new_project:
-        backend.client.get_project(project_id)  # an id Label Studio does not know: 404, nothing stored
+        services.client.get_project(project_id)  # an id Label Studio does not know: 404, nothing stored
     before = store.get_settings(project_id)
     after = before.updated(changes)
     after = after.with_preset(after.preset_in_use(store.get_state(project_id))[0])
     store.save_settings(project_id, after)
     if not after.enabled:
         if before.enabled or not changes:
-            disable(backend, project_id)
+            disable(services, project_id)
         return after
     must_sync = not before.enabled or any(getattr(before, f) != getattr(after, f) for f in PATTERN_FIELDS)
     if must_sync or new_project or not changes:  # a repeated /setup lists the tasks at most once per interval
         if _sync_due(store, project_id) or must_sync:
-            remember_previous_sampling(backend.client, store, project_id)
-            enqueue_sync(backend.connection, backend.settings, project_id)
+            remember_previous_sampling(services.client, store, project_id)
+            enqueue_sync(services, project_id)
     elif before != after:
-        schedule_selection(backend.connection, backend.settings, project_id)
+        schedule_selection(services, project_id)
     return after
 
 
@@ -80,19 +61,19 @@ def _sync_due(store: Store, project_id: int) -> bool:
     return store.due(project_id, "setup-sync", SETUP_SYNC_INTERVAL_S)
 
 
-def enable(backend: Backend, project_id: int) -> ProjectSettings:
-    return apply_settings(backend, project_id, {"enabled": True})
+def enable(services: Services, project_id: int) -> ProjectSettings:
+    return apply_settings(services, project_id, {"enabled": True})
 
 
-def disable(backend: Backend, project_id: int) -> ProjectSettings:
+def disable(services: Services, project_id: int) -> ProjectSettings:
     """Stop FreeSel for the project: restore the sampling and model version the project had
     before, then delete its predictions and remove the flags (in a cleanup job)."""
-    store = backend.store
+    store = services.store
     settings = store.get_settings(project_id)
     if settings.enabled:
         settings = settings.updated({"enabled": False})
         store.save_settings(project_id, settings)
-    client = backend.client
+    client = services.client
     state = store.get_state(project_id)
     if "previous_sampling" in state:
         client.update_project(
@@ -101,28 +82,28 @@ def disable(backend: Backend, project_id: int) -> ProjectSettings:
             model_version=state.get("previous_model_version", ""),
         )
         store.forget_state(project_id, "previous_sampling", "previous_model_version", "model_version")
-    enqueue_cleanup(backend.connection, backend.settings, project_id)
+    enqueue_cleanup(services, project_id)
     return settings
 
 
-def reselect(backend: Backend, project_id: int) -> str:
+def reselect(services: Services, project_id: int) -> str:
     """Rank again even if nothing changed (a selection skips otherwise)."""
-    backend.store.forget_state(project_id, "ranked_fingerprint")
-    return schedule_selection(backend.connection, backend.settings, project_id).id
+    services.store.forget_state(project_id, "ranked_fingerprint")
+    return schedule_selection(services, project_id).id
 
 
-def status(backend: Backend, project_id: int) -> dict[str, Any]:
+def status(services: Services, project_id: int) -> dict[str, Any]:
     """Counts for an admin: tasks, patterns done/failed (with reasons), progress, the ranking
     live in Label Studio and the one being written, jobs (failed and retrying ones with their
     error), Label Studio requests of the last write-out."""
-    store = backend.store
+    store = services.store
     state = store.get_state(project_id)
     project_settings = store.get_settings(project_id)
     version = state.get("patterns_version", "")
     done, failed = store.count_done(project_id, version) if version else (0, 0)
     failures = store.failures(project_id, version) if version else {}
     tasks = len(store.task_ids(project_id))
-    jobs = project_jobs(backend.connection, project_id)
+    jobs = project_jobs(services.connection, project_id)
     return {
         "project": project_id,
         "settings": project_settings.to_dict(),
@@ -144,8 +125,8 @@ def status(backend: Backend, project_id: int) -> dict[str, Any]:
         "live": live_ranking(state),
         "writeout": writeout_status(store, project_id, jobs),
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
-        "failed_jobs": [_job_problem(job) for job in _failed_jobs(backend.connection, project_id)],
-        "retrying": [_job_problem(job, backend.connection) for groups in jobs.values() for job in groups["scheduled"] if _attempts(job)],
+        "failed_jobs": [_job_problem(job) for job in _failed_jobs(services.connection, project_id)],
+        "retrying": [_job_problem(job, services.connection) for groups in jobs.values() for job in groups["scheduled"] if _attempts(job)],
         "near_duplicates": near_duplicates(store, project_id),
     }
 

@@ -1,11 +1,8 @@
-"""RQ jobs: patterns for chunks of tasks, one coalesced selection per project, project sync.
+"""RQ jobs: patterns for chunks of tasks, one coalesced selection per project, project sync,
+cleanup after disable. Enqueued by ``enqueue.py`` (the flow is described there).
 
 Job functions take plain arguments (project id, task ids) and never a secret: workers read
-``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment. Enqueue helpers take
-the Redis connection explicitly. Flow: ``enqueue_patterns`` -> ``compute_patterns`` chunks ->
-``run_selection`` (depends on the chunks; at most one waiting per project, at most one started
-per ``rerank_interval_s``) -> a target ranking in Redis -> ``publish.write_out`` steps bring
-Label Studio to it (see ``publish.py``).
+``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment (``services.job_services``).
 """
 
 from __future__ import annotations
@@ -15,25 +12,23 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import redis
-from rq import Queue
-from rq.job import Dependency, Job, JobStatus
 
-from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
-from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
+from .settings import ProjectSettings, Settings
+from ..engine import ImageLoadError, PatternExtractor, load_image
+from ..engine.ranking import RankedTasks, rank_tasks
 from ..labelstudio.client import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
-from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
-from .publish import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged, new_model_version
-from .services import WorkerContext, worker_context
+from .enqueue import JobProgress, enqueue_patterns, enqueue_writeout, schedule_selection
+from .publish import delete_freesel_predictions, flagged, new_model_version
+from .services import Services, job_services
 
 log = logging.getLogger(__name__)
 
-FAILURE_FLAG = "FreeSel could not use this image: "
 # Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
 # Any other error (a 500 for one missing upload, say) belongs to that one task.
 LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
@@ -78,96 +73,6 @@ def version_of(extractor: PatternExtractor) -> str:
     )
 
 
-# ---- enqueueing (web service and jobs) ----------------------------------------------------------
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
-    """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
-    ids = sorted({int(t) for t in task_ids})
-    if not ids:
-        return []
-    store = Store(connection)
-    store.add_tasks(project_id, ids)
-    version = store.get_state(project_id).get("patterns_version")
-    store.start_progress(project_id, sum(store.count_done(project_id, version)) if version else 0)
-    queue = Queue(FEATURES_QUEUE, connection=connection)
-    jobs = [
-        enqueue_project_job(
-            queue, settings, compute_patterns, project_id, chunk,
-            what=f"patterns: project {project_id}, {len(chunk)} tasks", meta={"tasks": len(chunk)},
-        )
-        for chunk in _chunks(ids, settings.chunk_size)
-    ]
-    schedule_selection(connection, settings, project_id, after=jobs)
-    return jobs
-
-
-def schedule_selection(connection: redis.Redis, settings: Settings, project_id: int, after: Sequence[Job] = ()) -> Job:
-    """Make sure one selection runs after ``after``; a selection still waiting absorbs this request.
-
-    The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
-    ``after``, so a burst of imports ends in one selection, not one per import. A selection that
-    is running is a dependency too: two selections of a project never run at once. Without
-    dependencies, a selection starts no sooner than ``rerank_interval_s`` after the last one began
-    (a burst of labels ends in one re-ranking).
-    """
-    store = Store(connection)
-    with store.lock(project_id, "selection", timeout=30, blocking_timeout=30):
-        previous = _previous_selection(connection, store, project_id)
-        dependencies = [job.id for job in after]
-        if previous is not None and previous.get_status() in WAITING:
-            if not dependencies:
-                return previous
-            dependencies += _unfinished(connection, previous.dependency_ids)
-            previous.cancel()
-        elif previous is not None and previous.get_status() == JobStatus.STARTED:
-            dependencies.append(previous.id)
-        job = enqueue_project_job(
-            Queue(SELECTION_QUEUE, connection=connection), settings, run_selection, project_id,
-            what=f"selection: project {project_id}",
-            depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
-            delay_s=0 if dependencies else _rerank_delay(store, project_id, settings),
-        )
-        store.update_state(project_id, pending_selection=job.id)
-    return job
-
-
-def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
-    last = store.get_state(project_id).get("ranking_started_at")
-    return max(0.0, float(last) + settings.rerank_interval_s - time.time()) if last else 0.0
-
-
-def _previous_selection(connection: redis.Redis, store: Store, project_id: int) -> Job | None:
-    """The project's last enqueued selection job (its status freshly read), if RQ still has it."""
-    return fetch_job(connection, store.get_state(project_id).get("pending_selection"))
-
-
-def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
-    jobs = Job.fetch_many(list(job_ids), connection=connection)
-    return [job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)]
-
-
-def enqueue_sync(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
-    """Compare the project's tasks with the stored patterns and enqueue what is missing (a job)."""
-    return enqueue_project_job(
-        Queue(SELECTION_QUEUE, connection=connection), settings, sync_project, project_id,
-        what=f"sync: project {project_id}",
-    )
-
-
-def enqueue_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
-    # RQ's default time limit (job_timeout=None), as before: cleanup only deletes predictions.
-    return enqueue_project_job(
-        Queue(CLEANUP_QUEUE, connection=connection), settings, remove_selection, project_id,
-        what=f"cleanup: project {project_id}", job_timeout=None,
-    )
-
-
 # ---- jobs ---------------------------------------------------------------------------------------
 
 
@@ -175,37 +80,37 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
     its reason. Tasks that already have patterns of the current version are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
-    context = worker_context()
+    services = job_services()
     started = time.monotonic()
-    extractor = extractor_for(context.settings, context.store.get_settings(project_id))
+    extractor = extractor_for(services.settings, services.store.get_settings(project_id))
     version = version_of(extractor)
-    context.store.use_patterns_version(project_id, version)
-    todo = sorted(set(map(int, task_ids)) - set(context.store.load_patterns(project_id, version, task_ids)))
+    services.store.use_patterns_version(project_id, version)
+    todo = sorted(set(map(int, task_ids)) - set(services.store.load_patterns(project_id, version, task_ids)))
     progress = JobProgress(len(todo))
     if not todo:
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
     try:
-        tasks = context.client.get_tasks(project_id, todo)
-        image_field = project_image_field(context, project_id)
+        tasks = services.client.get_tasks(project_id, todo)
+        image_field = project_image_field(services, project_id)
     except LabelStudioNotFound:
         log.warning("project %s does not exist in Label Studio: dropping %d of its tasks", project_id, len(todo))
-        context.store.remove_tasks(project_id, todo)
+        services.store.remove_tasks(project_id, todo)
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids), "missing_project": 1}
     except LabelConfigError as error:
-        context.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
+        services.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
         return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
-    context.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
+    services.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
     log.info("project %s: patterns for %d tasks started (%d already done, version %s)", project_id, len(todo), len(task_ids) - len(todo), version)
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
-    opened = extractor.extract_sources(tasks, lambda task: open_task_image(context.client, task, image_field), on_batch=progress.advance)
+    opened = extractor.extract_sources(tasks, lambda task: open_task_image(services.client, task, image_field), on_batch=progress.advance)
     for result in opened:
         task_id = int(result.source["id"])
         if result.patterns is None:
             failures[task_id] = result.error or "unknown error"
         else:
             patterns[task_id] = result.patterns
-    context.store.save_results(project_id, version, patterns, failures)
+    services.store.save_results(project_id, version, patterns, failures)
     for task_id, reason in failures.items():
         log.warning("project %s task %s: no patterns: %s", project_id, task_id, reason)
     seconds = time.monotonic() - started
@@ -216,12 +121,12 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     return {"patterns": len(patterns), "failed": len(failures), "skipped": len(task_ids) - len(todo)}
 
 
-def project_image_field(context: WorkerContext, project_id: int) -> str:
+def project_image_field(services: Services, project_id: int) -> str:
     """The task data field holding the image, read from the label config once and kept in the project state."""
-    field = context.store.get_state(project_id).get("image_field")
+    field = services.store.get_state(project_id).get("image_field")
     if not field:
-        field = image_field_of(context.client.get_label_config(project_id))
-        context.store.update_state(project_id, image_field=field)
+        field = image_field_of(services.client.get_label_config(project_id))
+        services.store.update_state(project_id, image_field=field)
     return field
 
 
@@ -250,89 +155,109 @@ def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -
         return False
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """The project's tasks in Label Studio by id, those the store dropped, those sent for patterns."""
+
+    tasks: dict[int, dict[str, Any]]
+    gone: set[int]
+    enqueued: set[int]
+
+
+def reconcile(services: Services, project_id: int, version: str | None = None) -> Reconciled:
+    """Bring the store to the project's tasks in Label Studio: tasks gone are dropped (with their
+    patterns); pattern jobs, and a selection after them, for the tasks the store has not seen
+    and, given the patterns ``version``, for those with neither patterns nor a failure of it."""
+    store = services.store
+    tasks = {int(task["id"]): task for task in services.client.iter_tasks(project_id)}
+    known = store.task_ids(project_id)
+    gone = known - set(tasks)
+    store.remove_tasks(project_id, gone)
+    settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version)) if version else known
+    missing = set(tasks) - settled
+    if missing:
+        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(missing))
+        enqueue_patterns(services, project_id, missing)
+    return Reconciled(tasks, gone, missing)
+
+
 def sync_project(project_id: int) -> dict[str, int]:
     """Enqueue patterns for every task of the project that has none (and no failure) yet; re-rank
     only when tasks went away or no ranking exists yet (Label Studio calls /setup often)."""
-    context = worker_context()
-    store = context.store
-    extractor = extractor_for(context.settings, store.get_settings(project_id))
-    version = version_of(extractor)
+    services = job_services()
+    store = services.store
+    version = version_of(extractor_for(services.settings, store.get_settings(project_id)))
     store.use_patterns_version(project_id, version)
-    task_ids = {int(task["id"]) for task in context.client.iter_tasks(project_id)}
-    gone = store.task_ids(project_id) - task_ids
-    store.remove_tasks(project_id, gone)
-    settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
-    missing = task_ids - settled
-    connection = store.redis
-    if missing:
-        enqueue_patterns(connection, context.settings, project_id, missing)
-    else:
-        store.add_tasks(project_id, task_ids)
-        if gone or store.get_state(project_id).get("ranked_version") != version:
-            schedule_selection(connection, context.settings, project_id)
-    log.info("project %s: sync: %d tasks, %d need patterns, %d gone", project_id, len(task_ids), len(missing), len(gone))
-    return {"tasks": len(task_ids), "enqueued": len(missing)}
+    reconciled = reconcile(services, project_id, version)
+    if not reconciled.enqueued:
+        store.add_tasks(project_id, reconciled.tasks)
+        if reconciled.gone or store.get_state(project_id).get("ranked_version") != version:
+            schedule_selection(services, project_id)
+    log.info(
+        "project %s: sync: %d tasks, %d need patterns, %d gone",
+        project_id, len(reconciled.tasks), len(reconciled.enqueued), len(reconciled.gone),
+    )
+    return {"tasks": len(reconciled.tasks), "enqueued": len(reconciled.enqueued)}
 
 
 def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
     target of the write-out (enqueued here). Skipped when neither the tasks, the labels, the
-    patterns nor the settings changed since the last ranking."""
-    context = worker_context()
-    store = context.store
+    patterns nor the settings changed since the last ranking.
+
+    Reconcile (the project's tasks with the store; tasks new to it get patterns and a selection
+    after them) -> rank (``engine.ranking.rank_tasks``) -> publish (the target; a write-out)."""
+    services = job_services()
+    store = services.store
     settings = store.get_settings(project_id)
     if not settings.enabled:
         return {"skipped": "FreeSel is disabled for this project"}
-    started, requests_before = time.monotonic(), context.client.requests_sent
+    started, requests_before = time.monotonic(), services.client.requests_sent
     store.update_state(project_id, ranking_started_at=time.time())
     progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version")
     try:
-        tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
+        tasks = reconcile(services, project_id).tasks
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
-    known = store.task_ids(project_id)
-    store.remove_tasks(project_id, known - set(tasks))
-    unknown = set(tasks) - known
-    if unknown:  # imported without a webhook, or Redis lost its data: compute them, rank again after
-        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(unknown))
-        enqueue_patterns(store.redis, context.settings, project_id, unknown)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
     failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
-    ids = sorted(stored)
-    labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
-    fingerprint = _fingerprint(settings, version or "", ids, labelled, failures)
+    labelled = {t for t in stored if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
+    fingerprint = _fingerprint(settings, version or "", sorted(stored), labelled, failures)
     if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
         return {"skipped": "nothing that decides the ranking changed"}
-    patterns = [stored[t] for t in ids]
-    seeds = [i for i, t in enumerate(ids) if t in labelled]
-    unlabelled = len(ids) - len(labelled)
-    progress.start_stage("ranking", unlabelled)
-    ranking = select(
-        patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
-        duplicate_threshold=settings.duplicate_threshold,
-    ) if unlabelled else None
-    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
-    order = [ids[image] for image in ranking.order] if ranking else []
-    picked = order[: ranking.n_picked] if ranking else []
-    target = _target(store, project_id, fingerprint, order, picked, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
-    if ranking is not None:
-        store.save_selection(project_id, SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates))
-    store.save_target(project_id, target)
+    progress.start_stage("ranking", len(stored) - len(labelled))
+    ranked = rank_tasks(
+        stored, labelled, failures, settings.picks_for(len(stored) - len(labelled)), strategy=settings.strategy,  # type: ignore[arg-type]
+        seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,
+    )
+    target = publish_ranking(services, project_id, ranked, fingerprint, version or "")
     store.update_state(
-        project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(order), ranked_version=version or "",
+        project_id, last_selection_at=time.time(), n_picked=ranked.n_picked, n_ranked=len(ranked.order), ranked_version=version or "",
         ranked_fingerprint=fingerprint, ranking_seconds=round(time.monotonic() - started, 2),
-        ranking_requests=context.client.requests_sent - requests_before,
+        ranking_requests=services.client.requests_sent - requests_before,
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
-    enqueue_writeout(store.redis, context.settings, project_id)
     log.info(
         "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
-        project_id, target["model_version"], len(picked), len(order), len(labelled), time.monotonic() - started,
+        project_id, target["model_version"], ranked.n_picked, len(ranked.order), len(labelled), time.monotonic() - started,
         " (a new version)" if target["full"] else "",
     )
-    return {"ranked": len(order), "picked": len(picked), "seeds": len(labelled), "model_version": target["model_version"]}
+    return {"ranked": len(ranked.order), "picked": ranked.n_picked, "seeds": len(labelled), "model_version": target["model_version"]}
+
+
+def publish_ranking(services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str) -> dict[str, Any]:
+    """Store ``ranked`` as the write-out's target (and the selection record the report and
+    status read), then make sure a write-out step is waiting."""
+    store = services.store
+    target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
+    if ranked.ranking is not None:
+        record = SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version, ranked.task_ids, ranked.ranking, ranked.duplicates)
+        store.save_selection(project_id, record)
+    store.save_target(project_id, target)
+    enqueue_writeout(services, project_id)
+    return target
 
 
 def _fingerprint(settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]) -> str:
@@ -362,43 +287,18 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
     return hashlib.sha1(json.dumps([settings.to_dict(), patterns_version], default=str).encode()).hexdigest()
 
 
-NOT_PICKED = "FreeSel: not picked"
-
-
-def flags_for(failures: Mapping[int, str], duplicate_of: Mapping[int, int]) -> dict[int, str]:
-    """Flags that do not depend on the queue's head: "FreeSel could not use this image: <reason>"
-    on failed tasks, "FreeSel: not picked (near-duplicate of task 12)" on a ranked task that
-    ``duplicate_of`` maps to task 12. The picks' flag is the write-out's (head only)."""
-    flags = {task_id: f"{NOT_PICKED} (near-duplicate of task {original})" for task_id, original in duplicate_of.items()}
-    flags.update({task_id: f"{FAILURE_FLAG}{reason}" for task_id, reason in failures.items()})
-    return flags
-
-
-def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroups, chosen: set[int]) -> dict[int, int]:
-    """Task id -> the first chosen (picked or labelled) task of its near-duplicate group, for
-    every member of a group with a chosen member that is not chosen itself."""
-    duplicate_of: dict[int, int] = {}
-    for group in duplicates.groups:
-        members = [int(task_ids[image]) for image in group]
-        originals = [task_id for task_id in members if task_id in chosen]
-        if originals:
-            duplicate_of.update({task_id: originals[0] for task_id in members if task_id not in chosen})
-    return duplicate_of
-
-
 def remove_selection(project_id: int) -> dict[str, int]:
-    """After disable: delete FreeSel's predictions (one request each, see ``writeout``) and flags."""
-    context = worker_context()
-    store = context.store
-    ours = [int(p["id"]) for p in context.client.list_predictions(project_id) if str(p.get("model_version") or "").startswith(VERSION_PREFIX)]
+    """After disable: delete FreeSel's predictions (one request each, see ``publish``) and flags."""
+    services = job_services()
+    store = services.store
     flags = store.get_flags(project_id)
-    delete_predictions(context.client, store, context.settings, project_id, ours)
-    tasks = {int(task["id"]): task for task in context.client.get_tasks(project_id, sorted(flags))} if flags else {}
+    deleted = delete_freesel_predictions(services, project_id)
+    tasks = {int(task["id"]): task for task in services.client.get_tasks(project_id, sorted(flags))} if flags else {}
     for task_id in flags:
         if task_id in tasks:
-            context.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
+            services.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
         store.set_flag(project_id, task_id, None)
     store.replace_predictions(project_id, {})
     store.forget_ranking(project_id)
-    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, len(ours), len(flags))
-    return {"deleted_predictions": len(ours)}
+    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, deleted, len(flags))
+    return {"deleted_predictions": deleted}

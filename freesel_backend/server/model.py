@@ -13,7 +13,8 @@ from label_studio_ml.model import LabelStudioMLBase
 from ..labelstudio.label_config import image_field_of, task_of_label_config
 from . import admin
 from .settings import WEBHOOK_SECRET_HEADER
-from .jobs import enqueue_patterns, schedule_selection
+from .enqueue import enqueue_patterns, schedule_selection
+from .services import Services
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,16 @@ def project_id_of(project: Any) -> int:
 
 
 class FreeSelModel(LabelStudioMLBase):
-    """One instance per request, bound to a project and the backend's services."""
+    """One instance per request, bound to a project and the process's services."""
 
-    def __init__(self, label_config: str | None = None, train_output: Any = None, *, project_id: int, backend: "admin.Backend", **kwargs: Any) -> None:
+    def __init__(self, label_config: str | None = None, train_output: Any = None, *, project_id: int, services: Services, **kwargs: Any) -> None:
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
         self.project_id = project_id
-        self.backend = backend
+        self.services = services
 
     @property
     def store(self) -> Store:
-        return self.backend.store
+        return self.services.store
 
     def setup(self, extra_params: Mapping[str, Any] | None) -> str:
         """On connect: check the config, apply settings from the connect form, register the
@@ -50,9 +51,9 @@ class FreeSelModel(LabelStudioMLBase):
         field = image_field_of(self.label_config or "")
         task, reason = task_of_label_config(self.label_config or "")
         self.store.update_state(self.project_id, image_field=field, label_config_task=task, label_config_task_reason=reason)
-        admin.apply_settings(self.backend, self.project_id, dict(extra_params or {}))
-        settings = self.backend.settings
-        self.backend.client.register_webhook(
+        admin.apply_settings(self.services, self.project_id, dict(extra_params or {}))
+        settings = self.services.settings
+        self.services.client.register_webhook(
             self.project_id,
             f"{settings.public_url}/webhook",
             actions=WEBHOOK_ACTIONS,
@@ -70,7 +71,7 @@ class FreeSelModel(LabelStudioMLBase):
         stored = self.store.get_predictions(self.project_id, ids)
         unknown = set(ids) - set(stored) - self.store.task_ids(self.project_id)
         if unknown and self.store.get_settings(self.project_id).enabled:
-            enqueue_patterns(self.backend.connection, self.backend.settings, self.project_id, unknown)
+            enqueue_patterns(self.services, self.project_id, unknown)
         return [[_as_prediction(stored[t])] if t in stored else [] for t in ids]
 
     def process_event(self, event: str, data: Mapping[str, Any], job_id: Any = None, additional_params: Any = None) -> dict[str, Any]:
@@ -80,10 +81,10 @@ class FreeSelModel(LabelStudioMLBase):
             return {"ignored": f"{event}: FreeSel is disabled for project {self.project_id}"}
         if event == "TASKS_CREATED":
             task_ids = [int(task["id"]) for task in data.get("tasks") or []]
-            jobs = enqueue_patterns(self.backend.connection, self.backend.settings, self.project_id, task_ids)
+            jobs = enqueue_patterns(self.services, self.project_id, task_ids)
             return {"enqueued_tasks": len(task_ids), "jobs": len(jobs)}
         if event in RERANK_EVENTS:
-            job = schedule_selection(self.backend.connection, self.backend.settings, self.project_id)
+            job = schedule_selection(self.services, self.project_id)
             return {"selection_job": job.id}
         return {"ignored": event}
 

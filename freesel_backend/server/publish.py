@@ -31,13 +31,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-import redis
-from rq import Queue
-
-from .settings import CLEANUP_QUEUE, WRITEOUT_QUEUE, Settings
+from .settings import Settings
 from ..labelstudio.client import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
-from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
-from .services import worker_context
+from .enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout
+from .services import Services, job_services
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -157,29 +154,6 @@ def wanted_flags(target: Mapping[str, Any], head_size: int) -> dict[int, str]:
     return flags
 
 
-# ---- enqueueing ---------------------------------------------------------------------------------
-
-
-def enqueue_writeout(connection: redis.Redis, settings: Settings, project_id: int, delay_s: float = 0) -> None:
-    """Make sure a write-out step of the project is waiting (one waiting step reads the latest target)."""
-    store = Store(connection)
-    waiting = fetch_job(connection, store.get_state(project_id).get("writeout_job"))
-    if waiting is not None and waiting.get_status() in WAITING:
-        return
-    job = enqueue_project_job(
-        Queue(WRITEOUT_QUEUE, connection=connection), settings, write_out, project_id,
-        what=f"write-out: project {project_id}", delay_s=delay_s,
-    )
-    store.update_state(project_id, writeout_job=job.id)
-
-
-def enqueue_version_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> None:
-    enqueue_project_job(
-        Queue(CLEANUP_QUEUE, connection=connection), settings, delete_old_versions, project_id,
-        what=f"old versions: project {project_id}", job_timeout=None,
-    )
-
-
 def new_model_version(store: Store, project_id: int) -> str:
     """A model version name not used before in the project: freesel-v0007-20260101-120000."""
     return f"{VERSION_PREFIX}{store.next_version_number(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -206,11 +180,9 @@ class OutOfRequests(Exception):
 
 @dataclass
 class Step:
-    """One write-out job's context: the client, the store, its request budget and its progress."""
+    """One write-out job's context: the services, its request budget and its progress."""
 
-    client: LabelStudioClient
-    store: Store
-    settings: Settings
+    services: Services
     project_id: int
     budget: int
     lock: Any
@@ -219,6 +191,18 @@ class Step:
 
     def __post_init__(self) -> None:
         self.started_requests = self.client.requests_sent
+
+    @property
+    def client(self) -> LabelStudioClient:
+        return self.services.client
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
 
     @property
     def requests(self) -> int:
@@ -231,30 +215,37 @@ class Step:
         self.lock.reacquire()
 
 
-def write_lock(store: Store, settings: Settings, client: LabelStudioClient, project_id: int) -> Any:
+def write_lock(services: Services, project_id: int) -> Any:
     """The project's Label Studio write lock: held by a write-out step, or by a cleanup batch."""
-    longest = max(client.timeout, settings.label_studio_write_timeout_s) + LOCK_MARGIN_S
-    return store.lock(project_id, "writeout", timeout=longest)
+    longest = max(services.client.timeout, services.settings.label_studio_write_timeout_s) + LOCK_MARGIN_S
+    return services.store.lock(project_id, "writeout", timeout=longest)
 
 
-def delete_predictions(client: LabelStudioClient, store: Store, settings: Settings, project_id: int, prediction_ids: Sequence[int]) -> None:
-    """Delete these predictions one request each (a whole-version DELETE takes ~14 ms per
-    prediction in one request and outlives client timeouts), holding the write lock per batch."""
-    for start in range(0, len(prediction_ids), DELETE_BATCH):
-        with write_lock(store, settings, client, project_id):
-            for prediction_id in prediction_ids[start : start + DELETE_BATCH]:
-                client.delete_prediction(prediction_id)
+def delete_freesel_predictions(services: Services, project_id: int, keep: Iterable[str] = ()) -> int:
+    """Delete the project's FreeSel predictions, but those of the model versions in ``keep``; one
+    request each (a whole-version DELETE takes ~14 ms per prediction in one request and outlives
+    client timeouts), holding the write lock per batch. Returns how many were deleted."""
+    kept = set(keep)
+    doomed = [
+        int(p["id"]) for p in services.client.list_predictions(project_id)
+        if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in kept
+    ]
+    for start in range(0, len(doomed), DELETE_BATCH):
+        with write_lock(services, project_id):
+            for prediction_id in doomed[start : start + DELETE_BATCH]:
+                services.client.delete_prediction(prediction_id)
+    return len(doomed)
 
 
 def write_out(project_id: int) -> dict[str, Any]:
     """One bounded step towards the project's target; enqueues the next step if work remains."""
-    context = worker_context()
-    store, settings = context.store, context.settings
-    lock = write_lock(store, settings, context.client, project_id)
+    services = job_services()
+    store = services.store
+    lock = write_lock(services, project_id)
     if not lock.acquire(blocking=True, blocking_timeout=5):
-        enqueue_writeout(store.redis, settings, project_id, delay_s=5)
+        enqueue_writeout(services, project_id, delay_s=5)
         return {"waiting": "another write-out or cleanup of the project holds its write lock"}
-    step = Step(context.client, store, settings, project_id, settings.writeout_step_requests, lock)
+    step = Step(services, project_id, services.settings.writeout_step_requests, lock)
     progress = JobProgress(0, stage="writing")
     started = time.monotonic()
     finished, target = False, None
@@ -270,7 +261,7 @@ def write_out(project_id: int) -> dict[str, Any]:
         lock.release()
     _record(store, project_id, target, step, time.monotonic() - started, finished)
     if not finished:
-        enqueue_writeout(store.redis, settings, project_id)
+        enqueue_writeout(services, project_id)
     return {"requests": step.requests, "writes": step.writes, "finished": finished}
 
 
@@ -309,7 +300,7 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     step.writes += 1
     step.store.promote_staged(step.project_id, version)
     log.info("project %s: queue switched to %s (%d predictions)", step.project_id, version, len(order))
-    enqueue_version_cleanup(step.store.redis, step.settings, step.project_id)
+    enqueue_version_cleanup(step.services, step.project_id)
 
 
 def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
@@ -498,17 +489,12 @@ def flagged(data: Mapping[str, Any], text: str | None) -> dict[str, Any]:
 
 def delete_old_versions(project_id: int) -> dict[str, int]:
     """Delete FreeSel predictions of versions that are neither live nor being imported."""
-    context = worker_context()
-    store = context.store
-    keep = {store.get_state(project_id).get("model_version")}
+    services = job_services()
+    store = services.store
+    keep = {store.get_state(project_id).get("model_version", "")}
     target = store.get_target(project_id)
     if target and target["full"] and store.get_settings(project_id).enabled:
         keep.add(target["model_version"])
-    old = [
-        int(p["id"])
-        for p in context.client.list_predictions(project_id)
-        if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in keep
-    ]
-    delete_predictions(context.client, store, context.settings, project_id, old)
-    log.info("project %s: %d predictions of old versions deleted", project_id, len(old))
-    return {"deleted_predictions": len(old)}
+    deleted = delete_freesel_predictions(services, project_id, keep=keep)
+    log.info("project %s: %d predictions of old versions deleted", project_id, deleted)
+    return {"deleted_predictions": deleted}

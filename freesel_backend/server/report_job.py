@@ -14,66 +14,43 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from PIL import Image
-from rq import Queue
-from rq.job import Job, JobStatus
+from rq.job import Job
 
-from .settings import SELECTION_QUEUE, Settings
 from ..engine import ImageLoadError
-from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
+from .enqueue import JobProgress, enqueue_report
 from .jobs import extractor_for, open_task_image, project_image_field, version_of
-from .services import worker_context
+from .services import Services, job_services
 from ..labelstudio.client import LabelStudioError
-from ..report.html import Failure, ReportData, ReportOptions, build_report
-from .store import SelectionRecord, Store
+from ..report.html import ReportOptions, build_report, report_data
+from .store import SelectionRecord
 
 log = logging.getLogger(__name__)
 
 REPORT_OPTIONS = ReportOptions(map_thumbnails=200)
-# Project settings shown under their own heading by the report, or of no use there.
-HIDDEN_SETTINGS = ("enabled", "duplicate_threshold", "explicit")
+# Project settings of no use in the report (the near-duplicate threshold has its own heading).
+HIDDEN_SETTINGS = ("enabled", "explicit")
 
 
 class NoSelectionYet(LookupError):
     """The project has no selection run to report on."""
 
 
-def stored_report_or_job(connection: redis.Redis, settings: Settings, project_id: int) -> str | Job:
+def stored_report_or_job(services: Services, project_id: int) -> str | Job:
     """The stored report HTML of the project's current selection run, else the job building it."""
-    store = Store(connection)
+    store = services.store
     record = store.get_selection(project_id)
     if record is None:
         raise NoSelectionYet(f"project {project_id} has no FreeSel ranking yet: see its status for progress")
     html = store.get_report(project_id, record.model_version)
-    return html if html is not None else enqueue_report(connection, settings, project_id)
-
-
-def enqueue_report(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
-    """The project's report job: the one already waiting or running, else a new one."""
-    store = Store(connection)
-    with store.lock(project_id, "report", timeout=30, blocking_timeout=30):
-        current = _unfinished_report_job(connection, store.get_state(project_id).get("report_job"))
-        if current is not None:
-            return current
-        job = enqueue_project_job(
-            Queue(SELECTION_QUEUE, connection=connection), settings, build_project_report, project_id,
-            what=f"report: project {project_id}",
-        )
-        store.update_state(project_id, report_job=job.id)
-    return job
-
-
-def _unfinished_report_job(connection: redis.Redis, job_id: str | None) -> Job | None:
-    job = fetch_job(connection, job_id)
-    return job if job is not None and job.get_status(refresh=False) in (*WAITING, JobStatus.STARTED) else None
+    return html if html is not None else enqueue_report(services, project_id)
 
 
 def build_project_report(project_id: int) -> dict[str, Any]:
     """Build the report of the project's current selection run and store it under its model version."""
-    context = worker_context()
+    services = job_services()
     JobProgress(0, stage="building the report")  # what status shows while this job runs
-    store = context.store
+    store = services.store
     record = store.get_selection(project_id)
     if record is None:
         return {"skipped": f"project {project_id} has no selection run"}
@@ -85,26 +62,22 @@ def build_project_report(project_id: int) -> dict[str, Any]:
             f"(version {record.patterns_version}, e.g. task {missing[0]}); reselect, then ask for the report again"
         )
     project_settings = store.get_settings(project_id)
-    extractor = extractor_for(context.settings, project_settings)
+    extractor = extractor_for(services.settings, project_settings)
     made_the_patterns = version_of(extractor) == record.patterns_version
-    image_field = project_image_field(context, project_id)
+    image_field = project_image_field(services, project_id)
 
     def open_image(index: int) -> Image.Image:
         task_id = record.task_ids[index]
         try:
-            return open_task_image(context.client, context.client.get_task(task_id), image_field)
+            return open_task_image(services.client, services.client.get_task(task_id), image_field)
         except LabelStudioError as error:
             raise ImageLoadError(f"task {task_id}: {error}") from None
 
-    data = ReportData(
-        names=[f"task {t}" for t in record.task_ids],
-        patterns=[patterns[t] for t in record.task_ids],
-        ranking=record.ranking(),
+    data = report_data(
+        [f"task {t}" for t in record.task_ids], [patterns[t] for t in record.task_ids], record.ranking(), record.duplicates(),
         model_id=extractor.model_id if made_the_patterns else f"patterns version {record.patterns_version} (settings changed since)",
         settings=_shown_settings(record, project_settings.to_dict(), project_settings.describe_preset(store.get_state(project_id))),
-        failures=[Failure(f"task {t}", reason) for t, reason in sorted(store.failures(project_id, record.patterns_version).items())],
-        duplicates=record.duplicates(),
-        duplicate_threshold=record.duplicate_threshold,
+        failures={f"task {t}": reason for t, reason in sorted(store.failures(project_id, record.patterns_version).items())},
         title=f"FreeSel — project {project_id}",
     )
     html = build_report(data, open_image, extractor=extractor if made_the_patterns else None, options=REPORT_OPTIONS)

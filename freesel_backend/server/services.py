@@ -1,11 +1,16 @@
-"""What a worker's jobs share: the settings from the environment, the store on the job's Redis,
-one Label Studio client per process."""
+"""The services a process shares: its settings, its Redis, the store on it, one Label Studio client.
+
+The web service builds one :class:`Services` when it starts; a worker builds one the first time
+one of its jobs asks (:func:`job_services`). Both pass it on explicitly. RQ jobs stay plain
+functions with plain arguments (project id, task ids): never a secret, never a connection.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 
+import redis
 from rq import get_current_job
 
 from ..labelstudio.client import LabelStudioClient
@@ -14,15 +19,18 @@ from .store import Store
 
 
 @dataclass(frozen=True)
-class WorkerContext:
+class Services:
     settings: Settings
-    store: Store
-    client: LabelStudioClient
+    connection: redis.Redis
 
+    @property
+    def store(self) -> Store:
+        return Store(self.connection)
 
-@functools.lru_cache(maxsize=1)
-def _settings() -> Settings:
-    return Settings.from_env()
+    @functools.cached_property
+    def client(self) -> LabelStudioClient:
+        """Made on first use: a process that only enqueues needs no Label Studio."""
+        return client_for(self.settings)
 
 
 def client_for(settings: Settings) -> LabelStudioClient:
@@ -36,14 +44,15 @@ def client_for(settings: Settings) -> LabelStudioClient:
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _client() -> LabelStudioClient:
-    return client_for(_settings())
-
-
-def worker_context() -> WorkerContext:
-    """The running job's settings, store and client (the settings and client are made once per worker)."""
+def job_services() -> Services:
+    """The running job's services: settings from the worker's environment, the job's Redis."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("FreeSel job functions run inside an RQ worker")
-    return WorkerContext(_settings(), Store(job.connection), _client())
+    return _worker_services(job.connection)
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_services(connection: redis.Redis) -> Services:
+    """One per worker process (its jobs share the worker's connection)."""
+    return Services(Settings.from_env(), connection)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from redis.lock import Lock
 
 from .settings import ProjectSettings
 from ..engine import DuplicateGroups, Ranking
+from ..engine.ranking import ranking_from_json, ranking_to_json
 
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600
@@ -92,17 +92,13 @@ class SelectionRecord:
             model_version=model_version,
             patterns_version=patterns_version,
             task_ids=[int(t) for t in task_ids],
-            order=[int(i) for i in ranking.order],
-            distance=[round(float(d), 6) if math.isfinite(d) else None for d in ranking.distance],
-            n_picked=int(ranking.n_picked),
-            seeds=[int(i) for i in ranking.seeds],
+            **ranking_to_json(ranking),
             duplicate_groups=[[int(i) for i in group] for group in duplicates.groups],
             duplicate_threshold=float(duplicates.threshold),
         )
 
     def ranking(self) -> Ranking:
-        distance = np.asarray([math.inf if d is None else d for d in self.distance], dtype=np.float64)
-        return Ranking(np.asarray(self.order, dtype=np.int64), distance, self.n_picked, tuple(self.seeds))
+        return ranking_from_json(asdict(self))
 
     def duplicates(self) -> DuplicateGroups:
         group_of = np.full(len(self.task_ids), -1, dtype=np.int64)

@@ -24,6 +24,7 @@ from .settings import WEBHOOK_SECRET_HEADER, Settings, SettingsError
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound
 from ..labelstudio.label_config import LabelConfigError
 from .model import FreeSelModel, project_id_of
+from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = init_app(FreeSelModel, model_dir=str(settings.model_dir))
     app.debug = False  # never the Werkzeug debugger (CVE-2024-34069); gunicorn serves the app
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.config["FREESEL_BACKEND"] = admin.Backend(settings, redis.Redis.from_url(settings.redis_url))
+    app.config["FREESEL_SERVICES"] = Services(settings, redis.Redis.from_url(settings.redis_url))
     app.view_functions["_setup"] = _with_errors(setup_view)
     app.view_functions["_predict"] = _with_errors(predict_view)
     app.view_functions["webhook"] = _with_errors(webhook_view)
@@ -48,16 +49,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _backend() -> admin.Backend:
-    return current_app.config["FREESEL_BACKEND"]
+def _services() -> Services:
+    return current_app.config["FREESEL_SERVICES"]
 
 
 def _model(project: Any, label_config: str | None = None) -> FreeSelModel:
-    return FreeSelModel(label_config=label_config, project_id=project_id_of(project), backend=_backend())
+    return FreeSelModel(label_config=label_config, project_id=project_id_of(project), services=_services())
 
 
 def _check_basic_auth() -> Response | None:
-    expected = _backend().settings.basic_auth
+    expected = _services().settings.basic_auth
     if expected is None:
         return None
     given = request.authorization
@@ -84,7 +85,7 @@ def _check_body() -> Response | None:
         return _error("chunked request bodies are not accepted: send Content-Length", 411)
     if not request.content_length:
         return None
-    limit = _backend().settings.max_request_bytes
+    limit = _services().settings.max_request_bytes
     if request.content_length > limit:
         return _error(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit (FREESEL_MAX_REQUEST_BYTES)", 413)
     if request.mimetype != "application/json":
@@ -151,7 +152,7 @@ def predict_view() -> Any:
 
 def _check_webhook_secret() -> None:
     given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-    if not hmac.compare_digest(given.encode(), _backend().settings.webhook_secret.encode()):
+    if not hmac.compare_digest(given.encode(), _services().settings.webhook_secret.encode()):
         raise PermissionError(f"webhook without the right {WEBHOOK_SECRET_HEADER} header (FreeSel registers its webhook with it)")
 
 
@@ -173,7 +174,7 @@ def webhook_view() -> Any:
 
 
 def _unknown_project(project_id: int) -> Response | None:
-    if project_id in _backend().store.project_ids():
+    if project_id in _services().store.project_ids():
         return None
     return _error(f"project {project_id} is not known to FreeSel: connect the backend to it in Label Studio", 404)
 
@@ -182,7 +183,7 @@ def _unknown_project(project_id: int) -> Response | None:
 @_with_errors
 def status_view(project_id: int) -> Any:
     unknown = _unknown_project(project_id)
-    return unknown if unknown is not None else jsonify(admin.status(_backend(), project_id))
+    return unknown if unknown is not None else jsonify(admin.status(_services(), project_id))
 
 
 # The report inlines everything: a browser showing it may load nothing from anywhere.
@@ -197,9 +198,9 @@ def report_view(project_id: int) -> Any:
     unknown = _unknown_project(project_id)
     if unknown is not None:
         return unknown
-    backend = _backend()
+    services = _services()
     try:
-        answer = report_job.stored_report_or_job(backend.connection, backend.settings, project_id)
+        answer = report_job.stored_report_or_job(services, project_id)
     except report_job.NoSelectionYet as error:
         return _error(str(error), 409)
     if isinstance(answer, str):
@@ -218,29 +219,29 @@ def report_view(project_id: int) -> Any:
 @freesel_routes.route("/enable", methods=["POST"])
 @_with_errors
 def enable_view(project_id: int) -> Any:
-    return jsonify({"settings": admin.enable(_backend(), project_id).to_dict()})
+    return jsonify({"settings": admin.enable(_services(), project_id).to_dict()})
 
 
 @freesel_routes.route("/disable", methods=["POST"])
 @_with_errors
 def disable_view(project_id: int) -> Any:
-    return jsonify({"settings": admin.disable(_backend(), project_id).to_dict()})
+    return jsonify({"settings": admin.disable(_services(), project_id).to_dict()})
 
 
 @freesel_routes.route("/reselect", methods=["POST"])
 @_with_errors
 def reselect_view(project_id: int) -> Any:
-    return jsonify({"selection_job": admin.reselect(_backend(), project_id)}), 202
+    return jsonify({"selection_job": admin.reselect(_services(), project_id)}), 202
 
 
 @freesel_routes.route("/settings", methods=["GET", "PUT", "PATCH"])
 @_with_errors
 def settings_view(project_id: int) -> Any:
-    backend = _backend()
+    services = _services()
     if request.method == "GET":
-        return jsonify(backend.store.get_settings(project_id).to_dict())
+        return jsonify(services.store.get_settings(project_id).to_dict())
     changes = _json_body()
     if request.method == "PUT":  # PUT = the whole settings object: unnamed fields go back to defaults
         changes = {**admin.ProjectSettings().to_dict(), **changes}
-    return jsonify(admin.apply_settings(backend, project_id, changes).to_dict())
+    return jsonify(admin.apply_settings(services, project_id, changes).to_dict())
 
