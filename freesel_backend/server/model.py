@@ -1,6 +1,6 @@
 """The Label Studio ML backend model: answers /setup, /predict and webhooks from stored results.
 
-Requests never run the network: they read Redis and enqueue RQ jobs (``jobs.py``).
+Requests never run the network: they read Redis and enqueue RQ jobs (``enqueue.py``).
 """
 
 from __future__ import annotations
