@@ -5,7 +5,7 @@ from __future__ import annotations
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from freesel_backend.server.settings import SELECTION_QUEUE, Settings
+from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
 from freesel_backend.server.jobs import enqueue_patterns, schedule_selection
 from freesel_backend.server.store import Store
 from tests.backend_processes import backend_env, run_worker_burst
@@ -32,6 +32,13 @@ def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(re
     next_one = schedule_selection(redis_connection, settings, 5)
     assert next_one.id != running.id and next_one.dependency_ids == [running.id]
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
+
+
+def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path):
+    """Jobs queued before the package took its current layout name freesel_backend.writeout.write_out etc."""
+    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue("freesel_backend.writeout.write_out", 7)
+    run_worker_burst(backend_env(redis_url, "http://127.0.0.1:9", "unused-key", tmp_path / "model_dir"))
+    assert Job.fetch(job.id, connection=redis_connection).get_status() == JobStatus.FINISHED
 
 
 def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_studio, redis_connection, redis_url, tmp_path):

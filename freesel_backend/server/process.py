@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
+from rq.utils import import_attribute
 from rq.worker import SimpleWorker, WorkerStatus
 
 from .settings import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
@@ -102,6 +103,26 @@ def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s:
     worker.wait()
 
 
+# Jobs queued by versions whose job functions lived in flat modules name them by those paths.
+FORMER_JOB_MODULES = {
+    "freesel_backend.jobs.": "freesel_backend.server.jobs.",
+    "freesel_backend.writeout.": "freesel_backend.server.publish.",
+    "freesel_backend.report_job.": "freesel_backend.server.report_job.",
+}
+
+
+class FreeSelJob(Job):
+    """An RQ job whose function may be named by its module path before the package's current layout."""
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name or ""
+        for former, current in FORMER_JOB_MODULES.items():
+            if name.startswith(former):
+                return import_attribute(current + name[len(former):])
+        return super().func
+
+
 def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
     """An RQ worker on ``queues`` (first ones first). SimpleWorker (no fork per job) keeps the model loaded
     between jobs; the scheduler runs the delayed retries."""
@@ -113,7 +134,10 @@ def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
     # between dequeues, and an idle worker blocks in dequeue for worker_ttl - 15 s (405 s by
     # default): worker_ttl is set so that an idle worker still runs it every maintenance_s.
     maintenance_s = settings.worker_maintenance_s
-    worker = HeartbeatWorker([Queue(name, connection=connection) for name in queues], connection=connection, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15)
+    worker = HeartbeatWorker(
+        [Queue(name, connection=connection, job_class=FreeSelJob) for name in queues], connection=connection,
+        job_class=FreeSelJob, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15,
+    )
     worker.lease_s = settings.worker_heartbeat_s
     worker.work(burst=burst, with_scheduler=True)
     return 0
