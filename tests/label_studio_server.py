@@ -95,7 +95,8 @@ class LabelStudioServer:
         self.startup_timeout = startup_timeout
         self.enable_legacy_token = enable_legacy_token
         self.extra_env = dict(extra_env or {})
-        # the API key a user configures: a Personal Access Token, or where there are none (1.16.0 and older) the legacy token
+        # the API key a user configures: a Personal Access Token, or where there are none
+        # (1.16.0 and older) the legacy token
         self.pat: Optional[str] = None
         self.legacy_token: Optional[str] = None
         self.start_seconds: Optional[float] = None

@@ -188,7 +188,9 @@ def test_iter_tasks_pages_through_all_tasks_with_annotation_counts(label_studio,
     resp = label_studio.api(
         "POST",
         f"/api/tasks/{labelled}/annotations/",
-        json={"result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]},
+        json={
+            "result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+        },
     )
     assert resp.status_code == 201, resp.text
     by_id = {t["id"]: t for t in client.iter_tasks(project["id"], page_size=2)}
@@ -212,7 +214,9 @@ def test_an_uploaded_image_downloads_byte_identical(client, project_with_images,
         assert client.download_task_file(task, "image") == path.read_bytes()
 
 
-def test_an_absolute_url_on_the_label_studio_host_gets_the_auth_header(label_studio, client, project_with_images, image_files):
+def test_an_absolute_url_on_the_label_studio_host_gets_the_auth_header(
+    label_studio, client, project_with_images, image_files
+):
     _, tasks = project_with_images
     assert client.download(label_studio.url + tasks[0]["data"]["image"]) == image_files[0].read_bytes()
 
@@ -236,7 +240,9 @@ def test_downloads_over_the_byte_cap_are_refused(label_studio, project_with_imag
         c.download_task_file(tasks[0])
 
 
-@pytest.mark.parametrize("uri", ["file:///etc/passwd", "ftp://example.com/x.png", "data:image/png;base64,AAAA", "img.png"])
+@pytest.mark.parametrize(
+    "uri", ["file:///etc/passwd", "ftp://example.com/x.png", "data:image/png;base64,AAAA", "img.png"]
+)
 def test_file_and_other_schemes_are_refused(client, uri):
     with pytest.raises(LabelStudioDownloadError, match="refusing"):
         client.download(uri)

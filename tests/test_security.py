@@ -134,7 +134,9 @@ def test_the_werkzeug_debugger_is_off_and_errors_show_no_traceback(web_backend):
         response = requests.get(f"{web_backend.url}/?{query}", timeout=30)
         assert "debugger" not in response.text.lower() and "console" not in response.text.lower()
     assert requests.get(f"{web_backend.url}/console", timeout=30).status_code == 404
-    broken = requests.post(f"{web_backend.url}/predict", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=30)
+    broken = requests.post(
+        f"{web_backend.url}/predict", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert broken.status_code == 400 and "Traceback" not in broken.text
 
 
@@ -142,20 +144,34 @@ def test_the_werkzeug_debugger_is_off_and_errors_show_no_traceback(web_backend):
     ("headers", "body", "status", "message"),
     [
         ({}, {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []}, 401, "X-FreeSel-Webhook-Secret"),
-        ({WEBHOOK_SECRET_HEADER: "guess"}, {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []}, 401, "webhook"),
+        (
+            {WEBHOOK_SECRET_HEADER: "guess"},
+            {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []},
+            401,
+            "webhook",
+        ),
         ("signed", "not json at all", 400, "must be a JSON object"),
         ("signed", ["a", "list"], 400, "must be a JSON object"),
         ("signed", {"project": {"id": 1}}, 400, "needs an 'action' string"),
         ("signed", {"action": "TASKS_CREATED", "tasks": []}, 400, "has no 'project'"),
         ("signed", {"action": "TASKS_CREATED", "project": "abc", "tasks": []}, 400, "cannot read a project id"),
         ("signed", {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": "1,2"}, 400, "'tasks' must be a list"),
-        ("signed", {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": "7"}]}, 400, r"tasks\[0\] must be a task object"),
+        (
+            "signed",
+            {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": "7"}]},
+            400,
+            r"tasks\[0\] must be a task object",
+        ),
     ],
 )
-def test_unsigned_or_malformed_webhooks_are_rejected_with_a_specific_error(web_backend, redis_connection, headers, body, status, message):
+def test_unsigned_or_malformed_webhooks_are_rejected_with_a_specific_error(
+    web_backend, redis_connection, headers, body, status, message
+):
     headers = signed(web_backend) if headers == "signed" else headers
     data = body if isinstance(body, str) else json.dumps(body)
-    response = requests.post(f"{web_backend.url}/webhook", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{web_backend.url}/webhook", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == status and re.search(message, response.json()["error"]), response.text
     assert not redis_connection.keys("rq:job:*")  # nothing was enqueued
 
@@ -196,24 +212,40 @@ def everything_in_redis(connection) -> bytes:
     return b"\n".join(parts)
 
 
-def test_the_api_key_never_appears_in_logs_redis_status_errors_or_webhook_settings(label_studio, redis_connection, redis_url, tmp_path):
+def test_the_api_key_never_appears_in_logs_redis_status_errors_or_webhook_settings(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     project = ls.create_project("security", LABEL_CONFIG)
     pid = project["id"]
     ls.upload_images(pid, write_noise_images(tmp_path / "img", 3))
-    ls.import_tasks(pid, [{"image": "/data/upload/999/missing.png"}])  # Label Studio answers 500 for it, to our auth header
+    ls.import_tasks(
+        pid, [{"image": "/data/upload/999/missing.png"}]
+    )  # Label Studio answers 500 for it, to our auth header
     env = backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir")
     backend = BackendProcesses(env, tmp_path).start()
     try:
-        assert ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        assert (
+            ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        )
         status = wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["ranked"] and s, 240, "ranking")
-        added = ls.upload_images(pid, write_noise_images(tmp_path / "more", 2, start_seed=50))  # via the real, signed webhook
-        status = wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["patterns_done"] == 5 and s["ranked"] == 5 and s, 240, "webhook import")
-        assert {t["id"] for t in added} <= {p["task"] for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()}
+        added = ls.upload_images(
+            pid, write_noise_images(tmp_path / "more", 2, start_seed=50)
+        )  # via the real, signed webhook
+        status = wait_for(
+            lambda: (s := backend.status(pid)) and idle(s) and s["patterns_done"] == 5 and s["ranked"] == 5 and s,
+            240,
+            "webhook import",
+        )
+        assert {t["id"] for t in added} <= {
+            p["task"] for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()
+        }
         assert status["failed"] == 1 and "image download failed" in status["failures"][0]["reason"]
         hooks = ls.api("GET", "/api/webhooks/", params={"project": pid}).json()
         assert [h["headers"] for h in hooks] == [{WEBHOOK_SECRET_HEADER: Settings.from_env(env).webhook_secret}]
-        unsigned = requests.post(f"{backend.url}/webhook", json={"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": []}, timeout=30)
+        unsigned = requests.post(
+            f"{backend.url}/webhook", json={"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": []}, timeout=30
+        )
         assert unsigned.status_code == 401
         outputs = {
             "logs": b"".join(path.read_bytes() for path in tmp_path.glob("*.log")),

@@ -423,11 +423,15 @@ class LabelStudioClient:
         """Upload these files (``{upload name: path}``) in one import request: one task per file."""
         path = f"/api/projects/{int(project_id)}/import"
         with ExitStack() as stack:
-            parts = [(name, (name, stack.enter_context(open(file, "rb")), mimetypes.guess_type(name)[0] or "image/jpeg"))
-                     for name, file in files.items()]
+            parts = [
+                (name, (name, stack.enter_context(open(file, "rb")), mimetypes.guess_type(name)[0] or "image/jpeg"))
+                for name, file in files.items()
+            ]
             headers, _ = self._auth_header()
             try:
-                response = self._session.post(self.url + path, files=parts, headers=headers, timeout=max(self.timeout, 300))
+                response = self._session.post(
+                    self.url + path, files=parts, headers=headers, timeout=max(self.timeout, 300)
+                )
             except requests.RequestException as error:
                 raise self._transport_error("POST", path, error) from None
         if response.status_code != 201:
@@ -717,7 +721,9 @@ class LabelStudioClient:
                 return self._read_capped(resp, shown, deadline)
             finally:
                 resp.close()
-        raise LabelStudioDownloadError(f"GET {uri[:100]}: too many redirects (more than {_MAX_REDIRECTS})", method="GET")
+        raise LabelStudioDownloadError(
+            f"GET {uri[:100]}: too many redirects (more than {_MAX_REDIRECTS})", method="GET"
+        )
 
     def _check_public_destination(self, url: str, shown: str) -> None:
         if self.allow_private_addresses:

@@ -67,5 +67,7 @@ class JobProgress:
 
     def _save(self) -> None:
         if self.job is not None:
-            self.job.meta.update({"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()})
+            self.job.meta.update(
+                {"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()}
+            )
             self.job.save_meta()

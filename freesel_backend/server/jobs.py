@@ -40,7 +40,9 @@ LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_extractor(model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings) -> PatternExtractor:
+def _cached_extractor(
+    model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings
+) -> PatternExtractor:
     return PatternExtractor(
         model,
         patterns_per_image=patterns_per_image,
@@ -58,7 +60,11 @@ def _cached_extractor(model: str, patterns_per_image: int, attention_ratio: floa
 def extractor_for(settings: Settings, project: ProjectSettings) -> PatternExtractor:
     """The worker's extractor for these project settings (created once, then reused)."""
     return _cached_extractor(
-        project.model_name(settings.model), project.patterns_per_image, float(project.attention_ratio), project.seed, settings
+        project.model_name(settings.model),
+        project.patterns_per_image,
+        float(project.attention_ratio),
+        project.seed,
+        settings,
     )
 
 
@@ -86,7 +92,9 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(items[start : start + size])
 
 
-def enqueue_patterns(connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]) -> list[Job]:
+def enqueue_patterns(
+    connection: redis.Redis, settings: Settings, project_id: int, task_ids: Iterable[int]
+) -> list[Job]:
     """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
     ids = sorted({int(t) for t in task_ids})
     if not ids:
@@ -149,7 +157,9 @@ def _previous_selection(connection: redis.Redis, store: Store, project_id: int) 
 
 def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
     jobs = Job.fetch_many(list(job_ids), connection=connection)
-    return [job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)]
+    return [
+        job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)
+    ]
 
 
 def enqueue_sync(connection: redis.Redis, settings: Settings, project_id: int) -> Job:
@@ -195,10 +205,18 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
         context.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
         return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
     context.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
-    log.info("project %s: patterns for %d tasks started (%d already done, version %s)", project_id, len(todo), len(task_ids) - len(todo), version)
+    log.info(
+        "project %s: patterns for %d tasks started (%d already done, version %s)",
+        project_id,
+        len(todo),
+        len(task_ids) - len(todo),
+        version,
+    )
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
-    opened = extractor.extract_sources(tasks, lambda task: open_task_image(context.client, task, image_field), on_batch=progress.advance)
+    opened = extractor.extract_sources(
+        tasks, lambda task: open_task_image(context.client, task, image_field), on_batch=progress.advance
+    )
     for result in opened:
         task_id = int(result.source["id"])
         if result.patterns is None:
@@ -230,7 +248,9 @@ def open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_fi
     and Label Studio's own unavailability re-raised (the job is retried later)."""
     data = task.get("data") or {}
     if image_field not in data:
-        raise ImageLoadError(f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})")
+        raise ImageLoadError(
+            f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})"
+        )
     if not isinstance(data[image_field], str):
         raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
@@ -270,7 +290,9 @@ def sync_project(project_id: int) -> dict[str, int]:
         store.add_tasks(project_id, task_ids)
         if gone or store.get_state(project_id).get("ranked_version") != version:
             schedule_selection(connection, context.settings, project_id)
-    log.info("project %s: sync: %d tasks, %d need patterns, %d gone", project_id, len(task_ids), len(missing), len(gone))
+    log.info(
+        "project %s: sync: %d tasks, %d need patterns, %d gone", project_id, len(task_ids), len(missing), len(gone)
+    )
     return {"tasks": len(task_ids), "enqueued": len(missing)}
 
 
@@ -298,7 +320,9 @@ def run_selection(project_id: int) -> dict[str, Any]:
         log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(unknown))
         enqueue_patterns(store.redis, context.settings, project_id, unknown)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
-    failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
+    failures = {
+        t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks
+    }
     ids = sorted(stored)
     labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
     fingerprint = _fingerprint(settings, version or "", ids, labelled, failures)
@@ -315,13 +339,30 @@ def run_selection(project_id: int) -> dict[str, Any]:
     duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
     order = [ids[image] for image in ranking.order] if ranking else []
     picked = order[: ranking.n_picked] if ranking else []
-    target = _target(store, project_id, fingerprint, order, picked, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
+    target = _target(
+        store,
+        project_id,
+        fingerprint,
+        order,
+        picked,
+        flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)),
+    )
     if ranking is not None:
-        store.save_selection(project_id, SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates))
+        store.save_selection(
+            project_id,
+            SelectionRecord.of(
+                f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates
+            ),
+        )
     store.save_target(project_id, target)
     store.update_state(
-        project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(order), ranked_version=version or "",
-        ranked_fingerprint=fingerprint, ranking_seconds=round(time.monotonic() - started, 2),
+        project_id,
+        last_selection_at=time.time(),
+        n_picked=len(picked),
+        n_ranked=len(order),
+        ranked_version=version or "",
+        ranked_fingerprint=fingerprint,
+        ranking_seconds=round(time.monotonic() - started, 2),
         ranking_requests=context.client.requests_sent - requests_before,
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
@@ -332,10 +373,17 @@ def run_selection(project_id: int) -> dict[str, Any]:
         project_id, target["model_version"], len(picked), len(order), len(labelled), time.monotonic() - started,
         " (a new version)" if target["full"] else "",
     )
-    return {"ranked": len(order), "picked": len(picked), "seeds": len(labelled), "model_version": target["model_version"]}
+    return {
+        "ranked": len(order),
+        "picked": len(picked),
+        "seeds": len(labelled),
+        "model_version": target["model_version"],
+    }
 
 
-def _fingerprint(settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]) -> str:
+def _fingerprint(
+    settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]
+) -> str:
     """What decides a ranking: settings, patterns version, the tasks, which are labelled, which failed."""
     described = json.dumps([settings.to_dict(), version, list(ids), sorted(labelled), sorted(failures)], default=str)
     return hashlib.sha1(described.encode()).hexdigest()
@@ -351,10 +399,17 @@ def _target(
     live = state.get("model_version", "")
     unfinished = previous.get("full") and previous.get("model_version") != live
     full = not live or unfinished or previous.get("settings_key") != settings_key
-    model_version = previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
+    model_version = (
+        previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
+    )
     return {
-        "generation": store.next_run(project_id), "model_version": model_version, "full": bool(full), "settings_key": settings_key,
-        "order": order, "n_picked": len(picked), "flags": flags,
+        "generation": store.next_run(project_id),
+        "model_version": model_version,
+        "full": bool(full),
+        "settings_key": settings_key,
+        "order": order,
+        "n_picked": len(picked),
+        "flags": flags,
     }
 
 
@@ -390,7 +445,11 @@ def remove_selection(project_id: int) -> dict[str, int]:
     """After disable: delete FreeSel's predictions (one request each, see ``writeout``) and flags."""
     context = worker_context()
     store = context.store
-    ours = [int(p["id"]) for p in context.client.list_predictions(project_id) if str(p.get("model_version") or "").startswith(VERSION_PREFIX)]
+    ours = [
+        int(p["id"])
+        for p in context.client.list_predictions(project_id)
+        if str(p.get("model_version") or "").startswith(VERSION_PREFIX)
+    ]
     flags = store.get_flags(project_id)
     delete_predictions(context.client, store, context.settings, project_id, ours)
     tasks = {int(task["id"]): task for task in context.client.get_tasks(project_id, sorted(flags))} if flags else {}
@@ -400,5 +459,10 @@ def remove_selection(project_id: int) -> dict[str, int]:
         store.set_flag(project_id, task_id, None)
     store.replace_predictions(project_id, {})
     store.forget_ranking(project_id)
-    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, len(ours), len(flags))
+    log.info(
+        "project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks",
+        project_id,
+        len(ours),
+        len(flags),
+    )
     return {"deleted_predictions": len(ours)}

@@ -54,7 +54,8 @@ def serve(host: str, port: int, web_workers: int) -> int:
     if settings.basic_auth is None:
         log.warning(
             "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: anyone who can reach port %s can call this backend, "
-            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's connect form.",
+            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's "
+            "connect form.",
             port,
         )
     embedded: RedisServer | None = None
@@ -63,7 +64,12 @@ def serve(host: str, port: int, web_workers: int) -> int:
         if settings.redis_url is None:
             embedded = RedisServer(settings.model_dir / "redis").start()
             os.environ["REDIS_URL"] = embedded.url
-            log.info("embedded Redis at %s (data in %s); starting %d workers", embedded.url, embedded.data_dir, len(EMBEDDED_WORKER_QUEUES))
+            log.info(
+                "embedded Redis at %s (data in %s); starting %d workers",
+                embedded.url,
+                embedded.data_dir,
+                len(EMBEDDED_WORKER_QUEUES),
+            )
             # Their own sessions: a terminal's Ctrl-C reaches gunicorn only, and the workers are stopped
             # below (warm shutdown) before the embedded Redis, which they need until they have ended.
             workers = [
@@ -187,7 +193,10 @@ def fetch_report(project_id: int, url: str | None = None, wait_s: float = 600.0)
         if response.status_code == 200:
             return response.text
         if time.monotonic() >= deadline:
-            raise SettingsError(f"the report of project {project_id} was not ready within {wait_s:.0f} s: {response.json().get('message')}")
+            raise SettingsError(
+                f"the report of project {project_id} was not ready within {wait_s:.0f} s: "
+                f"{response.json().get('message')}"
+            )
         time.sleep(min(float(response.headers.get("Retry-After", 5)), max(0.5, deadline - time.monotonic())))
 
 
@@ -195,7 +204,9 @@ def _admin_request(method: str, project_id: int, action: str, url: str | None) -
     settings = Settings.from_env()
     base = (url or settings.public_url).rstrip("/")
     try:
-        response = requests.request(method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60)
+        response = requests.request(
+            method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60
+        )
     except requests.ConnectionError:
         raise SettingsError(f"no FreeSel backend answers at {base}: start it (scripts/run.sh) or pass --url") from None
     if response.status_code == 401:

@@ -100,9 +100,16 @@ def build_project_report(project_id: int) -> dict[str, Any]:
         names=[f"task {t}" for t in record.task_ids],
         patterns=[patterns[t] for t in record.task_ids],
         ranking=record.ranking(),
-        model_id=extractor.model_id if made_the_patterns else f"patterns version {record.patterns_version} (settings changed since)",
-        settings=_shown_settings(record, project_settings.to_dict(), project_settings.describe_preset(store.get_state(project_id))),
-        failures=[Failure(f"task {t}", reason) for t, reason in sorted(store.failures(project_id, record.patterns_version).items())],
+        model_id=extractor.model_id
+        if made_the_patterns
+        else f"patterns version {record.patterns_version} (settings changed since)",
+        settings=_shown_settings(
+            record, project_settings.to_dict(), project_settings.describe_preset(store.get_state(project_id))
+        ),
+        failures=[
+            Failure(f"task {t}", reason)
+            for t, reason in sorted(store.failures(project_id, record.patterns_version).items())
+        ],
         duplicates=record.duplicates(),
         duplicate_threshold=record.duplicate_threshold,
         title=f"FreeSel — project {project_id}",
@@ -115,4 +122,9 @@ def build_project_report(project_id: int) -> dict[str, Any]:
 
 def _shown_settings(record: SelectionRecord, project_settings: dict[str, Any], preset: str) -> dict[str, Any]:
     shown = {name: value for name, value in project_settings.items() if name not in HIDDEN_SETTINGS}
-    return {"preset": preset, **shown, "model version": record.model_version, "patterns version": record.patterns_version}
+    return {
+        "preset": preset,
+        **shown,
+        "model version": record.model_version,
+        "patterns version": record.patterns_version,
+    }
