@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from freesel_backend.server.settings import WEBHOOK_SECRET_HEADER, Settings
-from freesel_backend.labelstudio.client import LabelStudioClient, LabelStudioDownloadError, LabelStudioError
+from freesel_backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from freesel_backend.labelstudio.download import Downloader, LabelStudioDownloadError
 from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import write_noise_images
 from tests.local_http import LocalHttpServer, Request, content, hang, redirect
@@ -32,21 +33,21 @@ def fake_jwt() -> str:
 
 
 def test_file_and_other_non_http_uris_are_never_downloaded():
-    client = LabelStudioClient("http://127.0.0.1:9", "key")
+    downloader = Downloader(LabelStudioClient("http://127.0.0.1:9", "key"))
     for uri in ("file:///etc/passwd", "ftp://example.com/a.png", "gopher://x/1", "data:image/png;base64,AAAA"):
         with pytest.raises(LabelStudioDownloadError, match="refusing to download"):
-            client.download(uri, task_id=1)
+            downloader.download(uri, task_id=1)
 
 
 def test_image_hosts_on_loopback_or_link_local_addresses_are_refused_unless_allowed():
     with LocalHttpServer({"/a.png": content(b"pixels", "image/png")}) as host:
-        strict = LabelStudioClient("http://ls.invalid:8080", "key", allow_private_addresses=False)
+        strict = Downloader(LabelStudioClient("http://ls.invalid:8080", "key"), allow_private_addresses=False)
         with pytest.raises(LabelStudioDownloadError, match="non-public address 127.0.0.1"):
             strict.download(f"{host.url}/a.png")
         with pytest.raises(LabelStudioDownloadError, match="non-public address 169.254.169.254"):
             strict.download("http://169.254.169.254/latest/meta-data/")
         assert host.requests == []  # refused before connecting
-        allowed = LabelStudioClient("http://ls.invalid:8080", "key", allow_private_addresses=True)
+        allowed = Downloader(LabelStudioClient("http://ls.invalid:8080", "key"), allow_private_addresses=True)
         assert allowed.download(f"{host.url}/a.png") == b"pixels"
 
 
@@ -55,24 +56,24 @@ def test_label_studio_may_be_local_but_its_redirects_to_other_private_hosts_are_
         ls = LocalHttpServer({"/data/upload/1/a.png": redirect(f"http://localhost:{internal.port}/secret"),
                               "/data/upload/1/b.png": content(b"own file")}).start()
         try:
-            strict = LabelStudioClient(ls.url, "key", allow_private_addresses=False)
+            strict = Downloader(LabelStudioClient(ls.url, "key"), allow_private_addresses=False)
             assert strict.download("/data/upload/1/b.png") == b"own file"
             with pytest.raises(LabelStudioDownloadError, match="localhost resolves to the non-public address"):
                 strict.download("/data/upload/1/a.png")
             assert internal.requests == []
-            assert LabelStudioClient(ls.url, "key").download("/data/upload/1/a.png") == b"internal"
+            assert Downloader(LabelStudioClient(ls.url, "key")).download("/data/upload/1/a.png") == b"internal"
         finally:
             ls.stop()
 
 
 def test_downloads_are_capped_in_size_and_time():
     with LocalHttpServer({"/big.png": content(b"x" * 5000), "/slow.png": hang(5)}) as host:
-        client = LabelStudioClient("http://ls.invalid", "key", max_download_bytes=1000, download_timeout=1)
+        downloader = Downloader(LabelStudioClient("http://ls.invalid", "key"), max_bytes=1000, timeout=1)
         with pytest.raises(LabelStudioDownloadError, match="5000 bytes exceeds the 1000-byte limit"):
-            client.download(f"{host.url}/big.png")
+            downloader.download(f"{host.url}/big.png")
         started = time.monotonic()
         with pytest.raises(LabelStudioError, match="the image host timed out"):
-            client.download(f"{host.url}/slow.png")
+            downloader.download(f"{host.url}/slow.png")
         assert time.monotonic() - started < 4
 
 

@@ -24,7 +24,8 @@ from rq.job import Dependency, Job, JobStatus
 
 from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
 from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
-from ..labelstudio.client import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import WAITING, JobProgress, enqueue_project_job, fetch_job
@@ -215,7 +216,7 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
     opened = extractor.extract_sources(
-        tasks, lambda task: open_task_image(context.client, task, image_field), on_batch=progress.advance
+        tasks, lambda task: open_task_image(context.downloader, task, image_field), on_batch=progress.advance
     )
     for result in opened:
         task_id = int(result.source["id"])
@@ -243,7 +244,7 @@ def project_image_field(context: WorkerContext, project_id: int) -> str:
     return field
 
 
-def open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
+def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field: str) -> Any:
     """The task's image, downloaded and decoded; a reason of its own as an ImageLoadError when it cannot be had,
     and Label Studio's own unavailability re-raised (the job is retried later)."""
     data = task.get("data") or {}
@@ -254,18 +255,18 @@ def open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_fi
     if not isinstance(data[image_field], str):
         raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
-        image_bytes = client.download_task_file(task, image_field)
+        image_bytes = downloader.task_file(task, image_field)
     except LabelStudioError as error:
         label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
-        if label_studio_down and _hosted_by_label_studio(client, data[image_field], int(task["id"])):
+        if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
     return load_image(image_bytes)
 
 
-def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -> bool:
+def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> bool:
     try:
-        return client.resolve_download_url(uri, task_id)[1]
+        return downloader.resolve_url(uri, task_id)[1]
     except LabelStudioError:
         return False
 

@@ -92,7 +92,7 @@ def build_project_report(project_id: int) -> dict[str, Any]:
     def open_image(index: int) -> Image.Image:
         task_id = record.task_ids[index]
         try:
-            return open_task_image(context.client, context.client.get_task(task_id), image_field)
+            return open_task_image(context.downloader, context.client.get_task(task_id), image_field)
         except LabelStudioError as error:
             raise ImageLoadError(f"task {task_id}: {error}") from None
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from rq import get_current_job
 
 from ..labelstudio.client import LabelStudioClient
+from ..labelstudio.download import Downloader
 from .settings import Settings
 from .store import Store
 
@@ -18,6 +19,7 @@ class WorkerContext:
     settings: Settings
     store: Store
     client: LabelStudioClient
+    downloader: Downloader
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,12 +28,15 @@ def _settings() -> Settings:
 
 
 def client_for(settings: Settings) -> LabelStudioClient:
-    """The Label Studio client with the download policy and caps of ``settings``."""
-    return LabelStudioClient(
-        settings.label_studio_url,
-        settings.label_studio_api_key,
-        max_download_bytes=settings.download_max_bytes,
-        download_timeout=settings.download_timeout_s,
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+
+
+def downloader_for(client: LabelStudioClient, settings: Settings) -> Downloader:
+    """Task file downloads with the policy and caps of ``settings``."""
+    return Downloader(
+        client,
+        max_bytes=settings.download_max_bytes,
+        timeout=settings.download_timeout_s,
         allow_private_addresses=settings.allow_private_downloads,
     )
 
@@ -41,9 +46,14 @@ def _client() -> LabelStudioClient:
     return client_for(_settings())
 
 
+@functools.lru_cache(maxsize=1)
+def _downloader() -> Downloader:
+    return downloader_for(_client(), _settings())
+
+
 def worker_context() -> WorkerContext:
-    """The running job's settings, store and client (the settings and client are made once per worker)."""
+    """The running job's settings, store, client and downloader (made once per worker but the store)."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("FreeSel job functions run inside an RQ worker")
-    return WorkerContext(_settings(), Store(job.connection), _client())
+    return WorkerContext(_settings(), Store(job.connection), _client(), _downloader())
