@@ -74,7 +74,9 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 # ---- the reference algorithm -------------------------------------------------------------------
 
 
-def reference_select(patterns: list[np.ndarray], budget: int, strategy: str, seed: int, picks: int | None = None) -> list[int]:
+def reference_select(
+    patterns: list[np.ndarray], budget: int, strategy: str, seed: int, picks: int | None = None
+) -> list[int]:
     """FreeSel selection written the way the paper's code does it: cosine distances by
     broadcasting in slices of 1000 rows, the full d^2 probability vector renormalised and
     sampled with numpy for every draw, min-update per pick. Stops after ``picks`` picks."""
@@ -137,7 +139,11 @@ def numpy_blas() -> str:
     except ImportError:
         kernels = "kernel unknown (threadpoolctl, requirements-bench.txt, tells)"
     else:
-        kernels = ", ".join(f"{pool['internal_api']} {pool.get('architecture')}" for pool in threadpool_info() if pool["user_api"] == "blas")
+        kernels = ", ".join(
+            f"{pool['internal_api']} {pool.get('architecture')}"
+            for pool in threadpool_info()
+            if pool["user_api"] == "blas"
+        )
     overrides = [f"{name}={os.environ[name]}" for name in OPENBLAS_OVERRIDES if name in os.environ]
     return f"numpy BLAS {kernels}" + (f" (set by the environment: {' '.join(overrides)})" if overrides else "")
 
@@ -181,22 +187,35 @@ def bench_selection(scale: str) -> list[Result]:
             rounds=TARGET_ROUNDS if n_images == 5_000 else 2,
         )
         how = how_timed(budget, prefix)
-        rows.append(f"  N={n_images:>6,} B={budget:>5,}: product {ours:7.2f} s, reference {reference:8.1f} s ({how}), {reference / ours:6.1f}x ({loads})")
+        rows.append(
+            f"  N={n_images:>6,} B={budget:>5,}: product {ours:7.2f} s, reference {reference:8.1f} s ({how}), "
+            f"{reference / ours:6.1f}x ({loads})"
+        )
         if n_images == 5_000:
             paper_code = prefix_seconds(lambda picks: paper_code_select(patterns, picks), budget, prefix)
-            rows.append(f"  the same pool with the paper's code as published (torch on this CPU, normalising every slice each pick): "
-                        f"{paper_code:.1f} s, product {paper_code / ours:.1f}x ({load()})")
-            results.append(Result(
-                "selection vs reference (semantic patterns, N=5,000 K=5 D=384 B=500, prob)",
-                f"{reference / ours:.1f}x faster: {ours:.2f} s vs {reference:.1f} s ({how}; {loads})", ">= 100x", reference / ours >= 100,
-            ))
+            rows.append(
+                "  the same pool with the paper's code as published (torch on this CPU, normalising every slice "
+                "each pick): "
+                f"{paper_code:.1f} s, product {paper_code / ours:.1f}x ({load()})"
+            )
+            results.append(
+                Result(
+                    "selection vs reference (semantic patterns, N=5,000 K=5 D=384 B=500, prob)",
+                    f"{reference / ours:.1f}x faster: {ours:.2f} s vs {reference:.1f} s ({how}; {loads})",
+                    ">= 100x",
+                    reference / ours >= 100,
+                )
+            )
     n_worst = sizes[-1] if scale == "smoke" else 5_000
     worst = isotropic_patterns(n_worst)
     ours, reference, loads = interleaved(
         lambda: timed(lambda: select(worst, n_worst // 10, strategy="prob", seed=0, device="numpy")),
         lambda: reference_seconds(worst, n_worst // 10, prefix),
     )
-    rows.append(f"  isotropic (no structure) N={n_worst:,} B={n_worst // 10:,}: product {ours:.2f} s, reference {reference:.1f} s, {reference / ours:.1f}x ({loads})")
+    rows.append(
+        f"  isotropic (no structure) N={n_worst:,} B={n_worst // 10:,}: product {ours:.2f} s, reference "
+        f"{reference:.1f} s, {reference / ours:.1f}x ({loads})"
+    )
     fds_check = fds_matches_reference(semantic_patterns(400 if scale == "smoke" else 2_000, seed=3))
     results.append(Result("fds picks identical to the reference's (100 picks)", str(fds_check), "identical", fds_check))
     print("Selection vs the reference algorithm (semantic synthetic patterns, B = N/10):", *rows, sep="\n")
@@ -216,12 +235,20 @@ def bench_torch_device(scale: str) -> list[Result]:
     same = bool(np.array_equal(in_numpy.picks, on_device.picks)
                 and np.allclose(in_numpy.distance, on_device.distance, rtol=0, atol=1e-6))
     swapped = int(np.count_nonzero(in_numpy.order != on_device.order))
-    results = [Result(
-        f"products on torch device {device}: fds picks identical to numpy's, every distance within 1e-6 (N={n_images:,})",
-        f"{same} (rest order: {swapped} positions swapped between near-ties)", "identical", same,
-    )]
+    results = [
+        Result(
+            f"products on torch device {device}: fds picks identical to numpy's, every distance within 1e-6 "
+            f"(N={n_images:,})",
+            f"{same} (rest order: {swapped} positions swapped between near-ties)",
+            "identical",
+            same,
+        )
+    ]
     if device != "cuda":
-        print("No CUDA GPU here: the GPU path was checked on torch's CPU device; its speed is estimated in docs/scaling.md.")
+        print(
+            "No CUDA GPU here: the GPU path was checked on torch's CPU device; its speed is estimated in "
+            "docs/scaling.md."
+        )
         return results
     for n, budget in ((PAPER_N, PAPER_B), (200_000, 10_000)) if scale == "full" else ((4_000, 750),):
         large = semantic_patterns(n, seed=6)
@@ -265,28 +292,51 @@ def bench_paper_scale(scale: str) -> list[Result]:
     dense_picks = min(100, budget)
     lazy, dense, loads = interleaved(
         lambda: timed(lambda: select(patterns, budget, strategy="prob", seed=0, device="numpy")),
-        lambda: timed(lambda: select(patterns, dense_picks, strategy="prob", seed=0, updates="dense", device="numpy")) * budget / dense_picks,
+        lambda: (
+            timed(lambda: select(patterns, dense_picks, strategy="prob", seed=0, updates="dense", device="numpy"))
+            * budget
+            / dense_picks
+        ),
     )
     peak = _selection_peak_in_a_fresh_process(patterns, budget)
     fds_lazy, fds_dense, fds_loads = interleaved(
         lambda: timed(lambda: select(patterns, budget, strategy="fds", seed=0, device="numpy")),
-        lambda: timed(lambda: select(patterns, dense_picks, strategy="fds", seed=0, updates="dense", device="numpy")) * budget / dense_picks,
+        lambda: (
+            timed(lambda: select(patterns, dense_picks, strategy="fds", seed=0, updates="dense", device="numpy"))
+            * budget
+            / dense_picks
+        ),
         rounds=1,
     )
     results = [
-        Result(f"paper scale (N={n_images:,} K=5 D=384 B={budget:,}, prob, 2 shared cores)", f"{lazy:.2f} s "
-               f"(recomputing every distance at every pick: ~{dense:.0f} s, extrapolated from {dense_picks} picks; {loads})", "<= 10 s", lazy <= 10),
+        Result(
+            f"paper scale (N={n_images:,} K=5 D=384 B={budget:,}, prob, 2 shared cores)",
+            f"{lazy:.2f} s "
+            f"(recomputing every distance at every pick: ~{dense:.0f} s, extrapolated from {dense_picks} picks; "
+            f"{loads})",
+            "<= 10 s",
+            lazy <= 10,
+        ),
         Result("paper scale peak memory beyond the patterns", f"{peak / 2**20:.0f} MiB", "< 1024 MiB", peak < 2**30),
     ]
     print(f"Paper scale fds: lazy {fds_lazy:.2f} s, dense ~{fds_dense:.0f} s ({fds_loads})")
     print("Selection time growth (semantic synthetic patterns, prob):")
     for n in (n_images // 4, n_images // 2, n_images):
         subset = patterns[:n]
-        print(f"  N={n:>6,} B={budget:>5,}: {timed(lambda: select(subset, budget, strategy='prob', seed=0, device='numpy')):6.2f} s ({load()})")
+        print(
+            f"  N={n:>6,} B={budget:>5,}: "
+            f"{timed(lambda: select(subset, budget, strategy='prob', seed=0, device='numpy')):6.2f} s ({load()})"
+        )
     for b in (budget // 4, budget // 2, budget):
-        print(f"  N={n_images:>6,} B={b:>5,}: {timed(lambda: select(patterns, b, strategy='prob', seed=0, device='numpy')):6.2f} s ({load()})")
+        print(
+            f"  N={n_images:>6,} B={b:>5,}: "
+            f"{timed(lambda: select(patterns, b, strategy='prob', seed=0, device='numpy')):6.2f} s ({load()})"
+        )
     typical = timed(lambda: select(patterns, budget, strategy="typical", seed=0, device="numpy"))
-    print(f"Paper scale typical (the default strategy: k-means into B clusters + coverage order): {typical:.2f} s ({load()})")
+    print(
+        f"Paper scale typical (the default strategy: k-means into B clusters + coverage order): {typical:.2f} s "
+        f"({load()})"
+    )
     return results
 
 
@@ -335,12 +385,18 @@ def bench_extraction(scale: str) -> list[Result]:
                     **options,  # type: ignore[arg-type]
                 )
                 bare, pipeline, loads = interleaved(
-                    lambda: _bare_throughput(extractor, n_images), lambda: _pipeline_throughput(extractor, paths), best=max
+                    lambda: _bare_throughput(extractor, n_images),
+                    lambda: _pipeline_throughput(extractor, paths),
+                    best=max,
                 )
-                results.append(Result(
-                    f"extraction {model} {precision} batch 32 (JPEG -> patterns vs bare forward_features)",
-                    f"{pipeline:.1f} img/s vs {bare:.1f} img/s = {100 * pipeline / bare:.0f}% ({loads})", ">= 90%", pipeline >= 0.9 * bare,
-                ))
+                results.append(
+                    Result(
+                        f"extraction {model} {precision} batch 32 (JPEG -> patterns vs bare forward_features)",
+                        f"{pipeline:.1f} img/s vs {bare:.1f} img/s = {100 * pipeline / bare:.0f}% ({loads})",
+                        ">= 90%",
+                        pipeline >= 0.9 * bare,
+                    )
+                )
     return results
 
 
@@ -348,7 +404,9 @@ def _bare_throughput(extractor: PatternExtractor, n_images: int) -> float:
     batch = torch.randn(extractor.batch_size, 3, *extractor.input_size)
     with torch.inference_mode(), extractor._autocast():
         extractor.model.forward_features(batch)  # warm-up
-        seconds = timed(lambda: [extractor.model.forward_features(batch) for _ in range(n_images // extractor.batch_size)])
+        seconds = timed(
+            lambda: [extractor.model.forward_features(batch) for _ in range(n_images // extractor.batch_size)]
+        )
     return n_images / seconds
 
 
@@ -378,11 +436,15 @@ def bench_storage(scale: str) -> list[Result]:
     error = float(np.abs(restored.astype(np.float32) - patterns[0]).max())
     per_image = used / n_tasks
     raw = K * DIM * 2
-    return [Result(
-        f"storage: Redis memory for {n_tasks:,} tasks (K=5, D=384, store.encode_patterns, one hash field per task)",
-        f"{used / 2**20:.1f} MiB, {per_image:.0f} B/image (blob {blob} B = K*D*2 + {blob - raw}; float16 max error {error:.1e})",
-        f"<= K*D*2 = {raw} B + small overhead", per_image <= raw * 1.1,
-    )]
+    return [
+        Result(
+            f"storage: Redis memory for {n_tasks:,} tasks (K=5, D=384, store.encode_patterns, one hash field per task)",
+            f"{used / 2**20:.1f} MiB, {per_image:.0f} B/image (blob {blob} B = K*D*2 + {blob - raw}; float16 max "
+            f"error {error:.1e})",
+            f"<= K*D*2 = {raw} B + small overhead",
+            per_image <= raw * 1.1,
+        )
+    ]
 
 
 TARGETS: dict[str, Callable[[str], list[Result]]] = {
@@ -397,8 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=__doc__)
     parser.add_argument("--only", choices=sorted(TARGETS), action="append", help="run only this target (repeatable)")
     sizes = parser.add_mutually_exclusive_group()
-    sizes.add_argument("--quick", action="store_const", const="quick", dest="scale", help="smaller sizes: a quick check, not the targets' figures")
-    sizes.add_argument("--smoke", action="store_const", const="smoke", dest="scale", help="tiny sizes: the code path only (tests)")
+    sizes.add_argument(
+        "--quick",
+        action="store_const",
+        const="quick",
+        dest="scale",
+        help="smaller sizes: a quick check, not the targets' figures",
+    )
+    sizes.add_argument(
+        "--smoke", action="store_const", const="smoke", dest="scale", help="tiny sizes: the code path only (tests)"
+    )
     args = parser.parse_args(argv)
     scale = args.scale or "full"
     print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, {scale} sizes, {load()}; {numpy_blas()}")

@@ -32,11 +32,20 @@ REFERENCE_PREFIX = 50
 def real_patterns(n_images: int) -> list[np.ndarray]:
     images = load_split("t10k").images[:n_images]
     extractor = PatternExtractor(
-        "offline", device="cpu", image_size=112, precision="bf16", batch_size=64, patterns_per_image=5, attention_ratio=0.5
+        "offline",
+        device="cpu",
+        image_size=112,
+        precision="bf16",
+        batch_size=64,
+        patterns_per_image=5,
+        attention_ratio=0.5,
     )
     started = time.perf_counter()
     patterns = extractor.extract([Image.fromarray(image).convert("RGB") for image in images])
-    print(f"extracted {len(patterns):,} images' patterns ({sum(map(len, patterns)):,} rows) in {time.perf_counter() - started:.1f} s")
+    print(
+        f"extracted {len(patterns):,} images' patterns ({sum(map(len, patterns)):,} rows) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return patterns
 
 
@@ -53,9 +62,14 @@ def main() -> None:
         lambda: reference_seconds(patterns, args.budget, REFERENCE_PREFIX),
         rounds=ROUNDS,
     )
-    print(f"prob: product {ours * 1000:.1f} ms, reference {reference:.1f} s (extrapolated from {REFERENCE_PREFIX} picks), "
-          f"{reference / ours:.1f}x (best of {ROUNDS} interleaved; {loads})")
-    fds = min(timed(lambda: select(patterns, args.budget, strategy="fds", seed=0, device="numpy")) for _ in range(ROUNDS))
+    print(
+        f"prob: product {ours * 1000:.1f} ms, reference {reference:.1f} s (extrapolated from {REFERENCE_PREFIX} "
+        "picks), "
+        f"{reference / ours:.1f}x (best of {ROUNDS} interleaved; {loads})"
+    )
+    fds = min(
+        timed(lambda: select(patterns, args.budget, strategy="fds", seed=0, device="numpy")) for _ in range(ROUNDS)
+    )
     print(f"fds: product {fds * 1000:.1f} ms (best of {ROUNDS})")
     print(f"fds picks identical to the reference's (100 picks): {fds_matches_reference(patterns)}")
 

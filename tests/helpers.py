@@ -46,7 +46,9 @@ def write_noise_images(folder: Path, count: int, *, start_seed: int = 0) -> list
     return paths
 
 
-def random_patterns(n_images: int, *, k: int = 3, dim: int = 16, seed: int = 0, vary_k: bool = True) -> list[np.ndarray]:
+def random_patterns(
+    n_images: int, *, k: int = 3, dim: int = 16, seed: int = 0, vary_k: bool = True
+) -> list[np.ndarray]:
     """L2-normalised random patterns; k_i in 1..k when ``vary_k``."""
     rng = np.random.default_rng(seed)
     patterns = []

@@ -19,10 +19,6 @@ import pytest
 PACKAGE = "freesel_backend"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 SERVICE_LIBRARIES = ("label_studio_ml", "flask", "redis", "rq")
-# Private names of other libraries used on purpose, and why.
-ALLOWED_PRIVATES: dict[str, str] = {
-    "freesel_backend.engine.patterns: model._pos_embed": "timm's ViT embedding step, to stop before the last block",
-}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -165,17 +161,18 @@ def import_cycles(package: dict[str, Imports]) -> list[str]:
     return [" -> ".join(cycle) for cycle in cycles(graph)]
 
 
-def private_reaches(package: dict[str, Imports], allowed: dict[str, str] | None = None) -> list[str]:
-    """Private names used across modules; ``allowed`` maps "module: expression" to why it stays."""
-    allowed = allowed or {}
+def private_reaches(package: dict[str, Imports]) -> list[str]:
+    """Private names used across modules, and private attributes a module does not define itself."""
     reaches = [
         f"{name}: {source}.{attribute}"
         for name, imports in package.items()
         for source, attribute in imports.names + imports.attributes
         if source != name and is_private(attribute)
     ]
-    reaches += [f"{name}: {expression}" for name, imports in package.items() for _, expression in imports.foreign_privates]
-    return sorted(set(reaches) - set(allowed))
+    reaches += [
+        f"{name}: {expression}" for name, imports in package.items() for _, expression in imports.foreign_privates
+    ]
+    return sorted(set(reaches))
 
 
 def forbidden_imports(package: dict[str, Imports]) -> list[str]:
@@ -203,7 +200,7 @@ def test_the_package_has_no_import_cycle(package):
 
 
 def test_no_module_uses_another_modules_private_names(package):
-    assert private_reaches(package, ALLOWED_PRIVATES) == []
+    assert private_reaches(package) == []
 
 
 def test_the_engine_and_the_label_studio_layer_import_only_downwards(package):

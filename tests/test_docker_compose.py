@@ -36,7 +36,9 @@ def test_compose_has_label_studio_with_ssrf_flags_redis_backend_and_worker():
 def test_label_studio_runs_on_the_postgresql_service_once_it_accepts_connections():
     label_studio, db = COMPOSE["services"]["label-studio"], COMPOSE["services"]["db"]
     database = label_studio["environment"]
-    assert database["DJANGO_DB"] == "default" and database["POSTGRE_HOST"] == "db" and database["POSTGRE_PORT"] == "5432"
+    assert (
+        database["DJANGO_DB"] == "default" and database["POSTGRE_HOST"] == "db" and database["POSTGRE_PORT"] == "5432"
+    )
     assert (database["POSTGRE_NAME"], database["POSTGRE_USER"], database["POSTGRE_PASSWORD"]) == (
         db["environment"]["POSTGRES_DB"], db["environment"]["POSTGRES_USER"], db["environment"]["POSTGRES_PASSWORD"])
     assert db["image"].startswith("postgres:")

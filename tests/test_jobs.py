@@ -7,7 +7,7 @@ import importlib
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from freesel_backend.server.settings import SELECTION_QUEUE, Settings
+from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
 from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, schedule_selection
 from freesel_backend.server.services import Services
 from freesel_backend.server.store import Store
@@ -37,12 +37,23 @@ def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(re
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
 
 
-def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_studio, redis_connection, redis_url, tmp_path):
+def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path):
+    """Jobs queued before the package took its current layout name freesel_backend.writeout.write_out etc."""
+    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue("freesel_backend.writeout.write_out", 7)
+    run_worker_burst(backend_env(redis_url, "http://127.0.0.1:9", "unused-key", tmp_path / "model_dir"))
+    assert Job.fetch(job.id, connection=redis_connection).get_status() == JobStatus.FINISHED
+
+
+def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     project = label_studio.create_project("jobs")
     tasks = label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))
     broken = label_studio.import_tasks(project["id"], [{"image": "http://127.0.0.1:9/missing.png"}])
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
-    chunks = enqueue_patterns(Services(Settings.from_env(env), redis_connection), project["id"], [t["id"] for t in tasks] + broken)
+    chunks = enqueue_patterns(
+        Services(Settings.from_env(env), redis_connection), project["id"], [t["id"] for t in tasks] + broken
+    )
 
     run_worker_burst(env)
 
@@ -53,15 +64,22 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     assert list(failures) == broken and "image download failed" in failures[broken[0]]
     listed = label_studio.api("GET", f"/api/projects/{project['id']}/").json()
     assert listed["sampling"] == "Uncertainty sampling" and listed["model_version"] == state["model_version"]
-    scores = sorted(p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json())
+    scores = sorted(
+        p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json()
+    )
     assert scores == [i / 5 for i in range(5)]
     for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
         chunk.refresh()
         assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]
     writeout = Job.fetch(state["writeout_job"], connection=redis_connection)
     assert writeout.get_status(refresh=True) == JobStatus.FINISHED and writeout.return_value()["finished"]
-    flags = {task["id"]: task["data"].get("freesel") for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]}
-    assert {t: flags[t] for t in flags if t not in broken} == {t["id"]: "FreeSel pick" for t in tasks}  # the whole pool is picked
+    flags = {
+        task["id"]: task["data"].get("freesel")
+        for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]
+    }
+    assert {t: flags[t] for t in flags if t not in broken} == {
+        t["id"]: "FreeSel pick" for t in tasks
+    }  # the whole pool is picked
     assert flags[broken[0]].startswith("FreeSel could not use this image: image download failed")
 
 

@@ -21,7 +21,11 @@ CLI = Path(sys.executable).parent / "label-studio-ml"
 
 def test_label_studio_ml_start_serves_the_backend_with_embedded_redis_worker_and_basic_auth(tmp_path):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LABEL_STUDIO_", "FREESEL_", "REDIS_URL"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LABEL_STUDIO_", "FREESEL_", "REDIS_URL"))
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the CLI runs `python`
     log_path = tmp_path / "start.log"
     process = subprocess.Popen(
@@ -58,7 +62,11 @@ def test_label_studio_ml_start_check_validates_the_settings_and_exits(tmp_path):
     assert "settings OK" in done.stdout and "model offline" in done.stdout
     bad = subprocess.run([sys.executable, "freesel_backend/_wsgi.py", "--check", "--with", "FREESEL_PRECISION=fp8"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "FREESEL_PRECISION must be one of auto, fp32, bf16" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "Traceback" not in bad.stderr
+        and "FREESEL_PRECISION must be one of auto, fp32, bf16" in bad.stderr
+    )
 
 
 def _status(url: str, auth: tuple[str, str] | None) -> int:

@@ -36,7 +36,9 @@ def test_scenes_hold_non_overlapping_objects_of_long_tailed_classes_each_used_on
     single_ink = [(scenes.object_images[scenes.object_scene == s] > 0).sum() for s in range(50)]
     assert np.corrcoef(ink, single_ink)[0, 1] > 0.8
     two = scenes.subset(np.array([5, 2]))
-    assert len(two) == 2 and np.array_equal(two.object_labels, scenes.object_labels[np.isin(scenes.object_scene, [2, 5])])
+    assert len(two) == 2 and np.array_equal(
+        two.object_labels, scenes.object_labels[np.isin(scenes.object_scene, [2, 5])]
+    )
 
 
 def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: Path) -> None:
@@ -49,7 +51,9 @@ def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: 
     for method in multi_object_methods():
         rows = [line for line in table.splitlines() if line.startswith(f"| {method.name} |")]
         assert len(rows) == 4 and all(len(row.split("|")) == 2 + 1 + 2 for row in rows)  # name, budgets 5 and 12
-    random_gains = next(line for line in table.split("same number of scenes")[1].splitlines() if line.startswith("| random |"))
+    random_gains = next(
+        line for line in table.split("same number of scenes")[1].splitlines() if line.startswith("| random |")
+    )
     assert random_gains == "| random | +0.0 ± 0.0 | +0.0 ± 0.0 |"
 
 

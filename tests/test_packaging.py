@@ -44,7 +44,9 @@ def test_a_fresh_environment_imports_the_package_and_runs_freesel_from_anywhere(
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)], check=True, timeout=600)
     # the dependencies (torch, timm, ...) come from this interpreter's environment
     site_packages = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True,
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout.strip()
     ours = [entry for entry in sys.path if Path(entry).name == "site-packages"]

@@ -34,7 +34,15 @@ def test_tuning_never_reads_the_test_split(tmp_path: Path) -> None:
     train_only.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         (train_only / name).symlink_to(DEFAULT_ROOT / name)
-    arguments = [*TINY_RUN, "--data-dir", str(train_only), "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
+    arguments = [
+        *TINY_RUN,
+        "--data-dir",
+        str(train_only),
+        "--out-dir",
+        str(tmp_path),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(["tune", *arguments]) == 0
     assert "| random |" in (tmp_path / "quality_tuning.md").read_text()
 

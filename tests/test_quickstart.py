@@ -66,14 +66,31 @@ def test_quickstart_uploads_500_images_in_batches_skips_unreadable_ones_and_a_se
         folder = tmp_path / "my images"
         write_tiny_images(folder, 500)
         write_unreadable(folder)
-        options = ("--task", "detection", "--title", "My 500", "--backend-url", backend.url, "--batch-size", "64", "--settings", json.dumps({"budget": 10}))
+        options = (
+            "--task",
+            "detection",
+            "--title",
+            "My 500",
+            "--backend-url",
+            backend.url,
+            "--batch-size",
+            "64",
+            "--settings",
+            json.dumps({"budget": 10}),
+        )
         first = run_quickstart(backend.env, str(folder), *options)
         assert first.returncode == 0, first.stderr[-3000:]
-        assert "skipped (unreadable):" in first.stderr and "truncated.jpg" in first.stderr and "empty.png" in first.stderr
+        assert (
+            "skipped (unreadable):" in first.stderr and "truncated.jpg" in first.stderr and "empty.png" in first.stderr
+        )
         assert "upload: 100%" in first.stderr and "500/500" in first.stderr
         assert "FreeSel ranked 500 tasks of project 'My 500'" in first.stdout
         assert "Label All Tasks serves FreeSel's picks first" in first.stdout
-        project = next(p for p in ls.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"] if p["title"] == "My 500")
+        project = next(
+            p
+            for p in ls.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"]
+            if p["title"] == "My 500"
+        )
         assert "RectangleLabels" in project["label_config"]
         status = backend.status(project["id"])
         assert status["preset"]["task"] == "detection" and "RectangleLabels" in status["preset"]["reason"]

@@ -16,7 +16,8 @@ ROW = re.compile(r"^\| `(?P<name>[^`]+)` \| `(?P<default>[^`]*)` \|", re.MULTILI
 
 
 def _rows(first_name: re.Pattern[str]) -> dict[str, str]:
-    return {row["name"]: row["default"] for row in ROW.finditer(README.read_text(encoding="utf-8")) if first_name.fullmatch(row["name"])}
+    rows = ROW.finditer(README.read_text(encoding="utf-8"))
+    return {row["name"]: row["default"] for row in rows if first_name.fullmatch(row["name"])}
 
 
 def environment_rows() -> dict[str, str]:

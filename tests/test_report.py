@@ -38,7 +38,9 @@ def selection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "broken.jpg").write_bytes(b"definitely not a jpeg")
     out = tmp_path_factory.mktemp("out")
     ranking, patterns, html = out / "ranking.json", out / "patterns.npz", out / "report.html"
-    selected = run_cli("select", str(folder), "--budget", "8", *TINY, "--out", str(ranking), "--save-patterns", str(patterns))
+    selected = run_cli(
+        "select", str(folder), "--budget", "8", *TINY, "--out", str(ranking), "--save-patterns", str(patterns)
+    )
     assert selected.returncode == 0, selected.stderr
     reported = run_cli("report", str(ranking), "--patterns", str(patterns), "--out", str(html), "--details", "2")
     assert reported.returncode == 0, reported.stderr
@@ -57,7 +59,11 @@ def test_the_grid_shows_the_picks_in_ranking_order_with_rank_and_distance(select
     html = selection["html"].read_text()
     ranked = json.loads(selection["ranking"].read_text())["ranking"]
     picked_names = [Path(row["path"]).name for row in ranked if row["picked"]]
-    cells = re.findall(r'<div class="cell" id="pick-(\d+)".*?<div class="dist">(.*?)</div>\s*<div class="name"[^>]*>(.*?)</div>', html, re.S)
+    cells = re.findall(
+        r'<div class="cell" id="pick-(\d+)".*?<div class="dist">(.*?)</div>\s*<div class="name"[^>]*>(.*?)</div>',
+        html,
+        re.S,
+    )
     assert [int(rank) for rank, _, _ in cells] == list(range(1, 9))
     assert [name for _, _, name in cells] == picked_names
     assert cells[0][1] == "first pick"
@@ -87,7 +93,9 @@ def test_chromium_renders_the_grid_above_the_map(selection: dict[str, Path], tmp
     url = selection["html"].as_uri()
     subprocess.run([chromium, *flags, f"--screenshot={screenshot}", "--window-size=1400,2400", url],
                    capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     for element in ("pick-grid", "pattern-map", "coverage-curve", "duplicates", "failures"):
         assert f'id="{element}"' in dom
     assert dom.count('class="pick"') == 8  # one highlighted dot per pick

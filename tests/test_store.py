@@ -79,7 +79,9 @@ def test_staged_predictions_become_the_live_ones_when_the_queue_is_switched(redi
     assert store.all_predictions(2) == {1: {"score": 0.0, "id": 7}}
     store.promote_staged(2, "freesel-0002")
     assert store.all_predictions(2) == {1: {"score": 0.5}, 2: {"score": 0.25}}
-    assert store.all_predictions(2, staged="freesel-0002") == {} and store.get_state(2)["model_version"] == "freesel-0002"
+    assert (
+        store.all_predictions(2, staged="freesel-0002") == {} and store.get_state(2)["model_version"] == "freesel-0002"
+    )
     store.promote_staged(2, "freesel-0003")  # nothing staged (nothing ranked): no live predictions
     assert store.all_predictions(2) == {} and store.get_state(2)["model_version"] == "freesel-0003"
 

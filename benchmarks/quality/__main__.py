@@ -64,7 +64,9 @@ def tuning_methods() -> list[Method]:
     for k, ratio in ((1, 0.5), (5, 0.5), (1, 1.0), (5, 1.0)):
         methods.append(freesel_method(f"prob K={k} r={ratio}", (k, ratio), "prob"))
         for strength in (1.0, 2.0, 4.0):
-            methods.append(freesel_method(f"prob+typ^{strength:g} K={k} r={ratio}", (k, ratio), "prob", strength=strength))
+            methods.append(
+                freesel_method(f"prob+typ^{strength:g} K={k} r={ratio}", (k, ratio), "prob", strength=strength)
+            )
         methods.append(freesel_method(f"fds+typ^2 K={k} r={ratio}", (k, ratio), "fds", strength=2.0))
         methods.append(freesel_method(f"typical K={k} r={ratio}", (k, ratio), "typical"))
     # Issue 7 part 2 (docs/tuning/4-6): TypiClust's and ProbCover's own rules, k-means restarts,
@@ -100,7 +102,9 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     """The mode, data, cache, output and model options of both benchmarks."""
     parser.add_argument("mode", nargs="?", choices=("report", "tune"), default="report")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST IDX files ({DEFAULT_ROOT})")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features and scores (.cache/quality_bench)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="extracted features and scores (.cache/quality_bench)"
+    )
     parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="where the tables (and plot) go (docs)")
     parser.add_argument("--model", default="offline", help="backbone (offline: the bundled DINOv2 ViT-S/14)")
     parser.add_argument("--random-init", action="store_true", help="random weights (the test suite's quick run)")
@@ -128,15 +132,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         features = pool_features.subset(select_ids)
         probe = Probe.build(features.embeddings, pool.labels[select_ids],
                             pool_features.embeddings[score_ids], pool.labels[score_ids])
-        scores = score_methods(chosen_methods(tuning_methods(), args.only), features, probe, args.budgets, seeds, cache=_score_cache(args, "tune"))
-        name, title = "quality_tuning", f"Tuning: select from {len(select_ids)} pool images, score on the other {len(score_ids)}"
+        scores = score_methods(
+            chosen_methods(tuning_methods(), args.only),
+            features,
+            probe,
+            args.budgets,
+            seeds,
+            cache=_score_cache(args, "tune"),
+        )
+        name, title = (
+            "quality_tuning",
+            f"Tuning: select from {len(select_ids)} pool images, score on the other {len(score_ids)}",
+        )
     else:
         assert test is not None
         test = test.subset(np.arange(min(args.test_size, len(test))))
-        test_features = cached_features(test.images, "test", ExtractionSettings(**{**settings.__dict__, "configs": ()}), args.cache_dir)
+        test_features = cached_features(
+            test.images, "test", ExtractionSettings(**{**settings.__dict__, "configs": ()}), args.cache_dir
+        )
         probe = Probe.build(pool_features.embeddings, pool.labels, test_features.embeddings, test.labels)
-        scores = score_methods(chosen_methods(report_methods(), args.only), pool_features, probe, args.budgets, seeds, cache=_score_cache(args, "report"))
-        name, title = "quality_results", f"Fashion-MNIST: pool {len(pool)}, test {len(test)}, {pool_features.model_id} at {args.image_size}px"
+        scores = score_methods(
+            chosen_methods(report_methods(), args.only),
+            pool_features,
+            probe,
+            args.budgets,
+            seeds,
+            cache=_score_cache(args, "report"),
+        )
+        name, title = (
+            "quality_results",
+            f"Fashion-MNIST: pool {len(pool)}, test {len(test)}, {pool_features.model_id} at {args.image_size}px",
+        )
     tables = markdown_tables(scores)
     header = _header(args, pool_features, title, time.perf_counter() - started, len(seeds))
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +183,9 @@ def chosen_methods(methods: list[Method], names: Sequence[str] | None) -> list[M
 
 def _score_cache(args: argparse.Namespace, mode: str) -> Path:
     """Scores are kept per mode and data/feature settings; methods are keyed by name."""
-    setting = f"{mode}_{args.model}_{args.random_init}_{args.image_size}_{args.precision}_{args.pool_size}_{args.test_size}"
+    setting = (
+        f"{mode}_{args.model}_{args.random_init}_{args.image_size}_{args.precision}_{args.pool_size}_{args.test_size}"
+    )
     return args.cache_dir / f"scores_{setting}.json"
 
 

@@ -72,7 +72,9 @@ def extract_features(images: np.ndarray, settings: ExtractionSettings) -> Featur
     embeddings: list[np.ndarray] = []
     patterns: dict[PatternConfig, list[np.ndarray]] = {config: [] for config in settings.configs}
     for start in range(0, len(images), settings.batch_size):
-        batch = torch.stack([extractor.to_tensor(Image.fromarray(a)) for a in images[start : start + settings.batch_size]])
+        batch = torch.stack(
+            [extractor.to_tensor(Image.fromarray(a)) for a in images[start : start + settings.batch_size]]
+        )
         with torch.inference_mode():
             features, attention, batch_embeddings = extractor.features_attention_and_embeddings(batch)
             for k, ratio in settings.configs:
@@ -110,7 +112,9 @@ def _save(path: Path, features: Features) -> None:
 def _load(path: Path, configs: Sequence[PatternConfig]) -> Features:
     with np.load(path) as stored:
         patterns = {
-            config: np.split(stored[f"patterns_{_config_tag(config)}"], np.cumsum(stored[f"counts_{_config_tag(config)}"])[:-1])
+            config: np.split(
+                stored[f"patterns_{_config_tag(config)}"], np.cumsum(stored[f"counts_{_config_tag(config)}"])[:-1]
+            )
             for config in configs
         }
         return Features(stored["embeddings"], patterns, str(stored["model_id"]), 0.0)

@@ -27,7 +27,9 @@ class Method:
 
 
 def random_method() -> Method:
-    return Method("random", lambda features, budget, seed: np.random.default_rng(seed).permutation(len(features))[:budget])
+    return Method(
+        "random", lambda features, budget, seed: np.random.default_rng(seed).permutation(len(features))[:budget]
+    )
 
 
 def freesel_method(
@@ -187,7 +189,11 @@ PURITY_TARGET = 0.95
 
 
 def probcover_method(
-    config: PatternConfig, *, descriptor: Descriptor = "pattern", pseudo_classes: int = 10, purity: float = PURITY_TARGET
+    config: PatternConfig,
+    *,
+    descriptor: Descriptor = "pattern",
+    pseudo_classes: int = 10,
+    purity: float = PURITY_TARGET,
 ) -> Method:
     """ProbCover (Yehuda et al., NeurIPS 2022): balls of radius delta (cosine distance) around
     every image; delta the largest whose balls are 95 % pure under k-means pseudo-labels

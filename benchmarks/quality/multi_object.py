@@ -12,7 +12,6 @@ method is also compared with random scenes holding as many objects).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -88,20 +87,27 @@ def prepare(args: argparse.Namespace) -> Benchmark:
     train = load_split("train", args.data_dir)
     scenes = build_scenes(train, SceneSettings(n_scenes=args.scenes, canvas=args.canvas))
     evaluation = _evaluation_objects(args, train, scenes)
-    scene_features = cached_features(scenes.canvases, "scenes", _extraction(args, args.scene_size, SCENE_CONFIGS), args.cache_dir)
+    scene_features = cached_features(
+        scenes.canvases, "scenes", _extraction(args, args.scene_size, SCENE_CONFIGS), args.cache_dir
+    )
     object_settings = _extraction(args, args.object_size, ())
     object_features = cached_features(scenes.object_images, "scene_objects", object_settings, args.cache_dir)
     evaluation_features = cached_features(evaluation.images, f"{args.mode}_objects", object_settings, args.cache_dir)
     if args.mode == "tune":
         half = _half(len(scenes))
         kept = scenes.objects_of(half)
-        scenes, scene_features, object_features = scenes.subset(half), scene_features.subset(half), object_features.subset(kept)
+        scenes, scene_features, object_features = (
+            scenes.subset(half),
+            scene_features.subset(half),
+            object_features.subset(kept),
+        )
     pool_objects, evaluation_objects = _principal_components(object_features.embeddings, evaluation_features.embeddings)
     probe = Probe.build(pool_objects, scenes.object_labels, evaluation_objects, evaluation.labels)
     where = "held-out training objects" if args.mode == "tune" else "Fashion-MNIST test objects"
     description = (
         f"{len(scenes)} scenes ({len(scenes.object_labels)} objects, {args.canvas} px), scored on {len(evaluation)} "
-        f"balanced {where}; {scene_features.model_id}, scenes at {args.scene_size} px, objects at {args.object_size} px "
+        f"balanced {where}; {scene_features.model_id}, scenes at {args.scene_size} px, objects at {args.object_size} "
+        "px "
         f"(probe on {pool_objects.shape[1]} principal components)"
     )
     return Benchmark(scenes, scene_features, probe, description)
@@ -137,7 +143,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--canvas", type=int, default=224, help="scene size in pixels (224)")
     parser.add_argument("--scene-size", type=int, default=112, help="model input size for the scenes (112)")
     parser.add_argument("--object-size", type=int, default=56, help="model input size for the probe's objects (56)")
-    parser.add_argument("--objects-per-class", type=int, default=EVALUATION_OBJECTS_PER_CLASS, help="evaluation objects per class (300)")
+    parser.add_argument(
+        "--objects-per-class", type=int, default=EVALUATION_OBJECTS_PER_CLASS, help="evaluation objects per class (300)"
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--seeds", type=int, default=10, help="seeds per method and budget (10)")
     parser.add_argument("--only", nargs="+", metavar="METHOD", help="score only these methods (exact names)")
@@ -199,12 +207,20 @@ def _score_method(
         for budget, picks in picks_by_budget.items():
             objects = scenes.objects_of(picks)
             accuracy = benchmark.accuracy(picks)
-            cells[budget].append((
-                accuracy, accuracy - baseline.at_budget(seed, budget), len(objects),
-                accuracy - baseline.at_objects(seed, len(objects)), int(np.isin(scenes.object_labels[objects], rare).sum()),
-            ))
+            cells[budget].append(
+                (
+                    accuracy,
+                    accuracy - baseline.at_budget(seed, budget),
+                    len(objects),
+                    accuracy - baseline.at_objects(seed, len(objects)),
+                    int(np.isin(scenes.object_labels[objects], rare).sum()),
+                )
+            )
     print(f"  scored {method.name}: {np.mean(seconds):.1f} s selection per seed", file=sys.stderr, flush=True)
-    return [_summary(method.name, budget, np.asarray(cells[budget], dtype=float), float(np.mean(seconds))) for budget in budgets]
+    return [
+        _summary(method.name, budget, np.asarray(cells[budget], dtype=float), float(np.mean(seconds)))
+        for budget in budgets
+    ]
 
 
 def _summary(name: str, budget: int, cells: np.ndarray, seconds: float) -> MultiObjectScore:
@@ -225,9 +241,13 @@ def markdown_table(scores: Sequence[MultiObjectScore]) -> str:
     rule = "|---" * (len(budgets) + 1) + "|"
 
     def table(cell: Callable[[MultiObjectScore], str]) -> str:
-        return "\n".join([header, rule] + [
-            f"| {method} | " + " | ".join(cell(by_key[(method, budget)]) for budget in budgets) + " |" for method in methods
-        ])
+        return "\n".join(
+            [header, rule]
+            + [
+                f"| {method} | " + " | ".join(cell(by_key[(method, budget)]) for budget in budgets) + " |"
+                for method in methods
+            ]
+        )
 
     return (
         "Per-object test accuracy (%), mean ± standard error over seeds, by labelled scenes:\n\n"
@@ -268,9 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     started = time.perf_counter()
     cache = args.cache_dir / f"scores_multi_object_{args.mode}_{_setting_tag(args)}.json"
-    scores = score_multi_object(chosen_methods(multi_object_methods(), args.only), benchmark, args.budgets, seeds, cache)
+    scores = score_multi_object(
+        chosen_methods(multi_object_methods(), args.only), benchmark, args.budgets, seeds, cache
+    )
     name = "quality_multi_object" + ("_tuning" if args.mode == "tune" else "")
-    command = "python -m benchmarks.quality.multi_object " + " ".join(sys.argv[1:]) if argv_is_cli() else "(called from Python)"
+    command = (
+        "python -m benchmarks.quality.multi_object " + " ".join(sys.argv[1:])
+        if argv_is_cli()
+        else "(called from Python)"
+    )
     text = (
         f"# Multi-object scenes ({args.mode}): {benchmark.description}\n\n"
         f"Generated by `{command.strip()}`; {len(seeds)} seeds; this run took {time.perf_counter() - started:.0f} s "

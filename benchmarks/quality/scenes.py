@@ -129,5 +129,7 @@ def balanced_objects(source: LabelledImages, per_class: int, exclude: np.ndarray
     rng = np.random.default_rng(seed)
     allowed = np.ones(len(source), dtype=bool)
     allowed[exclude] = False
-    chosen = [rng.choice(np.flatnonzero(allowed & (source.labels == c)), per_class, replace=False) for c in range(N_CLASSES)]
+    chosen = [
+        rng.choice(np.flatnonzero(allowed & (source.labels == c)), per_class, replace=False) for c in range(N_CLASSES)
+    ]
     return source.subset(np.sort(np.concatenate(chosen)))

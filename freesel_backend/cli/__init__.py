@@ -88,7 +88,9 @@ def add_select_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         help="fp32 (default); bf16; auto: bf16 where the CPU or GPU multiplies bfloat16 natively, else fp32",
     )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking")
+    parser.add_argument(
+        "--labelled", type=Path, help="list file of images already labelled: seeds, left out of the ranking"
+    )
     parser.add_argument("--load-patterns", type=Path, help="re-rank from a --save-patterns file instead of extracting")
     parser.add_argument("--save-patterns", type=Path, help="write patterns, owner and paths to this .npz")
     parser.add_argument(
@@ -108,7 +110,9 @@ def _preset_text(kind: str) -> str:
 def _with_preset(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` with the --task preset's value for each pattern/strategy option not given."""
     values = preset(args.task)
-    return argparse.Namespace(**{**vars(args), **{name: values[name] for name in PRESET_FIELDS if getattr(args, name) is None}})
+    return argparse.Namespace(
+        **{**vars(args), **{name: values[name] for name in PRESET_FIELDS if getattr(args, name) is None}}
+    )
 
 
 def _selection_device(device: str | None) -> str:
@@ -275,12 +279,21 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _report_data(
-    paths: Sequence[str], patterns: Sequence[np.ndarray], ranking: Ranking, selection: dict[str, Any], duplicates: DuplicateGroups
+    paths: Sequence[str],
+    patterns: Sequence[np.ndarray],
+    ranking: Ranking,
+    selection: dict[str, Any],
+    duplicates: DuplicateGroups,
 ) -> ReportData:
     """The report of a ``select`` run from its JSON (``selection``)."""
     return report_data(
-        paths, patterns, ranking, duplicates, model_id=f"{selection.get('model', 'unknown')} ({selection.get('weights', 'pretrained')})",
-        settings=selection.get("settings", {}), failures={f["path"]: f["error"] for f in selection.get("failed", [])},
+        paths,
+        patterns,
+        ranking,
+        duplicates,
+        model_id=f"{selection.get('model', 'unknown')} ({selection.get('weights', 'pretrained')})",
+        settings=selection.get("settings", {}),
+        failures={f["path"]: f["error"] for f in selection.get("failed", [])},
     )
 
 
@@ -313,7 +326,8 @@ def add_serve_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         "serve",
         help="run the Label Studio ML backend (gunicorn); embedded Redis + workers when REDIS_URL is unset",
         description="Serve the FreeSel ML backend. Without REDIS_URL, a real Redis (data under MODEL_DIR/redis) "
-        "and three worker processes (patterns; rankings; write-outs) are started too, so this one command runs everything.",
+        "and three worker processes (patterns; rankings; write-outs) are started too, so this one command runs "
+        "everything.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
@@ -348,7 +362,9 @@ def run_worker(args: argparse.Namespace) -> int:
     queues = tuple(name.strip() for name in args.queues.split(",") if name.strip())
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown or not queues:
-        raise SettingsError(f"--queues: unknown queue(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(QUEUES)}")
+        raise SettingsError(
+            f"--queues: unknown queue(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(QUEUES)}"
+        )
     return work(burst=args.burst, queues=queues)
 
 
@@ -363,8 +379,12 @@ def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
     parser.add_argument("action", choices=("status", "enable", "disable", "reselect", "report"))
     parser.add_argument("--url", help="backend URL (default: FREESEL_PUBLIC_URL or http://localhost:9090)")
     parser.add_argument("--json", action="store_true", help="print the backend's JSON answer")
-    parser.add_argument("--out", type=Path, default=Path("report.html"), help="report: HTML file to write (report.html)")
-    parser.add_argument("--wait", type=float, default=600, help="report: seconds to wait while a worker builds it (600)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("report.html"), help="report: HTML file to write (report.html)"
+    )
+    parser.add_argument(
+        "--wait", type=float, default=600, help="report: seconds to wait while a worker builds it (600)"
+    )
     parser.set_defaults(run=run_project)
 
 
@@ -406,11 +426,18 @@ def describe_status(status: dict[str, Any]) -> str:
     if status["last_selection_at"]:
         cost = status.get("last_ranking") or {}
         took = f" in {cost['seconds']:.1f} s ({cost['label_studio_requests']} Label Studio requests)" if cost else ""
-        lines.append(f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at {status['last_selection_at']}{took}")
+        lines.append(
+            f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at "
+            f"{status['last_selection_at']}{took}"
+        )
     else:
         lines.append("last ranking: none yet")
     lines += describe_label_studio_side(status)
-    waiting = [f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n) for queue, groups in status["jobs"].items() if any(groups.values())]
+    waiting = [
+        f"{queue}: " + ", ".join(f"{n} {group}" for group, n in groups.items() if n)
+        for queue, groups in status["jobs"].items()
+        if any(groups.values())
+    ]
     lines.append("jobs: " + ("; ".join(waiting) if waiting else "none"))
     lines += [f"failed job: {job['description']}: {job['error']}" for job in status.get("failed_jobs", [])]
     lines += [
@@ -434,7 +461,9 @@ def describe_label_studio_side(status: dict[str, Any]) -> list[str]:
     lines = []
     if live:
         written = f", ranking {live['ranking']} written at {live['written_at']}" if live["ranking"] else ""
-        lines.append(f"live in Label Studio: model version {live['model_version']} since {live['switched_at']}{written}")
+        lines.append(
+            f"live in Label Studio: model version {live['model_version']} since {live['switched_at']}{written}"
+        )
     else:
         lines.append("live in Label Studio: nothing yet")
     if writeout:
@@ -442,8 +471,10 @@ def describe_label_studio_side(status: dict[str, Any]) -> list[str]:
         doing = f", now {step['stage']} {step['done']}/{step['total']}" if step and step.get("total") else ""
         rate = f", {writeout['per_s']:.1f}/s, ETA {writeout['eta_s']:.0f} s" if writeout["per_s"] else ""
         lines.append(
-            f"write-out of ranking {writeout['ranking']}{' (new version)' if writeout['new_version'] else ''}: {writeout['state']}, "
-            f"{writeout['writes']} writes in {writeout['label_studio_requests']} Label Studio requests, {writeout['seconds']:.1f} s{doing}{rate}"
+            f"write-out of ranking {writeout['ranking']}{' (new version)' if writeout['new_version'] else ''}: "
+            f"{writeout['state']}, "
+            f"{writeout['writes']} writes in {writeout['label_studio_requests']} Label Studio requests, "
+            f"{writeout['seconds']:.1f} s{doing}{rate}"
         )
     return lines
 
@@ -488,7 +519,9 @@ def build_parser(prog: str = "python -m freesel_backend") -> argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     # the name the user typed: the `freesel` command, or python -m freesel_backend
-    args = build_parser("freesel" if Path(sys.argv[0]).name == "freesel" else "python -m freesel_backend").parse_args(argv)
+    args = build_parser("freesel" if Path(sys.argv[0]).name == "freesel" else "python -m freesel_backend").parse_args(
+        argv
+    )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

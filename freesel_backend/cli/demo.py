@@ -22,7 +22,12 @@ import requests
 from ..server.settings import DEFAULT_PORT
 from ..labelstudio.client import LabelStudioError
 from ..labelstudio.local import (
-    DEFAULT_LABEL_STUDIO_PORT, LocalLabelStudio, LocalLabelStudioError, credentials_path, ensure_installed, load_credentials,
+    DEFAULT_LABEL_STUDIO_PORT,
+    LocalLabelStudio,
+    LocalLabelStudioError,
+    credentials_path,
+    ensure_installed,
+    load_credentials,
 )
 from .quickstart import LABEL_CONFIGS, QuickstartError, Target, describe, quickstart
 from .samples import ensure_sample_images
@@ -33,8 +38,10 @@ DEMO_TITLE = "FreeSel demo"
 def add_demo_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = commands.add_parser(
         "demo",
-        help="local Label Studio + backend + a ranked sample project (what scripts/run.sh runs without Label Studio settings)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="local Label Studio + backend + a ranked sample project "
+        "(what scripts/run.sh runs without Label Studio settings)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="0.0.0.0", help="backend bind address (0.0.0.0)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"backend port ({DEFAULT_PORT})")
@@ -58,24 +65,45 @@ def run_demo(args: argparse.Namespace) -> int:
         executable = ensure_installed()
         samples = ensure_sample_images(model_dir / "sample_images")
         known = load_credentials(model_dir)
-        print(f"Starting Label Studio at {label_studio.url} (log: {label_studio.log_path}) ...", file=sys.stderr, flush=True)
+        print(
+            f"Starting Label Studio at {label_studio.url} (log: {label_studio.log_path}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         credentials = label_studio.start(executable)
         if known is None or known.token != credentials.token:
-            print(f"\nLabel Studio {credentials.url}\n  user:     {credentials.email}\n  password: {credentials.password}\n"
-                  f"  API token (Personal Access Token): {credentials.token}\n  (kept in {credentials_path(model_dir)})\n", flush=True)
+            print(
+                f"\nLabel Studio {credentials.url}\n  user:     {credentials.email}\n  password: "
+                f"{credentials.password}\n"
+                f"  API token (Personal Access Token): {credentials.token}\n  (kept in "
+                f"{credentials_path(model_dir)})\n",
+                flush=True,
+            )
         else:
-            print(f"Label Studio {credentials.url}: user {credentials.email}, password and token in {credentials_path(model_dir)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"Label Studio {credentials.url}: user {credentials.email}, password and token in "
+                f"{credentials_path(model_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
         public_url = (os.environ.get("FREESEL_PUBLIC_URL") or f"http://localhost:{args.port}").rstrip("/")
         backend = _start_backend(args, model_dir, credentials.url, credentials.token, public_url)
-        auth = (os.environ["BASIC_AUTH_USER"], os.environ.get("BASIC_AUTH_PASS", "")) if os.environ.get("BASIC_AUTH_USER") else None
+        auth = (
+            (os.environ["BASIC_AUTH_USER"], os.environ.get("BASIC_AUTH_PASS", ""))
+            if os.environ.get("BASIC_AUTH_USER")
+            else None
+        )
         target = Target(credentials.url, credentials.token, public_url, auth)
         _wait_for_backend(backend, target, model_dir / "backend.log")
         result = quickstart(target, samples, DEMO_TITLE, LABEL_CONFIGS["classification"].read_text(encoding="utf-8"))
         print("\n" + describe(result, target), flush=True)
         backend_option = "" if public_url == f"http://localhost:{DEFAULT_PORT}" else f" --backend-url {public_url}"
-        print(f"Your own images: python -m freesel_backend quickstart FOLDER{backend_option} (in another terminal, same MODEL_DIR). "
-              f"Backend log: {model_dir / 'backend.log'}. Ctrl-C stops Label Studio and the backend.", flush=True)
+        print(
+            f"Your own images: python -m freesel_backend quickstart FOLDER{backend_option} (in another terminal, "
+            "same MODEL_DIR). "
+            f"Backend log: {model_dir / 'backend.log'}. Ctrl-C stops Label Studio and the backend.",
+            flush=True,
+        )
         backend.wait()
         print(f"the backend stopped (exit code {backend.returncode}); see {model_dir / 'backend.log'}", file=sys.stderr)
         return 1
@@ -91,11 +119,17 @@ def run_demo(args: argparse.Namespace) -> int:
         label_studio.stop()
 
 
-def _start_backend(args: argparse.Namespace, model_dir: Path, url: str, token: str, public_url: str) -> "subprocess.Popen[bytes]":
+def _start_backend(
+    args: argparse.Namespace, model_dir: Path, url: str, token: str, public_url: str
+) -> "subprocess.Popen[bytes]":
     env = {**os.environ, "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
            "FREESEL_PUBLIC_URL": public_url}
     log = open(model_dir / "backend.log", "ab")
-    print(f"Starting the FreeSel backend at {public_url} (log: {model_dir / 'backend.log'}) ...", file=sys.stderr, flush=True)
+    print(
+        f"Starting the FreeSel backend at {public_url} (log: {model_dir / 'backend.log'}) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "freesel_backend", "serve", "--host", args.host, "--port", str(args.port),
          "--web-workers", str(args.web_workers)],

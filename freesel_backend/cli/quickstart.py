@@ -110,7 +110,9 @@ def backend_status(target: Target, project_id: int) -> dict[str, Any]:
     try:
         response = requests.get(url, auth=target.basic_auth, timeout=30)
     except requests.ConnectionError:
-        raise QuickstartError(f"no FreeSel backend answers at {target.backend_url}: start it (scripts/run.sh) or pass --backend-url") from None
+        raise QuickstartError(
+            f"no FreeSel backend answers at {target.backend_url}: start it (scripts/run.sh) or pass --backend-url"
+        ) from None
     response.raise_for_status()
     return dict(response.json())
 
@@ -125,7 +127,9 @@ def ranked_since(status: dict[str, Any], expected_tasks: int, since: float) -> b
     )
 
 
-def wait_for_ranking(target: Target, project_id: int, expected_tasks: int, since: float, timeout_s: float) -> dict[str, Any]:
+def wait_for_ranking(
+    target: Target, project_id: int, expected_tasks: int, since: float, timeout_s: float
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     with tqdm(total=expected_tasks, unit="task", desc="FreeSel patterns", file=sys.stderr, dynamic_ncols=True) as bar:
         while True:
@@ -152,7 +156,9 @@ def quickstart(target: Target, images: Path, title: str, label_config: str, *, b
         project = client.find_project(title) or client.create_project(title, label_config)
         since = time.time()
         uploaded = upload_missing(client, project["id"], scan, batch_size)
-        connected = any(b.get("url", "").rstrip("/") == target.backend_url for b in client.list_ml_backends(project["id"]))
+        connected = any(
+            b.get("url", "").rstrip("/") == target.backend_url for b in client.list_ml_backends(project["id"])
+        )
         if not connected:
             client.connect_ml_backend(project["id"], target.backend_url, BACKEND_TITLE,
                                       basic_auth=target.basic_auth, extra_params=target.settings)
@@ -166,7 +172,8 @@ def describe(result: dict[str, Any], target: Target) -> str:
     return (
         f"FreeSel ranked {status['ranked']} tasks of project '{project['title']}' ({status['picks']} picks, "
         f"{status['failed']} failed, {len(result['unreadable'])} unreadable files skipped).\n"
-        f"Open {target.label_studio_url}, project '{project['title']}' ({target.label_studio_url}/projects/{project['id']}/data): "
+        f"Open {target.label_studio_url}, project '{project['title']}' "
+        f"({target.label_studio_url}/projects/{project['id']}/data): "
         f"Label All Tasks serves FreeSel's picks first."
     )
 
@@ -179,8 +186,10 @@ def target_from(args: argparse.Namespace) -> Target:
     if not (url and key):
         local = load_credentials(Path(os.environ.get("MODEL_DIR") or "model_dir"))
         if local is None or not local.token:
-            raise QuickstartError("no Label Studio given: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --label-studio-url "
-                                  "and --api-key), or start the local one with scripts/run.sh")
+            raise QuickstartError(
+                "no Label Studio given: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --label-studio-url "
+                "and --api-key), or start the local one with scripts/run.sh"
+            )
         url, key = url or local.url, key or local.token
     backend = args.backend_url or os.environ.get("FREESEL_PUBLIC_URL") or "http://localhost:9090"
     user, password = os.environ.get("BASIC_AUTH_USER", ""), os.environ.get("BASIC_AUTH_PASS", "")
@@ -195,7 +204,8 @@ def add_quickstart_command(commands: "argparse._SubParsersAction[argparse.Argume
         "quickstart",
         help="a folder of images into a Label Studio project ranked by the running backend",
         description="Create (or reuse) a Label Studio project, upload the images it lacks (batches, progress bar), "
-        "connect the running FreeSel backend and wait for its first ranking. Label Studio: --label-studio-url/--api-key, "
+        "connect the running FreeSel backend and wait for its first ranking. Label Studio: "
+        "--label-studio-url/--api-key, "
         "else LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY, else the local one of scripts/run.sh.",
     )
     parser.add_argument("images", type=Path, help="folder of images (searched recursively)")
@@ -206,7 +216,9 @@ def add_quickstart_command(commands: "argparse._SubParsersAction[argparse.Argume
     parser.add_argument("--label-studio-url")
     parser.add_argument("--api-key", help="Personal Access Token or legacy token")
     parser.add_argument("--backend-url", help="the backend as Label Studio reaches it (FREESEL_PUBLIC_URL or http://localhost:9090)")
-    parser.add_argument("--settings", help='FreeSel settings when the backend is connected, e.g. \'{"budget": 50}\' (README)')
+    parser.add_argument(
+        "--settings", help="FreeSel settings when the backend is connected, e.g. '{\"budget\": 50}' (README)"
+    )
     parser.add_argument("--batch-size", type=int, default=MAX_FILES_PER_REQUEST,
                         help=f"images per upload request ({MAX_FILES_PER_REQUEST}, Label Studio's most)")
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for the first ranking (3600)")
@@ -217,7 +229,10 @@ def run_quickstart(args: argparse.Namespace) -> int:
     if not args.images.is_dir():
         raise FileNotFoundError(f"no such folder: {args.images}")
     if not 1 <= args.batch_size <= MAX_FILES_PER_REQUEST:
-        raise ValueError(f"--batch-size must be 1..{MAX_FILES_PER_REQUEST} (Label Studio refuses more files per request), got {args.batch_size}")
+        raise ValueError(
+            f"--batch-size must be 1..{MAX_FILES_PER_REQUEST} (Label Studio refuses more files per request), got "
+            f"{args.batch_size}"
+        )
     config_file = args.label_config or LABEL_CONFIGS[args.task]
     target = target_from(args)
     try:

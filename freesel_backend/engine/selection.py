@@ -231,7 +231,12 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
 
 
 def _representatives(
-    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None, row_prior: np.ndarray | None
+    pool: PatternPool,
+    strategy: Strategy,
+    n_picks: int,
+    selected: np.ndarray,
+    seed: int | None,
+    row_prior: np.ndarray | None,
 ) -> np.ndarray:
     """``typical``'s first picks: one per cluster of the images' whitened mean patterns (none otherwise),
     in coverage order (typical and spread out first: the queue is worked from the top)."""

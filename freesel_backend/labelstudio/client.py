@@ -1,7 +1,8 @@
 """A small typed client for the Label Studio REST API (checked against Label Studio 1.23.2).
 
-Only what the FreeSel backend needs: projects, tasks, predictions, model versions,
-webhooks and downloading task images. It imports nothing from the rest of the project.
+Only what the FreeSel backend needs: projects, file imports, tasks, predictions, model versions,
+ML backend connections and webhooks; the files tasks reference are downloaded by ``download.py``.
+It imports nothing from the rest of the project.
 
 Authentication (detected from the key):
 
@@ -20,19 +21,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import logging
 import mimetypes
-import os
 import re
-import socket
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
@@ -42,7 +40,6 @@ __all__ = [
     "LabelStudioNotFound",
     "LabelStudioAuthError",
     "LabelStudioUnavailable",
-    "LabelStudioDownloadError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,11 +47,8 @@ logger = logging.getLogger(__name__)
 JSONDict = dict[str, Any]
 
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _BODY_EXCERPT_CHARS = 300
-_MAX_REDIRECTS = 5
 # Refresh the access token this many seconds before its `exp`.
 _ACCESS_TOKEN_LEEWAY_S = 30.0
 
@@ -107,10 +101,6 @@ class LabelStudioUnavailable(LabelStudioError):
     timed_out = False
 
 
-class LabelStudioDownloadError(LabelStudioError):
-    """A task file could not be downloaded (refused scheme, too large, bad URI, ...)."""
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -138,26 +128,6 @@ def is_jwt(token: str) -> bool:
     return _jwt_payload(token) is not None
 
 
-def _non_public_address(host: str, port: int) -> Optional[str]:
-    """The first loopback/private/link-local/reserved address ``host`` resolves to, else None."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return None  # the request itself reports the unknown host
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global:
-            return str(address)
-    return None
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
-
-
 # --------------------------------------------------------------------------- client
 
 
@@ -165,11 +135,8 @@ class LabelStudioClient:
     """Typed access to the parts of the Label Studio API that FreeSel uses.
 
     ``url`` is the Label Studio base URL (``http://localhost:8080``); ``api_key`` a Personal
-    Access Token or a legacy token. ``timeout`` applies to each API request (connect and read),
-    ``download_timeout`` (default: ``timeout``) to a whole download; ``max_download_bytes`` caps a
-    downloaded file. ``allow_private_addresses=False`` refuses downloads from (and redirects to)
-    hosts other than Label Studio's that resolve to loopback, private, link-local or reserved
-    addresses (server-side request forgery).
+    Access Token or a legacy token. ``timeout`` applies to each API request (connect and read).
+    Files that tasks reference are downloaded by :class:`.download.Downloader`.
     Safe to share between threads.
     """
 
@@ -179,9 +146,6 @@ class LabelStudioClient:
         api_key: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
-        download_timeout: Optional[float] = None,
-        allow_private_addresses: bool = True,
         session: Optional[requests.Session] = None,
     ) -> None:
         if not url:
@@ -193,9 +157,6 @@ class LabelStudioClient:
             raise ValueError(f"Label Studio URL must be http(s)://host[:port], got {url!r}")
         self.url = url
         self.timeout = float(timeout)
-        self.max_download_bytes = int(max_download_bytes)
-        self.download_timeout = float(download_timeout if download_timeout is not None else timeout)
-        self.allow_private_addresses = bool(allow_private_addresses)
         self.__api_key = api_key.strip()
         self._uses_jwt = is_jwt(self.__api_key)
         self._access_token: Optional[str] = None
@@ -203,17 +164,6 @@ class LabelStudioClient:
         self._lock = threading.Lock()
         self.requests_sent = 0  # API requests made (downloads not counted): what a job cost Label Studio
         self._session = session or requests.Session()
-        # Third-party downloads get a separate session: no Label Studio cookies, no auth.
-        self._public_session = requests.Session()
-        self._public_session.trust_env = False
-
-    @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "LabelStudioClient":
-        """Build from ``LABEL_STUDIO_URL`` (fallback ``LABEL_STUDIO_HOST``) and ``LABEL_STUDIO_API_KEY``."""
-        env = os.environ if environ is None else environ
-        url = env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or ""
-        api_key = env.get("LABEL_STUDIO_API_KEY") or ""
-        return cls(url, api_key, **kwargs)
 
     def __repr__(self) -> str:
         kind = "personal-access-token" if self._uses_jwt else "legacy-token"
@@ -221,7 +171,6 @@ class LabelStudioClient:
 
     def close(self) -> None:
         self._session.close()
-        self._public_session.close()
 
     def __enter__(self) -> "LabelStudioClient":
         return self
@@ -255,14 +204,14 @@ class LabelStudioClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            raise self._transport_error("POST", path, exc) from None
+            raise self.transport_error("POST", path, exc) from None
         if resp.status_code == 404:
             # No JWT support (Label Studio < 1.18?): treat the key as a legacy token.
             logger.warning("Label Studio has no %s; using the API key as a legacy token", path)
             self._uses_jwt = False
             return
         if resp.status_code != 200:
-            raise self._http_error(
+            raise self.http_error(
                 "POST",
                 path,
                 resp,
@@ -315,7 +264,8 @@ class LabelStudioClient:
             text = text[:_BODY_EXCERPT_CHARS] + "..."
         return self._redact(text)
 
-    def _http_error(self, method: str, path: str, resp: requests.Response, hint: str = "") -> LabelStudioError:
+    def http_error(self, method: str, path: str, resp: requests.Response, hint: str = "") -> LabelStudioError:
+        """The error for an unexpected answer, by status (404, 401/403, 429/5xx, other); secrets redacted."""
         status = resp.status_code
         excerpt = self._excerpt(resp)
         cls: type[LabelStudioError]
@@ -334,7 +284,8 @@ class LabelStudioClient:
             message += f": {excerpt}"
         return cls(self._redact(message), method=method, path=path, status_code=status, body_excerpt=excerpt)
 
-    def _transport_error(self, method: str, path: str, exc: Exception, *, server: str = "") -> LabelStudioUnavailable:
+    def transport_error(self, method: str, path: str, exc: Exception, *, server: str = "") -> LabelStudioUnavailable:
+        """The error for no answer (refused, timed out) from ``server`` (default: Label Studio); secrets redacted."""
         kind = "timed out" if isinstance(exc, requests.Timeout) else "unreachable"
         detail = self._redact(f"{type(exc).__name__}: {exc}")
         if len(detail) > _BODY_EXCERPT_CHARS:
@@ -373,7 +324,7 @@ class LabelStudioClient:
                     allow_redirects=False,
                 )
             except requests.RequestException as exc:
-                raise self._transport_error(method, path, exc) from None
+                raise self.transport_error(method, path, exc) from None
             if resp.status_code == 401 and attempt == 1 and self._invalidate_access_token(used):
                 logger.debug("%s %s: 401, refreshing the access token", method, path)
                 continue
@@ -385,7 +336,23 @@ class LabelStudioClient:
             hint = "legacy tokens are disabled for this organisation: use a Personal Access Token"
         elif 300 <= resp.status_code < 400:
             hint = f"redirected to {resp.headers.get('Location', '?')}: check LABEL_STUDIO_URL"
-        raise self._http_error(method, path, resp, hint=hint)
+        raise self.http_error(method, path, resp, hint=hint)
+
+    def get_file(self, url: str, *, timeout: float) -> requests.Response:
+        """A streamed GET of ``url`` on Label Studio's host with the API's authorization, sent once more
+        with a fresh access token after a 401. Redirects are not followed and any status is returned:
+        the caller reads and closes the response. Not counted in ``requests_sent`` (not an API call)."""
+        shown = urlsplit(url).path or "/"
+        for attempt in (1, 2):
+            headers, used = self._auth_header()
+            try:
+                resp = self._session.get(url, headers=headers, timeout=timeout, allow_redirects=False, stream=True)
+            except requests.RequestException as exc:
+                raise self.transport_error("GET", shown, exc) from None
+            if resp.status_code != 401 or attempt == 2 or not self._invalidate_access_token(used):
+                break
+            resp.close()
+        return resp
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
@@ -423,28 +390,22 @@ class LabelStudioClient:
         """Upload these files (``{upload name: path}``) in one import request: one task per file."""
         path = f"/api/projects/{int(project_id)}/import"
         with ExitStack() as stack:
-            parts = [(name, (name, stack.enter_context(open(file, "rb")), mimetypes.guess_type(name)[0] or "image/jpeg"))
-                     for name, file in files.items()]
+            parts = [
+                (name, (name, stack.enter_context(open(file, "rb")), mimetypes.guess_type(name)[0] or "image/jpeg"))
+                for name, file in files.items()
+            ]
             headers, _ = self._auth_header()
             try:
-                response = self._session.post(self.url + path, files=parts, headers=headers, timeout=max(self.timeout, 300))
+                response = self._session.post(
+                    self.url + path, files=parts, headers=headers, timeout=max(self.timeout, 300)
+                )
             except requests.RequestException as error:
-                raise self._transport_error("POST", path, error) from None
+                raise self.transport_error("POST", path, error) from None
         if response.status_code != 201:
-            raise self._http_error("POST", path, response)
+            raise self.http_error("POST", path, response)
 
     def get_label_config(self, project_id: int) -> str:
         return str(self.get_project(project_id).get("label_config") or "")
-
-    def get_next_task(self, project_id: int) -> Optional[JSONDict]:
-        """The task the label stream would serve next to this user (None when the queue is empty)."""
-        try:
-            return self._json("GET", f"/api/projects/{int(project_id)}/next/")
-        except LabelStudioNotFound as exc:
-            # 1.23.2 answers 404 both for a missing project and for an empty queue.
-            if "there are no tasks" in (exc.body_excerpt or "").lower():
-                return None
-            raise
 
     # ------------------------------------------------------------------ tasks
 
@@ -552,34 +513,6 @@ class LabelStudioClient:
         except LabelStudioNotFound:
             pass
 
-    def list_model_versions(self, project_id: int) -> dict[str, int]:
-        """``{model_version: number of predictions}`` for the project's stored predictions."""
-        body = self._json("GET", f"/api/projects/{int(project_id)}/model-versions/")
-        if isinstance(body, dict) and "static" in body and isinstance(body["static"], dict):
-            body = body["static"]
-        return {str(k): int(v) for k, v in (body or {}).items()}
-
-    def delete_model_version(self, project_id: int, model_version: str, *, timeout: Optional[float] = None) -> int:
-        """Delete every prediction of ``model_version``; returns how many were deleted.
-
-        Label Studio 1.23.2 also clears the project's ``model_version`` when it equals the
-        deleted one (or when it equals the title of a connected ML backend): switch the
-        project to the new version first, and do not name versions after the backend title.
-        """
-        body = self._json(
-            "DELETE",
-            f"/api/projects/{int(project_id)}/model-versions/",
-            json_body={"model_version": model_version},
-            timeout=timeout,
-        )
-        if isinstance(body, int):
-            return body
-        if isinstance(body, dict):
-            for key in ("deleted_predictions", "count", "deleted"):
-                if isinstance(body.get(key), int):
-                    return int(body[key])
-        return 0
-
     # ------------------------------------------------------------------ ML backends
 
     def list_ml_backends(self, project_id: int) -> list[JSONDict]:
@@ -640,144 +573,3 @@ class LabelStudioClient:
                 return hook
             return self._json("PATCH", f"/api/webhooks/{int(hook['id'])}/", json_body=changed)
         return self._json("POST", "/api/webhooks/", json_body=wanted)
-
-    def delete_webhook(self, webhook_id: int) -> None:
-        self._request("DELETE", f"/api/webhooks/{int(webhook_id)}/")
-
-    # ------------------------------------------------------------------ downloads
-
-    def _is_label_studio_url(self, url: str) -> bool:
-        return _origin(url) == _origin(self.url)
-
-    def resolve_download_url(self, uri: str, task_id: Optional[int] = None) -> tuple[str, bool]:
-        """Map a task data value to ``(absolute URL, send the Label Studio auth header?)``."""
-        uri = uri.strip()
-        if uri.startswith("/") and not uri.startswith("//"):
-            return urljoin(self.url + "/", uri.lstrip("/")), True
-        scheme = urlsplit(uri).scheme.lower()
-        if scheme in ("http", "https"):
-            return uri, self._is_label_studio_url(uri)
-        if scheme in CLOUD_SCHEMES:
-            if task_id is None:
-                raise LabelStudioDownloadError(
-                    f"cannot download {scheme}:// URI without a task id (resolved via /tasks/<id>/resolve/)"
-                )
-            fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
-            return f"{self.url}/tasks/{int(task_id)}/resolve/?fileuri={fileuri}", True
-        shown = scheme or uri[:20]
-        raise LabelStudioDownloadError(f"refusing to download a {shown!r} URI: only /data/..., http(s) and cloud URIs")
-
-    def download(self, uri: str, *, task_id: Optional[int] = None) -> bytes:
-        """Download a file referenced by a task (``/data/upload/...``, ``/data/local-files/?d=...``,
-        ``http(s)://...``, ``s3://``/``gs://``/``azure-blob://`` with ``task_id``).
-
-        The Label Studio auth header goes only to the Label Studio host, never to third
-        parties (also not across redirects). Streamed with ``max_download_bytes`` and an
-        overall ``timeout``.
-        """
-        url, with_auth = self.resolve_download_url(uri, task_id)
-        deadline = time.monotonic() + self.download_timeout
-        retried_401 = False
-        for _hop in range(_MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            path = parts.path or "/"
-            headers: dict[str, str] = {}
-            used: Optional[str] = None
-            if with_auth:
-                headers, used = self._auth_header()
-            session = self._session if with_auth else self._public_session
-            shown = path if with_auth else f"{parts.scheme}://{parts.hostname}{path}"
-            if not with_auth:
-                self._check_public_destination(url, shown)
-            try:
-                resp = session.get(
-                    url,
-                    headers=headers,
-                    timeout=max(0.5, min(self.download_timeout, deadline - time.monotonic())),
-                    allow_redirects=False,
-                    stream=True,
-                )
-            except requests.RequestException as exc:
-                raise self._transport_error("GET", shown, exc, server="" if with_auth else "the image host") from None
-            try:
-                if resp.is_redirect:
-                    location = resp.headers.get("Location", "")
-                    url = urljoin(url, location)
-                    if urlsplit(url).scheme.lower() not in ("http", "https"):
-                        raise LabelStudioDownloadError(
-                            f"GET {shown}: redirect to a non-http(s) URL refused", method="GET", path=shown
-                        )
-                    with_auth = self._is_label_studio_url(url)
-                    continue
-                if resp.status_code == 401 and with_auth and not retried_401 and self._invalidate_access_token(used):
-                    retried_401 = True
-                    continue
-                if resp.status_code != 200:
-                    raise self._http_error("GET", shown, resp)
-                return self._read_capped(resp, shown, deadline)
-            finally:
-                resp.close()
-        raise LabelStudioDownloadError(f"GET {uri[:100]}: too many redirects (more than {_MAX_REDIRECTS})", method="GET")
-
-    def _check_public_destination(self, url: str, shown: str) -> None:
-        if self.allow_private_addresses:
-            return
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-        address = _non_public_address(parts.hostname or "", port)
-        if address is not None:
-            raise LabelStudioDownloadError(
-                f"GET {shown}: refused, {parts.hostname} resolves to the non-public address {address} "
-                "(set FREESEL_ALLOW_PRIVATE_DOWNLOADS=true to allow image hosts on private networks)",
-                method="GET",
-                path=shown,
-            )
-
-    def _read_capped(self, resp: requests.Response, shown: str, deadline: float) -> bytes:
-        cap = self.max_download_bytes
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > cap:
-            raise LabelStudioDownloadError(
-                f"GET {shown}: file of {int(length)} bytes exceeds the {cap}-byte limit",
-                method="GET",
-                path=shown,
-                status_code=resp.status_code,
-            )
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            for chunk in resp.iter_content(chunk_size=64 * 1024):
-                size += len(chunk)
-                if size > cap:
-                    raise LabelStudioDownloadError(
-                        f"GET {shown}: file exceeds the {cap}-byte limit",
-                        method="GET",
-                        path=shown,
-                        status_code=resp.status_code,
-                    )
-                if time.monotonic() > deadline:
-                    raise LabelStudioUnavailable(
-                        f"GET {shown}: download took longer than {self.download_timeout:g} s", method="GET", path=shown
-                    )
-                chunks.append(chunk)
-        except requests.RequestException as exc:
-            raise self._transport_error("GET", shown, exc) from None
-        return b"".join(chunks)
-
-    def download_task_file(self, task: Mapping[str, Any], key: Optional[str] = None) -> bytes:
-        """Download the file of a task: ``task["data"][key]`` (default: the only/first string value
-        that looks like a URL or path)."""
-        data = task.get("data") or {}
-        if key is None:
-            candidates = [
-                v for v in data.values() if isinstance(v, str) and (v.startswith("/") or "://" in v)
-            ]
-            if not candidates:
-                raise LabelStudioDownloadError(f"task {task.get('id')}: no file URL in its data")
-            value = candidates[0]
-        else:
-            value = data.get(key)
-            if not isinstance(value, str):
-                raise LabelStudioDownloadError(f"task {task.get('id')}: data[{key!r}] is not a URL")
-        task_id = task.get("id")
-        return self.download(value, task_id=int(task_id) if task_id is not None else None)

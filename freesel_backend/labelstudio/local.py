@@ -147,7 +147,9 @@ class LocalLabelStudio:
         )
         self._wait_healthy(timeout_s)
         if not credentials.token or not self._token_works(credentials.token):
-            credentials = Credentials(credentials.url, credentials.email, credentials.password, self._new_token(credentials))
+            credentials = Credentials(
+                credentials.url, credentials.email, credentials.password, self._new_token(credentials)
+            )
             _save_credentials(self.model_dir, credentials)
         return credentials
 
@@ -176,7 +178,9 @@ class LocalLabelStudio:
         headers = {"X-CSRFToken": session.cookies.get("csrftoken", csrf), "Referer": f"{self.url}/"}
         response = session.post(f"{self.url}/api/token/", json={}, headers=headers, timeout=30)
         if response.status_code != 201:
-            raise LocalLabelStudioError(f"could not create a Personal Access Token: HTTP {response.status_code} {response.text[:200]}")
+            raise LocalLabelStudioError(
+                f"could not create a Personal Access Token: HTTP {response.status_code} {response.text[:200]}"
+            )
         return str(response.json()["token"])
 
     def stop(self, timeout_s: float = 20.0) -> None:

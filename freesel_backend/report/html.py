@@ -236,7 +236,10 @@ def _counts(data: ReportData) -> list[tuple[str, int]]:
         ("failed", len(data.failures)),
     ]
     if data.duplicates is not None:
-        counts += [("near-duplicate groups", len(data.duplicates.groups)), ("near-duplicates flagged", data.duplicates.n_flagged)]
+        counts += [
+            ("near-duplicate groups", len(data.duplicates.groups)),
+            ("near-duplicates flagged", data.duplicates.n_flagged),
+        ]
     return counts
 
 

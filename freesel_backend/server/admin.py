@@ -119,14 +119,22 @@ def status(services: Services, project_id: int) -> dict[str, Any]:
         "model_version": state.get("model_version"),
         "patterns_version": version or None,
         "last_selection_at": _iso(state.get("last_selection_at")),
-        "last_ranking": None if "ranking_seconds" not in state else {
-            "seconds": float(state["ranking_seconds"]), "label_studio_requests": int(state.get("ranking_requests", 0)),
+        "last_ranking": None
+        if "ranking_seconds" not in state
+        else {
+            "seconds": float(state["ranking_seconds"]),
+            "label_studio_requests": int(state.get("ranking_requests", 0)),
         },
         "live": live_ranking(state),
         "writeout": writeout_status(store, project_id, jobs),
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
         "failed_jobs": [_job_problem(job) for job in _failed_jobs(services.connection, project_id)],
-        "retrying": [_job_problem(job, services.connection) for groups in jobs.values() for job in groups["scheduled"] if _attempts(job)],
+        "retrying": [
+            _job_problem(job, services.connection)
+            for groups in jobs.values()
+            for job in groups["scheduled"]
+            if _attempts(job)
+        ],
         "near_duplicates": near_duplicates(store, project_id),
     }
 
@@ -156,7 +164,9 @@ def live_ranking(state: Mapping[str, str]) -> dict[str, Any] | None:
     }
 
 
-def writeout_status(store: Store, project_id: int, jobs: Mapping[str, Mapping[str, list[Job]]]) -> dict[str, Any] | None:
+def writeout_status(
+    store: Store, project_id: int, jobs: Mapping[str, Mapping[str, list[Job]]]
+) -> dict[str, Any] | None:
     """The last ranking's write-out: requests and writes so far, the running step's stage and
     counts, its rate and ETA."""
     target = store.get_target(project_id)
@@ -168,7 +178,9 @@ def writeout_status(store: Store, project_id: int, jobs: Mapping[str, Mapping[st
     stage = None if running is None else {key: running.meta.get(key) for key in ("stage", "done", "total")}
     rate = eta = None
     if running is not None and running.meta.get("done") and running.started_at:
-        elapsed = (datetime.datetime.now(datetime.timezone.utc) - running.started_at.replace(tzinfo=datetime.timezone.utc)).total_seconds()
+        elapsed = (
+            datetime.datetime.now(datetime.timezone.utc) - running.started_at.replace(tzinfo=datetime.timezone.utc)
+        ).total_seconds()
         rate = running.meta["done"] / max(elapsed, 1e-9)
         eta = (running.meta["total"] - running.meta["done"]) / rate
     finished = same and "finished_at" in raw
@@ -196,7 +208,11 @@ def _failed_jobs(connection: redis.Redis, project_id: int) -> list[Job]:
     found: list[Job] = []
     for name in QUEUES:
         ids = FailedJobRegistry(queue=Queue(name, connection=connection)).get_job_ids()
-        found += [job for job in Job.fetch_many(ids[-MAX_LISTED_JOBS:], connection=connection) if job and job.meta.get("project") == project_id]
+        found += [
+            job
+            for job in Job.fetch_many(ids[-MAX_LISTED_JOBS:], connection=connection)
+            if job and job.meta.get("project") == project_id
+        ]
     return found[-MAX_LISTED_JOBS:]
 
 
@@ -229,7 +245,9 @@ def near_duplicates(store: Store, project_id: int) -> dict[str, Any] | None:
     }
 
 
-def progress(state: Mapping[str, str], tasks: int, settled: int, jobs: Mapping[str, Mapping[str, list[Job]]]) -> dict[str, Any]:
+def progress(
+    state: Mapping[str, str], tasks: int, settled: int, jobs: Mapping[str, Mapping[str, list[Job]]]
+) -> dict[str, Any]:
     """Tasks with patterns (or a failure) out of all, counting what running chunk jobs have done
     but not saved yet; the rate observed since the current work began and the ETA it gives; the
     running selection's stage."""
@@ -249,7 +267,9 @@ def progress(state: Mapping[str, str], tasks: int, settled: int, jobs: Mapping[s
         "percent": round(100.0 * done / tasks, 1) if tasks else 100.0,
         "tasks_per_s": round(rate, 2) if rate else None,
         "eta_s": round(eta, 1) if eta is not None else None,
-        "selection": None if selection is None else {key: selection.meta.get(key) for key in ("stage", "done", "total")},
+        "selection": None
+        if selection is None
+        else {key: selection.meta.get(key) for key in ("stage", "done", "total")},
     }
 
 
@@ -265,7 +285,11 @@ def project_jobs(connection: redis.Redis, project_id: int) -> dict[str, dict[str
             "running": StartedJobRegistry(queue=queue).get_job_ids(),
         }
         found[name] = {
-            group: [job for job in Job.fetch_many(ids, connection=connection) if job and job.meta.get("project") == project_id]
+            group: [
+                job
+                for job in Job.fetch_many(ids, connection=connection)
+                if job and job.meta.get("project") == project_id
+            ]
             for group, ids in groups.items()
         }
     return found

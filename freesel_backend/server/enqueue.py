@@ -31,7 +31,9 @@ REMOVE_SELECTION = f"{__package__}.jobs.remove_selection"
 BUILD_REPORT = f"{__package__}.report_job.build_project_report"
 WRITE_OUT = f"{__package__}.publish.write_out"
 DELETE_OLD_VERSIONS = f"{__package__}.publish.delete_old_versions"
-JOB_FUNCTIONS = (COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, BUILD_REPORT, WRITE_OUT, DELETE_OLD_VERSIONS)
+JOB_FUNCTIONS = (
+    COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, BUILD_REPORT, WRITE_OUT, DELETE_OLD_VERSIONS,
+)
 
 
 def _retry(settings: Settings) -> Retry | None:
@@ -49,7 +51,9 @@ def enqueue_project_job(
     started no sooner than ``delay_s`` from now (by the workers' scheduler)."""
     queue = Queue(queue_name, connection=services.connection)
     options.setdefault("job_timeout", services.settings.job_timeout_s)
-    options.update(retry=_retry(services.settings), meta={"project": project_id, **(meta or {})}, description=f"FreeSel {what}")
+    options.update(
+        retry=_retry(services.settings), meta={"project": project_id, **(meta or {})}, description=f"FreeSel {what}"
+    )
     if delay_s > 0:
         return queue.enqueue_in(datetime.timedelta(seconds=delay_s), function, project_id, *args, **options)
     return queue.enqueue(function, project_id, *args, **options)
@@ -63,7 +67,8 @@ def enqueue_unless_waiting(
     with ``running_counts``), else a new one recorded there."""
     store = services.store
     current = fetch_job(services.connection, store.get_state(project_id).get(job_field))
-    if current is not None and current.get_status(refresh=False) in (*WAITING, *((JobStatus.STARTED,) if running_counts else ())):
+    counted = (*WAITING, JobStatus.STARTED) if running_counts else WAITING
+    if current is not None and current.get_status(refresh=False) in counted:
         return current
     job = enqueue_project_job(services, queue_name, function, project_id, what=what, delay_s=delay_s)
     store.update_state(project_id, **{job_field: job.id})
@@ -147,7 +152,9 @@ def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
 
 def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
     jobs = Job.fetch_many(list(job_ids), connection=connection)
-    return [job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)]
+    return [
+        job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)
+    ]
 
 
 def enqueue_sync(services: Services, project_id: int) -> Job:
@@ -172,7 +179,8 @@ def enqueue_writeout(services: Services, project_id: int, delay_s: float = 0) ->
 
 def enqueue_version_cleanup(services: Services, project_id: int) -> None:
     enqueue_project_job(
-        services, CLEANUP_QUEUE, DELETE_OLD_VERSIONS, project_id, what=f"old versions: project {project_id}", job_timeout=None,
+        services, CLEANUP_QUEUE, DELETE_OLD_VERSIONS, project_id,
+        what=f"old versions: project {project_id}", job_timeout=None,
     )
 
 
@@ -207,5 +215,7 @@ class JobProgress:
 
     def _save(self) -> None:
         if self.job is not None:
-            self.job.meta.update({"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()})
+            self.job.meta.update(
+                {"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()}
+            )
             self.job.save_meta()

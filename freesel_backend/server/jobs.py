@@ -20,7 +20,8 @@ import numpy as np
 from .settings import ProjectSettings, Settings
 from ..engine import ImageLoadError, PatternExtractor, load_image
 from ..engine.ranking import RankedTasks, rank_tasks
-from ..labelstudio.client import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import JobProgress, enqueue_patterns, enqueue_writeout, schedule_selection
@@ -35,7 +36,9 @@ LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_extractor(model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings) -> PatternExtractor:
+def _cached_extractor(
+    model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings
+) -> PatternExtractor:
     return PatternExtractor(
         model,
         patterns_per_image=patterns_per_image,
@@ -53,7 +56,11 @@ def _cached_extractor(model: str, patterns_per_image: int, attention_ratio: floa
 def extractor_for(settings: Settings, project: ProjectSettings) -> PatternExtractor:
     """The worker's extractor for these project settings (created once, then reused)."""
     return _cached_extractor(
-        project.model_name(settings.model), project.patterns_per_image, float(project.attention_ratio), project.seed, settings
+        project.model_name(settings.model),
+        project.patterns_per_image,
+        float(project.attention_ratio),
+        project.seed,
+        settings,
     )
 
 
@@ -100,10 +107,18 @@ def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
         services.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
         return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
     services.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
-    log.info("project %s: patterns for %d tasks started (%d already done, version %s)", project_id, len(todo), len(task_ids) - len(todo), version)
+    log.info(
+        "project %s: patterns for %d tasks started (%d already done, version %s)",
+        project_id,
+        len(todo),
+        len(task_ids) - len(todo),
+        version,
+    )
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
-    opened = extractor.extract_sources(tasks, lambda task: open_task_image(services.client, task, image_field), on_batch=progress.advance)
+    opened = extractor.extract_sources(
+        tasks, lambda task: open_task_image(services.downloader, task, image_field), on_batch=progress.advance
+    )
     for result in opened:
         task_id = int(result.source["id"])
         if result.patterns is None:
@@ -130,27 +145,29 @@ def project_image_field(services: Services, project_id: int) -> str:
     return field
 
 
-def open_task_image(client: LabelStudioClient, task: Mapping[str, Any], image_field: str) -> Any:
+def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field: str) -> Any:
     """The task's image, downloaded and decoded; a reason of its own as an ImageLoadError when it cannot be had,
     and Label Studio's own unavailability re-raised (the job is retried later)."""
     data = task.get("data") or {}
     if image_field not in data:
-        raise ImageLoadError(f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})")
+        raise ImageLoadError(
+            f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})"
+        )
     if not isinstance(data[image_field], str):
         raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
-        image_bytes = client.download_task_file(task, image_field)
+        image_bytes = downloader.task_file(task, image_field)
     except LabelStudioError as error:
         label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
-        if label_studio_down and _hosted_by_label_studio(client, data[image_field], int(task["id"])):
+        if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
     return load_image(image_bytes)
 
 
-def _hosted_by_label_studio(client: LabelStudioClient, uri: str, task_id: int) -> bool:
+def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> bool:
     try:
-        return client.resolve_download_url(uri, task_id)[1]
+        return downloader.resolve_url(uri, task_id)[1]
     except LabelStudioError:
         return False
 
@@ -173,7 +190,9 @@ def reconcile(services: Services, project_id: int, version: str | None = None) -
     known = store.task_ids(project_id)
     gone = known - set(tasks)
     store.remove_tasks(project_id, gone)
-    settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version)) if version else known
+    settled = known
+    if version:
+        settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
     missing = set(tasks) - settled
     if missing:
         log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(missing))
@@ -221,46 +240,63 @@ def run_selection(project_id: int) -> dict[str, Any]:
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
     stored = store.load_patterns(project_id, version, tasks) if version else {}
-    failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
+    failed = store.failures(project_id, version) if version else {}
+    failures = {t: reason for t, reason in failed.items() if t in tasks}
     labelled = {t for t in stored if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
     fingerprint = _fingerprint(settings, version or "", sorted(stored), labelled, failures)
     if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
         return {"skipped": "nothing that decides the ranking changed"}
-    progress.start_stage("ranking", len(stored) - len(labelled))
+    unlabelled = len(stored) - len(labelled)
+    progress.start_stage("ranking", unlabelled)
     ranked = rank_tasks(
-        stored, labelled, failures, settings.picks_for(len(stored) - len(labelled)), strategy=settings.strategy,  # type: ignore[arg-type]
-        seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,
+        stored, labelled, failures, settings.picks_for(unlabelled),
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
     )
     target = publish_ranking(services, project_id, ranked, fingerprint, version or "")
     store.update_state(
-        project_id, last_selection_at=time.time(), n_picked=ranked.n_picked, n_ranked=len(ranked.order), ranked_version=version or "",
-        ranked_fingerprint=fingerprint, ranking_seconds=round(time.monotonic() - started, 2),
+        project_id,
+        last_selection_at=time.time(),
+        n_picked=ranked.n_picked,
+        n_ranked=len(ranked.order),
+        ranked_version=version or "",
+        ranked_fingerprint=fingerprint,
+        ranking_seconds=round(time.monotonic() - started, 2),
         ranking_requests=services.client.requests_sent - requests_before,
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
     log.info(
         "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
-        project_id, target["model_version"], ranked.n_picked, len(ranked.order), len(labelled), time.monotonic() - started,
-        " (a new version)" if target["full"] else "",
+        project_id, target["model_version"], ranked.n_picked, len(ranked.order), len(labelled),
+        time.monotonic() - started, " (a new version)" if target["full"] else "",
     )
-    return {"ranked": len(ranked.order), "picked": ranked.n_picked, "seeds": len(labelled), "model_version": target["model_version"]}
+    return {
+        "ranked": len(ranked.order),
+        "picked": ranked.n_picked,
+        "seeds": len(labelled),
+        "model_version": target["model_version"],
+    }
 
 
-def publish_ranking(services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str) -> dict[str, Any]:
+def publish_ranking(
+    services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str
+) -> dict[str, Any]:
     """Store ``ranked`` as the write-out's target (and the selection record the report and
     status read), then make sure a write-out step is waiting."""
     store = services.store
     target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
     if ranked.ranking is not None:
-        record = SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version, ranked.task_ids, ranked.ranking, ranked.duplicates)
+        name = f"{target['model_version']} ranking {target['generation']}"
+        record = SelectionRecord.of(name, version, ranked.task_ids, ranked.ranking, ranked.duplicates)
         store.save_selection(project_id, record)
     store.save_target(project_id, target)
     enqueue_writeout(services, project_id)
     return target
 
 
-def _fingerprint(settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]) -> str:
+def _fingerprint(
+    settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]
+) -> str:
     """What decides a ranking: settings, patterns version, the tasks, which are labelled, which failed."""
     described = json.dumps([settings.to_dict(), version, list(ids), sorted(labelled), sorted(failures)], default=str)
     return hashlib.sha1(described.encode()).hexdigest()
@@ -276,10 +312,17 @@ def _target(
     live = state.get("model_version", "")
     unfinished = previous.get("full") and previous.get("model_version") != live
     full = not live or unfinished or previous.get("settings_key") != settings_key
-    model_version = previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
+    model_version = (
+        previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
+    )
     return {
-        "generation": store.next_run(project_id), "model_version": model_version, "full": bool(full), "settings_key": settings_key,
-        "order": order, "n_picked": len(picked), "flags": flags,
+        "generation": store.next_run(project_id),
+        "model_version": model_version,
+        "full": bool(full),
+        "settings_key": settings_key,
+        "order": order,
+        "n_picked": len(picked),
+        "flags": flags,
     }
 
 
@@ -300,5 +343,8 @@ def remove_selection(project_id: int) -> dict[str, int]:
         store.set_flag(project_id, task_id, None)
     store.replace_predictions(project_id, {})
     store.forget_ranking(project_id)
-    log.info("project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks", project_id, deleted, len(flags))
+    log.info(
+        "project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks",
+        project_id, deleted, len(flags),
+    )
     return {"deleted_predictions": deleted}

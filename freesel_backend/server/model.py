@@ -36,7 +36,15 @@ def project_id_of(project: Any) -> int:
 class FreeSelModel(LabelStudioMLBase):
     """One instance per request, bound to a project and the process's services."""
 
-    def __init__(self, label_config: str | None = None, train_output: Any = None, *, project_id: int, services: Services, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        label_config: str | None = None,
+        train_output: Any = None,
+        *,
+        project_id: int,
+        services: Services,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
         self.project_id = project_id
         self.services = services
@@ -50,7 +58,9 @@ class FreeSelModel(LabelStudioMLBase):
         webhook, and enqueue patterns for the tasks already in the project. Returns the model version."""
         field = image_field_of(self.label_config or "")
         task, reason = task_of_label_config(self.label_config or "")
-        self.store.update_state(self.project_id, image_field=field, label_config_task=task, label_config_task_reason=reason)
+        self.store.update_state(
+            self.project_id, image_field=field, label_config_task=task, label_config_task_reason=reason
+        )
         admin.apply_settings(self.services, self.project_id, dict(extra_params or {}))
         settings = self.services.settings
         self.services.client.register_webhook(
@@ -74,7 +84,9 @@ class FreeSelModel(LabelStudioMLBase):
             enqueue_patterns(self.services, self.project_id, unknown)
         return [[_as_prediction(stored[t])] if t in stored else [] for t in ids]
 
-    def process_event(self, event: str, data: Mapping[str, Any], job_id: Any = None, additional_params: Any = None) -> dict[str, Any]:
+    def process_event(
+        self, event: str, data: Mapping[str, Any], job_id: Any = None, additional_params: Any = None
+    ) -> dict[str, Any]:
         """TASKS_CREATED -> patterns for exactly those tasks; annotation changes and deletions ->
         one (coalesced) re-ranking with the new seeds."""
         if not self.store.get_settings(self.project_id).enabled:

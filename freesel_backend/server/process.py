@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
+from rq.utils import import_attribute
 from rq.worker import SimpleWorker, WorkerStatus
 
 from .settings import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
@@ -53,7 +54,8 @@ def serve(host: str, port: int, web_workers: int) -> int:
     if settings.basic_auth is None:
         log.warning(
             "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: anyone who can reach port %s can call this backend, "
-            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's connect form.",
+            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's "
+            "connect form.",
             port,
         )
     embedded: RedisServer | None = None
@@ -62,7 +64,12 @@ def serve(host: str, port: int, web_workers: int) -> int:
         if settings.redis_url is None:
             embedded = RedisServer(settings.model_dir / "redis").start()
             os.environ["REDIS_URL"] = embedded.url
-            log.info("embedded Redis at %s (data in %s); starting %d workers", embedded.url, embedded.data_dir, len(EMBEDDED_WORKER_QUEUES))
+            log.info(
+                "embedded Redis at %s (data in %s); starting %d workers",
+                embedded.url,
+                embedded.data_dir,
+                len(EMBEDDED_WORKER_QUEUES),
+            )
             # Their own sessions: a terminal's Ctrl-C reaches gunicorn only, and the workers are stopped
             # below (warm shutdown) before the embedded Redis, which they need until they have ended.
             workers = [
@@ -102,6 +109,26 @@ def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s:
     worker.wait()
 
 
+# Jobs queued by versions whose job functions lived in flat modules name them by those paths.
+FORMER_JOB_MODULES = {
+    "freesel_backend.jobs.": "freesel_backend.server.jobs.",
+    "freesel_backend.writeout.": "freesel_backend.server.publish.",
+    "freesel_backend.report_job.": "freesel_backend.server.report_job.",
+}
+
+
+class FreeSelJob(Job):
+    """An RQ job whose function may be named by its module path before the package's current layout."""
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name or ""
+        for former, current in FORMER_JOB_MODULES.items():
+            if name.startswith(former):
+                return import_attribute(current + name[len(former):])
+        return super().func
+
+
 def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
     """An RQ worker on ``queues`` (first ones first). SimpleWorker (no fork per job) keeps the model loaded
     between jobs; the scheduler runs the delayed retries."""
@@ -113,7 +140,10 @@ def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
     # between dequeues, and an idle worker blocks in dequeue for worker_ttl - 15 s (405 s by
     # default): worker_ttl is set so that an idle worker still runs it every maintenance_s.
     maintenance_s = settings.worker_maintenance_s
-    worker = HeartbeatWorker([Queue(name, connection=connection) for name in queues], connection=connection, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15)
+    worker = HeartbeatWorker(
+        [Queue(name, connection=connection, job_class=FreeSelJob) for name in queues], connection=connection,
+        job_class=FreeSelJob, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15,
+    )
     worker.lease_s = settings.worker_heartbeat_s
     worker.work(burst=burst, with_scheduler=True)
     return 0
@@ -163,7 +193,10 @@ def fetch_report(project_id: int, url: str | None = None, wait_s: float = 600.0)
         if response.status_code == 200:
             return response.text
         if time.monotonic() >= deadline:
-            raise SettingsError(f"the report of project {project_id} was not ready within {wait_s:.0f} s: {response.json().get('message')}")
+            raise SettingsError(
+                f"the report of project {project_id} was not ready within {wait_s:.0f} s: "
+                f"{response.json().get('message')}"
+            )
         time.sleep(min(float(response.headers.get("Retry-After", 5)), max(0.5, deadline - time.monotonic())))
 
 
@@ -171,7 +204,9 @@ def _admin_request(method: str, project_id: int, action: str, url: str | None) -
     settings = Settings.from_env()
     base = (url or settings.public_url).rstrip("/")
     try:
-        response = requests.request(method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60)
+        response = requests.request(
+            method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60
+        )
     except requests.ConnectionError:
         raise SettingsError(f"no FreeSel backend answers at {base}: start it (scripts/run.sh) or pass --url") from None
     if response.status_code == 401:

@@ -227,7 +227,8 @@ def delete_freesel_predictions(services: Services, project_id: int, keep: Iterab
     client timeouts), holding the write lock per batch. Returns how many were deleted."""
     kept = set(keep)
     doomed = [
-        int(p["id"]) for p in services.client.list_predictions(project_id)
+        int(p["id"])
+        for p in services.client.list_predictions(project_id)
         if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in kept
     ]
     for start in range(0, len(doomed), DELETE_BATCH):
@@ -265,7 +266,9 @@ def write_out(project_id: int) -> dict[str, Any]:
     return {"requests": step.requests, "writes": step.writes, "finished": finished}
 
 
-def _record(store: Store, project_id: int, target: Mapping[str, Any] | None, step: Step, seconds: float, finished: bool) -> None:
+def _record(
+    store: Store, project_id: int, target: Mapping[str, Any] | None, step: Step, seconds: float, finished: bool
+) -> None:
     if target is not None:
         store.record_writeout_step(project_id, str(target["generation"]), step.requests, step.writes, seconds, finished)
 
@@ -350,7 +353,9 @@ def _keep_queue_switched(step: Step, version: str) -> None:
         step.spend()
         step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
         step.writes += 1
-        log.warning("project %s: the queue no longer served FreeSel's version %s: switched back", step.project_id, version)
+        log.warning(
+            "project %s: the queue no longer served FreeSel's version %s: switched back", step.project_id, version
+        )
 
 
 def _plan(step: Step, target: Mapping[str, Any]) -> ScorePlan:
@@ -382,7 +387,9 @@ def _prediction(task: int, score: float, version: str) -> dict[str, Any]:
 
 def _recorded(listed: Mapping[str, Any]) -> dict[str, Any]:
     """A prediction as Label Studio lists it, as the backend records it."""
-    return _prediction(int(listed["task"]), float(listed["score"]), str(listed["model_version"])) | {"id": int(listed["id"])}
+    return _prediction(int(listed["task"]), float(listed["score"]), str(listed["model_version"])) | {
+        "id": int(listed["id"])
+    }
 
 
 def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
@@ -396,13 +403,19 @@ def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None 
     in_flight = {"model_version": version, "staged": staged or "", "tasks": sorted(batch), "sent_at": time.time()}
     step.store.update_state(step.project_id, import_in_flight=json.dumps(in_flight))
     try:
-        step.client.import_predictions(step.project_id, list(batch.values()), timeout=step.settings.label_studio_write_timeout_s)
+        step.client.import_predictions(
+            step.project_id, list(batch.values()), timeout=step.settings.label_studio_write_timeout_s
+        )
     except LabelStudioUnavailable as error:
         if not error.timed_out:
             step.store.forget_state(step.project_id, "import_in_flight")
             raise
         step.writes += 1
-        log.warning("project %s: importing %d predictions timed out: asking Label Studio what it stored", step.project_id, len(batch))
+        log.warning(
+            "project %s: importing %d predictions timed out: asking Label Studio what it stored",
+            step.project_id,
+            len(batch),
+        )
         _recover_import(step, in_flight)
         raise OutOfRequests() from None  # the next step plans again from what Label Studio has
     step.writes += 1
@@ -414,7 +427,12 @@ def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
     worker died): what it shows after waiting is recorded, the rest is imported again later."""
     version, tasks = in_flight["model_version"], set(in_flight["tasks"])
     stored = _await_import(step, version, tasks, float(in_flight["sent_at"]))
-    log.warning("project %s: %d of %d predictions of an unanswered import are in Label Studio", step.project_id, len(stored), len(tasks))
+    log.warning(
+        "project %s: %d of %d predictions of an unanswered import are in Label Studio",
+        step.project_id,
+        len(stored),
+        len(tasks),
+    )
     step.store.save_imported(step.project_id, {t: _recorded(p) for t, p in stored.items()}, in_flight["staged"] or None)
 
 
@@ -449,11 +467,18 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
         return
     step.spend()
     listed = _listed(step, version, without)
-    step.store.update_predictions(step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged)
+    step.store.update_predictions(
+        step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged
+    )
     lost = without - set(listed)
     if lost:  # imported but not listed: forget them (a later pass looks again before importing)
         step.store.redis.hdel(step.store.predictions_key(step.project_id, staged), *lost)
-        log.warning("project %s: %d imported predictions of %s are not listed by Label Studio", step.project_id, len(lost), version)
+        log.warning(
+            "project %s: %d imported predictions of %s are not listed by Label Studio",
+            step.project_id,
+            len(lost),
+            version,
+        )
 
 
 def _write_flags(step: Step, target: Mapping[str, Any], additions: bool) -> None:

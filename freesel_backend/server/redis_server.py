@@ -47,11 +47,15 @@ class RedisServer:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             command += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "60 1"]
         # Its own session: a terminal's Ctrl-C must not stop it before the clients that still need it.
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.process.stderr.read().decode()[-500:] if self.process.stderr else ''}")
+                raise RuntimeError(
+                    f"redis-server exited: {self.process.stderr.read().decode()[-500:] if self.process.stderr else ''}"
+                )
             try:
                 redis.Redis.from_url(self.url).ping()
                 return self

@@ -69,15 +69,22 @@ def build_project_report(project_id: int) -> dict[str, Any]:
     def open_image(index: int) -> Image.Image:
         task_id = record.task_ids[index]
         try:
-            return open_task_image(services.client, services.client.get_task(task_id), image_field)
+            return open_task_image(services.downloader, services.client.get_task(task_id), image_field)
         except LabelStudioError as error:
             raise ImageLoadError(f"task {task_id}: {error}") from None
 
+    preset = project_settings.describe_preset(store.get_state(project_id))
+    failures = store.failures(project_id, record.patterns_version)
     data = report_data(
-        [f"task {t}" for t in record.task_ids], [patterns[t] for t in record.task_ids], record.ranking(), record.duplicates(),
-        model_id=extractor.model_id if made_the_patterns else f"patterns version {record.patterns_version} (settings changed since)",
-        settings=_shown_settings(record, project_settings.to_dict(), project_settings.describe_preset(store.get_state(project_id))),
-        failures={f"task {t}": reason for t, reason in sorted(store.failures(project_id, record.patterns_version).items())},
+        [f"task {t}" for t in record.task_ids],
+        [patterns[t] for t in record.task_ids],
+        record.ranking(),
+        record.duplicates(),
+        model_id=extractor.model_id
+        if made_the_patterns
+        else f"patterns version {record.patterns_version} (settings changed since)",
+        settings=_shown_settings(record, project_settings.to_dict(), preset),
+        failures={f"task {t}": reason for t, reason in sorted(failures.items())},
         title=f"FreeSel — project {project_id}",
     )
     html = build_report(data, open_image, extractor=extractor if made_the_patterns else None, options=REPORT_OPTIONS)
@@ -88,4 +95,9 @@ def build_project_report(project_id: int) -> dict[str, Any]:
 
 def _shown_settings(record: SelectionRecord, project_settings: dict[str, Any], preset: str) -> dict[str, Any]:
     shown = {name: value for name, value in project_settings.items() if name not in HIDDEN_SETTINGS}
-    return {"preset": preset, **shown, "model version": record.model_version, "patterns version": record.patterns_version}
+    return {
+        "preset": preset,
+        **shown,
+        "model version": record.model_version,
+        "patterns version": record.patterns_version,
+    }

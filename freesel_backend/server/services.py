@@ -1,4 +1,5 @@
-"""The services a process shares: its settings, its Redis, the store on it, one Label Studio client.
+"""The services a process shares: its settings, its Redis, the store on it, one Label Studio
+client and one downloader of task files.
 
 The web service builds one :class:`Services` when it starts; a worker builds one the first time
 one of its jobs asks (:func:`job_services`). Both pass it on explicitly. RQ jobs stay plain
@@ -14,6 +15,7 @@ import redis
 from rq import get_current_job
 
 from ..labelstudio.client import LabelStudioClient
+from ..labelstudio.download import Downloader
 from .settings import Settings
 from .store import Store
 
@@ -32,14 +34,21 @@ class Services:
         """Made on first use: a process that only enqueues needs no Label Studio."""
         return client_for(self.settings)
 
+    @functools.cached_property
+    def downloader(self) -> Downloader:
+        return downloader_for(self.client, self.settings)
+
 
 def client_for(settings: Settings) -> LabelStudioClient:
-    """The Label Studio client with the download policy and caps of ``settings``."""
-    return LabelStudioClient(
-        settings.label_studio_url,
-        settings.label_studio_api_key,
-        max_download_bytes=settings.download_max_bytes,
-        download_timeout=settings.download_timeout_s,
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+
+
+def downloader_for(client: LabelStudioClient, settings: Settings) -> Downloader:
+    """Task file downloads with the policy and caps of ``settings``."""
+    return Downloader(
+        client,
+        max_bytes=settings.download_max_bytes,
+        timeout=settings.download_timeout_s,
         allow_private_addresses=settings.allow_private_downloads,
     )
 

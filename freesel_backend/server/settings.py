@@ -116,7 +116,9 @@ def _precision(name: str, raw: str) -> str:
     return precision
 
 
-def setting(default: Any, variable: str, parse: Parse = _text, *, aliases: tuple[str, ...] = (), secret: bool = False) -> Any:
+def setting(
+    default: Any, variable: str, parse: Parse = _text, *, aliases: tuple[str, ...] = (), secret: bool = False
+) -> Any:
     """A :class:`Settings` field: its one default, the environment variable (then ``aliases``) it
     is read from and how; an unset or blank variable leaves the default."""
     return dataclasses.field(default=default, repr=not secret, metadata={"env": (variable, *aliases), "parse": parse})
@@ -230,7 +232,11 @@ class ProjectSettings:
         if self.budget is not None:
             if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
                 raise SettingsError(f"budget must be a number or null, got {self.budget!r}")
-            if not math.isfinite(self.budget) or self.budget <= 0 or (self.budget > 1 and self.budget != int(self.budget)):
+            if (
+                not math.isfinite(self.budget)
+                or self.budget <= 0
+                or (self.budget > 1 and self.budget != int(self.budget))
+            ):
                 raise SettingsError(
                     f"budget must be a whole number of picks (>= 1), a fraction in (0, 1) or null, got {self.budget!r}"
                 )
@@ -247,14 +253,23 @@ class ProjectSettings:
             0 <= self.duplicate_threshold < 1
         ):
             raise SettingsError(
-                f"duplicate_threshold must be a cosine distance in [0, 1) (0 turns it off), got {self.duplicate_threshold!r}"
+                "duplicate_threshold must be a cosine distance in [0, 1) (0 turns it off), got "
+                f"{self.duplicate_threshold!r}"
             )
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise SettingsError(f"model must be a model name or null, got {self.model!r}")
         if self.task is not None and self.task not in TASKS:
-            raise SettingsError(f"task must be one of {', '.join(TASKS)} or null (from the label config), got {self.task!r}")
-        if isinstance(self.explicit, str) or not isinstance(self.explicit, (list, tuple)) or not set(self.explicit) <= set(PRESET_FIELDS):
-            raise SettingsError(f"explicit must be a list of settings among {', '.join(PRESET_FIELDS)}, got {self.explicit!r}")
+            raise SettingsError(
+                f"task must be one of {', '.join(TASKS)} or null (from the label config), got {self.task!r}"
+            )
+        if (
+            isinstance(self.explicit, str)
+            or not isinstance(self.explicit, (list, tuple))
+            or not set(self.explicit) <= set(PRESET_FIELDS)
+        ):
+            raise SettingsError(
+                f"explicit must be a list of settings among {', '.join(PRESET_FIELDS)}, got {self.explicit!r}"
+            )
         object.__setattr__(self, "explicit", tuple(sorted(set(self.explicit))))
 
     @classmethod
@@ -279,7 +294,9 @@ class ProjectSettings:
         preset setting counts as the admin's where it differs from the default of that time."""
         stored = dict(stored)
         if "explicit" not in stored:
-            stored["explicit"] = [name for name in PRESET_FIELDS if name in stored and stored[name] != getattr(cls, name)]
+            stored["explicit"] = [
+                name for name in PRESET_FIELDS if name in stored and stored[name] != getattr(cls, name)
+            ]
         return cls().updated(stored)
 
     def with_preset(self, kind: str) -> "ProjectSettings":
@@ -293,7 +310,9 @@ class ProjectSettings:
         if self.task is not None:
             return self.task, "set per project"
         if "label_config_task" in project_state:
-            return project_state["label_config_task"], project_state.get("label_config_task_reason", "from the label config")
+            return project_state["label_config_task"], project_state.get(
+                "label_config_task_reason", "from the label config"
+            )
         return "classification", "the default: the label config has not been read yet"
 
     def describe_preset(self, project_state: Mapping[str, str]) -> str:

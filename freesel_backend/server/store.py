@@ -86,7 +86,12 @@ class SelectionRecord:
 
     @classmethod
     def of(
-        cls, model_version: str, patterns_version: str, task_ids: Sequence[int], ranking: Ranking, duplicates: DuplicateGroups
+        cls,
+        model_version: str,
+        patterns_version: str,
+        task_ids: Sequence[int],
+        ranking: Ranking,
+        duplicates: DuplicateGroups,
     ) -> "SelectionRecord":
         return cls(
             model_version=model_version,
@@ -185,8 +190,16 @@ class Store:
 
     def forget_ranking(self, project_id: int) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.hdel(self._key(project_id, "state"), "ranked_version", "ranked_fingerprint", "model_version", *PROGRESS_FIELDS)
-            pipe.delete(self._key(project_id, "selection"), self._key(project_id, "report"), self._key(project_id, "target"))
+            pipe.hdel(
+                self._key(project_id, "state"),
+                "ranked_version",
+                "ranked_fingerprint",
+                "model_version",
+                *PROGRESS_FIELDS,
+            )
+            pipe.delete(
+                self._key(project_id, "selection"), self._key(project_id, "report"), self._key(project_id, "target")
+            )
             pipe.execute()
 
     def next_run(self, project_id: int) -> int:
@@ -238,7 +251,9 @@ class Store:
                 pipe.hset(failed_key, mapping={int(t): reason for t, reason in failures.items()})
             pipe.execute()
 
-    def load_patterns(self, project_id: int, version: str, task_ids: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    def load_patterns(
+        self, project_id: int, version: str, task_ids: Iterable[int] | None = None
+    ) -> dict[int, np.ndarray]:
         """Stored patterns by task id (all of the version, or those of ``task_ids`` that exist)."""
         key = self._key(project_id, "patterns", version)
         if task_ids is None:
@@ -277,13 +292,21 @@ class Store:
                 pipe.delete(key)
             pipe.execute()
 
-    def update_predictions(self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None) -> None:
+    def update_predictions(
+        self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None
+    ) -> None:
         """Record these predictions as written (to the live version, or to the ``staged`` one)."""
         if predictions:
-            self.redis.hset(self.predictions_key(project_id, staged), mapping={int(t): json.dumps(p) for t, p in predictions.items()})
+            self.redis.hset(
+                self.predictions_key(project_id, staged),
+                mapping={int(t): json.dumps(p) for t, p in predictions.items()},
+            )
 
     def all_predictions(self, project_id: int, staged: str | None = None) -> dict[int, dict[str, Any]]:
-        return {int(t): json.loads(value) for t, value in self.redis.hgetall(self.predictions_key(project_id, staged)).items()}
+        return {
+            int(t): json.loads(value)
+            for t, value in self.redis.hgetall(self.predictions_key(project_id, staged)).items()
+        }
 
     def predictions_key(self, project_id: int, staged: str | None = None) -> str:
         """The hash of the predictions written to the live version, or to the ``staged`` one."""
@@ -296,15 +319,23 @@ class Store:
             pipe.delete(key)
             if self.redis.exists(staged):  # nothing is staged when nothing was ranked
                 pipe.rename(staged, key)
-            pipe.hset(self._key(project_id, "state"), mapping={"model_version": model_version, "switched_at": str(time.time())})
+            pipe.hset(
+                self._key(project_id, "state"),
+                mapping={"model_version": model_version, "switched_at": str(time.time())},
+            )
             pipe.execute()
 
-    def save_imported(self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None) -> None:
+    def save_imported(
+        self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None
+    ) -> None:
         """An import answered (or what Label Studio shows of one that was not): its predictions are
         recorded and no import is in flight any more, in one transaction."""
         with self.redis.pipeline() as pipe:
             if predictions:
-                pipe.hset(self.predictions_key(project_id, staged), mapping={int(t): json.dumps(p) for t, p in predictions.items()})
+                pipe.hset(
+                    self.predictions_key(project_id, staged),
+                    mapping={int(t): json.dumps(p) for t, p in predictions.items()},
+                )
             pipe.hdel(self._key(project_id, "state"), "import_in_flight")
             pipe.execute()
 
@@ -323,7 +354,9 @@ class Store:
             pipe.hincrbyfloat(key, "seconds", seconds)
             pipe.hset(key, "finished_at" if finished else "updated_at", time.time())
             if finished:
-                pipe.hset(self._key(project_id, "state"), mapping={"live_generation": generation, "live_at": str(time.time())})
+                pipe.hset(
+                    self._key(project_id, "state"), mapping={"live_generation": generation, "live_at": str(time.time())}
+                )
             pipe.execute()
 
     def writeout_record(self, project_id: int) -> dict[str, str]:

@@ -62,7 +62,11 @@ def _check_basic_auth() -> Response | None:
     if expected is None:
         return None
     given = request.authorization
-    if given and hmac.compare_digest(given.username or "", expected[0]) and hmac.compare_digest(given.password or "", expected[1]):
+    if (
+        given
+        and hmac.compare_digest(given.username or "", expected[0])
+        and hmac.compare_digest(given.password or "", expected[1])
+    ):
         return None
     response = jsonify({"error": "authentication required"})
     response.status_code = 401
@@ -87,9 +91,15 @@ def _check_body() -> Response | None:
         return None
     limit = _services().settings.max_request_bytes
     if request.content_length > limit:
-        return _error(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit (FREESEL_MAX_REQUEST_BYTES)", 413)
+        return _error(
+            f"request body of {request.content_length} bytes exceeds the {limit}-byte limit "
+            "(FREESEL_MAX_REQUEST_BYTES)",
+            413,
+        )
     if request.mimetype != "application/json":
-        return _error(f"request bodies must be JSON (Content-Type: application/json), got {request.mimetype or 'none'}", 415)
+        return _error(
+            f"request bodies must be JSON (Content-Type: application/json), got {request.mimetype or 'none'}", 415
+        )
     return None
 
 
@@ -153,7 +163,9 @@ def predict_view() -> Any:
 def _check_webhook_secret() -> None:
     given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
     if not hmac.compare_digest(given.encode(), _services().settings.webhook_secret.encode()):
-        raise PermissionError(f"webhook without the right {WEBHOOK_SECRET_HEADER} header (FreeSel registers its webhook with it)")
+        raise PermissionError(
+            f"webhook without the right {WEBHOOK_SECRET_HEADER} header (FreeSel registers its webhook with it)"
+        )
 
 
 def webhook_view() -> Any:
@@ -205,12 +217,15 @@ def report_view(project_id: int) -> Any:
         return _error(str(error), 409)
     if isinstance(answer, str):
         return Response(answer, mimetype="text/html", headers={"Content-Security-Policy": REPORT_CSP})
-    response = jsonify({
-        "status": "building",
-        "job": answer.id,
-        "message": f"the report of project {project_id}'s current selection is being built by a worker: retry in a few seconds",
-        "retry_after_s": REPORT_RETRY_S,
-    })
+    response = jsonify(
+        {
+            "status": "building",
+            "job": answer.id,
+            "message": f"the report of project {project_id}'s current selection is being built by a worker: retry in "
+            "a few seconds",
+            "retry_after_s": REPORT_RETRY_S,
+        }
+    )
     response.status_code = 202
     response.headers["Retry-After"] = str(REPORT_RETRY_S)
     return response
