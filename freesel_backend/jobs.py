@@ -26,7 +26,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 
 from .config import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, ProjectSettings, Settings
-from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image, select
+from .engine import DuplicateGroups, ImageLoadError, PatternExtractor, find_near_duplicates, load_image
+from .engine.selection import extend_head, rerank_head
 from .label_studio import LabelStudioClient, LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from .store import SelectionRecord, Store, patterns_version
 from .writeout import VERSION_PREFIX, delete_predictions, enqueue_writeout, flagged
@@ -176,7 +177,7 @@ def schedule_selection(connection: redis.Redis, settings: Settings, project_id: 
     (a burst of labels ends in one re-ranking).
     """
     store = Store(connection)
-    with connection.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30):
+    with _selection_lock(store, project_id):
         previous = _previous_selection(connection, store, project_id)
         dependencies = [job.id for job in after]
         if previous is not None and previous.get_status() in WAITING:
@@ -403,17 +404,20 @@ def run_selection(project_id: int) -> dict[str, Any]:
     seeds = [i for i, t in enumerate(ids) if t in labelled]
     unlabelled = len(ids) - len(labelled)
     progress.start_stage("ranking", unlabelled)
-    ranking = select(
-        patterns, settings.picks_for(unlabelled), strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
+    previous_order, previous_n_picked = _previous_ranking(store, project_id, settings, version or "", ids)
+    ranking = rerank_head(
+        patterns, context.settings.head_size, settings.picks_for(unlabelled), previous_order=previous_order,
+        previous_n_picked=previous_n_picked, strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
         duplicate_threshold=settings.duplicate_threshold,
     ) if unlabelled else None
     duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
     order = [ids[image] for image in ranking.order] if ranking else []
     picked = order[: ranking.n_picked] if ranking else []
-    target = _target(store, project_id, fingerprint, order, picked, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
-    if ranking is not None:
-        store.save_selection(project_id, SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates))
-    store.save_target(project_id, target)
+    with _selection_lock(store, project_id):
+        target = _target(store, project_id, fingerprint, order, picked, flags_for(failures, near_duplicate_of_chosen(ids, duplicates, set(picked) | labelled)))
+        if ranking is not None:
+            store.save_selection(project_id, SelectionRecord.of(f"{target['model_version']} ranking {target['generation']}", version or "", ids, ranking, duplicates))
+        store.save_target(project_id, target)
     store.update_state(
         project_id, last_selection_at=time.time(), n_picked=len(picked), n_ranked=len(order), ranked_version=version or "",
         ranked_fingerprint=fingerprint, ranking_seconds=round(time.monotonic() - started, 2),
@@ -422,12 +426,86 @@ def run_selection(project_id: int) -> dict[str, Any]:
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
     enqueue_writeout(store.redis, context.settings, project_id)
+    if ranking is not None and settings.picks_for(unlabelled) > context.settings.head_size:
+        enqueue_tail_refresh(store.redis, context.settings, project_id)
     log.info(
         "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
         project_id, target["model_version"], len(picked), len(order), len(labelled), time.monotonic() - started,
         " (a new version)" if target["full"] else "",
     )
     return {"ranked": len(order), "picked": len(picked), "seeds": len(labelled), "model_version": target["model_version"]}
+
+
+def _previous_ranking(store: Store, project_id: int, settings: ProjectSettings, version: str, ids: Sequence[int]) -> tuple[list[int], int]:
+    """The last target's order as indices of ``ids`` and how many of them are picks; nothing when
+    the settings or patterns changed since (its order then means nothing for the new ranking)."""
+    previous = store.get_target(project_id) or {}
+    if previous.get("settings_key") != fingerprint_of_settings(settings, version):
+        return [], 0
+    index_of = {task_id: index for index, task_id in enumerate(ids)}
+    order = [int(task_id) for task_id in previous.get("order", [])]
+    picks = [index_of[t] for t in order[: int(previous.get("n_picked", 0))] if t in index_of]
+    return [index_of[t] for t in order if t in index_of], len(picks)
+
+
+def _selection_lock(store: Store, project_id: int) -> Any:
+    """Held while a project's selection is scheduled or a ranking replaces the target."""
+    return store.redis.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30)
+
+
+def enqueue_tail_refresh(connection: redis.Redis, settings: Settings, project_id: int) -> None:
+    """Make sure a tail refresh of the project waits on the patterns queue (which runs it when it
+    has no patterns to compute, beside the rankings of the head)."""
+    store = Store(connection)
+    waiting = fetch_job(connection, store.get_state(project_id).get("tail_job"))
+    if waiting is not None and waiting.get_status() in WAITING:
+        return
+    job = enqueue_project_job(
+        Queue(FEATURES_QUEUE, connection=connection), settings, refresh_tail, project_id,
+        what=f"ranking of the tail: project {project_id}",
+    )
+    store.update_state(project_id, tail_job=job.id)
+
+
+def refresh_tail(project_id: int) -> dict[str, Any]:
+    """Draw the picks after the head of the last ranking afresh (a re-ranking after labels draws
+    only the head and keeps the tail's earlier order). Dropped when a newer ranking replaced the
+    target meanwhile: that one asks for its own refresh. The head, and so Label Studio's queue
+    where annotators reach it, is left as it is: only flags of near-duplicates may change."""
+    context = _context()
+    store = context.store
+    settings, target, record = store.get_settings(project_id), store.get_target(project_id), store.get_selection(project_id)
+    if not settings.enabled or target is None or record is None:
+        return {"skipped": "no ranking to refresh"}
+    stored = store.load_patterns(project_id, record.patterns_version, record.task_ids)
+    if len(stored) != len(record.task_ids):
+        return {"skipped": "the ranked tasks changed: the next ranking refreshes"}
+    ids, ranking = record.task_ids, record.ranking()
+    n_head = min(context.settings.head_size, ranking.n_picked)
+    refreshed = extend_head(
+        [stored[t] for t in ids], ranking.order[:n_head], ranking.distance[:n_head],
+        settings.picks_for(len(ids) - len(ranking.seeds)), strategy=settings.strategy,  # type: ignore[arg-type]
+        seeds=ranking.seeds, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,
+    )
+    order = [ids[image] for image in refreshed.order]
+    labelled = {ids[image] for image in ranking.seeds}
+    failures = {int(t): text[len(FAILURE_FLAG) :] for t, text in target["flags"].items() if text.startswith(FAILURE_FLAG)}
+    duplicate_of = near_duplicate_of_chosen(ids, record.duplicates(), set(order[: refreshed.n_picked]) | labelled)
+    with _selection_lock(store, project_id):
+        if store.get_target(project_id) != target:
+            return {"skipped": "a newer ranking replaced the target"}
+        refreshed_target = {
+            **target, "generation": store.next_run(project_id), "order": order, "n_picked": refreshed.n_picked,
+            "flags": flags_for(failures, duplicate_of),
+        }
+        store.save_selection(
+            project_id, SelectionRecord.of(f"{target['model_version']} ranking {refreshed_target['generation']}", record.patterns_version, ids, refreshed, record.duplicates())
+        )
+        store.save_target(project_id, refreshed_target)
+    store.update_state(project_id, n_picked=refreshed.n_picked)
+    enqueue_writeout(store.redis, context.settings, project_id)
+    log.info("project %s: tail ranked afresh: %d picks after a head of %d", project_id, refreshed.n_picked - n_head, n_head)
+    return {"picked": refreshed.n_picked, "head": n_head}
 
 
 def _fingerprint(settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]) -> str:
