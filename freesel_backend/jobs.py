@@ -5,7 +5,9 @@ Job functions take plain arguments (project id, task ids) and never a secret: wo
 the Redis connection explicitly. Flow: ``enqueue_patterns`` -> ``compute_patterns`` chunks ->
 ``run_selection`` (depends on the chunks; at most one waiting per project, at most one started
 per ``rerank_interval_s``) -> a target ranking in Redis -> ``writeout.write_out`` steps bring
-Label Studio to it (see ``writeout.py``).
+Label Studio to it (see ``writeout.py``). A ranking draws only the head of the queue afresh
+(``Settings.head_size`` picks) and keeps the tail's earlier order, so that a label is reflected
+at the cost of a head; ``refresh_tail``, on the patterns queue, draws the tail afresh after it.
 """
 
 from __future__ import annotations
@@ -372,8 +374,9 @@ def sync_project(project_id: int) -> dict[str, int]:
 
 def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
-    target of the write-out (enqueued here). Skipped when neither the tasks, the labels, the
-    patterns nor the settings changed since the last ranking."""
+    target of the write-out (enqueued here): the head drawn afresh, the rest in the last
+    ranking's order (by distance on a first ranking), the tail's refresh enqueued. Skipped when
+    neither the tasks, the labels, the patterns nor the settings changed since the last ranking."""
     context = _context()
     store = context.store
     settings = store.get_settings(project_id)
@@ -384,19 +387,20 @@ def run_selection(project_id: int) -> dict[str, Any]:
     progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version")
     try:
-        tasks = {int(task["id"]): task for task in context.client.iter_tasks(project_id)}
+        labelled_in_label_studio = context.client.labelled_task_ids(project_id)
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
-    known = store.task_ids(project_id)
-    store.remove_tasks(project_id, known - set(tasks))
-    unknown = set(tasks) - known
+    # The project's tasks as webhooks (TASKS_CREATED, TASKS_DELETED) and syncs recorded them: a
+    # full listing per ranking would cost more than the ranking at thousands of tasks.
+    tasks = store.task_ids(project_id)
+    unknown = labelled_in_label_studio - tasks
     if unknown:  # imported without a webhook, or Redis lost its data: compute them, rank again after
-        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(unknown))
+        log.info("project %s: %d labelled tasks have no patterns yet, enqueueing them", project_id, len(unknown))
         enqueue_patterns(store.redis, context.settings, project_id, unknown)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
     failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
     ids = sorted(stored)
-    labelled = {t for t in ids if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
+    labelled = labelled_in_label_studio & set(ids)
     fingerprint = _fingerprint(settings, version or "", ids, labelled, failures)
     if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
         return {"skipped": "nothing that decides the ranking changed"}
@@ -410,7 +414,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
         previous_n_picked=previous_n_picked, strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
         duplicate_threshold=settings.duplicate_threshold,
     ) if unlabelled else None
-    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
+    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold) if patterns else DuplicateGroups([], np.zeros(0, np.int64), settings.duplicate_threshold)
     order = [ids[image] for image in ranking.order] if ranking else []
     picked = order[: ranking.n_picked] if ranking else []
     with _selection_lock(store, project_id):

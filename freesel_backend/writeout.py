@@ -19,7 +19,8 @@ replaces the target: the next step works towards it.
   subsequence) keep them; the others get scores between their neighbours (one PATCH each); tasks
   new to the queue are imported. Label Studio's /next serves the lowest score first.
 - **Flags**: "FreeSel pick" on the picks in the head, written before their scores move, head
-  first; a flag on a task that left the head is removed after the scores. Failures and
+  first; a pick that left the head keeps its flag while it remains a pick, any other flag on
+  a task that left the head is removed after the scores. Failures and
   near-duplicates keep their flags wherever they are; labelled tasks keep theirs.
 """
 
@@ -152,10 +153,13 @@ def full_scores(order: Sequence[int]) -> dict[int, float]:
     return {task: position / max(1, len(order)) for position, task in enumerate(order)}
 
 
-def wanted_flags(target: Mapping[str, Any], head_size: int) -> dict[int, str]:
-    """Flag text per task: the picks within the head, then failures and near-duplicates."""
+def wanted_flags(target: Mapping[str, Any], head_size: int, current: Mapping[int, str] | None = None) -> dict[int, str]:
+    """Flag text per task: the picks within the head, and picks behind it that carry the pick
+    flag already (``current``: it stays true, so a task that leaves the head costs no write);
+    then failures and near-duplicates."""
     order = target["order"]
     flags = {int(t): text for t, text in target["flags"].items()}
+    flags.update({task: PICK_FLAG for task in order[head_size : target["n_picked"]] if (current or {}).get(task) == PICK_FLAG})
     flags.update({task: PICK_FLAG for task in order[: min(head_size, target["n_picked"])]})
     return flags
 
@@ -486,8 +490,8 @@ def _write_flags(step: Step, target: Mapping[str, Any], additions: bool, first: 
     """Flags that differ from what the tasks carry: new or changed texts (``additions``), or
     removals, in rank order (only the ``first`` of them, if given). Only unlabelled ranked tasks
     and flagged failures are touched."""
-    wanted = wanted_flags(target, step.settings.head_size)
     current = step.store.get_flags(step.project_id)
+    wanted = wanted_flags(target, step.settings.head_size, current)
     rank = {task: position for position, task in enumerate(target["order"])}
     touched = set(wanted) | (set(current) & set(rank))
     changed = [t for t in touched if current.get(t) != wanted.get(t) and (wanted.get(t) is not None) == additions]
