@@ -414,7 +414,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
         previous_n_picked=previous_n_picked, strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
         duplicate_threshold=settings.duplicate_threshold,
     ) if unlabelled else None
-    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold) if patterns else DuplicateGroups([], np.zeros(0, np.int64), settings.duplicate_threshold)
+    no_duplicates = DuplicateGroups([], np.zeros(0, np.int64), settings.duplicate_threshold)  # no patterns yet: nothing to group
+    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold) if patterns else no_duplicates
     order = [ids[image] for image in ranking.order] if ranking else []
     picked = order[: ranking.n_picked] if ranking else []
     with _selection_lock(store, project_id):
@@ -457,18 +458,24 @@ def _selection_lock(store: Store, project_id: int) -> Any:
     return store.redis.lock(store._key(project_id, "selection-lock"), timeout=30, blocking_timeout=30)
 
 
+def enqueue_once(
+    connection: redis.Redis, settings: Settings, queue: str, function: Callable[..., Any], project_id: int, *,
+    job_field: str, what: str, delay_s: float = 0,
+) -> None:
+    """Make sure one ``function`` job of the project waits on ``queue``: none is added while the
+    one recorded in the project's state under ``job_field`` still waits (it reads the latest state)."""
+    store = Store(connection)
+    waiting = fetch_job(connection, store.get_state(project_id).get(job_field))
+    if waiting is not None and waiting.get_status() in WAITING:
+        return
+    job = enqueue_project_job(Queue(queue, connection=connection), settings, function, project_id, what=what, delay_s=delay_s)
+    store.update_state(project_id, **{job_field: job.id})
+
+
 def enqueue_tail_refresh(connection: redis.Redis, settings: Settings, project_id: int) -> None:
     """Make sure a tail refresh of the project waits on the patterns queue (which runs it when it
     has no patterns to compute, beside the rankings of the head)."""
-    store = Store(connection)
-    waiting = fetch_job(connection, store.get_state(project_id).get("tail_job"))
-    if waiting is not None and waiting.get_status() in WAITING:
-        return
-    job = enqueue_project_job(
-        Queue(FEATURES_QUEUE, connection=connection), settings, refresh_tail, project_id,
-        what=f"ranking of the tail: project {project_id}",
-    )
-    store.update_state(project_id, tail_job=job.id)
+    enqueue_once(connection, settings, FEATURES_QUEUE, refresh_tail, project_id, job_field="tail_job", what=f"ranking of the tail: project {project_id}")
 
 
 def refresh_tail(project_id: int) -> dict[str, Any]:

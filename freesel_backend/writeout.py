@@ -169,17 +169,9 @@ def wanted_flags(target: Mapping[str, Any], head_size: int, current: Mapping[int
 
 def enqueue_writeout(connection: redis.Redis, settings: Settings, project_id: int, delay_s: float = 0) -> None:
     """Make sure a write-out step of the project is waiting (one waiting step reads the latest target)."""
-    from .jobs import WAITING, enqueue_project_job, fetch_job  # jobs imports this module
+    from .jobs import enqueue_once  # jobs imports this module
 
-    store = Store(connection)
-    waiting = fetch_job(connection, store.get_state(project_id).get("writeout_job"))
-    if waiting is not None and waiting.get_status() in WAITING:
-        return
-    job = enqueue_project_job(
-        Queue(WRITEOUT_QUEUE, connection=connection), settings, write_out, project_id,
-        what=f"write-out: project {project_id}", delay_s=delay_s,
-    )
-    store.update_state(project_id, writeout_job=job.id)
+    enqueue_once(connection, settings, WRITEOUT_QUEUE, write_out, project_id, job_field="writeout_job", what=f"write-out: project {project_id}", delay_s=delay_s)
 
 
 def enqueue_version_cleanup(connection: redis.Redis, settings: Settings, project_id: int) -> None:
