@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import shutil
@@ -40,6 +39,7 @@ from typing import Any, Callable, Iterator, Optional
 import redis
 import requests
 from rq import Queue
+from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +263,8 @@ def scheduled_jobs(connection: redis.Redis) -> int:
 
 
 def feature_job_ids(connection: redis.Redis) -> set[str]:
-    """Ids of every feature (patterns) job Redis still knows: queued, running, finished or failed."""
+    """Ids of every patterns job Redis still knows: queued, running, finished or failed (the
+    patterns queue also runs rankings of the tail: those are left out)."""
     queue = Queue(FEATURES_QUEUE, connection=connection)
     ids = set(queue.get_job_ids())
     for registry in (
@@ -273,7 +274,8 @@ def feature_job_ids(connection: redis.Redis) -> set[str]:
         queue.deferred_job_registry,
     ):
         ids.update(registry.get_job_ids())
-    return ids
+    jobs = Job.fetch_many(sorted(ids), connection=connection)
+    return {job.id for job in jobs if job is not None and job.func_name.endswith("compute_patterns")}
 
 
 # ---------------------------------------------------------------- annotators
@@ -344,7 +346,6 @@ class Run:
     work: Path
     env: dict[str, str]
     project_id: int = 0
-    ml_backend_id: int = 0
     backend: Optional[BackendProcesses] = None
     monitor: Optional[Monitor] = None
     labels_seen: int = 0
@@ -512,7 +513,12 @@ def phase_restart(run: Run, log_root: Path) -> None:
     features_before = feature_job_ids(connection)
     requests_before = len(run.proxy.requests)
     log(f"changing the strategy (a full re-ranking), SIGTERM after {args.kill_after_imports} prediction imports")
-    run.ls.api("PATCH", f"/api/ml/{run.ml_backend_id}", json={"extra_params": json.dumps({"strategy": "fds"})})
+    # Through FreeSel's settings route: the change applies at once, whether or not Label Studio
+    # calls /setup after a change of the backend's extra params.
+    changed = requests.patch(
+        f"{backend.url}/freesel/projects/{run.project_id}/settings", json={"strategy": "fds"}, timeout=60
+    )
+    changed.raise_for_status()
     deadline = time.time() + args.kill_timeout
     while (
         time.time() < deadline and run.proxy.counts_since(requests_before)[PREDICTION_IMPORT] < args.kill_after_imports
@@ -560,7 +566,6 @@ def connect_backend(run: Run) -> None:
         "POST", "/api/ml", json={"url": run.backend.url, "project": run.project_id, "title": "FreeSel"}
     )
     response.raise_for_status()
-    run.ml_backend_id = response.json()["id"]
 
 
 def backend_environment(args: argparse.Namespace, proxy: CountingProxy, pat: str, model_dir: Path) -> dict[str, str]:

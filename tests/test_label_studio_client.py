@@ -194,6 +194,17 @@ def test_iter_tasks_pages_through_all_tasks_with_annotation_counts(label_studio,
     assert by_id[labelled]["total_annotations"] == 1 and by_id[labelled]["is_labeled"] is True
 
 
+def test_labelled_task_ids_lists_only_tasks_with_an_annotation_that_was_not_skipped(label_studio, client, image_files):
+    project, uploaded = new_project_with_images(label_studio, image_files, "labelled tasks")
+    assert client.labelled_task_ids(project["id"]) == set()
+    result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+    labelled, skipped = uploaded[0]["id"], uploaded[1]["id"]
+    assert label_studio.api("POST", f"/api/tasks/{labelled}/annotations/", json={"result": result}).status_code == 201
+    cancelled = {"result": [], "was_cancelled": True}
+    assert label_studio.api("POST", f"/api/tasks/{skipped}/annotations/", json=cancelled).status_code == 201
+    assert client.labelled_task_ids(project["id"]) == {labelled}
+
+
 def test_get_tasks_by_ids_returns_only_those_tasks(client, project_with_images):
     project, uploaded = project_with_images
     wanted = [uploaded[2]["id"], uploaded[0]["id"]]

@@ -11,8 +11,10 @@ from freesel_backend.engine import DuplicateGroups, Ranking
 from freesel_backend.engine.ranking import (
     FAILURE_FLAG,
     NOT_PICKED,
+    failures_in,
     flags_for,
     near_duplicate_of_chosen,
+    rank_tail,
     rank_tasks,
     ranking_from_json,
     ranking_from_rows,
@@ -60,7 +62,7 @@ def test_a_group_without_a_chosen_member_flags_nobody():
 def test_a_ranking_picks_the_budget_among_unlabelled_tasks_and_keeps_labelled_ones_as_seeds():
     rng = np.random.default_rng(0)
     patterns = {task_id: rng.normal(size=(2, 8)).astype(np.float32) for task_id in (101, 102, 103, 104, 105)}
-    ranked = rank_tasks(patterns, {102}, {}, 2, strategy="prob", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks(patterns, {102}, {}, 2, head_size=300, strategy="prob", seed=0, duplicate_threshold=0.001)
     assert ranked.task_ids == [101, 102, 103, 104, 105]
     assert sorted(ranked.order) == [101, 103, 104, 105] and ranked.n_picked == 2
     assert ranked.picked == ranked.order[:2]
@@ -71,14 +73,62 @@ def test_an_exact_copy_of_a_pick_is_flagged_as_its_near_duplicate_and_failures_a
     rng = np.random.default_rng(1)
     patterns = {task_id: rng.normal(size=(1, 8)).astype(np.float32) for task_id in (1, 2, 3)}
     patterns[4] = patterns[1].copy()
-    ranked = rank_tasks(patterns, {1}, {9: "no image"}, 1, strategy="fds", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks(patterns, {1}, {9: "no image"}, 1, head_size=300, strategy="fds", seed=0, duplicate_threshold=0.001)
     assert ranked.flags == {4: f"{NOT_PICKED} (near-duplicate of task 1)", 9: f"{FAILURE_FLAG}no image"}
 
 
 def test_when_every_task_is_labelled_nothing_is_ranked():
     patterns = {1: np.ones((1, 4), np.float32), 2: -np.ones((1, 4), np.float32)}
-    ranked = rank_tasks(patterns, {1, 2}, {}, 5, strategy="typical", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks(patterns, {1, 2}, {}, 5, head_size=300, strategy="typical", seed=0, duplicate_threshold=0.001)
     assert ranked.ranking is None and ranked.order == [] and ranked.n_picked == 0
+
+
+def test_no_tasks_rank_to_nothing_without_error():
+    ranked = rank_tasks({}, set(), {}, 0, head_size=300, strategy="typical", seed=0, duplicate_threshold=0.001)
+    assert ranked.ranking is None and ranked.order == [] and ranked.duplicates.groups == []
+
+
+def random_patterns(count: int, seed: int = 3) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {100 + task: rng.normal(size=(2, 16)).astype(np.float32) for task in range(count)}
+
+
+def test_a_re_ranking_draws_only_the_head_and_keeps_the_tail_in_the_previous_order():
+    patterns = random_patterns(40)
+    options = {"head_size": 5, "strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
+    first = rank_tasks(patterns, set(), {}, 20, **options)
+    again = rank_tasks(patterns, {first.order[0]}, {}, 20, previous=first.order, previous_n_picked=first.n_picked, **options)
+    head, tail = again.order[:5], again.order[5:]
+    assert first.order[0] not in again.order  # labelled now: a seed
+    assert tail == [task for task in first.order if task not in head and task != first.order[0]]
+    assert first.n_picked == 5  # the first ranking draws its head only; the tail job draws the rest
+    earlier_picks_left = [task for task in first.picked if task not in head and task != first.order[0]]
+    assert again.n_picked == 5 + len(earlier_picks_left) and again.picked[5:] == earlier_picks_left
+
+
+def test_without_a_previous_ranking_the_tasks_after_the_head_follow_by_distance():
+    patterns = random_patterns(30)
+    ranked = rank_tasks(patterns, set(), {}, 10, head_size=4, strategy="fds", seed=0, duplicate_threshold=0.001)
+    assert ranked.n_picked == 4 and sorted(ranked.order) == sorted(patterns)  # the head; the tail job picks on
+    rest = ranked.ranking.distance[4:]
+    assert list(rest) == sorted(rest, reverse=True)
+
+
+def test_the_tail_drawn_afresh_keeps_the_head_and_picks_up_to_the_budget():
+    patterns = random_patterns(30)
+    options = {"strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
+    first = rank_tasks(patterns, {100}, {7: "broken"}, 12, head_size=4, **options)
+    images = [patterns[task] for task in first.task_ids]
+    tail = rank_tail(images, first.task_ids, first.ranking, first.duplicates, {7: "broken"}, 12, head_size=4, **options)
+    assert tail.order[:4] == first.order[:4] and tail.n_picked == 12
+    assert 100 not in tail.order and sorted(tail.order) == sorted(first.order)
+    assert tail.flags == {7: f"{FAILURE_FLAG}broken"}
+
+
+def test_failures_are_read_back_from_the_flags():
+    flags = {"7": f"{FAILURE_FLAG}image download failed: 404", "8": f"{NOT_PICKED} (near-duplicate of task 3)"}
+    assert failures_in(flags) == {7: "image download failed: 404"}
+    assert failures_in(flags_for({7: "x"}, {8: 3})) == {7: "x"}
 
 
 def test_a_ranking_survives_json_with_an_infinite_first_distance():

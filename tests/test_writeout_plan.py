@@ -74,3 +74,9 @@ def test_the_pick_flag_goes_on_picks_within_the_head_only_besides_the_other_flag
         8: "dup",
         9: "FreeSel could not use this image: 404",
     }
+
+
+def test_a_pick_that_left_the_head_keeps_its_flag_while_it_remains_a_pick():
+    target = {"order": [5, 6, 7, 8, 4], "n_picked": 4, "flags": {}}
+    current = {7: PICK_FLAG, 4: PICK_FLAG, 8: "dup"}
+    assert wanted_flags(target, head_size=2, current=current) == {5: PICK_FLAG, 6: PICK_FLAG, 7: PICK_FLAG}

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .duplicates import DuplicateGroups, find_near_duplicates
-from .selection import Ranking, Strategy, select
+from .selection import Ranking, Strategy, extend_head, rerank_head
 
 FAILURE_FLAG = "FreeSel could not use this image: "
 NOT_PICKED = "FreeSel: not picked"
@@ -27,6 +27,11 @@ def flags_for(failures: Mapping[int, str], duplicate_of: Mapping[int, int]) -> d
     flags = {task_id: f"{NOT_PICKED} (near-duplicate of task {original})" for task_id, original in duplicate_of.items()}
     flags.update({task_id: f"{FAILURE_FLAG}{reason}" for task_id, reason in failures.items()})
     return flags
+
+
+def failures_in(flags: Mapping[Any, str]) -> dict[int, str]:
+    """Task id -> failure reason, read back from the flags of :func:`flags_for`."""
+    return {int(task_id): text[len(FAILURE_FLAG) :] for task_id, text in flags.items() if text.startswith(FAILURE_FLAG)}
 
 
 def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroups, chosen: set[int]) -> dict[int, int]:
@@ -59,19 +64,74 @@ class RankedTasks:
 
 
 def rank_tasks(
-    patterns: Mapping[int, np.ndarray], labelled: set[int], failures: Mapping[int, str], budget: int, *,
-    strategy: Strategy, seed: int, duplicate_threshold: float,
+    patterns: Mapping[int, np.ndarray],
+    labelled: set[int],
+    failures: Mapping[int, str],
+    budget: int,
+    *,
+    head_size: int,
+    previous: Sequence[int] = (),
+    previous_n_picked: int = 0,
+    strategy: Strategy,
+    seed: int,
+    duplicate_threshold: float,
 ) -> RankedTasks:
-    """Rank the unlabelled tasks of ``patterns`` (the labelled ones are seeds), pick ``budget``
-    of them, and flag failures and the near-duplicates of picked or labelled tasks."""
+    """Rank the unlabelled tasks of ``patterns`` (the labelled ones are seeds): the first
+    ``head_size`` picks drawn afresh, the other tasks in the order of the ``previous`` ranking
+    (task ids; its first ``previous_n_picked`` were picks and stay picks, up to ``budget``), then
+    tasks it did not hold by distance; see ``selection.rerank_head``. Failures and the
+    near-duplicates of picked or labelled tasks are flagged."""
     task_ids = sorted(patterns)
     images = [patterns[task_id] for task_id in task_ids]
     seeds = [image for image, task_id in enumerate(task_ids) if task_id in labelled]
+    image_of = {task_id: image for image, task_id in enumerate(task_ids)}
+    previous_order = [image_of[task_id] for task_id in previous if task_id in image_of]
+    previous_picks = [task_id for task_id in previous[:previous_n_picked] if task_id in image_of]
     ranking = (
-        select(images, budget, strategy=strategy, seeds=seeds, seed=seed, duplicate_threshold=duplicate_threshold)
+        rerank_head(
+            images, head_size, budget, previous_order=previous_order, previous_n_picked=len(previous_picks),
+            strategy=strategy, seeds=seeds, seed=seed, duplicate_threshold=duplicate_threshold,
+        )
         if len(seeds) < len(task_ids) else None
     )
-    duplicates = find_near_duplicates(images, duplicate_threshold)
+    duplicates = find_near_duplicates(images, duplicate_threshold) if images else no_duplicates(duplicate_threshold)
+    return _ranked(task_ids, ranking, duplicates, labelled, failures)
+
+
+def rank_tail(
+    patterns: Sequence[np.ndarray],
+    task_ids: Sequence[int],
+    ranking: Ranking,
+    duplicates: DuplicateGroups,
+    failures: Mapping[int, str],
+    budget: int,
+    *,
+    head_size: int,
+    strategy: Strategy,
+    seed: int,
+    duplicate_threshold: float,
+) -> RankedTasks:
+    """``ranking`` (of the tasks ``task_ids``, ``patterns`` in the same order) with its first
+    ``head_size`` picks kept and the picks after them drawn afresh (``selection.extend_head``),
+    flagged as :func:`rank_tasks` flags."""
+    n_head = min(head_size, ranking.n_picked)
+    refreshed = extend_head(
+        patterns, ranking.order[:n_head], ranking.distance[:n_head], budget, strategy=strategy,
+        seeds=ranking.seeds, seed=seed, duplicate_threshold=duplicate_threshold,
+    )
+    labelled = {int(task_ids[image]) for image in ranking.seeds}
+    return _ranked([int(t) for t in task_ids], refreshed, duplicates, labelled, failures)
+
+
+def no_duplicates(threshold: float) -> DuplicateGroups:
+    """The near-duplicate groups of no images."""
+    return DuplicateGroups([], np.zeros(0, np.int64), threshold)
+
+
+def _ranked(
+    task_ids: list[int], ranking: Ranking | None, duplicates: DuplicateGroups, labelled: set[int],
+    failures: Mapping[int, str],
+) -> RankedTasks:
     order = [task_ids[image] for image in ranking.order] if ranking else []
     n_picked = ranking.n_picked if ranking else 0
     chosen = set(order[:n_picked]) | (labelled & set(task_ids))

@@ -416,11 +416,13 @@ class LabelStudioClient:
         page_size: int = 1000,
         task_ids: Optional[Sequence[int]] = None,
         resolve_uri: bool = False,
+        query: Optional[Mapping[str, Any]] = None,
     ) -> Iterator[JSONDict]:
         """All tasks of a project (Data Manager API, paginated, in id order).
 
         Each task has ``id``, ``data``, ``meta``, ``is_labeled``, ``total_annotations``,
-        ``cancelled_annotations`` and ``total_predictions``. ``task_ids`` restricts the listing.
+        ``cancelled_annotations`` and ``total_predictions``. ``task_ids`` restricts the listing, as
+        does ``query`` (Data Manager filters, e.g. ``{"filters": {"conjunction": "and", "items": [...]}}``).
         ``resolve_uri=False`` keeps storage URIs (``s3://...``) as stored; download them with
         :meth:`download` (which resolves them through Label Studio).
 
@@ -437,9 +439,9 @@ class LabelStudioClient:
         if task_ids is not None:
             if not task_ids:
                 return
-            params["query"] = json.dumps(
-                {"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}}
-            )
+            query = {**(query or {}), "selectedItems": {"all": False, "included": [int(t) for t in task_ids]}}
+        if query is not None:
+            params["query"] = json.dumps(query)
         seen = 0
         page = 1
         while True:
@@ -463,6 +465,13 @@ class LabelStudioClient:
             elif len(tasks) < page_size:  # no total: a short page is the last one
                 return
             page += 1
+
+    def labelled_task_ids(self, project_id: int) -> set[int]:
+        """Ids of the project's tasks with at least one (not cancelled) annotation: one filtered
+        listing, whose cost follows the labelled tasks, not the project's size."""
+        labelled = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+        query = {"filters": {"conjunction": "and", "items": [labelled]}}
+        return {int(task["id"]) for task in self.iter_tasks(project_id, query=query)}
 
     def get_task(self, task_id: int) -> JSONDict:
         return self._json("GET", f"/api/tasks/{int(task_id)}/")

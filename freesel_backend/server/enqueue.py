@@ -29,10 +29,12 @@ RUN_SELECTION = f"{__package__}.jobs.run_selection"
 SYNC_PROJECT = f"{__package__}.jobs.sync_project"
 REMOVE_SELECTION = f"{__package__}.jobs.remove_selection"
 BUILD_REPORT = f"{__package__}.report_job.build_project_report"
+REFRESH_TAIL = f"{__package__}.jobs.refresh_tail"
 WRITE_OUT = f"{__package__}.publish.write_out"
 DELETE_OLD_VERSIONS = f"{__package__}.publish.delete_old_versions"
 JOB_FUNCTIONS = (
-    COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, BUILD_REPORT, WRITE_OUT, DELETE_OLD_VERSIONS,
+    COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, REFRESH_TAIL, BUILD_REPORT, WRITE_OUT,
+    DELETE_OLD_VERSIONS,
 )
 
 
@@ -59,12 +61,13 @@ def enqueue_project_job(
     return queue.enqueue(function, project_id, *args, **options)
 
 
-def enqueue_unless_waiting(
+def enqueue_once(
     services: Services, queue_name: str, function: str, project_id: int, *, job_field: str, what: str,
     running_counts: bool = False, delay_s: float = 0,
 ) -> Job:
-    """The project's job kept in its state's ``job_field`` if it is still waiting (or running,
-    with ``running_counts``), else a new one recorded there."""
+    """Make sure one ``function`` job of the project waits on ``queue_name``: the one recorded in
+    the project's state under ``job_field`` while it still waits (or runs, with ``running_counts``;
+    it reads the latest state), else a new one recorded there."""
     store = services.store
     current = fetch_job(services.connection, store.get_state(project_id).get(job_field))
     counted = (*WAITING, JobStatus.STARTED) if running_counts else WAITING
@@ -125,7 +128,7 @@ def schedule_selection(services: Services, project_id: int, after: Sequence[Job]
     (a burst of labels ends in one re-ranking).
     """
     store, connection = services.store, services.connection
-    with store.lock(project_id, "selection", timeout=30, blocking_timeout=30):
+    with selection_lock(store, project_id):
         previous = fetch_job(connection, store.get_state(project_id).get("pending_selection"))
         dependencies = [job.id for job in after]
         if previous is not None and previous.get_status() in WAITING:
@@ -143,6 +146,11 @@ def schedule_selection(services: Services, project_id: int, after: Sequence[Job]
         )
         store.update_state(project_id, pending_selection=job.id)
     return job
+
+
+def selection_lock(store: Store, project_id: int) -> Any:
+    """Held while a project's selection is scheduled or a ranking replaces the target."""
+    return store.lock(project_id, "selection", timeout=30, blocking_timeout=30)
 
 
 def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
@@ -171,9 +179,18 @@ def enqueue_cleanup(services: Services, project_id: int) -> Job:
 
 def enqueue_writeout(services: Services, project_id: int, delay_s: float = 0) -> None:
     """Make sure a write-out step of the project is waiting (one waiting step reads the latest target)."""
-    enqueue_unless_waiting(
+    enqueue_once(
         services, WRITEOUT_QUEUE, WRITE_OUT, project_id, job_field="writeout_job",
         what=f"write-out: project {project_id}", delay_s=delay_s,
+    )
+
+
+def enqueue_tail_refresh(services: Services, project_id: int) -> None:
+    """Make sure a tail refresh of the project waits on the patterns queue (which runs it when it
+    has no patterns to compute, beside the rankings of the head)."""
+    enqueue_once(
+        services, FEATURES_QUEUE, REFRESH_TAIL, project_id, job_field="tail_job",
+        what=f"ranking of the tail: project {project_id}",
     )
 
 
@@ -187,7 +204,7 @@ def enqueue_version_cleanup(services: Services, project_id: int) -> None:
 def enqueue_report(services: Services, project_id: int) -> Job:
     """The project's report job: the one already waiting or running, else a new one."""
     with services.store.lock(project_id, "report", timeout=30, blocking_timeout=30):
-        return enqueue_unless_waiting(
+        return enqueue_once(
             services, SELECTION_QUEUE, BUILD_REPORT, project_id, job_field="report_job",
             what=f"report: project {project_id}", running_counts=True,
         )

@@ -3,6 +3,9 @@ cleanup after disable. Enqueued by ``enqueue.py`` (the flow is described there).
 
 Job functions take plain arguments (project id, task ids) and never a secret: workers read
 ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment (``services.job_services``).
+A ranking draws only the head of the queue afresh (``Settings.head_size`` picks) and keeps the
+tail's earlier order, so that a label is reflected at the cost of a head; ``refresh_tail``, on
+the patterns queue, draws the tail afresh after it.
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .settings import ProjectSettings, Settings
 from ..engine import ImageLoadError, PatternExtractor, load_image
-from ..engine.ranking import RankedTasks, rank_tasks
+from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
-from .enqueue import JobProgress, enqueue_patterns, enqueue_writeout, schedule_selection
+from .enqueue import (
+    JobProgress, enqueue_patterns, enqueue_tail_refresh, enqueue_writeout, schedule_selection, selection_lock,
+)
 from .publish import delete_freesel_predictions, flagged, new_model_version
 from .services import Services, job_services
 
@@ -174,30 +179,33 @@ def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> b
 
 @dataclass(frozen=True)
 class Reconciled:
-    """The project's tasks in Label Studio by id, those the store dropped, those sent for patterns."""
+    """Tasks Label Studio listed, those the store dropped, those sent for patterns."""
 
-    tasks: dict[int, dict[str, Any]]
+    listed: set[int]
     gone: set[int]
     enqueued: set[int]
 
 
-def reconcile(services: Services, project_id: int, version: str | None = None) -> Reconciled:
-    """Bring the store to the project's tasks in Label Studio: tasks gone are dropped (with their
-    patterns); pattern jobs, and a selection after them, for the tasks the store has not seen
-    and, given the patterns ``version``, for those with neither patterns nor a failure of it."""
+def reconcile(
+    services: Services, project_id: int, listed: Iterable[int], *, every_task: bool, version: str | None = None
+) -> Reconciled:
+    """Bring the store to the tasks Label Studio ``listed``: with ``every_task`` (the listing is
+    the whole project) tasks it lacks are dropped with their patterns; pattern jobs, and a
+    selection after them, for the listed tasks the store has not seen and, given the patterns
+    ``version``, for those with neither patterns nor a failure of it."""
     store = services.store
-    tasks = {int(task["id"]): task for task in services.client.iter_tasks(project_id)}
+    listed = set(listed)
     known = store.task_ids(project_id)
-    gone = known - set(tasks)
+    gone = known - listed if every_task else set()
     store.remove_tasks(project_id, gone)
     settled = known
     if version:
         settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
-    missing = set(tasks) - settled
-    if missing:
-        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(missing))
+    missing = listed - settled
+    if missing:  # imported without a webhook, or Redis lost its data: compute them, rank again after
+        log.info("project %s: %d listed tasks have no patterns yet, enqueueing them", project_id, len(missing))
         enqueue_patterns(services, project_id, missing)
-    return Reconciled(tasks, gone, missing)
+    return Reconciled(listed, gone, missing)
 
 
 def sync_project(project_id: int) -> dict[str, int]:
@@ -207,25 +215,27 @@ def sync_project(project_id: int) -> dict[str, int]:
     store = services.store
     version = version_of(extractor_for(services.settings, store.get_settings(project_id)))
     store.use_patterns_version(project_id, version)
-    reconciled = reconcile(services, project_id, version)
+    task_ids = {int(task["id"]) for task in services.client.iter_tasks(project_id)}
+    reconciled = reconcile(services, project_id, task_ids, every_task=True, version=version)
     if not reconciled.enqueued:
-        store.add_tasks(project_id, reconciled.tasks)
+        store.add_tasks(project_id, task_ids)
         if reconciled.gone or store.get_state(project_id).get("ranked_version") != version:
             schedule_selection(services, project_id)
     log.info(
         "project %s: sync: %d tasks, %d need patterns, %d gone",
-        project_id, len(reconciled.tasks), len(reconciled.enqueued), len(reconciled.gone),
+        project_id, len(task_ids), len(reconciled.enqueued), len(reconciled.gone),
     )
-    return {"tasks": len(reconciled.tasks), "enqueued": len(reconciled.enqueued)}
+    return {"tasks": len(task_ids), "enqueued": len(reconciled.enqueued)}
 
 
 def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
-    target of the write-out (enqueued here). Skipped when neither the tasks, the labels, the
-    patterns nor the settings changed since the last ranking.
+    target of the write-out (enqueued here): the head drawn afresh, the rest in the last
+    ranking's order (by distance on a first ranking), the tail's refresh enqueued. Skipped when
+    neither the tasks, the labels, the patterns nor the settings changed since the last ranking.
 
-    Reconcile (the project's tasks with the store; tasks new to it get patterns and a selection
-    after them) -> rank (``engine.ranking.rank_tasks``) -> publish (the target; a write-out)."""
+    Reconcile (the labelled tasks with the store) -> rank (``engine.ranking.rank_tasks``) ->
+    publish (the target; a write-out)."""
     services = job_services()
     store = services.store
     settings = store.get_settings(project_id)
@@ -234,37 +244,45 @@ def run_selection(project_id: int) -> dict[str, Any]:
     started, requests_before = time.monotonic(), services.client.requests_sent
     store.update_state(project_id, ranking_started_at=time.time())
     progress = JobProgress(0, stage="loading tasks")
-    version = store.get_state(project_id).get("patterns_version")
+    version = store.get_state(project_id).get("patterns_version") or ""
     try:
-        tasks = reconcile(services, project_id).tasks
+        labelled_in_label_studio = services.client.labelled_task_ids(project_id)
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
+    # The project's tasks as webhooks (TASKS_CREATED, TASKS_DELETED) and syncs recorded them: a
+    # full listing per ranking would cost more than the ranking at thousands of tasks.
+    tasks = store.task_ids(project_id)
+    reconcile(services, project_id, labelled_in_label_studio, every_task=False)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
     failed = store.failures(project_id, version) if version else {}
     failures = {t: reason for t, reason in failed.items() if t in tasks}
-    labelled = {t for t in stored if tasks[t].get("is_labeled") or tasks[t].get("total_annotations")}
-    fingerprint = _fingerprint(settings, version or "", sorted(stored), labelled, failures)
+    labelled = labelled_in_label_studio & set(stored)
+    fingerprint = _fingerprint(settings, version, sorted(stored), labelled, failures)
     if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
         return {"skipped": "nothing that decides the ranking changed"}
     unlabelled = len(stored) - len(labelled)
     progress.start_stage("ranking", unlabelled)
+    previous = _previous_target(store, project_id, settings, version)
     ranked = rank_tasks(
-        stored, labelled, failures, settings.picks_for(unlabelled),
+        stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
+        previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
     )
-    target = publish_ranking(services, project_id, ranked, fingerprint, version or "")
+    target = publish_ranking(services, project_id, ranked, fingerprint, version)
     store.update_state(
         project_id,
         last_selection_at=time.time(),
         n_picked=ranked.n_picked,
         n_ranked=len(ranked.order),
-        ranked_version=version or "",
+        ranked_version=version,
         ranked_fingerprint=fingerprint,
         ranking_seconds=round(time.monotonic() - started, 2),
         ranking_requests=services.client.requests_sent - requests_before,
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
+    if ranked.ranking is not None and settings.picks_for(unlabelled) > services.settings.head_size:
+        enqueue_tail_refresh(services, project_id)
     log.info(
         "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
         project_id, target["model_version"], ranked.n_picked, len(ranked.order), len(labelled),
@@ -278,20 +296,71 @@ def run_selection(project_id: int) -> dict[str, Any]:
     }
 
 
+def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
+    """The last target, whose order the tail of a new ranking keeps; none after a settings or
+    patterns change (its order then means nothing for the new ranking)."""
+    previous = store.get_target(project_id) or {}
+    return previous if previous.get("settings_key") == fingerprint_of_settings(settings, version) else {}
+
+
 def publish_ranking(
     services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str
 ) -> dict[str, Any]:
     """Store ``ranked`` as the write-out's target (and the selection record the report and
     status read), then make sure a write-out step is waiting."""
     store = services.store
-    target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
+    with selection_lock(store, project_id):
+        target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
+        _save_ranking(store, project_id, target, version, ranked)
+    enqueue_writeout(services, project_id)
+    return target
+
+
+def _save_ranking(store: Store, project_id: int, target: dict[str, Any], version: str, ranked: RankedTasks) -> None:
+    """The write-out's target, and what was ranked (for the report and the status)."""
     if ranked.ranking is not None:
         name = f"{target['model_version']} ranking {target['generation']}"
         record = SelectionRecord.of(name, version, ranked.task_ids, ranked.ranking, ranked.duplicates)
         store.save_selection(project_id, record)
     store.save_target(project_id, target)
+
+
+def refresh_tail(project_id: int) -> dict[str, Any]:
+    """Draw the picks after the head of the last ranking afresh (a re-ranking after labels draws
+    only the head and keeps the tail's earlier order). Dropped when a newer ranking replaced the
+    target meanwhile: that one asks for its own refresh. The head, and so Label Studio's queue
+    where annotators reach it, is left as it is: only flags of near-duplicates may change."""
+    services = job_services()
+    store = services.store
+    settings, target = store.get_settings(project_id), store.get_target(project_id)
+    record = store.get_selection(project_id)
+    if not settings.enabled or target is None or record is None:
+        return {"skipped": "no ranking to refresh"}
+    stored = store.load_patterns(project_id, record.patterns_version, record.task_ids)
+    if len(stored) != len(record.task_ids):
+        return {"skipped": "the ranked tasks changed: the next ranking refreshes"}
+    ranking = record.ranking()
+    ranked = rank_tail(
+        [stored[t] for t in record.task_ids], record.task_ids, ranking, record.duplicates(),
+        failures_in(target["flags"]),
+        settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=services.settings.head_size,
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+    )
+    with selection_lock(store, project_id):
+        if store.get_target(project_id) != target:
+            return {"skipped": "a newer ranking replaced the target"}
+        refreshed = {
+            **target, "generation": store.next_run(project_id), "order": ranked.order, "n_picked": ranked.n_picked,
+            "flags": ranked.flags,
+        }
+        _save_ranking(store, project_id, refreshed, record.patterns_version, ranked)
+    store.update_state(project_id, n_picked=ranked.n_picked)
     enqueue_writeout(services, project_id)
-    return target
+    n_head = min(services.settings.head_size, ranking.n_picked)
+    log.info(
+        "project %s: tail ranked afresh: %d picks after a head of %d", project_id, ranked.n_picked - n_head, n_head
+    )
+    return {"picked": ranked.n_picked, "head": n_head}
 
 
 def _fingerprint(

@@ -87,14 +87,18 @@ class FreeSelModel(LabelStudioMLBase):
     def process_event(
         self, event: str, data: Mapping[str, Any], job_id: Any = None, additional_params: Any = None
     ) -> dict[str, Any]:
-        """TASKS_CREATED -> patterns for exactly those tasks; annotation changes and deletions ->
-        one (coalesced) re-ranking with the new seeds."""
+        """TASKS_CREATED -> patterns for exactly those tasks; TASKS_DELETED -> those tasks leave the
+        project's task list; annotation changes and deletions -> one (coalesced) re-ranking with
+        the new seeds."""
         if not self.store.get_settings(self.project_id).enabled:
             return {"ignored": f"{event}: FreeSel is disabled for project {self.project_id}"}
         if event == "TASKS_CREATED":
             task_ids = [int(task["id"]) for task in data.get("tasks") or []]
             jobs = enqueue_patterns(self.services, self.project_id, task_ids)
             return {"enqueued_tasks": len(task_ids), "jobs": len(jobs)}
+        if event == "TASKS_DELETED":  # rankings take the project's tasks from the store
+            deleted = [int(task["id"]) for task in data.get("tasks") or [] if isinstance(task, dict) and "id" in task]
+            self.store.remove_tasks(self.project_id, deleted)
         if event in RERANK_EVENTS:
             job = schedule_selection(self.services, self.project_id)
             return {"selection_job": job.id}

@@ -11,14 +11,16 @@ replaces the target: the next step works towards it.
 - **Full import** (first ranking, a settings change, or scores with no room left): predictions
   of every ranked task are imported under a new model version in batches of 500; a batch whose
   request timed out is looked up in Label Studio before anything is imported again. Then the
-  head is flagged, the project's queue switched to the version, and the old versions are deleted
+  head's first flags are written, the project's queue switched to the version (the rest of the
+  head is flagged right after), and the old versions are deleted
   by a cleanup job (one prediction per request, holding the write lock per batch).
 - **In place** (every other ranking): only the first ``head_size`` tasks of the queue are kept
   in exact order. Tasks whose current scores already follow the new order (a longest increasing
   subsequence) keep them; the others get scores between their neighbours (one PATCH each); tasks
   new to the queue are imported. Label Studio's /next serves the lowest score first.
 - **Flags**: "FreeSel pick" on the picks in the head, written before their scores move, head
-  first; a flag on a task that left the head is removed after the scores. Failures and
+  first; a pick that left the head keeps its flag while it remains a pick, any other flag on
+  a task that left the head is removed after the scores. Failures and
   near-duplicates keep their flags wherever they are; labelled tasks keep theirs.
 """
 
@@ -49,6 +51,10 @@ TASK_DATA_BATCH = 100
 DELETE_BATCH = 50
 # Scores closer than this cannot be told apart reliably: a full import renormalises them.
 MIN_SCORE_GAP = 1e-9
+# A full import switches the queue once this many of the head's flags are written (what three
+# annotators reach in about a minute); the rest of the head is flagged right after, in rank order,
+# faster than annotators take tasks from it.
+FLAGS_BEFORE_SWITCH = 60
 # The project's write lock outlives the longest single request by this much; it is renewed before
 # every request, so a killed worker's lock frees itself soon.
 LOCK_MARGIN_S = 15
@@ -146,10 +152,14 @@ def full_scores(order: Sequence[int]) -> dict[int, float]:
     return {task: position / max(1, len(order)) for position, task in enumerate(order)}
 
 
-def wanted_flags(target: Mapping[str, Any], head_size: int) -> dict[int, str]:
-    """Flag text per task: the picks within the head, then failures and near-duplicates."""
+def wanted_flags(target: Mapping[str, Any], head_size: int, current: Mapping[int, str] | None = None) -> dict[int, str]:
+    """Flag text per task: the picks within the head, and picks behind it that carry the pick
+    flag already (``current``: it stays true, so a task that leaves the head costs no write);
+    then failures and near-duplicates."""
     order = target["order"]
     flags = {int(t): text for t, text in target["flags"].items()}
+    behind_head = order[head_size : target["n_picked"]]
+    flags.update({task: PICK_FLAG for task in behind_head if (current or {}).get(task) == PICK_FLAG})
     flags.update({task: PICK_FLAG for task in order[: min(head_size, target["n_picked"])]})
     return flags
 
@@ -296,7 +306,8 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
         _import(step, batch, staged=version)
         progress.advance(len(batch))
     _fill_ids(step, version, staged=version)
-    _write_flags(step, target, additions=True)
+    _write_flags(step, target, additions=True, first=FLAGS_BEFORE_SWITCH)
+
     step.spend()
     remember_previous_sampling(step.client, step.store, step.project_id)
     step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
@@ -481,15 +492,16 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
         )
 
 
-def _write_flags(step: Step, target: Mapping[str, Any], additions: bool) -> None:
+def _write_flags(step: Step, target: Mapping[str, Any], additions: bool, first: int | None = None) -> None:
     """Flags that differ from what the tasks carry: new or changed texts (``additions``), or
-    removals, in rank order. Only unlabelled ranked tasks and flagged failures are touched."""
-    wanted = wanted_flags(target, step.settings.head_size)
+    removals, in rank order (only the ``first`` of them, if given). Only unlabelled ranked tasks
+    and flagged failures are touched."""
     current = step.store.get_flags(step.project_id)
+    wanted = wanted_flags(target, step.settings.head_size, current)
     rank = {task: position for position, task in enumerate(target["order"])}
     touched = set(wanted) | (set(current) & set(rank))
     changed = [t for t in touched if current.get(t) != wanted.get(t) and (wanted.get(t) is not None) == additions]
-    changed.sort(key=lambda t: rank.get(t, len(rank)))
+    changed = sorted(changed, key=lambda t: rank.get(t, len(rank)))[:first]
     for start in range(0, len(changed), TASK_DATA_BATCH):
         step.spend()
         tasks = step.client.get_tasks(step.project_id, changed[start : start + TASK_DATA_BATCH])
