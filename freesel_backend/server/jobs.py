@@ -268,9 +268,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
     )
-    target = publish_ranking(services, project_id, ranked, fingerprint, version)
-    store.update_state(
-        project_id,
+    target = publish_ranking(
+        services, project_id, ranked, fingerprint, version,
         last_selection_at=time.time(),
         n_picked=ranked.n_picked,
         n_ranked=len(ranked.order),
@@ -304,14 +303,15 @@ def _previous_target(store: Store, project_id: int, settings: ProjectSettings, v
 
 
 def publish_ranking(
-    services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str
+    services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str, **state: str | int | float
 ) -> dict[str, Any]:
     """Store ``ranked`` as the write-out's target (and the selection record the report and
-    status read), then make sure a write-out step is waiting."""
+    status read), then ``state`` in the project's state, then make sure a write-out step is waiting."""
     store = services.store
     with selection_lock(store, project_id):
         target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
         _save_ranking(store, project_id, target, version, ranked)
+    store.update_state(project_id, **state)
     enqueue_writeout(services, project_id)
     return target
 
