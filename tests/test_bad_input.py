@@ -22,6 +22,8 @@ from tests.local_http import LocalHttpServer, content, hang, redirect
 from tests.test_end_to_end import LABEL_CONFIG
 from tests.test_images import png_header_claiming
 
+pytestmark = pytest.mark.slow
+
 TEXT_ONLY_CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/></Choices></View>'
 )

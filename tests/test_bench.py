@@ -8,6 +8,7 @@ from benchmarks import performance as bench
 from freesel_backend import select
 
 
+@pytest.mark.slow
 def test_bench_smoke_run_prints_one_line_per_selection_target(capsys: pytest.CaptureFixture[str]) -> None:
     bench.main(["--smoke", "--only", "selection", "--only", "paper"])
     printed = capsys.readouterr().out

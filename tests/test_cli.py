@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, write_noise_images
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--model", TINY_MODEL, "--random-init", "--image-size", str(TINY_IMAGE_SIZE), "--device", "cpu"]
 
 

@@ -4,6 +4,8 @@ concurrent imports. Afterwards: every task has patterns, exactly one prediction 
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -26,6 +28,8 @@ from tests.helpers import noise_image, write_noise_images
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, Request
 from tests.test_end_to_end import LABEL_CONFIG, annotate
 from tests.test_bad_input import encoded
+
+pytestmark = pytest.mark.slow
 
 FAST_RECOVERY = {
     "FREESEL_JOB_RETRIES": "5",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
@@ -37,6 +38,7 @@ def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(re
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
 
 
+@pytest.mark.slow
 def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path):
     """Jobs queued before the package took its current layout name freesel_backend.writeout.write_out etc."""
     job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue("freesel_backend.writeout.write_out", 7)

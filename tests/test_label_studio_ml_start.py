@@ -4,6 +4,8 @@ Redis and a worker, with the options that CLI passes on."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -15,6 +17,8 @@ import requests
 from freesel_backend.server.redis_server import free_port
 from tests.backend_processes import REPO_ROOT, wait_for
 from tests.test_main_command import alive, command_of, descendants, stop_group
+
+pytestmark = pytest.mark.slow
 
 CLI = Path(sys.executable).parent / "label-studio-ml"
 

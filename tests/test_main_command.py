@@ -462,6 +462,7 @@ class LabelStudioApi:
         return self.api("GET", "/api/tasks/", params={"project": project_id, "page_size": 1}).json()["total"]
 
 
+@pytest.mark.integration
 def test_run_sh_without_label_studio_settings_shows_a_ranked_demo_project_and_a_second_run_reuses_it(tmp_path):
     from tests.test_quickstart import run_quickstart, write_tiny_images
 

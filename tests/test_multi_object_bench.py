@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ def test_scenes_hold_non_overlapping_objects_of_long_tailed_classes_each_used_on
     )
 
 
+@pytest.mark.slow
 def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: Path) -> None:
     _fashion_mnist_or_skip()
     arguments = [*TINY_RUN, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
@@ -57,6 +60,7 @@ def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: 
     assert random_gains == "| random | +0.0 ± 0.0 | +0.0 ± 0.0 |"
 
 
+@pytest.mark.slow
 def test_tuning_never_reads_the_test_split(tmp_path: Path) -> None:
     _fashion_mnist_or_skip()
     train_only = tmp_path / "train_only"

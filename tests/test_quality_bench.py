@@ -17,6 +17,7 @@ TINY_RUN = [
 ]
 
 
+@pytest.mark.slow
 def test_report_writes_a_table_and_plot_with_every_method_and_budget(tmp_path: Path) -> None:
     assert main([*TINY_RUN, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 0
     table = (tmp_path / "quality_results.md").read_text()
@@ -29,6 +30,7 @@ def test_report_writes_a_table_and_plot_with_every_method_and_budget(tmp_path: P
     assert "pool features: loaded from cache" in (tmp_path / "quality_results.md").read_text()
 
 
+@pytest.mark.slow
 def test_tuning_never_reads_the_test_split(tmp_path: Path) -> None:
     train_only = tmp_path / "train_only"
     train_only.mkdir()

@@ -5,6 +5,8 @@ RectangleLabels config puts the project on the detection preset."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -45,6 +47,7 @@ def test_upload_names_keep_the_sub_folder_and_only_characters_label_studio_keeps
     assert all(reason for _, reason in scan.unreadable)
 
 
+@pytest.mark.slow
 def test_quickstart_refuses_more_files_per_request_than_label_studio_takes(tmp_path):
     done = run_quickstart(dict(os.environ), str(tmp_path), "--batch-size", "101", "--label-studio-url", "http://localhost:1",
                           "--api-key", "k")

@@ -47,6 +47,7 @@ def selection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"ranking": ranking, "html": html, "folder": folder}
 
 
+@pytest.mark.slow
 def test_the_page_has_no_external_references(selection: dict[str, Path]) -> None:
     html = selection["html"].read_text()
     assert "http://" not in html and "https://" not in html
@@ -55,6 +56,7 @@ def test_the_page_has_no_external_references(selection: dict[str, Path]) -> None
     assert "<link" not in html and "@import" not in html
 
 
+@pytest.mark.slow
 def test_the_grid_shows_the_picks_in_ranking_order_with_rank_and_distance(selection: dict[str, Path]) -> None:
     html = selection["html"].read_text()
     ranked = json.loads(selection["ranking"].read_text())["ranking"]
@@ -70,6 +72,7 @@ def test_the_grid_shows_the_picks_in_ranking_order_with_rank_and_distance(select
     assert all(re.fullmatch(r"d = \d\.\d{3}", distance) for _, distance, _ in cells[1:])
 
 
+@pytest.mark.slow
 def test_failures_near_duplicates_and_settings_are_listed(selection: dict[str, Path]) -> None:
     html = selection["html"].read_text()
     failures = html[html.index('id="failures"') : html.index('id="settings"')]
@@ -81,6 +84,7 @@ def test_failures_near_duplicates_and_settings_are_listed(selection: dict[str, P
     assert html.count('class="detail"') == 2  # the patch views of the first two picks
 
 
+@pytest.mark.integration
 def test_chromium_renders_the_grid_above_the_map(selection: dict[str, Path], tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

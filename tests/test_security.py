@@ -120,6 +120,7 @@ def signed(backend: BackendProcesses) -> dict[str, str]:
     return {WEBHOOK_SECRET_HEADER: Settings.from_env(backend.env).webhook_secret}
 
 
+@pytest.mark.slow
 def test_routes_reject_form_and_multipart_bodies_and_oversize_json(web_backend):
     for path in ("/setup", "/predict", "/webhook", "/freesel/projects/1/settings", "/train", "/versions"):
         multipart = requests.post(web_backend.url + path, files={"f": ("a.txt", b"x" * 100)}, timeout=30)
@@ -130,6 +131,7 @@ def test_routes_reject_form_and_multipart_bodies_and_oversize_json(web_backend):
     assert oversize.status_code == 413 and "exceeds the 100000-byte limit" in oversize.json()["error"]
 
 
+@pytest.mark.slow
 def test_the_werkzeug_debugger_is_off_and_errors_show_no_traceback(web_backend):
     for query in ("__debugger__=yes&cmd=resource&f=debugger.js", "__debugger__=yes&cmd=printpin&s=x"):
         response = requests.get(f"{web_backend.url}/?{query}", timeout=30)
@@ -165,6 +167,7 @@ def test_the_werkzeug_debugger_is_off_and_errors_show_no_traceback(web_backend):
         ),
     ],
 )
+@pytest.mark.slow
 def test_unsigned_or_malformed_webhooks_are_rejected_with_a_specific_error(
     web_backend, redis_connection, headers, body, status, message
 ):
@@ -177,6 +180,7 @@ def test_unsigned_or_malformed_webhooks_are_rejected_with_a_specific_error(
     assert not redis_connection.keys("rq:job:*")  # nothing was enqueued
 
 
+@pytest.mark.slow
 def test_a_signed_well_formed_webhook_is_accepted(web_backend, redis_connection):
     body = {"action": "TASKS_CREATED", "project": {"id": 4}, "tasks": [{"id": 1, "data": {}}, {"id": 2, "data": {}}]}
     response = requests.post(f"{web_backend.url}/webhook", json=body, headers=signed(web_backend), timeout=30)
