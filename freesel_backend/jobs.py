@@ -391,15 +391,19 @@ def run_selection(project_id: int) -> dict[str, Any]:
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
     # The project's tasks as webhooks (TASKS_CREATED, TASKS_DELETED) and syncs recorded them: a
-    # full listing per ranking would cost more than the ranking at thousands of tasks.
-    tasks = store.task_ids(project_id)
-    unknown = labelled_in_label_studio - tasks
+    # full listing per ranking would cost more than the ranking at thousands of tasks. None
+    # recorded (Redis lost its data): one full listing.
+    known = store.task_ids(project_id)
+    tasks = known or {int(task["id"]) for task in context.client.iter_tasks(project_id)}
+    unknown = (tasks | labelled_in_label_studio) - known
     if unknown:  # imported without a webhook, or Redis lost its data: compute them, rank again after
-        log.info("project %s: %d labelled tasks have no patterns yet, enqueueing them", project_id, len(unknown))
+        log.info("project %s: %d tasks have no patterns yet, enqueueing them", project_id, len(unknown))
         enqueue_patterns(store.redis, context.settings, project_id, unknown)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
     failures = {t: reason for t, reason in (store.failures(project_id, version) if version else {}).items() if t in tasks}
     ids = sorted(stored)
+    if not ids:  # connected to a project before its tasks' patterns: nothing to rank or switch to
+        return {"skipped": "no task has patterns yet"}
     labelled = labelled_in_label_studio & set(ids)
     fingerprint = _fingerprint(settings, version or "", ids, labelled, failures)
     if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
@@ -414,8 +418,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
         previous_n_picked=previous_n_picked, strategy=settings.strategy, seeds=seeds, seed=settings.seed,  # type: ignore[arg-type]
         duplicate_threshold=settings.duplicate_threshold,
     ) if unlabelled else None
-    no_duplicates = DuplicateGroups([], np.zeros(0, np.int64), settings.duplicate_threshold)  # no patterns yet: nothing to group
-    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold) if patterns else no_duplicates
+    duplicates = find_near_duplicates(patterns, settings.duplicate_threshold)
     order = [ids[image] for image in ranking.order] if ranking else []
     picked = order[: ranking.n_picked] if ranking else []
     with _selection_lock(store, project_id):
