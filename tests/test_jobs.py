@@ -5,8 +5,10 @@ from __future__ import annotations
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from freesel_backend.admin import Backend
 from freesel_backend.config import SELECTION_QUEUE, Settings
 from freesel_backend.jobs import enqueue_patterns, schedule_selection
+from freesel_backend.model import FreeSelModel
 from freesel_backend.store import Store
 from tests.backend_processes import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
@@ -60,3 +62,20 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     flags = {task["id"]: task["data"].get("freesel") for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]}
     assert {t: flags[t] for t in flags if t not in broken} == {t["id"]: "FreeSel pick" for t in tasks}  # the whole pool is picked
     assert flags[broken[0]].startswith("FreeSel could not use this image: image download failed")
+
+
+def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webhook(label_studio, redis_connection, redis_url, tmp_path):
+    project = label_studio.create_project("deleted tasks")
+    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 4))]
+    env = {**backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir"), "FREESEL_RERANK_INTERVAL": "0"}
+    settings = Settings.from_env(env)
+    enqueue_patterns(redis_connection, settings, project["id"], tasks)
+    run_worker_burst(env)
+    assert label_studio.api("DELETE", f"/api/tasks/{tasks[0]}/").status_code == 204
+
+    # Label Studio's TASKS_DELETED payload names the tasks by id only
+    model = FreeSelModel(project_id=project["id"], backend=Backend(settings, redis_connection))
+    model.process_event("TASKS_DELETED", {"action": "TASKS_DELETED", "tasks": [{"id": tasks[0]}], "project": {"id": project["id"]}})
+    run_worker_burst(env)
+
+    assert sorted(Store(redis_connection).get_target(project["id"])["order"]) == tasks[1:]
