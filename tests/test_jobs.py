@@ -11,6 +11,7 @@ from rq.job import Job, JobStatus
 from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
 from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, schedule_selection
 from freesel_backend.server.services import Services
+from freesel_backend.server.model import FreeSelModel
 from freesel_backend.server.store import Store
 from tests.backend_processes import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
@@ -89,3 +90,27 @@ def test_every_job_enqueued_by_its_import_path_names_a_function():
     for path in JOB_FUNCTIONS:
         module, _, name = path.rpartition(".")
         assert callable(getattr(importlib.import_module(module), name)), path
+
+
+@pytest.mark.slow
+def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webhook(
+    label_studio, redis_connection, redis_url, tmp_path
+):
+    project = label_studio.create_project("deleted tasks")
+    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 4))]
+    env = {
+        **backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir"),
+        "FREESEL_RERANK_INTERVAL": "0",
+    }
+    services = Services(Settings.from_env(env), redis_connection)
+    enqueue_patterns(services, project["id"], tasks)
+    run_worker_burst(env)
+    assert label_studio.api("DELETE", f"/api/tasks/{tasks[0]}/").status_code == 204
+
+    # Label Studio's TASKS_DELETED payload names the tasks by id only
+    model = FreeSelModel(project_id=project["id"], services=services)
+    deleted = {"action": "TASKS_DELETED", "tasks": [{"id": tasks[0]}], "project": {"id": project["id"]}}
+    model.process_event("TASKS_DELETED", deleted)
+    run_worker_burst(env)
+
+    assert sorted(Store(redis_connection).get_target(project["id"])["order"]) == tasks[1:]

@@ -73,7 +73,8 @@ def test_an_exact_copy_of_a_pick_is_flagged_as_its_near_duplicate_and_failures_a
     rng = np.random.default_rng(1)
     patterns = {task_id: rng.normal(size=(1, 8)).astype(np.float32) for task_id in (1, 2, 3)}
     patterns[4] = patterns[1].copy()
-    ranked = rank_tasks(patterns, {1}, {9: "no image"}, 1, head_size=300, strategy="fds", seed=0, duplicate_threshold=0.001)
+    options = {"head_size": 300, "strategy": "fds", "seed": 0, "duplicate_threshold": 0.001}
+    ranked = rank_tasks(patterns, {1}, {9: "no image"}, 1, **options)
     assert ranked.flags == {4: f"{NOT_PICKED} (near-duplicate of task 1)", 9: f"{FAILURE_FLAG}no image"}
 
 
@@ -97,7 +98,8 @@ def test_a_re_ranking_draws_only_the_head_and_keeps_the_tail_in_the_previous_ord
     patterns = random_patterns(40)
     options = {"head_size": 5, "strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
     first = rank_tasks(patterns, set(), {}, 20, **options)
-    again = rank_tasks(patterns, {first.order[0]}, {}, 20, previous=first.order, previous_n_picked=first.n_picked, **options)
+    labelled = {first.order[0]}
+    again = rank_tasks(patterns, labelled, {}, 20, previous=first.order, previous_n_picked=first.n_picked, **options)
     head, tail = again.order[:5], again.order[5:]
     assert first.order[0] not in again.order  # labelled now: a seed
     assert tail == [task for task in first.order if task not in head and task != first.order[0]]

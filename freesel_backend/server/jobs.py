@@ -250,10 +250,13 @@ def run_selection(project_id: int) -> dict[str, Any]:
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
     # The project's tasks as webhooks (TASKS_CREATED, TASKS_DELETED) and syncs recorded them: a
-    # full listing per ranking would cost more than the ranking at thousands of tasks.
-    tasks = store.task_ids(project_id)
-    reconcile(services, project_id, labelled_in_label_studio, every_task=False)
+    # full listing per ranking would cost more than the ranking at thousands of tasks. None
+    # recorded (Redis lost its data): one full listing.
+    tasks = store.task_ids(project_id) or {int(task["id"]) for task in services.client.iter_tasks(project_id)}
+    reconcile(services, project_id, tasks | labelled_in_label_studio, every_task=False)
     stored = store.load_patterns(project_id, version, tasks) if version else {}
+    if not stored:  # connected to a project before its tasks' patterns: nothing to rank or switch to
+        return {"skipped": "no task has patterns yet"}
     failed = store.failures(project_id, version) if version else {}
     failures = {t: reason for t, reason in failed.items() if t in tasks}
     labelled = labelled_in_label_studio & set(stored)
