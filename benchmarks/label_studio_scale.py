@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import shutil
@@ -40,15 +39,16 @@ from typing import Any, Callable, Iterator, Optional
 import redis
 import requests
 from rq import Queue
+from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from freesel_backend.config import FEATURES_QUEUE  # noqa: E402
-from freesel_backend.jobs import VERSION_PREFIX  # noqa: E402
+from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
+from freesel_backend.cli.samples import write_scenes  # noqa: E402
+from freesel_backend.server.publish import VERSION_PREFIX  # noqa: E402
 from tests.backend_processes import BackendProcesses, backend_env, idle  # noqa: E402
-from tests.helpers import write_noise_images  # noqa: E402
 from tests.label_studio_server import LabelStudioServer  # noqa: E402
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 
@@ -79,16 +79,24 @@ def install_and_start_postgresql() -> None:
     log("no PostgreSQL answers: installing Debian's postgresql and starting its cluster")
     if shutil.which("pg_ctlcluster") is None or not list(Path("/etc/postgresql").glob("*/main")):
         subprocess.run(["apt-get", "update", "-q"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "postgresql"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     cluster = sorted(Path("/etc/postgresql").glob("*/main"))[-1]
     hba = cluster / "pg_hba.conf"
-    hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n" + hba.read_text())
+    hba.write_text(
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n" + hba.read_text()
+    )
     subprocess.run(["pg_ctlcluster", cluster.parent.name, "main", "start"], check=False)
     subprocess.run(["pg_ctlcluster", cluster.parent.name, "main", "reload"], check=True)
 
 
 def psql(host: str, port: int, statement: str) -> None:
-    subprocess.run(["psql", "-h", host, "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", statement], check=True)
+    subprocess.run(
+        ["psql", "-h", host, "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", statement], check=True
+    )
 
 
 @contextmanager
@@ -255,12 +263,19 @@ def scheduled_jobs(connection: redis.Redis) -> int:
 
 
 def feature_job_ids(connection: redis.Redis) -> set[str]:
-    """Ids of every feature (patterns) job Redis still knows: queued, running, finished or failed."""
+    """Ids of every patterns job Redis still knows: queued, running, finished or failed (the
+    patterns queue also runs rankings of the tail: those are left out)."""
     queue = Queue(FEATURES_QUEUE, connection=connection)
     ids = set(queue.get_job_ids())
-    for registry in (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry, queue.deferred_job_registry):
+    for registry in (
+        queue.started_job_registry,
+        queue.finished_job_registry,
+        queue.failed_job_registry,
+        queue.deferred_job_registry,
+    ):
         ids.update(registry.get_job_ids())
-    return ids
+    jobs = Job.fetch_many(sorted(ids), connection=connection)
+    return {job.id for job in jobs if job is not None and job.func_name.endswith("compute_patterns")}
 
 
 # ---------------------------------------------------------------- annotators
@@ -282,8 +297,17 @@ def served_prediction(ls: LabelStudioServer, task: int, version: str) -> Optiona
     return scores[0] if scores else None
 
 
-def annotator(ls: LabelStudioServer, session: requests.Session, number: int, project_id: int, until: float,
-              interval_s: float, served: list[Served], labelled_at: list[float], problems: collections.Counter[str]) -> None:
+def annotator(
+    ls: LabelStudioServer,
+    session: requests.Session,
+    number: int,
+    project_id: int,
+    until: float,
+    interval_s: float,
+    served: list[Served],
+    labelled_at: list[float],
+    problems: collections.Counter[str],
+) -> None:
     """``/next``, annotate, one task per ``interval_s``, as one Label Studio user."""
     while time.time() < until:
         started = time.time()
@@ -296,8 +320,12 @@ def annotator(ls: LabelStudioServer, session: requests.Session, number: int, pro
             task = response.json()
             version = ls.api("GET", f"/api/projects/{project_id}/").json().get("model_version") or ""
             score = served_prediction(ls, task["id"], version)
-            served.append(Served(started, number, task["id"], str(task["data"].get("freesel") or ""), score is not None, score))
-            answer = session.post(f"{ls.url}/api/tasks/{task['id']}/annotations/", json={"result": ANNOTATION}, timeout=120)
+            served.append(
+                Served(started, number, task["id"], str(task["data"].get("freesel") or ""), score is not None, score)
+            )
+            answer = session.post(
+                f"{ls.url}/api/tasks/{task['id']}/annotations/", json={"result": ANNOTATION}, timeout=120
+            )
             if answer.status_code == 201:
                 labelled_at.append(time.time())
             else:
@@ -318,7 +346,6 @@ class Run:
     work: Path
     env: dict[str, str]
     project_id: int = 0
-    ml_backend_id: int = 0
     backend: Optional[BackendProcesses] = None
     monitor: Optional[Monitor] = None
     labels_seen: int = 0
@@ -358,15 +385,32 @@ def phase_import(run: Run, images: LocalHttpServer, names: list[str]) -> None:
     requests_before = len(run.proxy.requests)
     import_tasks(run, images, names)
     figure("import request(s)", f"{time.time() - imported_at:.0f} s")
-    patterns = monitor.wait(lambda s: s.status.get("patterns_done", 0) + s.status.get("failed", 0) >= args.tasks, imported_at, args.switch_timeout)
-    switched = monitor.wait(lambda s: s.project_version.startswith(VERSION_PREFIX) and s.sampling == "Uncertainty sampling"
-                            and s.current_rows >= args.tasks, imported_at, args.switch_timeout)
+    patterns = monitor.wait(
+        lambda s: s.status.get("patterns_done", 0) + s.status.get("failed", 0) >= args.tasks,
+        imported_at,
+        args.switch_timeout,
+    )
+    switched = monitor.wait(
+        lambda s: (
+            s.project_version.startswith(VERSION_PREFIX)
+            and s.sampling == "Uncertainty sampling"
+            and s.current_rows >= args.tasks
+        ),
+        imported_at,
+        args.switch_timeout,
+    )
     figure("import -> patterns of every task", after(patterns and patterns.at - imported_at, args.switch_timeout))
-    figure("import -> queue switched, one prediction per task", after(switched and switched.at - imported_at, args.switch_timeout))
+    figure(
+        "import -> queue switched, one prediction per task",
+        after(switched and switched.at - imported_at, args.switch_timeout),
+    )
     if patterns and switched:
         figure("  of which after the patterns", f"{switched.at - patterns.at:.0f} s")
     quiet = monitor.wait(lambda s: s.idle, switched.at if switched else imported_at, args.idle_timeout)
-    figure("queue switched -> every job idle", after(quiet and quiet.at - (switched.at if switched else imported_at), args.idle_timeout))
+    figure(
+        "queue switched -> every job idle",
+        after(quiet and quiet.at - (switched.at if switched else imported_at), args.idle_timeout),
+    )
     figure("FreeSel prediction rows: max so far / tasks", f"{monitor.max_freesel_rows()} / {args.tasks}")
     show_counts("Label Studio requests by the backend", run.proxy.counts_since(requests_before))
 
@@ -394,7 +438,9 @@ def phase_annotate(run: Run) -> None:
     args, monitor = run.args, run.monitor
     assert monitor is not None
     log(f"{args.annotators} annotators for {args.annotate_seconds} s, one task per {args.annotate_interval} s each")
-    sessions = [run.ls.sign_up(f"annotator{number}-{uuid.uuid4().hex[:6]}@example.com") for number in range(args.annotators)]
+    sessions = [
+        run.ls.sign_up(f"annotator{number}-{uuid.uuid4().hex[:6]}@example.com") for number in range(args.annotators)
+    ]
     ranked_before = int(monitor.latest().status.get("ranked") or 0)
     served: list[Served] = []
     labelled_at: list[float] = []
@@ -402,8 +448,23 @@ def phase_annotate(run: Run) -> None:
     requests_before = len(run.proxy.requests)
     started = time.time()
     until = started + args.annotate_seconds
-    threads = [threading.Thread(target=annotator, args=(run.ls, session, number, run.project_id, until, args.annotate_interval,
-                                                       served, labelled_at, problems)) for number, session in enumerate(sessions)]
+    threads = [
+        threading.Thread(
+            target=annotator,
+            args=(
+                run.ls,
+                session,
+                number,
+                run.project_id,
+                until,
+                args.annotate_interval,
+                served,
+                labelled_at,
+                problems,
+            ),
+        )
+        for number, session in enumerate(sessions)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -415,14 +476,18 @@ def phase_annotate(run: Run) -> None:
     reached = [value for value in latencies if value is not None]
     figure("labels", f"{len(labelled_at)} ({problems.most_common() or 'no errors'})")
     if reached:
-        figure("label -> ranking reflects it: median / max", f"{statistics.median(reached):.0f} s / {max(reached):.0f} s")
+        figure(
+            "label -> ranking reflects it: median / max", f"{statistics.median(reached):.0f} s / {max(reached):.0f} s"
+        )
     figure("labels never reflected by the end", sum(1 for value in latencies if value is None))
     figure("last label -> every label reflected, jobs idle", after(settled and settled.at - ended, args.idle_timeout))
     current = sum(1 for item in served if item.has_current_prediction)
     flagged = sum(1 for item in served if item.flag.startswith(PICK_FLAG))
     figure("tasks served by /next", len(served))
     figure("  with a prediction of the project's current version", f"{current} of {len(served)}")
-    figure("  carrying a pick flag", f"{flagged} of {len(served)} (no flag at all: {sum(1 for s in served if not s.flag)})")
+    figure(
+        "  carrying a pick flag", f"{flagged} of {len(served)} (no flag at all: {sum(1 for s in served if not s.flag)})"
+    )
     scores = [item.score for item in served if item.score is not None]
     if scores:
         figure("  their score in the current version: max (0 = head)", f"{max(scores):.4f}")
@@ -431,8 +496,13 @@ def phase_annotate(run: Run) -> None:
     figure("re-rankings finished", selections)
     show_counts("Label Studio requests by the backend", counts)
     if selections:
-        figure("  per re-ranking (all / writes)", f"{sum(counts.values()) / selections:.0f} / {writes(counts) / selections:.0f}")
-    figure("FreeSel prediction rows: max during annotation / tasks", f"{monitor.max_freesel_rows(started)} / {args.tasks}")
+        figure(
+            "  per re-ranking (all / writes)",
+            f"{sum(counts.values()) / selections:.0f} / {writes(counts) / selections:.0f}",
+        )
+    figure(
+        "FreeSel prediction rows: max during annotation / tasks", f"{monitor.max_freesel_rows(started)} / {args.tasks}"
+    )
 
 
 def phase_restart(run: Run, log_root: Path) -> None:
@@ -443,9 +513,16 @@ def phase_restart(run: Run, log_root: Path) -> None:
     features_before = feature_job_ids(connection)
     requests_before = len(run.proxy.requests)
     log(f"changing the strategy (a full re-ranking), SIGTERM after {args.kill_after_imports} prediction imports")
-    run.ls.api("PATCH", f"/api/ml/{run.ml_backend_id}", json={"extra_params": json.dumps({"strategy": "fds"})})
+    # Through FreeSel's settings route: the change applies at once, whether or not Label Studio
+    # calls /setup after a change of the backend's extra params.
+    changed = requests.patch(
+        f"{backend.url}/freesel/projects/{run.project_id}/settings", json={"strategy": "fds"}, timeout=60
+    )
+    changed.raise_for_status()
     deadline = time.time() + args.kill_timeout
-    while time.time() < deadline and run.proxy.counts_since(requests_before)[PREDICTION_IMPORT] < args.kill_after_imports:
+    while (
+        time.time() < deadline and run.proxy.counts_since(requests_before)[PREDICTION_IMPORT] < args.kill_after_imports
+    ):
         time.sleep(0.2)
     written_before = run.proxy.counts_since(requests_before)
     show_counts("requests before SIGTERM", written_before)
@@ -485,9 +562,10 @@ def connect_backend(run: Run) -> None:
     project = run.ls.create_project(f"FreeSel scale {run.args.tasks}", LABEL_CONFIG)
     run.project_id = project["id"]
     assert run.backend is not None
-    response = run.ls.api("POST", "/api/ml", json={"url": run.backend.url, "project": run.project_id, "title": "FreeSel"})
+    response = run.ls.api(
+        "POST", "/api/ml", json={"url": run.backend.url, "project": run.project_id, "title": "FreeSel"}
+    )
     response.raise_for_status()
-    run.ml_backend_id = response.json()["id"]
 
 
 def backend_environment(args: argparse.Namespace, proxy: CountingProxy, pat: str, model_dir: Path) -> dict[str, str]:
@@ -501,7 +579,7 @@ def backend_environment(args: argparse.Namespace, proxy: CountingProxy, pat: str
 
 
 def image_host(folder: Path, count: int) -> tuple[LocalHttpServer, list[str]]:
-    paths = write_noise_images(folder, count)
+    paths = write_scenes(folder, count, (80, 60))
     routes = {f"/images/{path.name}": content(path.read_bytes(), "image/jpeg") for path in paths}
     return LocalHttpServer(routes).start(), [path.name for path in paths]
 
@@ -514,7 +592,11 @@ def machine() -> str:
 def run_benchmark(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="freesel-scale-")))
-        database_env = stack.enter_context(postgres_database(args.postgres_host, args.postgres_port)) if args.database == "postgresql" else {}
+        database_env = (
+            stack.enter_context(postgres_database(args.postgres_host, args.postgres_port))
+            if args.database == "postgresql"
+            else {}
+        )
         log(f"{args.tasks} tasks, Label Studio on {args.database}; {machine()}")
         ls = stack.enter_context(LabelStudioServer(args.label_studio, extra_env=database_env, startup_timeout=600))
         figure("Label Studio start", f"{ls.start_seconds:.0f} s")
@@ -542,20 +624,39 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=5000, help="tasks imported (5000)")
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite", help="Label Studio's database (sqlite)")
-    parser.add_argument("--annotate-seconds", type=float, default=300, help="how long the annotators work; 0 skips them (300)")
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgresql"), default="sqlite", help="Label Studio's database (sqlite)"
+    )
+    parser.add_argument(
+        "--annotate-seconds", type=float, default=300, help="how long the annotators work; 0 skips them (300)"
+    )
     parser.add_argument("--annotators", type=int, default=3, help="simulated annotators, each a Label Studio user (3)")
     parser.add_argument("--annotate-interval", type=float, default=2.0, help="seconds per task per annotator (2)")
-    parser.add_argument("--switch-timeout", type=float, default=1200, help="at most this long from import to the queue switch (1200 s)")
-    parser.add_argument("--idle-timeout", type=float, default=300, help="at most this long for jobs to go idle after each phase (300 s)")
+    parser.add_argument(
+        "--switch-timeout", type=float, default=1200, help="at most this long from import to the queue switch (1200 s)"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=300, help="at most this long for jobs to go idle after each phase (300 s)"
+    )
     parser.add_argument("--no-restart", dest="restart", action="store_false", help="skip the SIGTERM and restart")
-    parser.add_argument("--kill-after-imports", type=int, default=3, help="SIGTERM once the re-ranking imported this many batches of predictions (3)")
-    parser.add_argument("--kill-timeout", type=float, default=300, help="SIGTERM after this long if fewer imports came (300 s)")
+    parser.add_argument(
+        "--kill-after-imports",
+        type=int,
+        default=3,
+        help="SIGTERM once the re-ranking imported this many batches of predictions (3)",
+    )
+    parser.add_argument(
+        "--kill-timeout", type=float, default=300, help="SIGTERM after this long if fewer imports came (300 s)"
+    )
     parser.add_argument("--image-size", type=int, default=32, help="the tiny model's input size (32)")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between status samples (2)")
-    parser.add_argument("--label-studio", default=os.environ.get("LS_BIN", str(REPO_ROOT / ".venv-ls" / "bin" / "label-studio")))
+    parser.add_argument(
+        "--label-studio", default=os.environ.get("LS_BIN", str(REPO_ROOT / ".venv-ls" / "bin" / "label-studio"))
+    )
     parser.add_argument("--postgres-host", default="127.0.0.1")
     parser.add_argument("--postgres-port", type=int, default=5432)
     parser.add_argument("--keep-logs", type=Path, help="copy the backend's logs here at the end")

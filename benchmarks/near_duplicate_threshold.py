@@ -13,15 +13,38 @@ import argparse
 import itertools
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from freesel_backend import PatternExtractor  # noqa: E402
 from freesel_backend.engine.duplicates import duplicate_pair_distance, find_near_duplicates  # noqa: E402
-from tests.helpers import NEAR_COPY_KINDS, near_copy, scene_image  # noqa: E402
+from freesel_backend.cli.samples import scene_image  # noqa: E402
+
+
+def near_copy(image: Image.Image, kind: str) -> Image.Image:
+    """A copy of ``image``: ``exact`` (same pixels), ``jpeg`` re-encoded at quality 50, ``resize``
+    to 85 %, ``crop`` 4 % off each border."""
+    width, height = image.size
+    if kind == "exact":
+        return image.copy()
+    if kind == "jpeg":
+        buffer = BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=50)
+        return Image.open(BytesIO(buffer.getvalue())).convert("RGB")
+    if kind == "resize":
+        return image.resize((round(width * 0.85), round(height * 0.85)), Image.Resampling.BILINEAR)
+    if kind == "crop":
+        dx, dy = round(width * 0.04), round(height * 0.04)
+        return image.crop((dx, dy, width - dx, height - dy))
+    raise ValueError(f"unknown near-copy kind {kind!r}")
+
+
+NEAR_COPY_KINDS = ("exact", "jpeg", "resize", "crop")
 
 
 def main() -> None:

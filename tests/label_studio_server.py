@@ -29,7 +29,9 @@ from typing import Any, Iterable, Optional, Sequence
 
 import requests
 
-from freesel_backend.local_label_studio import wait_until_healthy
+from freesel_backend.labelstudio.local import wait_until_healthy
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_USERNAME = "freesel-test@example.com"
 DEFAULT_PASSWORD = "freesel-test-password-123"
@@ -41,6 +43,15 @@ IMAGE_CLASSIFICATION_CONFIG = """<View>
     <Choice value="dog"/>
   </Choices>
 </View>"""
+
+
+def label_studio_executable() -> str:
+    """Path of `label-studio` from .venv-ls, installing it first if needed."""
+    script = REPO_ROOT / "scripts" / "ensure_label_studio.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
 
 
 class LabelStudioStartError(RuntimeError):
@@ -84,7 +95,8 @@ class LabelStudioServer:
         self.startup_timeout = startup_timeout
         self.enable_legacy_token = enable_legacy_token
         self.extra_env = dict(extra_env or {})
-        # the API key a user configures: a Personal Access Token, or where there are none (1.16.0 and older) the legacy token
+        # the API key a user configures: a Personal Access Token, or where there are none
+        # (1.16.0 and older) the legacy token
         self.pat: Optional[str] = None
         self.legacy_token: Optional[str] = None
         self.start_seconds: Optional[float] = None
@@ -306,6 +318,33 @@ class LabelStudioServer:
         """Raw API call with the logged-in session (independent of the client under test)."""
         kwargs.setdefault("timeout", 60)
         return self.session.request(method, f"{self.url}{path}", **kwargs)
+
+    def next_task(self, project_id: int) -> Optional[dict]:
+        """The task the label stream serves next, None when the queue is empty (1.23.2 answers 404
+        both for that and for a missing project: the latter raises)."""
+        resp = self.api("GET", f"/api/projects/{int(project_id)}/next/")
+        if resp.status_code == 404 and "there are no tasks" in resp.text.lower():
+            return None
+        resp.raise_for_status()
+        return resp.json()
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """``{model_version: number of predictions}`` of the project."""
+        resp = self.api("GET", f"/api/projects/{int(project_id)}/model-versions/")
+        resp.raise_for_status()
+        body = resp.json()
+        return {str(k): int(v) for k, v in (body.get("static", body) if isinstance(body, dict) else {}).items()}
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        """Delete every prediction of ``model_version``; how many were deleted."""
+        path = f"/api/projects/{int(project_id)}/model-versions/"
+        resp = self.api("DELETE", path, json={"model_version": model_version})
+        resp.raise_for_status()
+        body = resp.json()
+        return int(body if isinstance(body, int) else body.get("deleted_predictions", body.get("count", 0)))
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self.api("DELETE", f"/api/webhooks/{int(webhook_id)}/").raise_for_status()
 
     def create_project(self, title: str, label_config: str = IMAGE_CLASSIFICATION_CONFIG, **fields: Any) -> dict:
         resp = self.api("POST", "/api/projects/", json={"title": title, "label_config": label_config, **fields})

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 
 Reply = tuple[int, dict[str, str], bytes]
 Route = Callable[["Request"], Reply]

@@ -46,7 +46,10 @@ def test_labelling_screen_shows_the_freesel_flag_of_picked_and_not_picked_tasks(
     ls = label_studio
     project = ls.create_project("FreeSel annotator view", LABEL_CONFIG)
     tasks = ls.upload_images(project["id"], write_group(tmp_path / "img", "red", 2, (200, 60, 40), "stripes", 5))
-    flags = {tasks[0]["id"]: "FreeSel pick", tasks[1]["id"]: f"FreeSel: not picked (near-duplicate of task {tasks[0]['id']})"}
+    flags = {
+        tasks[0]["id"]: "FreeSel pick",
+        tasks[1]["id"]: f"FreeSel: not picked (near-duplicate of task {tasks[0]['id']})",
+    }
     for task in tasks:  # what the backend writes (tests/test_main_command.py checks that it does)
         data = {**task["data"], "freesel": flags[task["id"]]}
         ls.api("PATCH", f"/api/tasks/{task['id']}/", json={"data": data}).raise_for_status()

@@ -17,10 +17,10 @@ import redis
 import requests
 
 from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
-from freesel_backend.jobs import NOT_PICKED
-from freesel_backend.writeout import PICK_FLAG
+from freesel_backend.engine.ranking import NOT_PICKED
+from freesel_backend.server.publish import PICK_FLAG
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, wait_for
-from tests.helpers import scene_image
+from freesel_backend.cli.samples import scene_image
 from tests.test_end_to_end import LABEL_CONFIG, current_ranking, settled
 
 DISTINCT_SCENES = 6
@@ -35,7 +35,9 @@ def project(label_studio, redis_url: str, tmp_path_factory: pytest.TempPathFacto
     for seed in range(DISTINCT_SCENES):
         scene_image(seed).save(folder / f"scene_{seed}.png")
         scenes.append(folder / f"scene_{seed}.png")
-    backend = BackendProcesses(backend_env(redis_url, label_studio.url, label_studio.pat, folder / "model_dir"), folder).start()
+    backend = BackendProcesses(
+        backend_env(redis_url, label_studio.url, label_studio.pat, folder / "model_dir"), folder
+    ).start()
     try:
         pid = label_studio.create_project("FreeSel report", LABEL_CONFIG)["id"]
         originals = [t["id"] for t in label_studio.upload_images(pid, scenes)]
@@ -64,10 +66,17 @@ def test_exact_copies_uploaded_twice_are_listed_as_near_duplicate_groups_in_stat
     status = project["backend"].status(project["id"])
     expected = [[project["originals"][scene], copy] for scene, copy in zip(COPIED_SCENES, project["copies"])]
     assert status["settings"]["duplicate_threshold"] == DEFAULT_DUPLICATE_THRESHOLD
-    assert status["near_duplicates"] == {"threshold": DEFAULT_DUPLICATE_THRESHOLD, "groups": 2, "flagged": 2, "listed": expected}
+    assert status["near_duplicates"] == {
+        "threshold": DEFAULT_DUPLICATE_THRESHOLD,
+        "groups": 2,
+        "flagged": 2,
+        "listed": expected,
+    }
 
 
-def test_one_member_of_each_group_is_picked_and_the_other_is_flagged_as_its_near_duplicate(label_studio, project) -> None:
+def test_one_member_of_each_group_is_picked_and_the_other_is_flagged_as_its_near_duplicate(
+    label_studio, project
+) -> None:
     data = flags(label_studio, project["id"])
     picked = {task_id for task_id, fields in data.items() if fields.get("freesel") == PICK_FLAG}
     assert len(picked) == DISTINCT_SCENES
@@ -83,7 +92,9 @@ def report(backend: BackendProcesses, project_id: int) -> requests.Response:
     return requests.get(f"{backend.url}/freesel/projects/{project_id}/report", timeout=60)
 
 
-def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_the_next_selection(label_studio, project, tmp_path) -> None:
+def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_the_next_selection(
+    label_studio, project, tmp_path
+) -> None:
     backend, pid = project["backend"], project["id"]
     first, second = report(backend, pid), report(backend, pid)
     assert first.status_code == 202 and first.json()["status"] == "building" and first.headers["Retry-After"]
@@ -106,8 +117,24 @@ def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_th
     assert html.count('class="detail"') == 4  # the patch views: the worker's extractor made these patterns
 
     out = tmp_path / "report.html"
-    cli = subprocess.run([sys.executable, "-m", "freesel_backend", "project", str(pid), "report", "--url", backend.url, "--out", str(out)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freesel_backend",
+            "project",
+            str(pid),
+            "report",
+            "--url",
+            backend.url,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr
     assert out.read_text(encoding="utf-8") == html
 

@@ -14,15 +14,19 @@ import requests
 from PIL import Image
 from rq import Queue
 
-from freesel_backend.config import FEATURES_QUEUE, SELECTION_QUEUE
-from freesel_backend.jobs import FAILURE_FLAG
+from freesel_backend.server.settings import FEATURES_QUEUE, SELECTION_QUEUE
+from freesel_backend.engine.ranking import FAILURE_FLAG
 from tests.backend_processes import BackendProcesses, backend_env, idle, run_worker_burst, wait_for
 from tests.helpers import noise_image, write_noise_images
 from tests.local_http import LocalHttpServer, content, hang, redirect
 from tests.test_end_to_end import LABEL_CONFIG
 from tests.test_images import png_header_claiming
 
-TEXT_ONLY_CONFIG = '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/></Choices></View>'
+pytestmark = pytest.mark.slow
+
+TEXT_ONLY_CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/></Choices></View>'
+)
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -68,14 +72,18 @@ def junk_hosts():
         yield host
 
 
-def test_a_project_full_of_junk_ranks_every_good_task_and_names_each_bad_ones_error(label_studio, redis_connection, redis_url, tmp_path, junk_hosts):
+def test_a_project_full_of_junk_ranks_every_good_task_and_names_each_bad_ones_error(
+    label_studio, redis_connection, redis_url, tmp_path, junk_hosts
+):
     ls = label_studio
     pid = ls.create_project("bad input", LABEL_CONFIG)["id"]
     folder = tmp_path / "uploads"
     folder.mkdir()
     for name, data in {**odd_but_valid_images(), **{n: d for n, (d, _) in BAD_UPLOADS.items()}}.items():
         (folder / name).write_bytes(data)
-    good = ls.upload_images(pid, write_noise_images(tmp_path / "good", 4)) + ls.upload_images(pid, [folder / n for n in odd_but_valid_images()])
+    good = ls.upload_images(pid, write_noise_images(tmp_path / "good", 4)) + ls.upload_images(
+        pid, [folder / n for n in odd_but_valid_images()]
+    )
     bad_uploads = {name: ls.upload_images(pid, [folder / name])[0]["id"] for name in BAD_UPLOADS}
     host = junk_hosts.url
     junk = {
@@ -100,7 +108,9 @@ def test_a_project_full_of_junk_ranks_every_good_task_and_names_each_bad_ones_er
            "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true", "FREESEL_DOWNLOAD_TIMEOUT": "2"}
     backend = BackendProcesses(env, tmp_path).start()
     try:
-        assert ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        assert (
+            ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        )
         status = wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["ranked"] and s, 300, "ranking")
     except BaseException:
         print(backend.logs())
@@ -120,12 +130,18 @@ def test_a_project_full_of_junk_ranks_every_good_task_and_names_each_bad_ones_er
         assert shown == FAILURE_FLAG + reasons[task_id]
 
 
-def test_a_label_config_without_an_image_is_refused_at_connect_with_the_fix(label_studio, redis_connection, redis_url, tmp_path):
+def test_a_label_config_without_an_image_is_refused_at_connect_with_the_fix(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     pid = ls.create_project("text only", TEXT_ONLY_CONFIG)["id"]
-    backend = BackendProcesses(backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir"), tmp_path).start(workers=0)
+    backend = BackendProcesses(backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir"), tmp_path).start(
+        workers=0
+    )
     try:
-        direct = requests.post(f"{backend.url}/setup", json={"project": f"{pid}.1", "schema": TEXT_ONLY_CONFIG}, timeout=30)
+        direct = requests.post(
+            f"{backend.url}/setup", json={"project": f"{pid}.1", "schema": TEXT_ONLY_CONFIG}, timeout=30
+        )
         assert direct.status_code == 400 and 'no <Image value="$field"> tag' in direct.json()["error"]
         through_ls = ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"})
         print("Label Studio's answer:", through_ls.status_code, through_ls.text[:300])
@@ -149,12 +165,16 @@ def test_predict_with_thousands_of_tasks_answers_at_once_and_enqueues_chunks(red
     assert len(Queue(SELECTION_QUEUE, connection=redis_connection).deferred_job_registry.get_job_ids()) == 1
 
 
-def test_tasks_of_a_project_that_does_not_exist_are_dropped_its_status_and_enable_are_404(label_studio, redis_connection, redis_url, tmp_path):
+def test_tasks_of_a_project_that_does_not_exist_are_dropped_its_status_and_enable_are_404(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
     backend = BackendProcesses(env, tmp_path).start(workers=0)
     try:
         missing = 987654
-        response = requests.post(f"{backend.url}/predict", json={"project": f"{missing}.1", "tasks": [{"id": 1}, {"id": 2}]}, timeout=30)
+        response = requests.post(
+            f"{backend.url}/predict", json={"project": f"{missing}.1", "tasks": [{"id": 1}, {"id": 2}]}, timeout=30
+        )
         assert response.status_code == 200
         run_worker_burst(env)
         status = requests.get(f"{backend.url}/freesel/projects/{missing}/status", timeout=30)

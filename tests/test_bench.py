@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from freesel_backend import bench, select
+from benchmarks import performance as bench
+from freesel_backend import select
 
 
+@pytest.mark.slow
 def test_bench_smoke_run_prints_one_line_per_selection_target(capsys: pytest.CaptureFixture[str]) -> None:
     bench.main(["--smoke", "--only", "selection", "--only", "paper"])
     printed = capsys.readouterr().out

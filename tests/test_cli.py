@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, write_noise_images
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--model", TINY_MODEL, "--random-init", "--image-size", str(TINY_IMAGE_SIZE), "--device", "cpu"]
 
 
@@ -33,7 +35,9 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_select_ranks_a_folder_and_lists_unreadable_files_with_their_error(image_folder: Path, tmp_path: Path) -> None:
     out, saved = tmp_path / "ranking.json", tmp_path / "patterns.npz"
-    result = run_cli("select", str(image_folder), "--budget", "4", *TINY, "--out", str(out), "--save-patterns", str(saved))
+    result = run_cli(
+        "select", str(image_folder), "--budget", "4", *TINY, "--out", str(out), "--save-patterns", str(saved)
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert [row["rank"] for row in report["ranking"]] == list(range(1, 10))
@@ -43,7 +47,11 @@ def test_select_ranks_a_folder_and_lists_unreadable_files_with_their_error(image
     assert all(row["distance"] >= 0 for row in report["ranking"][1:])
     errors = {Path(f["path"]).name: f["error"] for f in report["failed"]}
     assert errors.keys() == {"corrupt.jpg", "empty.png", "notes.jpg"}
-    assert "truncated" in errors["corrupt.jpg"] and "empty" in errors["empty.png"] and "not an image" in errors["notes.jpg"]
+    assert (
+        "truncated" in errors["corrupt.jpg"]
+        and "empty" in errors["empty.png"]
+        and "not an image" in errors["notes.jpg"]
+    )
     assert report["weights"] == "random-init"
     assert "RANDOM weights" in result.stderr
     assert "12/12" in result.stderr  # the progress bar covered every file
@@ -55,7 +63,9 @@ def test_select_ranks_a_folder_and_lists_unreadable_files_with_their_error(image
         np.testing.assert_allclose(np.linalg.norm(data["patterns"], axis=1), 1.0, atol=1e-5)
 
 
-def test_saved_patterns_re_rank_with_labelled_images_as_seeds_without_the_model(image_folder: Path, tmp_path: Path) -> None:
+def test_saved_patterns_re_rank_with_labelled_images_as_seeds_without_the_model(
+    image_folder: Path, tmp_path: Path
+) -> None:
     saved = tmp_path / "patterns.npz"
     assert run_cli("select", str(image_folder), "--budget", "2", *TINY, "--save-patterns", str(saved)).returncode == 0
     labelled = tmp_path / "labelled.txt"

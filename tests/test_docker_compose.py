@@ -10,10 +10,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from freesel_backend.cli import build_parser
-from freesel_backend.config import Settings
+from freesel_backend.server.settings import Settings
 from tests.helpers import missing_prerequisite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,9 @@ def test_compose_has_label_studio_with_ssrf_flags_redis_backend_and_worker():
 def test_label_studio_runs_on_the_postgresql_service_once_it_accepts_connections():
     label_studio, db = COMPOSE["services"]["label-studio"], COMPOSE["services"]["db"]
     database = label_studio["environment"]
-    assert database["DJANGO_DB"] == "default" and database["POSTGRE_HOST"] == "db" and database["POSTGRE_PORT"] == "5432"
+    assert (
+        database["DJANGO_DB"] == "default" and database["POSTGRE_HOST"] == "db" and database["POSTGRE_PORT"] == "5432"
+    )
     assert (database["POSTGRE_NAME"], database["POSTGRE_USER"], database["POSTGRE_PASSWORD"]) == (
         db["environment"]["POSTGRES_DB"], db["environment"]["POSTGRES_USER"], db["environment"]["POSTGRES_PASSWORD"])
     assert db["image"].startswith("postgres:")
@@ -69,10 +72,11 @@ def test_compose_variables_are_read_by_the_settings():
     settings = Settings.from_env(environment)
     assert settings.label_studio_url == "http://label-studio:8080"
     assert settings.redis_url == "redis://redis:6379/0" and settings.public_url == "http://backend:9090"
-    source = (REPO_ROOT / "freesel_backend" / "config.py").read_text()
+    source = (REPO_ROOT / "freesel_backend" / "server" / "settings.py").read_text()
     assert all(f'"{name}"' in source for name in environment)
 
 
+@pytest.mark.integration
 def test_docker_compose_itself_accepts_the_file_and_resolves_the_services():
     """Debian's docker-compose 1.29 validates and resolves the file without an engine; missing in
     CI is a failure (scripts/test.sh installs it when it runs as root)."""

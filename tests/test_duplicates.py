@@ -8,7 +8,8 @@ import pytest
 from freesel_backend import select
 from freesel_backend.engine import duplicates
 from freesel_backend.engine.duplicates import duplicate_pair_distance, find_near_duplicates
-from tests.helpers import random_patterns, scene_image, tiny_extractor
+from freesel_backend.cli.samples import scene_image
+from tests.helpers import random_patterns, tiny_extractor
 
 
 def jittered(patterns: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:

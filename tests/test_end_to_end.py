@@ -18,13 +18,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
 
 
-def write_group(folder: Path, name: str, count: int, colour: tuple[int, int, int], pattern: str, seed: int) -> list[Path]:
+def write_group(
+    folder: Path, name: str, count: int, colour: tuple[int, int, int], pattern: str, seed: int
+) -> list[Path]:
     """Images of one look (colour + texture) with small noise: near-duplicates of each other."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     y, x = np.mgrid[0:96, 0:96]
-    texture = {"flat": np.zeros((96, 96)), "stripes": (x // 8 % 2) * 120.0, "checks": ((x // 12 + y // 12) % 2) * 160.0}[pattern]
+    texture = {
+        "flat": np.zeros((96, 96)),
+        "stripes": (x // 8 % 2) * 120.0,
+        "checks": ((x // 12 + y // 12) % 2) * 160.0,
+    }[pattern]
     for index in range(count):
         pixels = np.asarray(colour, float)[None, None, :] + texture[:, :, None] + rng.normal(0, 6, (96, 96, 3))
         path = folder / f"{name}_{index:02d}.png"
@@ -37,7 +43,11 @@ def current_ranking(ls, project_id: int) -> list[int]:
     """Unlabelled task ids ordered by the score of the project's current model version."""
     project = ls.api("GET", f"/api/projects/{project_id}/").json()
     predictions = ls.api("GET", "/api/predictions/", params={"project": project_id}).json()
-    labelled = {t["id"] for t in ls.api("GET", "/api/tasks/", params={"project": project_id, "page_size": 1000}).json()["tasks"] if t["is_labeled"]}
+    labelled = {
+        t["id"]
+        for t in ls.api("GET", "/api/tasks/", params={"project": project_id, "page_size": 1000}).json()["tasks"]
+        if t["is_labeled"]
+    }
     mine = [p for p in predictions if p["model_version"] == project["model_version"] and p["task"] not in labelled]
     return [p["task"] for p in sorted(mine, key=lambda p: p["score"])]
 
@@ -73,12 +83,16 @@ def backend(label_studio, redis_connection, redis_url, tmp_path):
         processes.stop()
 
 
-def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_disable_restores(label_studio, backend, tmp_path):
+def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_disable_restores(
+    label_studio, backend, tmp_path
+):
     ls = label_studio
     project = ls.create_project("FreeSel end to end", LABEL_CONFIG)
     pid = project["id"]
     previous = (project["sampling"], project.get("model_version") or "")
-    images = write_group(tmp_path / "a", "red", 6, (200, 40, 40), "flat", 1) + write_group(tmp_path / "b", "green", 4, (40, 160, 40), "stripes", 2)
+    images = write_group(tmp_path / "a", "red", 6, (200, 40, 40), "flat", 1) + write_group(
+        tmp_path / "b", "green", 4, (40, 160, 40), "stripes", 2
+    )
     ls.upload_images(pid, images)
 
     started = time.time()
@@ -108,11 +122,20 @@ def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_di
     assert all(region["from_name"] == "choice" for region in annotation["result"])  # the flag is not in it
 
     before = time.time()
-    new_ids = [t["id"] for t in ls.upload_images(pid, write_group(tmp_path / "c", "blue", 3, (30, 30, 220), "checks", 4))]
+    new_ids = [
+        t["id"] for t in ls.upload_images(pid, write_group(tmp_path / "c", "blue", 3, (30, 30, 220), "checks", 4))
+    ]
     status = settled(backend, pid, before)
     print(f"import -> queue reordered: {time.time() - before:.1f} s for {len(new_ids)} new tasks")
     remaining = current_ranking(ls, pid)
-    assert remaining[0] in new_ids, (remaining, new_ids, sorted((p["score"], p["task"], p["model_version"][-6:]) for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()))
+    assert remaining[0] in new_ids, (
+        remaining,
+        new_ids,
+        sorted(
+            (p["score"], p["task"], p["model_version"][-6:])
+            for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()
+        ),
+    )
     group_of = {task: group for group in status["near_duplicates"]["listed"] for task in group}
     for task in new_ids:  # ahead of the old looks, unless a near-duplicate of a task served before it
         position = remaining.index(task)

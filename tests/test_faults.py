@@ -4,6 +4,8 @@ concurrent imports. Afterwards: every task has patterns, exactly one prediction 
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -16,15 +18,18 @@ import numpy as np
 import redis
 import requests
 
-from freesel_backend.config import Settings
-from freesel_backend.jobs import enqueue_patterns
-from freesel_backend.redis_server import RedisServer
-from freesel_backend.store import Store
+from freesel_backend.server.settings import Settings
+from freesel_backend.server.enqueue import enqueue_patterns
+from freesel_backend.server.services import Services
+from freesel_backend.server.redis_server import RedisServer
+from freesel_backend.server.store import Store
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image, write_noise_images
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, Request
 from tests.test_end_to_end import LABEL_CONFIG, annotate
 from tests.test_bad_input import encoded
+
+pytestmark = pytest.mark.slow
 
 FAST_RECOVERY = {
     "FREESEL_JOB_RETRIES": "5",
@@ -64,7 +69,9 @@ def published(store: Store, project_id: int) -> bool:
     return bool(store.get_state(project_id).get("model_version"))
 
 
-def test_a_worker_killed_mid_chunk_has_its_chunk_retried_and_nothing_skipped_or_duplicated(label_studio, redis_connection, redis_url, tmp_path):
+def test_a_worker_killed_mid_chunk_has_its_chunk_retried_and_nothing_skipped_or_duplicated(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     calls: list[float] = []
 
@@ -79,7 +86,7 @@ def test_a_worker_killed_mid_chunk_has_its_chunk_retried_and_nothing_skipped_or_
         ids = [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "img", 5))]
         ids += ls.import_tasks(pid, [{"image": f"{host.url}/slow.png"}])
         env = {**backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir"), **FAST_RECOVERY}
-        enqueue_patterns(redis_connection, Settings.from_env(env), pid, ids)
+        enqueue_patterns(Services(Settings.from_env(env), redis_connection), pid, ids)
         doomed = start_worker(env, tmp_path / "doomed.log")
         wait_for(lambda: calls, 120, "the worker to be inside the chunk")
         stop_group(doomed, signal.SIGKILL)
@@ -95,14 +102,16 @@ def test_a_worker_killed_mid_chunk_has_its_chunk_retried_and_nothing_skipped_or_
     assert one_prediction_per_task(ls, pid) == {task_id: 1 for task_id in ids}
 
 
-def test_label_studio_down_or_failing_while_predictions_are_pushed_is_retried_until_it_is_back(label_studio, redis_connection, redis_url, tmp_path):
+def test_label_studio_down_or_failing_while_predictions_are_pushed_is_retried_until_it_is_back(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     stand_in = LabelStudioStandIn(ls.url).start()
     pid = ls.create_project("outage", LABEL_CONFIG)["id"]
     ids = [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "img", 5))]
     stand_in.failing = lambda method, path: 503 if "/import/predictions" in path else None
     env = {**backend_env(redis_url, stand_in.url, ls.pat, tmp_path / "model_dir"), **FAST_RECOVERY}
-    enqueue_patterns(redis_connection, Settings.from_env(env), pid, ids)
+    enqueue_patterns(Services(Settings.from_env(env), redis_connection), pid, ids)
     worker = start_worker(env, tmp_path / "worker.log")
     store = Store(redis_connection)
     try:
@@ -134,19 +143,29 @@ def test_patterns_survive_a_restart_of_a_persistent_redis(tmp_path):
         restarted.stop()
 
 
-def test_after_a_non_persistent_redis_restart_the_backend_notices_missing_patterns_and_recomputes(label_studio, tmp_path):
+def test_after_a_non_persistent_redis_restart_the_backend_notices_missing_patterns_and_recomputes(
+    label_studio, tmp_path
+):
     ls = label_studio
     server = RedisServer().start()
     pid = ls.create_project("amnesia", LABEL_CONFIG)["id"]
     ids = [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "img", 4))]
     backend = BackendProcesses(backend_env(server.url, ls.url, ls.pat, tmp_path / "model_dir"), tmp_path).start()
     try:
-        assert ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        assert (
+            ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        )
         wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["ranked"] == 4, 240, "first ranking")
         server.stop()
         server = RedisServer(port=server.port).start()  # empty
         annotate(ls, ids[0])  # the ANNOTATION_CREATED webhook asks for a re-ranking
-        status = wait_for(lambda: (s := status_if_known(backend, pid)) and idle(s) and s["patterns_done"] == 4 and s["ranked"] == 3 and s, 240, "recomputed")
+        status = wait_for(
+            lambda: (
+                (s := status_if_known(backend, pid)) and idle(s) and s["patterns_done"] == 4 and s["ranked"] == 3 and s
+            ),
+            240,
+            "recomputed",
+        )
     except BaseException:
         print(backend.logs())
         raise
@@ -157,7 +176,9 @@ def test_after_a_non_persistent_redis_restart_the_backend_notices_missing_patter
     assert set(one_prediction_per_task(ls, pid)) == set(ids[1:])
 
 
-def test_a_backend_restarted_with_jobs_queued_loses_nothing_and_publishes_once(label_studio, redis_connection, redis_url, tmp_path):
+def test_a_backend_restarted_with_jobs_queued_loses_nothing_and_publishes_once(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     pid = ls.create_project("restart", LABEL_CONFIG)["id"]
     ids = [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "a", 3))]
@@ -165,20 +186,30 @@ def test_a_backend_restarted_with_jobs_queued_loses_nothing_and_publishes_once(l
     first = BackendProcesses(env, tmp_path).start(workers=0)  # web only: jobs stay queued
     assert ls.api("POST", "/api/ml", json={"url": first.url, "project": pid, "title": "FreeSel"}).status_code == 201
     ids += [t["id"] for t in ls.upload_images(pid, write_noise_images(tmp_path / "b", 3, start_seed=20))]
-    wait_for(lambda: redis_connection.llen("rq:queue:freesel-features") or redis_connection.llen("rq:queue:freesel-selection"), 30, "queued jobs")
+    wait_for(
+        lambda: (
+            redis_connection.llen("rq:queue:freesel-features") or redis_connection.llen("rq:queue:freesel-selection")
+        ),
+        30,
+        "queued jobs",
+    )
     first.stop()
     second = BackendProcesses({**env, "FREESEL_PUBLIC_URL": first.url}, tmp_path)
     second.port, second.url = first.port, first.url  # Label Studio's webhook and ML backend URL stay valid
     second.start()
     try:
-        status = wait_for(lambda: (s := second.status(pid)) and idle(s) and s["ranked"] == 6 and s, 240, "all six ranked")
+        status = wait_for(
+            lambda: (s := second.status(pid)) and idle(s) and s["ranked"] == 6 and s, 240, "all six ranked"
+        )
     finally:
         second.stop()
     assert status["patterns_done"] == 6 and status["failed"] == 0
     assert one_prediction_per_task(ls, pid) == {task_id: 1 for task_id in ids}
 
 
-def test_concurrent_imports_into_one_project_and_two_projects_give_correct_isolated_results(label_studio, redis_connection, redis_url, tmp_path):
+def test_concurrent_imports_into_one_project_and_two_projects_give_correct_isolated_results(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     env = backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir")
     backend = BackendProcesses(env, tmp_path).start(workers=2)
@@ -186,7 +217,10 @@ def test_concurrent_imports_into_one_project_and_two_projects_give_correct_isola
     imported: dict[int, list[int]] = {pid: [] for pid in projects}
     try:
         for pid in projects:
-            assert ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+            assert (
+                ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code
+                == 201
+            )
 
         def upload(pid: int, seed: int) -> None:
             tasks = ls.upload_images(pid, write_noise_images(tmp_path / f"{pid}-{seed}", 3, start_seed=seed))

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from freesel_backend.config import SELECTION_QUEUE, Settings
-from freesel_backend.jobs import enqueue_patterns, schedule_selection
-from freesel_backend.store import Store
+from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
+from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, schedule_selection
+from freesel_backend.server.services import Services
+from freesel_backend.server.model import FreeSelModel
+from freesel_backend.server.store import Store
 from tests.backend_processes import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
 
 
 def test_a_burst_of_imports_ends_in_one_waiting_selection_that_waits_for_every_chunk(redis_connection):
     settings = Settings(chunk_size=2)
-    first = enqueue_patterns(redis_connection, settings, 5, [1, 2, 3])
-    second = enqueue_patterns(redis_connection, settings, 5, [4])
-    again = schedule_selection(redis_connection, settings, 5)
+    first = enqueue_patterns(Services(settings, redis_connection), 5, [1, 2, 3])
+    second = enqueue_patterns(Services(settings, redis_connection), 5, [4])
+    again = schedule_selection(Services(settings, redis_connection), 5)
     waiting = Queue(SELECTION_QUEUE, connection=redis_connection).deferred_job_registry.get_job_ids()
     assert waiting == [again.id]
     assert sorted(again.dependency_ids) == sorted(job.id for job in first + second)
@@ -26,20 +31,32 @@ def test_a_burst_of_imports_ends_in_one_waiting_selection_that_waits_for_every_c
 
 def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(redis_connection):
     settings = Settings()
-    running = schedule_selection(redis_connection, settings, 5)
+    running = schedule_selection(Services(settings, redis_connection), 5)
     Queue(SELECTION_QUEUE, connection=redis_connection).remove(running)
     running.set_status(JobStatus.STARTED)  # what a worker does when it takes the job
-    next_one = schedule_selection(redis_connection, settings, 5)
+    next_one = schedule_selection(Services(settings, redis_connection), 5)
     assert next_one.id != running.id and next_one.dependency_ids == [running.id]
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
 
 
-def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_studio, redis_connection, redis_url, tmp_path):
+@pytest.mark.slow
+def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path):
+    """Jobs queued before the package took its current layout name freesel_backend.writeout.write_out etc."""
+    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue("freesel_backend.writeout.write_out", 7)
+    run_worker_burst(backend_env(redis_url, "http://127.0.0.1:9", "unused-key", tmp_path / "model_dir"))
+    assert Job.fetch(job.id, connection=redis_connection).get_status() == JobStatus.FINISHED
+
+
+def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     project = label_studio.create_project("jobs")
     tasks = label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))
     broken = label_studio.import_tasks(project["id"], [{"image": "http://127.0.0.1:9/missing.png"}])
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
-    chunks = enqueue_patterns(redis_connection, Settings.from_env(env), project["id"], [t["id"] for t in tasks] + broken)
+    chunks = enqueue_patterns(
+        Services(Settings.from_env(env), redis_connection), project["id"], [t["id"] for t in tasks] + broken
+    )
 
     run_worker_burst(env)
 
@@ -50,13 +67,50 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(label_s
     assert list(failures) == broken and "image download failed" in failures[broken[0]]
     listed = label_studio.api("GET", f"/api/projects/{project['id']}/").json()
     assert listed["sampling"] == "Uncertainty sampling" and listed["model_version"] == state["model_version"]
-    scores = sorted(p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json())
+    scores = sorted(
+        p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json()
+    )
     assert scores == [i / 5 for i in range(5)]
     for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
         chunk.refresh()
         assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]
     writeout = Job.fetch(state["writeout_job"], connection=redis_connection)
     assert writeout.get_status(refresh=True) == JobStatus.FINISHED and writeout.return_value()["finished"]
-    flags = {task["id"]: task["data"].get("freesel") for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]}
-    assert {t: flags[t] for t in flags if t not in broken} == {t["id"]: "FreeSel pick" for t in tasks}  # the whole pool is picked
+    flags = {
+        task["id"]: task["data"].get("freesel")
+        for task in label_studio.api("GET", "/api/tasks/", params={"project": project["id"]}).json()["tasks"]
+    }
+    assert {t: flags[t] for t in flags if t not in broken} == {
+        t["id"]: "FreeSel pick" for t in tasks
+    }  # the whole pool is picked
     assert flags[broken[0]].startswith("FreeSel could not use this image: image download failed")
+
+
+def test_every_job_enqueued_by_its_import_path_names_a_function():
+    for path in JOB_FUNCTIONS:
+        module, _, name = path.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), path
+
+
+@pytest.mark.slow
+def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webhook(
+    label_studio, redis_connection, redis_url, tmp_path
+):
+    project = label_studio.create_project("deleted tasks")
+    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 4))]
+    env = {
+        **backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir"),
+        "FREESEL_RERANK_INTERVAL": "0",
+    }
+    services = Services(Settings.from_env(env), redis_connection)
+    enqueue_patterns(services, project["id"], tasks)
+    run_worker_burst(env)
+    assert label_studio.api("DELETE", f"/api/tasks/{tasks[0]}/").status_code == 204
+
+    # Label Studio's TASKS_DELETED payload names the tasks by id only
+    model = FreeSelModel(project_id=project["id"], services=services)
+    deleted = {"action": "TASKS_DELETED", "tasks": [{"id": tasks[0]}], "project": {"id": project["id"]}}
+    model.process_event("TASKS_DELETED", deleted)
+    run_worker_burst(env)
+
+    assert sorted(Store(redis_connection).get_target(project["id"])["order"]) == tasks[1:]

@@ -1,4 +1,4 @@
-"""Specification of freesel_backend.label_studio.LabelStudioClient against a REAL Label Studio 1.23.2.
+"""Specification of freesel_backend.labelstudio.client.LabelStudioClient against a REAL Label Studio 1.23.2.
 
 No mocks: the `label_studio` fixture (tests/conftest.py) runs the server.
 """
@@ -10,17 +10,18 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
-from freesel_backend.label_studio import (
+from freesel_backend.labelstudio.client import (
     LabelStudioAuthError,
     LabelStudioClient,
-    LabelStudioDownloadError,
     LabelStudioError,
     LabelStudioNotFound,
     LabelStudioUnavailable,
     is_jwt,
 )
+from freesel_backend.labelstudio.download import Downloader, LabelStudioDownloadError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,6 +33,11 @@ pytestmark = pytest.mark.timeout(300)
 def client(label_studio) -> LabelStudioClient:
     with LabelStudioClient(label_studio.url, label_studio.pat, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def downloader(client) -> Downloader:
+    return Downloader(client)
 
 
 @pytest.fixture(scope="module")
@@ -147,15 +153,6 @@ def test_an_invalid_personal_access_token_gives_an_auth_error_without_the_token(
     assert_no_secret(str(info.value) + repr(info.value) + repr(c), bogus, label_studio.pat)
 
 
-def test_from_env_reads_label_studio_url_with_host_fallback_and_api_key():
-    c = LabelStudioClient.from_env({"LABEL_STUDIO_URL": "http://ls:8080/", "LABEL_STUDIO_API_KEY": "k" * 40})
-    assert c.url == "http://ls:8080" and c.auth_scheme == "Token"
-    c = LabelStudioClient.from_env({"LABEL_STUDIO_HOST": "http://old:8080", "LABEL_STUDIO_API_KEY": "k" * 40})
-    assert c.url == "http://old:8080"
-    with pytest.raises(ValueError):
-        LabelStudioClient.from_env({"LABEL_STUDIO_URL": "http://ls:8080"})
-
-
 # --------------------------------------------------------------------------- projects and tasks
 
 
@@ -188,11 +185,24 @@ def test_iter_tasks_pages_through_all_tasks_with_annotation_counts(label_studio,
     resp = label_studio.api(
         "POST",
         f"/api/tasks/{labelled}/annotations/",
-        json={"result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]},
+        json={
+            "result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+        },
     )
     assert resp.status_code == 201, resp.text
     by_id = {t["id"]: t for t in client.iter_tasks(project["id"], page_size=2)}
     assert by_id[labelled]["total_annotations"] == 1 and by_id[labelled]["is_labeled"] is True
+
+
+def test_labelled_task_ids_lists_only_tasks_with_an_annotation_that_was_not_skipped(label_studio, client, image_files):
+    project, uploaded = new_project_with_images(label_studio, image_files, "labelled tasks")
+    assert client.labelled_task_ids(project["id"]) == set()
+    result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+    labelled, skipped = uploaded[0]["id"], uploaded[1]["id"]
+    assert label_studio.api("POST", f"/api/tasks/{labelled}/annotations/", json={"result": result}).status_code == 201
+    cancelled = {"result": [], "was_cancelled": True}
+    assert label_studio.api("POST", f"/api/tasks/{skipped}/annotations/", json=cancelled).status_code == 201
+    assert client.labelled_task_ids(project["id"]) == {labelled}
 
 
 def test_get_tasks_by_ids_returns_only_those_tasks(client, project_with_images):
@@ -206,18 +216,20 @@ def test_get_tasks_by_ids_returns_only_those_tasks(client, project_with_images):
 # --------------------------------------------------------------------------- downloads
 
 
-def test_an_uploaded_image_downloads_byte_identical(client, project_with_images, image_files):
+def test_an_uploaded_image_downloads_byte_identical(downloader, project_with_images, image_files):
     _, tasks = project_with_images
     for task, path in zip(tasks, image_files):
-        assert client.download_task_file(task, "image") == path.read_bytes()
+        assert downloader.task_file(task, "image") == path.read_bytes()
 
 
-def test_an_absolute_url_on_the_label_studio_host_gets_the_auth_header(label_studio, client, project_with_images, image_files):
+def test_an_absolute_url_on_the_label_studio_host_gets_the_auth_header(
+    label_studio, downloader, project_with_images, image_files
+):
     _, tasks = project_with_images
-    assert client.download(label_studio.url + tasks[0]["data"]["image"]) == image_files[0].read_bytes()
+    assert downloader.download(label_studio.url + tasks[0]["data"]["image"]) == image_files[0].read_bytes()
 
 
-def test_a_local_files_url_downloads_with_the_auth_header(label_studio, client, image_files):
+def test_a_local_files_url_downloads_with_the_auth_header(label_studio, client, downloader, image_files):
     folder = label_studio.local_files_root / "local"
     folder.mkdir(exist_ok=True)
     (folder / "pic.png").write_bytes(image_files[1].read_bytes())
@@ -226,32 +238,34 @@ def test_a_local_files_url_downloads_with_the_auth_header(label_studio, client, 
     [task_id] = label_studio.import_tasks(project["id"], [{"image": "/data/local-files/?d=local/pic.png"}])
     task = client.get_task(task_id)
     assert task["data"]["image"] == "/data/local-files/?d=local/pic.png"
-    assert client.download_task_file(task) == image_files[1].read_bytes()
+    assert downloader.task_file(task) == image_files[1].read_bytes()
 
 
 def test_downloads_over_the_byte_cap_are_refused(label_studio, project_with_images):
     _, tasks = project_with_images
-    c = LabelStudioClient(label_studio.url, label_studio.pat, max_download_bytes=10)
+    capped = Downloader(LabelStudioClient(label_studio.url, label_studio.pat), max_bytes=10)
     with pytest.raises(LabelStudioDownloadError, match="limit"):
-        c.download_task_file(tasks[0])
+        capped.task_file(tasks[0])
 
 
-@pytest.mark.parametrize("uri", ["file:///etc/passwd", "ftp://example.com/x.png", "data:image/png;base64,AAAA", "img.png"])
-def test_file_and_other_schemes_are_refused(client, uri):
+@pytest.mark.parametrize(
+    "uri", ["file:///etc/passwd", "ftp://example.com/x.png", "data:image/png;base64,AAAA", "img.png"]
+)
+def test_file_and_other_schemes_are_refused(downloader, uri):
     with pytest.raises(LabelStudioDownloadError, match="refusing"):
-        client.download(uri)
+        downloader.download(uri)
 
 
-def test_cloud_uris_are_resolved_through_the_task_resolve_endpoint(client, project_with_images):
+def test_cloud_uris_are_resolved_through_the_task_resolve_endpoint(client, downloader, project_with_images):
     _, tasks = project_with_images
-    url, with_auth = client.resolve_download_url("s3://bucket/a b.png", task_id=tasks[0]["id"])
+    url, with_auth = downloader.resolve_url("s3://bucket/a b.png", task_id=tasks[0]["id"])
     assert url.startswith(f"{client.url}/tasks/{tasks[0]['id']}/resolve/?fileuri=") and with_auth
     # No S3 storage is connected in this project: Label Studio answers 404 for the URI.
     with pytest.raises(LabelStudioNotFound) as info:
-        client.download("s3://bucket/a b.png", task_id=tasks[0]["id"])
+        downloader.download("s3://bucket/a b.png", task_id=tasks[0]["id"])
     assert info.value.path == f"/tasks/{tasks[0]['id']}/resolve/"
     with pytest.raises(LabelStudioDownloadError, match="task id"):
-        client.download("gs://bucket/x.png")
+        downloader.download("gs://bucket/x.png")
 
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
@@ -274,15 +288,15 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_third_party_urls_are_downloaded_without_the_auth_header(client):
+def test_third_party_urls_are_downloaded_without_the_auth_header(downloader):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         _RecordingHandler.seen_headers.clear()
-        assert client.download(f"{base}/image.png") == b"third-party-bytes"
-        assert client.download(f"{base}/redirect") == b"third-party-bytes"
+        assert downloader.download(f"{base}/image.png") == b"third-party-bytes"
+        assert downloader.download(f"{base}/redirect") == b"third-party-bytes"
     finally:
         server.shutdown()
         server.server_close()
@@ -303,10 +317,10 @@ def test_uncertainty_sampling_serves_the_lowest_score_task_first(label_studio, c
         chunk_size=2,
     )
     assert created == 3
-    assert client.list_model_versions(project["id"]) == {"freesel-v1": 3}
+    assert label_studio.model_versions(project["id"]) == {"freesel-v1": 3}
     updated = client.update_project(project["id"], sampling="Uncertainty sampling", model_version="freesel-v1")
     assert updated["sampling"] == "Uncertainty sampling" and updated["model_version"] == "freesel-v1"
-    nxt = client.get_next_task(project["id"])
+    nxt = label_studio.next_task(project["id"])
     assert nxt is not None and nxt["id"] == tasks[1]["id"]
 
 
@@ -316,25 +330,25 @@ def test_deleting_a_model_version_removes_only_its_predictions(label_studio, cli
         client.import_predictions(
             project["id"], [{"task": t["id"], "result": [], "score": 0.5, "model_version": version} for t in tasks]
         )
-    assert client.list_model_versions(project["id"]) == {"old": 3, "new": 3}
+    assert label_studio.model_versions(project["id"]) == {"old": 3, "new": 3}
     client.update_project(project["id"], model_version="new")
-    assert client.delete_model_version(project["id"], "old") == 3
-    assert client.list_model_versions(project["id"]) == {"new": 3}
+    assert label_studio.delete_model_version(project["id"], "old") == 3
+    assert label_studio.model_versions(project["id"]) == {"new": 3}
     assert client.get_project(project["id"])["model_version"] == "new"
     assert all(t["total_predictions"] == 1 for t in client.iter_tasks(project["id"]))
 
 
-def test_next_task_is_none_when_the_queue_is_empty(label_studio, client):
+def test_next_task_is_none_when_the_queue_is_empty(label_studio):
     project = label_studio.create_project("empty queue")
-    assert client.get_next_task(project["id"]) is None
-    with pytest.raises(LabelStudioNotFound):
-        client.get_next_task(987654)
+    assert label_studio.next_task(project["id"]) is None
+    with pytest.raises(requests.HTTPError):
+        label_studio.next_task(987654)
 
 
 # --------------------------------------------------------------------------- webhooks
 
 
-def test_webhook_registration_is_idempotent_and_deletable(client, project_with_images):
+def test_webhook_registration_is_idempotent_and_deletable(label_studio, client, project_with_images):
     project, _ = project_with_images
     url = "http://127.0.0.1:9/webhook"
     first = client.register_webhook(project["id"], url)
@@ -346,7 +360,7 @@ def test_webhook_registration_is_idempotent_and_deletable(client, project_with_i
     widened = client.register_webhook(project["id"], url, actions=["TASKS_CREATED", "TASKS_DELETED"])
     assert widened["id"] == first["id"] and sorted(widened["actions"]) == ["TASKS_CREATED", "TASKS_DELETED"]
 
-    client.delete_webhook(first["id"])
+    label_studio.delete_webhook(first["id"])
     assert all(h["url"] != url for h in client.list_webhooks(project["id"]))
 
 
@@ -354,7 +368,7 @@ def test_webhook_registration_is_idempotent_and_deletable(client, project_with_i
 
 
 def test_unreachable_label_studio_is_a_retryable_error_without_the_key(label_studio):
-    from label_studio_server import free_port
+    from tests.label_studio_server import free_port
 
     c = LabelStudioClient(f"http://127.0.0.1:{free_port()}", label_studio.legacy_token, timeout=3)
     with pytest.raises(LabelStudioUnavailable) as info:
@@ -363,15 +377,17 @@ def test_unreachable_label_studio_is_a_retryable_error_without_the_key(label_stu
     assert_no_secret(str(info.value) + repr(info.value), label_studio.legacy_token)
 
 
-def test_the_api_key_and_access_token_never_appear_in_errors_or_repr(label_studio, client, project_with_images):
+def test_the_api_key_and_access_token_never_appear_in_errors_or_repr(
+    label_studio, client, downloader, project_with_images
+):
     project, tasks = project_with_images
     errors: list[LabelStudioError] = []
     for call in (
         lambda: client.get_project(987654),
         lambda: client.update_project(project["id"], sampling="not a sampling mode"),
         lambda: client.import_predictions(987654, [{"task": 1, "result": [], "score": 0.1}]),
-        lambda: client.download("/data/upload/does-not-exist.png"),
-        lambda: client.download("file:///etc/passwd"),
+        lambda: downloader.download("/data/upload/does-not-exist.png"),
+        lambda: downloader.download("file:///etc/passwd"),
     ):
         with pytest.raises(LabelStudioError) as info:
             call()

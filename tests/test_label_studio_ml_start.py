@@ -4,6 +4,8 @@ Redis and a worker, with the options that CLI passes on."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -12,16 +14,22 @@ from pathlib import Path
 
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 from tests.backend_processes import REPO_ROOT, wait_for
 from tests.test_main_command import alive, command_of, descendants, stop_group
+
+pytestmark = pytest.mark.slow
 
 CLI = Path(sys.executable).parent / "label-studio-ml"
 
 
 def test_label_studio_ml_start_serves_the_backend_with_embedded_redis_worker_and_basic_auth(tmp_path):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LABEL_STUDIO_", "FREESEL_", "REDIS_URL"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LABEL_STUDIO_", "FREESEL_", "REDIS_URL"))
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the CLI runs `python`
     log_path = tmp_path / "start.log"
     process = subprocess.Popen(
@@ -58,7 +66,11 @@ def test_label_studio_ml_start_check_validates_the_settings_and_exits(tmp_path):
     assert "settings OK" in done.stdout and "model offline" in done.stdout
     bad = subprocess.run([sys.executable, "freesel_backend/_wsgi.py", "--check", "--with", "FREESEL_PRECISION=fp8"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "FREESEL_PRECISION must be one of auto, fp32, bf16" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "Traceback" not in bad.stderr
+        and "FREESEL_PRECISION must be one of auto, fp32, bf16" in bad.stderr
+    )
 
 
 def _status(url: str, auth: tuple[str, str] | None) -> int:

@@ -19,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from freesel_backend.redis_server import free_port
+from freesel_backend.server.redis_server import free_port
 from tests.backend_processes import REPO_ROOT, backend_env, wait_for
 from tests.test_end_to_end import LABEL_CONFIG, current_ranking, write_group
 
@@ -159,7 +159,9 @@ def project(label_studio, main_command, tmp_path_factory):
     ls = label_studio
     folder = tmp_path_factory.mktemp("images")
     created = ls.create_project("FreeSel main command", LABEL_CONFIG)
-    images = write_group(folder, "red", 6, (200, 40, 40), "flat", 1) + write_group(folder, "green", 4, (40, 160, 40), "stripes", 2)
+    images = write_group(folder, "red", 6, (200, 40, 40), "flat", 1) + write_group(
+        folder, "green", 4, (40, 160, 40), "stripes", 2
+    )
     ls.upload_images(created["id"], images)
     started = time.time()
     response = ls.api("POST", "/api/ml", json={
@@ -169,7 +171,11 @@ def project(label_studio, main_command, tmp_path_factory):
     })
     assert response.status_code == 201, response.text
     settled(main_command, created["id"], started)
-    return {**created, "ml_backend": response.json()["id"], "previous": (created["sampling"], created.get("model_version") or "")}
+    return {
+        **created,
+        "ml_backend": response.json()["id"],
+        "previous": (created["sampling"], created.get("model_version") or ""),
+    }
 
 
 def tasks_of(ls, project_id: int) -> list[dict]:
@@ -177,8 +183,15 @@ def tasks_of(ls, project_id: int) -> list[dict]:
 
 
 def test_every_endpoint_wants_basic_auth_health_included(main_command):
-    for method, path in (("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-                         ("GET", "/freesel/projects/1/status"), ("GET", "/freesel/projects/1/report"), ("PATCH", "/freesel/projects/1/settings")):
+    for method, path in (
+        ("GET", "/health"),
+        ("POST", "/setup"),
+        ("POST", "/predict"),
+        ("POST", "/webhook"),
+        ("GET", "/freesel/projects/1/status"),
+        ("GET", "/freesel/projects/1/report"),
+        ("PATCH", "/freesel/projects/1/settings"),
+    ):
         response = requests.request(method, f"{main_command.url}{path}", json={}, timeout=30)
         assert response.status_code == 401, (path, response.status_code)
         assert response.headers["WWW-Authenticate"].startswith("Basic")
@@ -189,7 +202,10 @@ def test_every_endpoint_wants_basic_auth_health_included(main_command):
 
 
 def test_the_main_command_runs_a_worker_each_for_patterns_rankings_and_write_outs(main_command):
-    listening = [f"*** Listening on {queues}..." for queues in ("freesel-features", "freesel-selection", "freesel-writeout, freesel-cleanup")]
+    listening = [
+        f"*** Listening on {queues}..."
+        for queues in ("freesel-features", "freesel-selection", "freesel-writeout, freesel-cleanup")
+    ]
     wait_for(lambda: all(line in main_command.log() for line in listening), 300, "the three workers")
     assert "starting 3 workers" in main_command.log()
 
@@ -203,7 +219,9 @@ def test_label_studio_without_the_credentials_cannot_connect(label_studio, main_
     assert response.status_code >= 400 or response.json()["state"] != "CO", response.text
 
 
-def test_connected_with_basic_auth_next_serves_the_top_pick_and_every_ranked_task_shows_its_flag(label_studio, main_command, project):
+def test_connected_with_basic_auth_next_serves_the_top_pick_and_every_ranked_task_shows_its_flag(
+    label_studio, main_command, project
+):
     ls, pid = label_studio, project["id"]
     ranking = current_ranking(ls, pid)
     assert len(ranking) == 10
@@ -249,7 +267,9 @@ def test_retrieve_predictions_returns_the_stored_prediction_of_a_ranked_task(lab
         ls.api("DELETE", f"/api/predictions/{prediction['id']}/")
     retrieve_predictions(ls, pid, {"all": False, "included": [lost]})
     again = ls.api("GET", "/api/predictions/", params={"task": lost}).json()
-    assert [(p["score"], p["model_version"]) for p in again] == [(stored_score, ls.api("GET", f"/api/projects/{pid}/").json()["model_version"])]
+    assert [(p["score"], p["model_version"]) for p in again] == [
+        (stored_score, ls.api("GET", f"/api/projects/{pid}/").json()["model_version"])
+    ]
     assert current_ranking(ls, pid)[1] == lost
 
 
@@ -260,7 +280,11 @@ def test_retrieve_predictions_enqueues_tasks_the_backend_never_saw(label_studio,
     # prelabel"); switch all three off here.
     for hook in ls.api("GET", "/api/webhooks/", params={"project": pid}).json():
         assert ls.api("DELETE", f"/api/webhooks/{hook['id']}/").status_code == 204
-    ls.api("PATCH", f"/api/projects/{pid}/", json={"evaluate_predictions_automatically": False, "show_collab_predictions": False}).raise_for_status()
+    ls.api(
+        "PATCH",
+        f"/api/projects/{pid}/",
+        json={"evaluate_predictions_automatically": False, "show_collab_predictions": False},
+    ).raise_for_status()
     new_ids = [t["id"] for t in ls.upload_images(pid, write_group(tmp_path, "blue", 2, (30, 30, 220), "checks", 4))]
     time.sleep(1)
     assert main_command.get(f"/freesel/projects/{pid}/status")["tasks"] == 10
@@ -268,14 +292,20 @@ def test_retrieve_predictions_enqueues_tasks_the_backend_never_saw(label_studio,
     retrieve_predictions(ls, pid, {"all": True, "excluded": []})
     status = settled(main_command, pid, started)
     assert status["tasks"] == 12 and status["patterns_done"] == 12
-    assert set(new_ids) <= set(current_ranking(ls, pid)), ls.api("GET", "/api/predictions/", params={"project": pid}).json()
+    assert set(new_ids) <= set(current_ranking(ls, pid)), ls.api(
+        "GET", "/api/predictions/", params={"project": pid}
+    ).json()
 
 
-def test_a_settings_change_recomputes_patterns_under_a_new_version_and_old_versions_expire(label_studio, main_command, project):
+def test_a_settings_change_recomputes_patterns_under_a_new_version_and_old_versions_expire(
+    label_studio, main_command, project
+):
     ls, pid = label_studio, project["id"]
     before = main_command.get(f"/freesel/projects/{pid}/status")
     started = time.time()
-    response = requests.patch(f"{main_command.url}/freesel/projects/{pid}/settings", json={"patterns_per_image": 2}, auth=AUTH, timeout=30)
+    response = requests.patch(
+        f"{main_command.url}/freesel/projects/{pid}/settings", json={"patterns_per_image": 2}, auth=AUTH, timeout=30
+    )
     assert response.status_code == 200 and response.json()["patterns_per_image"] == 2
     after = settled(main_command, pid, started)
     assert after["patterns_version"] != before["patterns_version"]
@@ -308,7 +338,9 @@ def test_disable_from_the_cli_restores_sampling_and_removes_every_flag(label_stu
         return all("freesel" not in t["data"] and "freesel_rank" not in t["data"] for t in tasks_of(ls, pid))
 
     wait_for(cleaned, 120, "flags removed from every task")
-    assert not [v for v in ls.api("GET", f"/api/projects/{pid}/model-versions/").json() if str(v).startswith("freesel-")]
+    assert not [
+        v for v in ls.api("GET", f"/api/projects/{pid}/model-versions/").json() if str(v).startswith("freesel-")
+    ]
     assert "FreeSel disabled" in main_command.cli(str(pid), "status")
 
 
@@ -319,7 +351,9 @@ def test_stopping_the_main_command_ends_every_process_and_redis_data_survives_a_
     try:
         assert "WARNING" in first.log() and "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set" in first.log()
         pid = label_studio.create_project(f"FreeSel restart {how}", LABEL_CONFIG)["id"]
-        response = requests.patch(f"{first.url}/freesel/projects/{pid}/settings", json={"budget": 5, "strategy": "fds"}, timeout=30)
+        response = requests.patch(
+            f"{first.url}/freesel/projects/{pid}/settings", json={"budget": 5, "strategy": "fds"}, timeout=30
+        )
         assert response.status_code == 200, response.text
         tree = descendants(first.process.pid)
         commands = [command_of(pid) for pid in tree]
@@ -410,16 +444,25 @@ class LabelStudioApi:
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         # access tokens live minutes: a fresh one per call
-        access = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": self.token}, timeout=30).json()["access"]
-        return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {access}"}, timeout=60, **kwargs)
+        access = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": self.token}, timeout=30).json()[
+            "access"
+        ]
+        return requests.request(
+            method, f"{self.url}{path}", headers={"Authorization": f"Bearer {access}"}, timeout=60, **kwargs
+        )
 
     def project(self, title: str) -> dict:
-        return next(p for p in self.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"] if p["title"] == title)
+        return next(
+            p
+            for p in self.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"]
+            if p["title"] == title
+        )
 
     def task_count(self, project_id: int) -> int:
         return self.api("GET", "/api/tasks/", params={"project": project_id, "page_size": 1}).json()["total"]
 
 
+@pytest.mark.integration
 def test_run_sh_without_label_studio_settings_shows_a_ranked_demo_project_and_a_second_run_reuses_it(tmp_path):
     from tests.test_quickstart import run_quickstart, write_tiny_images
 
@@ -429,7 +472,10 @@ def test_run_sh_without_label_studio_settings_shows_a_ranked_demo_project_and_a_
     try:
         log = (tmp_path / "first.log").read_text()
         admin = json.loads((model_dir / "label-studio" / "freesel-admin.json").read_text())
-        assert admin["url"] == f"http://localhost:{ls_port}" and f"API token (Personal Access Token): {admin['token']}" in log
+        assert (
+            admin["url"] == f"http://localhost:{ls_port}"
+            and f"API token (Personal Access Token): {admin['token']}" in log
+        )
         assert f"Open http://localhost:{ls_port}, project 'FreeSel demo'" in log
         ls = LabelStudioApi(admin["url"], admin["token"])
         demo = ls.project("FreeSel demo")
@@ -444,7 +490,10 @@ def test_run_sh_without_label_studio_settings_shows_a_ranked_demo_project_and_a_
                              "--settings", json.dumps({"budget": 10}))
         assert own.returncode == 0, own.stderr[-3000:]
         assert "FreeSel ranked 500 tasks of project 'own'" in own.stdout
-        assert ls.api("GET", f"/api/projects/{ls.project('own')['id']}/next").json()["id"] == current_ranking(ls, ls.project("own")["id"])[0]
+        assert (
+            ls.api("GET", f"/api/projects/{ls.project('own')['id']}/next").json()["id"]
+            == current_ranking(ls, ls.project("own")["id"])[0]
+        )
         ctrl_c(first)
     finally:
         stop_group(first)

@@ -45,7 +45,10 @@ def test_timm_pth_and_official_dino_checkpoints_load_the_same_weights(trained_ti
     dino = tmp_path / "dino_full_checkpoint.pth"
     teacher = {f"module.backbone.{k}": v for k, v in trained_tiny_vit.state_dict().items()}
     teacher["module.head.mlp.0.weight"] = torch.zeros(8, 8)  # DINO's projection head: ignored
-    torch.save({"teacher": teacher, "student": {}, "epoch": 100, "args": __import__("argparse").Namespace(arch="vit_tiny")}, dino)
+    torch.save(
+        {"teacher": teacher, "student": {}, "epoch": 100, "args": __import__("argparse").Namespace(arch="vit_tiny")},
+        dino,
+    )
     for path in (plain, dino):
         for got, want in zip(patterns_with_weights(path), expected):
             np.testing.assert_allclose(got, want, atol=1e-6)
@@ -86,7 +89,7 @@ def test_hub_weights_that_cannot_be_fetched_fail_in_one_sentence_never_random() 
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    line = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]
+    line = [printed for printed in result.stdout.splitlines() if printed.startswith("ERROR:")]
     assert line, result.stderr
     assert "vit_tiny_patch16_224.augreg_in21k" in line[0] and "--weights" in line[0]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 import numpy as np
 
-from freesel_backend.quality_bench.data import DEFAULT_ROOT, load_split
-from freesel_backend.quality_bench.multi_object import main, multi_object_methods
-from freesel_backend.quality_bench.scenes import SceneSettings, build_scenes
+from benchmarks.quality.data import DEFAULT_ROOT, load_split
+from benchmarks.quality.multi_object import main, multi_object_methods
+from benchmarks.quality.scenes import SceneSettings, build_scenes
 from tests.helpers import missing_prerequisite
 
 TINY_RUN = [
@@ -36,9 +38,12 @@ def test_scenes_hold_non_overlapping_objects_of_long_tailed_classes_each_used_on
     single_ink = [(scenes.object_images[scenes.object_scene == s] > 0).sum() for s in range(50)]
     assert np.corrcoef(ink, single_ink)[0, 1] > 0.8
     two = scenes.subset(np.array([5, 2]))
-    assert len(two) == 2 and np.array_equal(two.object_labels, scenes.object_labels[np.isin(scenes.object_scene, [2, 5])])
+    assert len(two) == 2 and np.array_equal(
+        two.object_labels, scenes.object_labels[np.isin(scenes.object_scene, [2, 5])]
+    )
 
 
+@pytest.mark.slow
 def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: Path) -> None:
     _fashion_mnist_or_skip()
     arguments = [*TINY_RUN, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
@@ -49,10 +54,13 @@ def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: 
     for method in multi_object_methods():
         rows = [line for line in table.splitlines() if line.startswith(f"| {method.name} |")]
         assert len(rows) == 4 and all(len(row.split("|")) == 2 + 1 + 2 for row in rows)  # name, budgets 5 and 12
-    random_gains = next(line for line in table.split("same number of scenes")[1].splitlines() if line.startswith("| random |"))
+    random_gains = next(
+        line for line in table.split("same number of scenes")[1].splitlines() if line.startswith("| random |")
+    )
     assert random_gains == "| random | +0.0 ± 0.0 | +0.0 ± 0.0 |"
 
 
+@pytest.mark.slow
 def test_tuning_never_reads_the_test_split(tmp_path: Path) -> None:
     _fashion_mnist_or_skip()
     train_only = tmp_path / "train_only"

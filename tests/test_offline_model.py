@@ -77,6 +77,7 @@ def _timm_tokens_and_last_attention(model, x: torch.Tensor):
 
 
 @needs_wheel
+@pytest.mark.slow
 def test_matches_onnxruntime(cache_dir, checkpoint):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -118,6 +119,7 @@ def test_matches_onnxruntime(cache_dir, checkpoint):
 
 
 @needs_wheel
+@pytest.mark.slow
 def test_checkpoint_loads_strictly_into_timm(checkpoint):
     import timm
     from safetensors import safe_open
@@ -138,6 +140,7 @@ def test_checkpoint_loads_strictly_into_timm(checkpoint):
 
 
 @needs_wheel
+@pytest.mark.slow
 def test_second_call_is_a_cache_hit(cache_dir, checkpoint, monkeypatch):
     mtime = os.stat(checkpoint).st_mtime_ns
 

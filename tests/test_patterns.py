@@ -16,7 +16,9 @@ def reference_kmeans(points: np.ndarray, initial: np.ndarray, iterations: int = 
     centres = initial.astype(np.float64).copy()
     for _ in range(iterations):
         labels = ((points[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-        updated = np.array([points[labels == c].mean(0) if (labels == c).any() else centres[c] for c in range(len(centres))])
+        updated = np.array(
+            [points[labels == c].mean(0) if (labels == c).any() else centres[c] for c in range(len(centres))]
+        )
         if np.allclose(updated, centres):
             break
         centres = updated

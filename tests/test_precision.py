@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from freesel_backend.config import Settings, SettingsError
+from freesel_backend.server.settings import Settings, SettingsError
 from freesel_backend.engine.bfloat16 import native_bfloat16
-from freesel_backend.jobs import version_of
+from freesel_backend.server.jobs import version_of
 from tests.helpers import tiny_extractor
 
 

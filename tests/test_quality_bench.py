@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freesel_backend.quality_bench.__main__ import main, report_methods
-from freesel_backend.quality_bench.data import DEFAULT_ROOT, IDX_IMAGES_MAGIC, load_split, read_idx
+from benchmarks.quality.__main__ import main, report_methods
+from benchmarks.quality.data import DEFAULT_ROOT, IDX_IMAGES_MAGIC, load_split, read_idx
 
 TINY_RUN = [
     "--model", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--precision", "fp32",
@@ -17,6 +17,7 @@ TINY_RUN = [
 ]
 
 
+@pytest.mark.slow
 def test_report_writes_a_table_and_plot_with_every_method_and_budget(tmp_path: Path) -> None:
     assert main([*TINY_RUN, "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 0
     table = (tmp_path / "quality_results.md").read_text()
@@ -29,12 +30,21 @@ def test_report_writes_a_table_and_plot_with_every_method_and_budget(tmp_path: P
     assert "pool features: loaded from cache" in (tmp_path / "quality_results.md").read_text()
 
 
+@pytest.mark.slow
 def test_tuning_never_reads_the_test_split(tmp_path: Path) -> None:
     train_only = tmp_path / "train_only"
     train_only.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         (train_only / name).symlink_to(DEFAULT_ROOT / name)
-    arguments = [*TINY_RUN, "--data-dir", str(train_only), "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
+    arguments = [
+        *TINY_RUN,
+        "--data-dir",
+        str(train_only),
+        "--out-dir",
+        str(tmp_path),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(["tune", *arguments]) == 0
     assert "| random |" in (tmp_path / "quality_tuning.md").read_text()
 

@@ -5,6 +5,8 @@ RectangleLabels config puts the project on the detection preset."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from freesel_backend.quickstart import scan_folder, upload_name
+from freesel_backend.cli.quickstart import scan_folder, upload_name
 from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env
 from tests.test_end_to_end import current_ranking
 
@@ -45,6 +47,7 @@ def test_upload_names_keep_the_sub_folder_and_only_characters_label_studio_keeps
     assert all(reason for _, reason in scan.unreadable)
 
 
+@pytest.mark.slow
 def test_quickstart_refuses_more_files_per_request_than_label_studio_takes(tmp_path):
     done = run_quickstart(dict(os.environ), str(tmp_path), "--batch-size", "101", "--label-studio-url", "http://localhost:1",
                           "--api-key", "k")
@@ -66,14 +69,31 @@ def test_quickstart_uploads_500_images_in_batches_skips_unreadable_ones_and_a_se
         folder = tmp_path / "my images"
         write_tiny_images(folder, 500)
         write_unreadable(folder)
-        options = ("--task", "detection", "--title", "My 500", "--backend-url", backend.url, "--batch-size", "64", "--settings", json.dumps({"budget": 10}))
+        options = (
+            "--task",
+            "detection",
+            "--title",
+            "My 500",
+            "--backend-url",
+            backend.url,
+            "--batch-size",
+            "64",
+            "--settings",
+            json.dumps({"budget": 10}),
+        )
         first = run_quickstart(backend.env, str(folder), *options)
         assert first.returncode == 0, first.stderr[-3000:]
-        assert "skipped (unreadable):" in first.stderr and "truncated.jpg" in first.stderr and "empty.png" in first.stderr
+        assert (
+            "skipped (unreadable):" in first.stderr and "truncated.jpg" in first.stderr and "empty.png" in first.stderr
+        )
         assert "upload: 100%" in first.stderr and "500/500" in first.stderr
         assert "FreeSel ranked 500 tasks of project 'My 500'" in first.stdout
         assert "Label All Tasks serves FreeSel's picks first" in first.stdout
-        project = next(p for p in ls.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"] if p["title"] == "My 500")
+        project = next(
+            p
+            for p in ls.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"]
+            if p["title"] == "My 500"
+        )
         assert "RectangleLabels" in project["label_config"]
         status = backend.status(project["id"])
         assert status["preset"]["task"] == "detection" and "RectangleLabels" in status["preset"]["reason"]

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from freesel_backend.engine.selection import Ranking
-from freesel_backend.report import coverage_curve, pattern_map
-from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, missing_prerequisite, random_patterns, scene_image
+from freesel_backend.report.html import coverage_curve, pattern_map
+from freesel_backend.cli.samples import scene_image
+from tests.helpers import TINY_IMAGE_SIZE, TINY_MODEL, missing_prerequisite, random_patterns
 
 TINY = ["--model", TINY_MODEL, "--random-init", "--image-size", str(TINY_IMAGE_SIZE), "--device", "cpu"]
 RANK_BADGE = (0x18, 0x64, 0xAB)  # --rank in the template: the grid's rank badges
@@ -37,13 +38,16 @@ def selection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "broken.jpg").write_bytes(b"definitely not a jpeg")
     out = tmp_path_factory.mktemp("out")
     ranking, patterns, html = out / "ranking.json", out / "patterns.npz", out / "report.html"
-    selected = run_cli("select", str(folder), "--budget", "8", *TINY, "--out", str(ranking), "--save-patterns", str(patterns))
+    selected = run_cli(
+        "select", str(folder), "--budget", "8", *TINY, "--out", str(ranking), "--save-patterns", str(patterns)
+    )
     assert selected.returncode == 0, selected.stderr
     reported = run_cli("report", str(ranking), "--patterns", str(patterns), "--out", str(html), "--details", "2")
     assert reported.returncode == 0, reported.stderr
     return {"ranking": ranking, "html": html, "folder": folder}
 
 
+@pytest.mark.slow
 def test_the_page_has_no_external_references(selection: dict[str, Path]) -> None:
     html = selection["html"].read_text()
     assert "http://" not in html and "https://" not in html
@@ -52,17 +56,23 @@ def test_the_page_has_no_external_references(selection: dict[str, Path]) -> None
     assert "<link" not in html and "@import" not in html
 
 
+@pytest.mark.slow
 def test_the_grid_shows_the_picks_in_ranking_order_with_rank_and_distance(selection: dict[str, Path]) -> None:
     html = selection["html"].read_text()
     ranked = json.loads(selection["ranking"].read_text())["ranking"]
     picked_names = [Path(row["path"]).name for row in ranked if row["picked"]]
-    cells = re.findall(r'<div class="cell" id="pick-(\d+)".*?<div class="dist">(.*?)</div>\s*<div class="name"[^>]*>(.*?)</div>', html, re.S)
+    cells = re.findall(
+        r'<div class="cell" id="pick-(\d+)".*?<div class="dist">(.*?)</div>\s*<div class="name"[^>]*>(.*?)</div>',
+        html,
+        re.S,
+    )
     assert [int(rank) for rank, _, _ in cells] == list(range(1, 9))
     assert [name for _, _, name in cells] == picked_names
     assert cells[0][1] == "first pick"
     assert all(re.fullmatch(r"d = \d\.\d{3}", distance) for _, distance, _ in cells[1:])
 
 
+@pytest.mark.slow
 def test_failures_near_duplicates_and_settings_are_listed(selection: dict[str, Path]) -> None:
     html = selection["html"].read_text()
     failures = html[html.index('id="failures"') : html.index('id="settings"')]
@@ -74,6 +84,7 @@ def test_failures_near_duplicates_and_settings_are_listed(selection: dict[str, P
     assert html.count('class="detail"') == 2  # the patch views of the first two picks
 
 
+@pytest.mark.integration
 def test_chromium_renders_the_grid_above_the_map(selection: dict[str, Path], tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -86,7 +97,9 @@ def test_chromium_renders_the_grid_above_the_map(selection: dict[str, Path], tmp
     url = selection["html"].as_uri()
     subprocess.run([chromium, *flags, f"--screenshot={screenshot}", "--window-size=1400,2400", url],
                    capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     for element in ("pick-grid", "pattern-map", "coverage-curve", "duplicates", "failures"):
         assert f'id="{element}"' in dom
     assert dom.count('class="pick"') == 8  # one highlighted dot per pick

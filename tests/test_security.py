@@ -13,8 +13,9 @@ import zlib
 import pytest
 import requests
 
-from freesel_backend.config import WEBHOOK_SECRET_HEADER, Settings
-from freesel_backend.label_studio import LabelStudioClient, LabelStudioDownloadError, LabelStudioError
+from freesel_backend.server.settings import WEBHOOK_SECRET_HEADER, Settings
+from freesel_backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from freesel_backend.labelstudio.download import Downloader, LabelStudioDownloadError
 from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import write_noise_images
 from tests.local_http import LocalHttpServer, Request, content, hang, redirect
@@ -32,21 +33,21 @@ def fake_jwt() -> str:
 
 
 def test_file_and_other_non_http_uris_are_never_downloaded():
-    client = LabelStudioClient("http://127.0.0.1:9", "key")
+    downloader = Downloader(LabelStudioClient("http://127.0.0.1:9", "key"))
     for uri in ("file:///etc/passwd", "ftp://example.com/a.png", "gopher://x/1", "data:image/png;base64,AAAA"):
         with pytest.raises(LabelStudioDownloadError, match="refusing to download"):
-            client.download(uri, task_id=1)
+            downloader.download(uri, task_id=1)
 
 
 def test_image_hosts_on_loopback_or_link_local_addresses_are_refused_unless_allowed():
     with LocalHttpServer({"/a.png": content(b"pixels", "image/png")}) as host:
-        strict = LabelStudioClient("http://ls.invalid:8080", "key", allow_private_addresses=False)
+        strict = Downloader(LabelStudioClient("http://ls.invalid:8080", "key"), allow_private_addresses=False)
         with pytest.raises(LabelStudioDownloadError, match="non-public address 127.0.0.1"):
             strict.download(f"{host.url}/a.png")
         with pytest.raises(LabelStudioDownloadError, match="non-public address 169.254.169.254"):
             strict.download("http://169.254.169.254/latest/meta-data/")
         assert host.requests == []  # refused before connecting
-        allowed = LabelStudioClient("http://ls.invalid:8080", "key", allow_private_addresses=True)
+        allowed = Downloader(LabelStudioClient("http://ls.invalid:8080", "key"), allow_private_addresses=True)
         assert allowed.download(f"{host.url}/a.png") == b"pixels"
 
 
@@ -55,24 +56,24 @@ def test_label_studio_may_be_local_but_its_redirects_to_other_private_hosts_are_
         ls = LocalHttpServer({"/data/upload/1/a.png": redirect(f"http://localhost:{internal.port}/secret"),
                               "/data/upload/1/b.png": content(b"own file")}).start()
         try:
-            strict = LabelStudioClient(ls.url, "key", allow_private_addresses=False)
+            strict = Downloader(LabelStudioClient(ls.url, "key"), allow_private_addresses=False)
             assert strict.download("/data/upload/1/b.png") == b"own file"
             with pytest.raises(LabelStudioDownloadError, match="localhost resolves to the non-public address"):
                 strict.download("/data/upload/1/a.png")
             assert internal.requests == []
-            assert LabelStudioClient(ls.url, "key").download("/data/upload/1/a.png") == b"internal"
+            assert Downloader(LabelStudioClient(ls.url, "key")).download("/data/upload/1/a.png") == b"internal"
         finally:
             ls.stop()
 
 
 def test_downloads_are_capped_in_size_and_time():
     with LocalHttpServer({"/big.png": content(b"x" * 5000), "/slow.png": hang(5)}) as host:
-        client = LabelStudioClient("http://ls.invalid", "key", max_download_bytes=1000, download_timeout=1)
+        downloader = Downloader(LabelStudioClient("http://ls.invalid", "key"), max_bytes=1000, timeout=1)
         with pytest.raises(LabelStudioDownloadError, match="5000 bytes exceeds the 1000-byte limit"):
-            client.download(f"{host.url}/big.png")
+            downloader.download(f"{host.url}/big.png")
         started = time.monotonic()
         with pytest.raises(LabelStudioError, match="the image host timed out"):
-            client.download(f"{host.url}/slow.png")
+            downloader.download(f"{host.url}/slow.png")
         assert time.monotonic() - started < 4
 
 
@@ -119,6 +120,7 @@ def signed(backend: BackendProcesses) -> dict[str, str]:
     return {WEBHOOK_SECRET_HEADER: Settings.from_env(backend.env).webhook_secret}
 
 
+@pytest.mark.slow
 def test_routes_reject_form_and_multipart_bodies_and_oversize_json(web_backend):
     for path in ("/setup", "/predict", "/webhook", "/freesel/projects/1/settings", "/train", "/versions"):
         multipart = requests.post(web_backend.url + path, files={"f": ("a.txt", b"x" * 100)}, timeout=30)
@@ -129,12 +131,15 @@ def test_routes_reject_form_and_multipart_bodies_and_oversize_json(web_backend):
     assert oversize.status_code == 413 and "exceeds the 100000-byte limit" in oversize.json()["error"]
 
 
+@pytest.mark.slow
 def test_the_werkzeug_debugger_is_off_and_errors_show_no_traceback(web_backend):
     for query in ("__debugger__=yes&cmd=resource&f=debugger.js", "__debugger__=yes&cmd=printpin&s=x"):
         response = requests.get(f"{web_backend.url}/?{query}", timeout=30)
         assert "debugger" not in response.text.lower() and "console" not in response.text.lower()
     assert requests.get(f"{web_backend.url}/console", timeout=30).status_code == 404
-    broken = requests.post(f"{web_backend.url}/predict", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=30)
+    broken = requests.post(
+        f"{web_backend.url}/predict", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert broken.status_code == 400 and "Traceback" not in broken.text
 
 
@@ -142,24 +147,40 @@ def test_the_werkzeug_debugger_is_off_and_errors_show_no_traceback(web_backend):
     ("headers", "body", "status", "message"),
     [
         ({}, {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []}, 401, "X-FreeSel-Webhook-Secret"),
-        ({WEBHOOK_SECRET_HEADER: "guess"}, {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []}, 401, "webhook"),
+        (
+            {WEBHOOK_SECRET_HEADER: "guess"},
+            {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": []},
+            401,
+            "webhook",
+        ),
         ("signed", "not json at all", 400, "must be a JSON object"),
         ("signed", ["a", "list"], 400, "must be a JSON object"),
         ("signed", {"project": {"id": 1}}, 400, "needs an 'action' string"),
         ("signed", {"action": "TASKS_CREATED", "tasks": []}, 400, "has no 'project'"),
         ("signed", {"action": "TASKS_CREATED", "project": "abc", "tasks": []}, 400, "cannot read a project id"),
         ("signed", {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": "1,2"}, 400, "'tasks' must be a list"),
-        ("signed", {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": "7"}]}, 400, r"tasks\[0\] must be a task object"),
+        (
+            "signed",
+            {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": "7"}]},
+            400,
+            r"tasks\[0\] must be a task object",
+        ),
     ],
 )
-def test_unsigned_or_malformed_webhooks_are_rejected_with_a_specific_error(web_backend, redis_connection, headers, body, status, message):
+@pytest.mark.slow
+def test_unsigned_or_malformed_webhooks_are_rejected_with_a_specific_error(
+    web_backend, redis_connection, headers, body, status, message
+):
     headers = signed(web_backend) if headers == "signed" else headers
     data = body if isinstance(body, str) else json.dumps(body)
-    response = requests.post(f"{web_backend.url}/webhook", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{web_backend.url}/webhook", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == status and re.search(message, response.json()["error"]), response.text
     assert not redis_connection.keys("rq:job:*")  # nothing was enqueued
 
 
+@pytest.mark.slow
 def test_a_signed_well_formed_webhook_is_accepted(web_backend, redis_connection):
     body = {"action": "TASKS_CREATED", "project": {"id": 4}, "tasks": [{"id": 1, "data": {}}, {"id": 2, "data": {}}]}
     response = requests.post(f"{web_backend.url}/webhook", json=body, headers=signed(web_backend), timeout=30)
@@ -196,24 +217,40 @@ def everything_in_redis(connection) -> bytes:
     return b"\n".join(parts)
 
 
-def test_the_api_key_never_appears_in_logs_redis_status_errors_or_webhook_settings(label_studio, redis_connection, redis_url, tmp_path):
+def test_the_api_key_never_appears_in_logs_redis_status_errors_or_webhook_settings(
+    label_studio, redis_connection, redis_url, tmp_path
+):
     ls = label_studio
     project = ls.create_project("security", LABEL_CONFIG)
     pid = project["id"]
     ls.upload_images(pid, write_noise_images(tmp_path / "img", 3))
-    ls.import_tasks(pid, [{"image": "/data/upload/999/missing.png"}])  # Label Studio answers 500 for it, to our auth header
+    ls.import_tasks(
+        pid, [{"image": "/data/upload/999/missing.png"}]
+    )  # Label Studio answers 500 for it, to our auth header
     env = backend_env(redis_url, ls.url, ls.pat, tmp_path / "model_dir")
     backend = BackendProcesses(env, tmp_path).start()
     try:
-        assert ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        assert (
+            ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel"}).status_code == 201
+        )
         status = wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["ranked"] and s, 240, "ranking")
-        added = ls.upload_images(pid, write_noise_images(tmp_path / "more", 2, start_seed=50))  # via the real, signed webhook
-        status = wait_for(lambda: (s := backend.status(pid)) and idle(s) and s["patterns_done"] == 5 and s["ranked"] == 5 and s, 240, "webhook import")
-        assert {t["id"] for t in added} <= {p["task"] for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()}
+        added = ls.upload_images(
+            pid, write_noise_images(tmp_path / "more", 2, start_seed=50)
+        )  # via the real, signed webhook
+        status = wait_for(
+            lambda: (s := backend.status(pid)) and idle(s) and s["patterns_done"] == 5 and s["ranked"] == 5 and s,
+            240,
+            "webhook import",
+        )
+        assert {t["id"] for t in added} <= {
+            p["task"] for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()
+        }
         assert status["failed"] == 1 and "image download failed" in status["failures"][0]["reason"]
         hooks = ls.api("GET", "/api/webhooks/", params={"project": pid}).json()
         assert [h["headers"] for h in hooks] == [{WEBHOOK_SECRET_HEADER: Settings.from_env(env).webhook_secret}]
-        unsigned = requests.post(f"{backend.url}/webhook", json={"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": []}, timeout=30)
+        unsigned = requests.post(
+            f"{backend.url}/webhook", json={"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": []}, timeout=30
+        )
         assert unsigned.status_code == 401
         outputs = {
             "logs": b"".join(path.read_bytes() for path in tmp_path.glob("*.log")),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from freesel_backend import STRATEGIES, select
-from freesel_backend.engine.selection import DUPLICATE_TOLERANCE, resolve_budget
+from freesel_backend.engine.selection import DUPLICATE_TOLERANCE, extend_head, rerank_head, resolve_budget
 from tests.helpers import random_patterns
 
 
@@ -210,3 +210,49 @@ def test_budget_is_a_count_or_a_fraction_of_the_pool() -> None:
     for bad in (-1, 2.5, float("nan")):
         with pytest.raises(ValueError):
             resolve_budget(bad, 100)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_head_reranking_draws_the_head_as_select_does_and_orders_every_other_image_by_distance(strategy) -> None:
+    patterns = random_patterns(40, seed=21)
+    ranking = rerank_head(patterns, 6, 25, strategy=strategy, seeds=[3, 9], seed=4)
+    head_only = select(patterns, 6, strategy=strategy, seeds=[3, 9], seed=4)
+    assert ranking.order.tolist() == head_only.order.tolist() and ranking.n_picked == 6
+    assert np.array_equal(ranking.distance, head_only.distance) and ranking.seeds == (3, 9)
+    again = rerank_head(patterns, 6, 25, strategy=strategy, seeds=[3, 9], seed=4)
+    assert again.order.tolist() == ranking.order.tolist()
+
+
+def test_a_head_reranking_keeps_the_earlier_order_and_picks_of_the_tail() -> None:
+    patterns = random_patterns(30, seed=22)
+    earlier = select(patterns, 12, seeds=[0], seed=1)
+    labelled = [0, int(earlier.order[0]), int(earlier.order[20])]  # a pick and a task of the tail got labels
+    ranking = rerank_head(
+        patterns, 4, 12, previous_order=earlier.order, previous_n_picked=earlier.n_picked, seeds=labelled, seed=2
+    )
+    head = ranking.order[:4].tolist()
+    assert head == select(patterns, 4, seeds=labelled, seed=2).order[:4].tolist()
+    tail = [int(i) for i in earlier.order if int(i) not in head and int(i) not in labelled]
+    assert ranking.order[4:].tolist() == tail
+    earlier_picks_left = len([i for i in earlier.picks.tolist() if i not in head and i not in labelled])
+    assert ranking.n_picked == min(12, 4 + earlier_picks_left)
+    assert sorted(ranking.order.tolist()) == sorted(set(range(30)) - set(labelled))
+
+
+def test_an_image_new_to_the_ranking_comes_after_the_tail_it_did_not_belong_to() -> None:
+    patterns = random_patterns(20, seed=23)
+    earlier_order = [image for image in select(patterns, 5, seed=1).order.tolist() if image not in (7, 11)]
+    ranking = rerank_head(patterns, 3, 5, previous_order=earlier_order, previous_n_picked=5, seed=1)
+    newcomers = [image for image in (7, 11) if image not in ranking.order[:3].tolist()]
+    assert sorted(ranking.order[-len(newcomers) :].tolist()) == sorted(newcomers)
+
+
+def test_the_tail_drawn_afresh_keeps_the_head_and_draws_the_rest_with_it_as_seeds() -> None:
+    patterns = random_patterns(40, seed=24)
+    head = rerank_head(patterns, 5, 15, seeds=[2], seed=3)
+    ranking = extend_head(patterns, head.order[:5], head.distance[:5], 15, seeds=[2], seed=3)
+    tail = select(patterns, 10, seeds=[2, *head.order[:5].tolist()], seed=3)
+    assert ranking.order.tolist() == head.order[:5].tolist() + tail.order.tolist()
+    assert np.array_equal(ranking.distance[:5], head.distance[:5])
+    assert np.array_equal(ranking.distance[5:], tail.distance)
+    assert ranking.n_picked == 15 and ranking.seeds == (2,)

@@ -37,7 +37,9 @@ def with_copies(patterns: list[np.ndarray], n_copies: int) -> list[np.ndarray]:
     return patterns + [p.copy() for p in patterns[:n_copies]]
 
 
-def farthest_first_float64(patterns: list[np.ndarray], first: list[int], budget: int, threshold: float = 1e-4) -> list[int]:
+def farthest_first_float64(
+    patterns: list[np.ndarray], first: list[int], budget: int, threshold: float = 1e-4
+) -> list[int]:
     """Farthest-first in float64, every distance recomputed: argmax takes the lowest index."""
     matrix = np.concatenate(patterns).astype(np.float64)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -149,7 +151,9 @@ def exact_second_pick_probabilities(patterns: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-def test_prob_lazy_and_dense_second_picks_follow_the_exact_squared_distance_distribution(bounds_precision: bool) -> None:
+def test_prob_lazy_and_dense_second_picks_follow_the_exact_squared_distance_distribution(
+    bounds_precision: bool,
+) -> None:
     # The second pick is drawn by rejection sampling against the first pick's pending patterns.
     patterns = random_patterns(12, k=2, dim=3, seed=1, vary_k=False)
     expected = 3000 * exact_second_pick_probabilities(patterns)
@@ -188,7 +192,9 @@ def test_bounds_stay_upper_bounds_and_refresh_gives_true_distances(bfloat16: boo
     assert np.allclose(lazy.values(), dense.values(), rtol=0, atol=1e-6)
 
 
-def test_a_refresh_takes_the_patterns_in_the_bounds_only_for_rows_that_may_be_nearest_to_them(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refresh_takes_the_patterns_in_the_bounds_only_for_rows_that_may_be_nearest_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     matrix = np.concatenate(clustered_patterns(400, seed=9))
     lazy = NearestDistances(matrix, flush_queries=10**6, bfloat16=True)
     for image in range(0, 400, 7):  # 58 picks, their bounds lowered in bfloat16 twice
@@ -198,7 +204,11 @@ def test_a_refresh_takes_the_patterns_in_the_bounds_only_for_rows_that_may_be_ne
     assert lazy.has_pending and 0 < lazy.bounded_at < lazy.n_selected
     products: list[int] = []
     original = NearestDistances._nearest
-    monkeypatch.setattr(NearestDistances, "_nearest", lambda self, rows, queries: products.append(len(rows)) or original(self, rows, queries))
+    monkeypatch.setattr(
+        NearestDistances,
+        "_nearest",
+        lambda self, rows, queries: products.append(len(rows)) or original(self, rows, queries),
+    )
     rows = np.arange(len(matrix))
     true = nearest_cosine_distance(matrix, lazy.selected, lazy.threshold)
     assert np.allclose(lazy.refresh(rows), true, rtol=0, atol=1e-6)

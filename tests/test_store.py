@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from freesel_backend.config import ProjectSettings, SettingsError
+from freesel_backend.server.settings import ProjectSettings, SettingsError
 from freesel_backend.engine import DuplicateGroups, Ranking
-from freesel_backend.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
+from freesel_backend.server.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
 
 
 def test_pattern_blob_round_trips_as_float16_with_its_shape():
@@ -79,7 +79,9 @@ def test_staged_predictions_become_the_live_ones_when_the_queue_is_switched(redi
     assert store.all_predictions(2) == {1: {"score": 0.0, "id": 7}}
     store.promote_staged(2, "freesel-0002")
     assert store.all_predictions(2) == {1: {"score": 0.5}, 2: {"score": 0.25}}
-    assert store.all_predictions(2, staged="freesel-0002") == {} and store.get_state(2)["model_version"] == "freesel-0002"
+    assert (
+        store.all_predictions(2, staged="freesel-0002") == {} and store.get_state(2)["model_version"] == "freesel-0002"
+    )
     store.promote_staged(2, "freesel-0003")  # nothing staged (nothing ranked): no live predictions
     assert store.all_predictions(2) == {} and store.get_state(2)["model_version"] == "freesel-0003"
 

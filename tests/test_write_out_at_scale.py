@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections import Counter
 
 import pytest
 
-from freesel_backend.store import Store
-from freesel_backend.writeout import PICK_FLAG
+from freesel_backend.server.store import Store
+from freesel_backend.server.publish import PICK_FLAG
 from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image
 from tests.local_http import LabelStudioStandIn, LocalHttpServer, content
@@ -37,7 +36,11 @@ WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
 
 def freesel_predictions(ls, project_id: int) -> list[dict]:
-    return [p for p in ls.api("GET", "/api/predictions/", params={"project": project_id}).json() if p["model_version"].startswith("freesel-")]
+    return [
+        p
+        for p in ls.api("GET", "/api/predictions/", params={"project": project_id}).json()
+        if p["model_version"].startswith("freesel-")
+    ]
 
 
 def queue_by_score(ls, project_id: int) -> list[int]:
@@ -45,7 +48,9 @@ def queue_by_score(ls, project_id: int) -> list[int]:
     version = ls.api("GET", f"/api/projects/{project_id}/").json()["model_version"]
     tasks = ls.api("GET", "/api/tasks/", params={"project": project_id, "page_size": TASKS + 10}).json()["tasks"]
     labelled = {t["id"] for t in tasks if t["is_labeled"]}
-    mine = [p for p in freesel_predictions(ls, project_id) if p["model_version"] == version and p["task"] not in labelled]
+    mine = [
+        p for p in freesel_predictions(ls, project_id) if p["model_version"] == version and p["task"] not in labelled
+    ]
     return [p["task"] for p in sorted(mine, key=lambda p: p["score"])]
 
 
@@ -73,7 +78,9 @@ def written(status: dict, after_ranking: int) -> dict | None:
 
 @pytest.fixture
 def scale_setup(label_studio, redis_connection, redis_url, tmp_path):
-    images = {f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(TASKS)}
+    images = {
+        f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(TASKS)
+    }
     with LocalHttpServer(images) as image_host:
         proxy = LabelStudioStandIn(label_studio.url).start()
         env = {**backend_env(redis_url, proxy.url, label_studio.pat, tmp_path / "model_dir"), **SCALE_ENV}
@@ -92,13 +99,19 @@ def scale_setup(label_studio, redis_connection, redis_url, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_reranking_bounded_by_head_changes(scale_setup, redis_connection):
+def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_reranking_bounded_by_head_changes(
+    scale_setup, redis_connection
+):
     ls, proxy, backend, image_host, workers = scale_setup
     logs = backend.log_dir
     pid = ls.create_project("FreeSel at scale", LABEL_CONFIG)["id"]
     ids = ls.import_tasks(pid, [{"image": f"{image_host.url}/img/{n}.png"} for n in range(TASKS)])
     # d^2 draws: a new label redraws the order, so re-rankings move tasks within the head
-    response = ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel", "extra_params": json.dumps({"strategy": "prob"})})
+    response = ls.api(
+        "POST",
+        "/api/ml",
+        json={"url": backend.url, "project": pid, "title": "FreeSel", "extra_params": json.dumps({"strategy": "prob"})},
+    )
     assert response.status_code == 201, response.text
 
     # the first full import is under way: the worker is killed while an import waits for its
@@ -113,7 +126,9 @@ def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_rerank
     assert status["live"]["model_version"] == ls.api("GET", f"/api/projects/{pid}/").json()["model_version"]
 
     queue = queue_by_score(ls, pid)
-    assert sorted(queue) == ids and {t: f for t, f in flags(ls, pid).items() if f == PICK_FLAG} == {t: PICK_FLAG for t in queue[:HEAD]}
+    assert sorted(queue) == ids and {t: f for t, f in flags(ls, pid).items() if f == PICK_FLAG} == {
+        t: PICK_FLAG for t in queue[:HEAD]
+    }
 
     head_changes = 0
     for _ in range(3):  # an annotator labels what /next serves; each label re-ranks
@@ -127,7 +142,9 @@ def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_rerank
         changed = HEAD - in_order_kept(queue[1 : HEAD + 1], new_queue[:HEAD])
         head_changes += changed
         writes = sum(method in WRITES for method, _ in requests)
-        print(f"re-ranking: head changed by {changed} of {HEAD}; {len(requests)} Label Studio requests, {writes} writes")
+        print(
+            f"re-ranking: head changed by {changed} of {HEAD}; {len(requests)} Label Studio requests, {writes} writes"
+        )
         # per task that entered or left the head: a score and a flag at most
         assert writes <= 4 * changed + 1 and len(requests) <= writes + 5
         assert status["writeout"]["label_studio_requests"] <= len(requests)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from freesel_backend.writeout import PICK_FLAG, full_scores, longest_increasing, plan_scores, wanted_flags
+from freesel_backend.server.publish import PICK_FLAG, full_scores, longest_increasing, plan_scores, wanted_flags
 
 
 def served_after(order: list[int], scores: dict[int, float], head: int) -> list[int]:
@@ -68,4 +68,15 @@ def test_scores_without_room_between_neighbours_ask_for_a_fresh_version():
 
 def test_the_pick_flag_goes_on_picks_within_the_head_only_besides_the_other_flags():
     target = {"order": [5, 6, 7, 8], "n_picked": 3, "flags": {"9": "FreeSel could not use this image: 404", "8": "dup"}}
-    assert wanted_flags(target, head_size=2) == {5: PICK_FLAG, 6: PICK_FLAG, 8: "dup", 9: "FreeSel could not use this image: 404"}
+    assert wanted_flags(target, head_size=2) == {
+        5: PICK_FLAG,
+        6: PICK_FLAG,
+        8: "dup",
+        9: "FreeSel could not use this image: 404",
+    }
+
+
+def test_a_pick_that_left_the_head_keeps_its_flag_while_it_remains_a_pick():
+    target = {"order": [5, 6, 7, 8, 4], "n_picked": 4, "flags": {}}
+    current = {7: PICK_FLAG, 4: PICK_FLAG, 8: "dup"}
+    assert wanted_flags(target, head_size=2, current=current) == {5: PICK_FLAG, 6: PICK_FLAG, 7: PICK_FLAG}

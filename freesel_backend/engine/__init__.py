@@ -6,7 +6,13 @@ Nothing here imports Label Studio, Flask, Redis or RQ.
 from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, DuplicateGroups, find_near_duplicates
 from .images import ImageLoadError, list_image_files, load_image
 from .models import DEFAULT_MODEL, BackboneSpec, WeightsError
-from .patterns import DEFAULT_ATTENTION_RATIO, DEFAULT_PATTERNS_PER_IMAGE, PRECISIONS, ExtractorSettings, PatternExtractor
+from .patterns import (
+    DEFAULT_ATTENTION_RATIO,
+    DEFAULT_PATTERNS_PER_IMAGE,
+    PRECISIONS,
+    ExtractorSettings,
+    PatternExtractor,
+)
 from .presets import PRESET_FIELDS, TASKS, preset
 from .selection import STRATEGIES, Ranking, select
 

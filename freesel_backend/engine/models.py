@@ -209,7 +209,7 @@ def _strip_prefixes(key: str) -> str:
 
 
 def _check_vit(model: torch.nn.Module, name: str) -> None:
-    needed = ("patch_embed", "blocks", "norm", "num_prefix_tokens")
+    needed = ("patch_embed", "blocks", "norm", "num_prefix_tokens", "forward_intermediates")
     if not all(hasattr(model, attribute) for attribute in needed) or len(model.blocks) < 2:
         raise ValueError(f"model {name!r} is not a ViT with patch tokens and >= 2 blocks; use a timm vit_* model")
     if not hasattr(model.blocks[-1], "attn") or not hasattr(model.blocks[-1].attn, "qkv"):

@@ -164,7 +164,9 @@ class NearestDistances:
             return
         if not self.has_pending:
             return
-        similarity_floor, similarity_ceiling = self._bfloat16_rows.nearest_similarity_bounds(self.selected[self.bounded_at :])
+        similarity_floor, similarity_ceiling = self._bfloat16_rows.nearest_similarity_bounds(
+            self.selected[self.bounded_at :]
+        )
         np.minimum(self._bound, _distance_of_nearest(similarity_floor, self.threshold), out=self._bound)
         np.minimum(self._lower_bound, _distance_of_nearest(similarity_ceiling, self.threshold), out=self._lower_bound)
         self.bounded_at = self.n_selected
@@ -228,7 +230,11 @@ class NearestDistances:
         the pending (at the end of prob's draws, ~3 rows in 4)."""
         if start >= self.bounded_at:
             return self._nearest(rows, self.selected[start:])
-        nearest = self._nearest(rows, self.selected[self.bounded_at :]) if self.has_pending else np.full(len(rows), np.inf, np.float32)
+        nearest = (
+            self._nearest(rows, self.selected[self.bounded_at :])
+            if self.has_pending
+            else np.full(len(rows), np.inf, np.float32)
+        )
         maybe_earlier = np.flatnonzero((nearest >= self._lower_bound[rows]) & (self._version[rows] < self.bounded_at))
         if len(maybe_earlier):
             earlier_rows = rows[maybe_earlier]
@@ -276,7 +282,9 @@ def resolved_device(device: str, n_rows: int) -> str:
     try:
         torch_device = torch.device(device)
     except RuntimeError as error:
-        raise ValueError(f"unknown selection device {device!r}: use auto, numpy or a torch device such as cuda") from error
+        raise ValueError(
+            f"unknown selection device {device!r}: use auto, numpy or a torch device such as cuda"
+        ) from error
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"selection device {device!r}: torch sees no CUDA GPU here; use auto or numpy")
     return str(torch_device)

@@ -249,10 +249,13 @@ class PatternExtractor:
         pixels = (batch.to(self.device, non_blocking=True).float() / 255.0 - self.mean) / self.std
         embeddings = None
         with self._autocast():
-            tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(pixels))))
-            for block in model.blocks[:-1]:
-                tokens = block(tokens)
-            features = model.norm(tokens)[:, model.num_prefix_tokens :]
+            # the tokens entering the last block, not normalised (timm stops there: stop_early)
+            ((patches, prefix),) = model.forward_intermediates(
+                pixels, indices=[len(model.blocks) - 2], return_prefix_tokens=True, stop_early=True,
+                output_fmt="NLC", intermediates_only=True,
+            )
+            tokens = torch.cat([prefix, patches], dim=1)
+            features = model.norm(patches)
             attention = cls_attention(model.blocks[-1], tokens)[:, model.num_prefix_tokens :]
             if with_embeddings:
                 embeddings = model.norm(model.blocks[-1](tokens))[:, 0].float()

@@ -17,15 +17,21 @@ from .selection import DEFAULT_STRATEGY
 TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
 PRESET_FIELDS: tuple[str, ...] = ("patterns_per_image", "attention_ratio", "strategy")
 
-_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    # The extractor's and select()'s defaults: one representative per cluster of the images'
-    # whitened all-token mean patterns.
-    "classification": MappingProxyType({
-        "patterns_per_image": DEFAULT_PATTERNS_PER_IMAGE, "attention_ratio": DEFAULT_ATTENTION_RATIO, "strategy": DEFAULT_STRATEGY,
-    }),
-    # The paper's multi-object setting and farthest-first sampling on patterns.
-    "detection": MappingProxyType({"patterns_per_image": 5, "attention_ratio": 0.5, "strategy": "fds"}),
-})
+_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        # The extractor's and select()'s defaults: one representative per cluster of the images'
+        # whitened all-token mean patterns.
+        "classification": MappingProxyType(
+            {
+                "patterns_per_image": DEFAULT_PATTERNS_PER_IMAGE,
+                "attention_ratio": DEFAULT_ATTENTION_RATIO,
+                "strategy": DEFAULT_STRATEGY,
+            }
+        ),
+        # The paper's multi-object setting and farthest-first sampling on patterns.
+        "detection": MappingProxyType({"patterns_per_image": 5, "attention_ratio": 0.5, "strategy": "fds"}),
+    }
+)
 _SAME_AS = {"segmentation": "detection"}
 
 

@@ -34,7 +34,10 @@ DEFAULT_STRATEGY: Strategy = "typical"
 # Exponent on the typicality prior of ``typical``, chosen on held-out data (docs/quality.md).
 TYPICALITY_STRENGTH = 1.0
 
-__all__ = ["DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking", "resolve_budget", "select"]
+__all__ = [
+    "DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking",
+    "extend_head", "rerank_head", "resolve_budget", "select",
+]
 
 # fds: true distances computed first, then x4 while the best does not beat the next bound.
 FDS_FIRST_CANDIDATES = 32
@@ -211,6 +214,75 @@ def select(
     )
 
 
+def rerank_head(
+    patterns: Sequence[np.ndarray],
+    head_size: int,
+    budget: int,
+    *,
+    previous_order: Sequence[int] = (),
+    previous_n_picked: int = 0,
+    strategy: Strategy = DEFAULT_STRATEGY,
+    seeds: Iterable[int] = (),
+    seed: int | None = None,
+    duplicate_threshold: float = DUPLICATE_TOLERANCE,
+) -> Ranking:
+    """A ranking whose head is drawn afresh and whose tail keeps an earlier ranking's order.
+
+    The first ``min(head_size, budget)`` picks are drawn by :func:`select` (``seeds`` steer them),
+    at the cost of a head, not of ``budget`` picks. The other images follow in
+    ``previous_order`` (image indices of an earlier ranking: seeds, head picks and repeats drop
+    out), then those it did not hold by decreasing distance. The picks are the head's, then the
+    earlier picks left in the tail (the first ``previous_n_picked`` of ``previous_order``), at
+    most ``budget`` in all. Every distance is the image's distance to the head and the seeds
+    (a pick's: when drawn). :func:`extend_head` draws the tail afresh.
+    """
+    head = select(
+        patterns, min(head_size, budget), strategy=strategy, seeds=seeds, seed=seed,
+        duplicate_threshold=duplicate_threshold,
+    )
+    distance_of = dict(zip(head.order.tolist(), head.distance.tolist()))
+    rest = set(head.order[head.n_picked :].tolist())
+    kept = [image for image in dict.fromkeys(int(i) for i in previous_order) if image in rest]
+    held = set(kept)
+    kept_picks = len(held & {int(i) for i in previous_order[:previous_n_picked]})
+    newcomers = [image for image in head.order[head.n_picked :].tolist() if image not in held]
+    order = np.asarray([*head.picks.tolist(), *kept, *newcomers], dtype=np.int64)
+    return Ranking(
+        order=order,
+        distance=np.asarray([distance_of[image] for image in order.tolist()], dtype=np.float64),
+        n_picked=min(budget, head.n_picked + kept_picks),
+        seeds=head.seeds,
+    )
+
+
+def extend_head(
+    patterns: Sequence[np.ndarray],
+    head: Sequence[int],
+    head_distance: Sequence[float],
+    budget: int,
+    *,
+    strategy: Strategy = DEFAULT_STRATEGY,
+    seeds: Iterable[int] = (),
+    seed: int | None = None,
+    duplicate_threshold: float = DUPLICATE_TOLERANCE,
+) -> Ranking:
+    """``head`` (picks, in this order, with their distances) kept, then ``budget - len(head)``
+    picks drawn with the head and ``seeds`` as seeds, then the rest by distance: the tail of a
+    :func:`rerank_head` ranking drawn afresh."""
+    seed_ids = _validated_seeds(seeds, len(patterns))
+    head_ids = [int(image) for image in head]
+    tail = select(
+        patterns, max(0, budget - len(head_ids)), strategy=strategy, seeds=[*seed_ids, *head_ids], seed=seed,
+        duplicate_threshold=duplicate_threshold,
+    )
+    return Ranking(
+        order=np.concatenate([np.asarray(head_ids, dtype=np.int64), tail.order]),
+        distance=np.concatenate([np.asarray(head_distance, dtype=np.float64), tail.distance]),
+        n_picked=len(head_ids) + tail.n_picked,
+        seeds=seed_ids,
+    )
+
+
 def resolve_budget(budget: float, pool_size: int) -> int:
     """A budget given as a count (>= 1) or as a fraction of the pool (0 < budget < 1)."""
     if budget < 0 or not math.isfinite(budget):
@@ -231,7 +303,12 @@ def _validated_seeds(seeds: Iterable[int], n_images: int) -> tuple[int, ...]:
 
 
 def _representatives(
-    pool: PatternPool, strategy: Strategy, n_picks: int, selected: np.ndarray, seed: int | None, row_prior: np.ndarray | None
+    pool: PatternPool,
+    strategy: Strategy,
+    n_picks: int,
+    selected: np.ndarray,
+    seed: int | None,
+    row_prior: np.ndarray | None,
 ) -> np.ndarray:
     """``typical``'s first picks: one per cluster of the images' whitened mean patterns (none otherwise),
     in coverage order (typical and spread out first: the queue is worked from the top)."""

@@ -1,0 +1,1 @@
+"""Benchmarks of FreeSel's speed and selection quality; not part of the installed package."""

@@ -1,5 +1,0 @@
-"""Selection-quality benchmark: do FreeSel's picks beat random picks on real labelled images?
-
-Run ``python -m freesel_backend.quality_bench`` (docs/quality.md). Needs the packages in
-requirements-bench.txt and Debian's ``dataset-fashion-mnist``; nothing here is used at run time.
-"""

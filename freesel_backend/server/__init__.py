@@ -1,0 +1,1 @@
+"""The ML backend: web service, RQ jobs, the Redis store, and the processes that run them."""

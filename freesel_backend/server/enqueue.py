@@ -1,0 +1,238 @@
+"""Putting a project's jobs on RQ's queues, finding them again, and their progress in the job meta.
+
+Flow: ``enqueue_patterns`` -> ``jobs.compute_patterns`` chunks -> ``jobs.run_selection``
+(depends on the chunks; at most one waiting per project, at most one started per
+``rerank_interval_s``) -> a target ranking in Redis -> ``publish.write_out`` steps bring Label
+Studio to it. Jobs are named by their import path: the web service enqueues them without
+importing the code that runs them (RQ imports it in the worker).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any, Iterable, Sequence
+
+import redis
+from rq import Queue, Retry, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Dependency, Job, JobStatus
+
+from .services import Services
+from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
+from .store import Store
+
+WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
+
+COMPUTE_PATTERNS = f"{__package__}.jobs.compute_patterns"
+RUN_SELECTION = f"{__package__}.jobs.run_selection"
+SYNC_PROJECT = f"{__package__}.jobs.sync_project"
+REMOVE_SELECTION = f"{__package__}.jobs.remove_selection"
+BUILD_REPORT = f"{__package__}.report_job.build_project_report"
+REFRESH_TAIL = f"{__package__}.jobs.refresh_tail"
+WRITE_OUT = f"{__package__}.publish.write_out"
+DELETE_OLD_VERSIONS = f"{__package__}.publish.delete_old_versions"
+JOB_FUNCTIONS = (
+    COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, REFRESH_TAIL, BUILD_REPORT, WRITE_OUT,
+    DELETE_OLD_VERSIONS,
+)
+
+
+def _retry(settings: Settings) -> Retry | None:
+    if settings.job_retries == 0:
+        return None
+    return Retry(max=settings.job_retries, interval=list(settings.retry_intervals[: settings.job_retries]))
+
+
+def enqueue_project_job(
+    services: Services, queue_name: str, function: str, project_id: int, *args: Any,
+    what: str, meta: dict[str, Any] | None = None, delay_s: float = 0, **options: Any,
+) -> Job:
+    """One of a project's jobs: the settings' retries and time limit (``job_timeout`` in
+    ``options`` overrides it), the project in its meta, "FreeSel <what>" as its description;
+    started no sooner than ``delay_s`` from now (by the workers' scheduler)."""
+    queue = Queue(queue_name, connection=services.connection)
+    options.setdefault("job_timeout", services.settings.job_timeout_s)
+    options.update(
+        retry=_retry(services.settings), meta={"project": project_id, **(meta or {})}, description=f"FreeSel {what}"
+    )
+    if delay_s > 0:
+        return queue.enqueue_in(datetime.timedelta(seconds=delay_s), function, project_id, *args, **options)
+    return queue.enqueue(function, project_id, *args, **options)
+
+
+def enqueue_once(
+    services: Services, queue_name: str, function: str, project_id: int, *, job_field: str, what: str,
+    running_counts: bool = False, delay_s: float = 0,
+) -> Job:
+    """Make sure one ``function`` job of the project waits on ``queue_name``: the one recorded in
+    the project's state under ``job_field`` while it still waits (or runs, with ``running_counts``;
+    it reads the latest state), else a new one recorded there."""
+    store = services.store
+    current = fetch_job(services.connection, store.get_state(project_id).get(job_field))
+    counted = (*WAITING, JobStatus.STARTED) if running_counts else WAITING
+    if current is not None and current.get_status(refresh=False) in counted:
+        return current
+    job = enqueue_project_job(services, queue_name, function, project_id, what=what, delay_s=delay_s)
+    store.update_state(project_id, **{job_field: job.id})
+    return job
+
+
+def fetch_job(connection: redis.Redis, job_id: str | None) -> Job | None:
+    """The job ``job_id`` with its status freshly read, or None when RQ no longer has it."""
+    if not job_id:
+        return None
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    job.get_status(refresh=True)
+    return job
+
+
+# ---- the project's jobs -------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def enqueue_patterns(services: Services, project_id: int, task_ids: Iterable[int]) -> list[Job]:
+    """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
+    ids = sorted({int(t) for t in task_ids})
+    if not ids:
+        return []
+    store = services.store
+    store.add_tasks(project_id, ids)
+    version = store.get_state(project_id).get("patterns_version")
+    store.start_progress(project_id, sum(store.count_done(project_id, version)) if version else 0)
+    jobs = [
+        enqueue_project_job(
+            services, FEATURES_QUEUE, COMPUTE_PATTERNS, project_id, chunk,
+            what=f"patterns: project {project_id}, {len(chunk)} tasks", meta={"tasks": len(chunk)},
+        )
+        for chunk in _chunks(ids, services.settings.chunk_size)
+    ]
+    schedule_selection(services, project_id, after=jobs)
+    return jobs
+
+
+def schedule_selection(services: Services, project_id: int, after: Sequence[Job] = ()) -> Job:
+    """Make sure one selection runs after ``after``; a selection still waiting absorbs this request.
+
+    The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
+    ``after``, so a burst of imports ends in one selection, not one per import. A selection that
+    is running is a dependency too: two selections of a project never run at once. Without
+    dependencies, a selection starts no sooner than ``rerank_interval_s`` after the last one began
+    (a burst of labels ends in one re-ranking).
+    """
+    store, connection = services.store, services.connection
+    with selection_lock(store, project_id):
+        previous = fetch_job(connection, store.get_state(project_id).get("pending_selection"))
+        dependencies = [job.id for job in after]
+        if previous is not None and previous.get_status() in WAITING:
+            if not dependencies:
+                return previous
+            dependencies += _unfinished(connection, previous.dependency_ids)
+            previous.cancel()
+        elif previous is not None and previous.get_status() == JobStatus.STARTED:
+            dependencies.append(previous.id)
+        job = enqueue_project_job(
+            services, SELECTION_QUEUE, RUN_SELECTION, project_id,
+            what=f"selection: project {project_id}",
+            depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
+            delay_s=0 if dependencies else _rerank_delay(store, project_id, services.settings),
+        )
+        store.update_state(project_id, pending_selection=job.id)
+    return job
+
+
+def selection_lock(store: Store, project_id: int) -> Any:
+    """Held while a project's selection is scheduled or a ranking replaces the target."""
+    return store.lock(project_id, "selection", timeout=30, blocking_timeout=30)
+
+
+def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
+    last = store.get_state(project_id).get("ranking_started_at")
+    return max(0.0, float(last) + settings.rerank_interval_s - time.time()) if last else 0.0
+
+
+def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
+    jobs = Job.fetch_many(list(job_ids), connection=connection)
+    return [
+        job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)
+    ]
+
+
+def enqueue_sync(services: Services, project_id: int) -> Job:
+    """Compare the project's tasks with the stored patterns and enqueue what is missing (a job)."""
+    return enqueue_project_job(services, SELECTION_QUEUE, SYNC_PROJECT, project_id, what=f"sync: project {project_id}")
+
+
+def enqueue_cleanup(services: Services, project_id: int) -> Job:
+    """After disable: FreeSel's predictions and flags removed (RQ's default time limit: it only deletes)."""
+    return enqueue_project_job(
+        services, CLEANUP_QUEUE, REMOVE_SELECTION, project_id, what=f"cleanup: project {project_id}", job_timeout=None,
+    )
+
+
+def enqueue_writeout(services: Services, project_id: int, delay_s: float = 0) -> None:
+    """Make sure a write-out step of the project is waiting (one waiting step reads the latest target)."""
+    enqueue_once(
+        services, WRITEOUT_QUEUE, WRITE_OUT, project_id, job_field="writeout_job",
+        what=f"write-out: project {project_id}", delay_s=delay_s,
+    )
+
+
+def enqueue_tail_refresh(services: Services, project_id: int) -> None:
+    """Make sure a tail refresh of the project waits on the patterns queue (which runs it when it
+    has no patterns to compute, beside the rankings of the head)."""
+    enqueue_once(
+        services, FEATURES_QUEUE, REFRESH_TAIL, project_id, job_field="tail_job",
+        what=f"ranking of the tail: project {project_id}",
+    )
+
+
+def enqueue_version_cleanup(services: Services, project_id: int) -> None:
+    enqueue_project_job(
+        services, CLEANUP_QUEUE, DELETE_OLD_VERSIONS, project_id,
+        what=f"old versions: project {project_id}", job_timeout=None,
+    )
+
+
+def enqueue_report(services: Services, project_id: int) -> Job:
+    """The project's report job: the one already waiting or running, else a new one."""
+    with services.store.lock(project_id, "report", timeout=30, blocking_timeout=30):
+        return enqueue_once(
+            services, SELECTION_QUEUE, BUILD_REPORT, project_id, job_field="report_job",
+            what=f"report: project {project_id}", running_counts=True,
+        )
+
+
+# ---- progress -----------------------------------------------------------------------------------
+
+
+class JobProgress:
+    """``done``/``total`` (and a stage) in the current RQ job's meta, for the status endpoint."""
+
+    def __init__(self, total: int, stage: str = "") -> None:
+        self.job = get_current_job()
+        self.total, self.done = total, 0
+        self.stage = stage
+        self._save()
+
+    def advance(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        self._save()
+
+    def start_stage(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.done = stage, total, 0
+        self._save()
+
+    def _save(self) -> None:
+        if self.job is not None:
+            self.job.meta.update(
+                {"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()}
+            )
+            self.job.save_meta()

@@ -1,0 +1,422 @@
+"""RQ jobs: patterns for chunks of tasks, one coalesced selection per project, project sync,
+cleanup after disable. Enqueued by ``enqueue.py`` (the flow is described there).
+
+Job functions take plain arguments (project id, task ids) and never a secret: workers read
+``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment (``services.job_services``).
+A ranking draws only the head of the queue afresh (``Settings.head_size`` picks) and keeps the
+tail's earlier order, so that a label is reflected at the cost of a head; ``refresh_tail``, on
+the patterns queue, draws the tail afresh after it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .settings import ProjectSettings, Settings
+from ..engine import ImageLoadError, PatternExtractor, load_image
+from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
+from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from ..labelstudio.download import Downloader
+from ..labelstudio.label_config import LabelConfigError, image_field_of
+from .store import SelectionRecord, Store, patterns_version
+from .enqueue import (
+    JobProgress, enqueue_patterns, enqueue_tail_refresh, enqueue_writeout, schedule_selection, selection_lock,
+)
+from .publish import delete_freesel_predictions, flagged, new_model_version
+from .services import Services, job_services
+
+log = logging.getLogger(__name__)
+
+# Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
+# Any other error (a 500 for one missing upload, say) belongs to that one task.
+LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_extractor(
+    model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings
+) -> PatternExtractor:
+    return PatternExtractor(
+        model,
+        patterns_per_image=patterns_per_image,
+        attention_ratio=attention_ratio,
+        seed=seed,
+        device=settings.device,
+        precision=settings.precision,  # type: ignore[arg-type]
+        batch_size=settings.batch_size,
+        random_init=settings.test_random_init,
+        image_size=settings.test_image_size,
+        cache_dir=settings.model_dir / "models",
+    )
+
+
+def extractor_for(settings: Settings, project: ProjectSettings) -> PatternExtractor:
+    """The worker's extractor for these project settings (created once, then reused)."""
+    return _cached_extractor(
+        project.model_name(settings.model),
+        project.patterns_per_image,
+        float(project.attention_ratio),
+        project.seed,
+        settings,
+    )
+
+
+def version_of(extractor: PatternExtractor) -> str:
+    options = extractor.settings
+    return patterns_version(
+        extractor.model_id,
+        patterns_per_image=options.patterns_per_image,
+        attention_ratio=options.attention_ratio,
+        image_size=extractor.input_size,
+        kmeans_iterations=options.kmeans_iterations,
+        seed=options.seed,
+        random_init=extractor.backbone_spec.random_init,
+        # bf16 patterns differ from fp32 ones by rounding: never mixed in one ranking. fp32 stays
+        # out of the name so that patterns stored before precision was part of it stay valid.
+        **({"precision": extractor.precision} if extractor.precision != "fp32" else {}),
+    )
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+
+
+def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
+    """Patterns for these tasks of the project; an image that cannot be had is a failure with
+    its reason. Tasks that already have patterns of the current version are skipped. The job's
+    meta carries ``done``/``total`` (tasks), updated per model batch."""
+    services = job_services()
+    started = time.monotonic()
+    extractor = extractor_for(services.settings, services.store.get_settings(project_id))
+    version = version_of(extractor)
+    services.store.use_patterns_version(project_id, version)
+    todo = sorted(set(map(int, task_ids)) - set(services.store.load_patterns(project_id, version, task_ids)))
+    progress = JobProgress(len(todo))
+    if not todo:
+        return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
+    try:
+        tasks = services.client.get_tasks(project_id, todo)
+        image_field = project_image_field(services, project_id)
+    except LabelStudioNotFound:
+        log.warning("project %s does not exist in Label Studio: dropping %d of its tasks", project_id, len(todo))
+        services.store.remove_tasks(project_id, todo)
+        return {"patterns": 0, "failed": 0, "skipped": len(task_ids), "missing_project": 1}
+    except LabelConfigError as error:
+        services.store.save_results(project_id, version, {}, {task_id: str(error) for task_id in todo})
+        return {"patterns": 0, "failed": len(todo), "skipped": len(task_ids) - len(todo)}
+    services.store.remove_tasks(project_id, set(todo) - {int(task["id"]) for task in tasks})
+    log.info(
+        "project %s: patterns for %d tasks started (%d already done, version %s)",
+        project_id,
+        len(todo),
+        len(task_ids) - len(todo),
+        version,
+    )
+    patterns: dict[int, np.ndarray] = {}
+    failures: dict[int, str] = {}
+    opened = extractor.extract_sources(
+        tasks, lambda task: open_task_image(services.downloader, task, image_field), on_batch=progress.advance
+    )
+    for result in opened:
+        task_id = int(result.source["id"])
+        if result.patterns is None:
+            failures[task_id] = result.error or "unknown error"
+        else:
+            patterns[task_id] = result.patterns
+    services.store.save_results(project_id, version, patterns, failures)
+    for task_id, reason in failures.items():
+        log.warning("project %s task %s: no patterns: %s", project_id, task_id, reason)
+    seconds = time.monotonic() - started
+    log.info(
+        "project %s: patterns for %d tasks finished in %.1f s (%.1f tasks/s): %d ok, %d failed",
+        project_id, len(todo), seconds, len(todo) / max(seconds, 1e-9), len(patterns), len(failures),
+    )
+    return {"patterns": len(patterns), "failed": len(failures), "skipped": len(task_ids) - len(todo)}
+
+
+def project_image_field(services: Services, project_id: int) -> str:
+    """The task data field holding the image, read from the label config once and kept in the project state."""
+    field = services.store.get_state(project_id).get("image_field")
+    if not field:
+        field = image_field_of(services.client.get_label_config(project_id))
+        services.store.update_state(project_id, image_field=field)
+    return field
+
+
+def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field: str) -> Any:
+    """The task's image, downloaded and decoded; a reason of its own as an ImageLoadError when it cannot be had,
+    and Label Studio's own unavailability re-raised (the job is retried later)."""
+    data = task.get("data") or {}
+    if image_field not in data:
+        raise ImageLoadError(
+            f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})"
+        )
+    if not isinstance(data[image_field], str):
+        raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
+    try:
+        image_bytes = downloader.task_file(task, image_field)
+    except LabelStudioError as error:
+        label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
+        if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):
+            raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
+        raise ImageLoadError(f"image download failed: {error}") from None
+    return load_image(image_bytes)
+
+
+def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> bool:
+    try:
+        return downloader.resolve_url(uri, task_id)[1]
+    except LabelStudioError:
+        return False
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """Tasks Label Studio listed, those the store dropped, those sent for patterns."""
+
+    listed: set[int]
+    gone: set[int]
+    enqueued: set[int]
+
+
+def reconcile(
+    services: Services, project_id: int, listed: Iterable[int], *, every_task: bool, version: str | None = None
+) -> Reconciled:
+    """Bring the store to the tasks Label Studio ``listed``: with ``every_task`` (the listing is
+    the whole project) tasks it lacks are dropped with their patterns; pattern jobs, and a
+    selection after them, for the listed tasks the store has not seen and, given the patterns
+    ``version``, for those with neither patterns nor a failure of it."""
+    store = services.store
+    listed = set(listed)
+    known = store.task_ids(project_id)
+    gone = known - listed if every_task else set()
+    store.remove_tasks(project_id, gone)
+    settled = known
+    if version:
+        settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
+    missing = listed - settled
+    if missing:  # imported without a webhook, or Redis lost its data: compute them, rank again after
+        log.info("project %s: %d listed tasks have no patterns yet, enqueueing them", project_id, len(missing))
+        enqueue_patterns(services, project_id, missing)
+    return Reconciled(listed, gone, missing)
+
+
+def sync_project(project_id: int) -> dict[str, int]:
+    """Enqueue patterns for every task of the project that has none (and no failure) yet; re-rank
+    only when tasks went away or no ranking exists yet (Label Studio calls /setup often)."""
+    services = job_services()
+    store = services.store
+    version = version_of(extractor_for(services.settings, store.get_settings(project_id)))
+    store.use_patterns_version(project_id, version)
+    task_ids = {int(task["id"]) for task in services.client.iter_tasks(project_id)}
+    reconciled = reconcile(services, project_id, task_ids, every_task=True, version=version)
+    if not reconciled.enqueued:
+        store.add_tasks(project_id, task_ids)
+        if reconciled.gone or store.get_state(project_id).get("ranked_version") != version:
+            schedule_selection(services, project_id)
+    log.info(
+        "project %s: sync: %d tasks, %d need patterns, %d gone",
+        project_id, len(task_ids), len(reconciled.enqueued), len(reconciled.gone),
+    )
+    return {"tasks": len(task_ids), "enqueued": len(reconciled.enqueued)}
+
+
+def run_selection(project_id: int) -> dict[str, Any]:
+    """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
+    target of the write-out (enqueued here): the head drawn afresh, the rest in the last
+    ranking's order (by distance on a first ranking), the tail's refresh enqueued. Skipped when
+    neither the tasks, the labels, the patterns nor the settings changed since the last ranking.
+
+    Reconcile (the labelled tasks with the store) -> rank (``engine.ranking.rank_tasks``) ->
+    publish (the target; a write-out)."""
+    services = job_services()
+    store = services.store
+    settings = store.get_settings(project_id)
+    if not settings.enabled:
+        return {"skipped": "FreeSel is disabled for this project"}
+    started, requests_before = time.monotonic(), services.client.requests_sent
+    store.update_state(project_id, ranking_started_at=time.time())
+    progress = JobProgress(0, stage="loading tasks")
+    version = store.get_state(project_id).get("patterns_version") or ""
+    try:
+        labelled_in_label_studio = services.client.labelled_task_ids(project_id)
+    except LabelStudioNotFound:
+        return {"skipped": f"project {project_id} does not exist in Label Studio"}
+    # The project's tasks as webhooks (TASKS_CREATED, TASKS_DELETED) and syncs recorded them: a
+    # full listing per ranking would cost more than the ranking at thousands of tasks. None
+    # recorded (Redis lost its data): one full listing.
+    tasks = store.task_ids(project_id) or {int(task["id"]) for task in services.client.iter_tasks(project_id)}
+    reconcile(services, project_id, tasks | labelled_in_label_studio, every_task=False)
+    stored = store.load_patterns(project_id, version, tasks) if version else {}
+    if not stored:  # connected to a project before its tasks' patterns: nothing to rank or switch to
+        return {"skipped": "no task has patterns yet"}
+    failed = store.failures(project_id, version) if version else {}
+    failures = {t: reason for t, reason in failed.items() if t in tasks}
+    labelled = labelled_in_label_studio & set(stored)
+    fingerprint = _fingerprint(settings, version, sorted(stored), labelled, failures)
+    if fingerprint == store.get_state(project_id).get("ranked_fingerprint") and store.get_target(project_id):
+        return {"skipped": "nothing that decides the ranking changed"}
+    unlabelled = len(stored) - len(labelled)
+    progress.start_stage("ranking", unlabelled)
+    previous = _previous_target(store, project_id, settings, version)
+    ranked = rank_tasks(
+        stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
+        previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+    )
+    target = publish_ranking(
+        services, project_id, ranked, fingerprint, version,
+        last_selection_at=time.time(),
+        n_picked=ranked.n_picked,
+        n_ranked=len(ranked.order),
+        ranked_version=version,
+        ranked_fingerprint=fingerprint,
+        ranking_seconds=round(time.monotonic() - started, 2),
+        ranking_requests=services.client.requests_sent - requests_before,
+    )
+    if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
+        store.end_progress(project_id)
+    if ranked.ranking is not None and settings.picks_for(unlabelled) > services.settings.head_size:
+        enqueue_tail_refresh(services, project_id)
+    log.info(
+        "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
+        project_id, target["model_version"], ranked.n_picked, len(ranked.order), len(labelled),
+        time.monotonic() - started, " (a new version)" if target["full"] else "",
+    )
+    return {
+        "ranked": len(ranked.order),
+        "picked": ranked.n_picked,
+        "seeds": len(labelled),
+        "model_version": target["model_version"],
+    }
+
+
+def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
+    """The last target, whose order the tail of a new ranking keeps; none after a settings or
+    patterns change (its order then means nothing for the new ranking)."""
+    previous = store.get_target(project_id) or {}
+    return previous if previous.get("settings_key") == fingerprint_of_settings(settings, version) else {}
+
+
+def publish_ranking(
+    services: Services, project_id: int, ranked: RankedTasks, fingerprint: str, version: str, **state: str | int | float
+) -> dict[str, Any]:
+    """Store ``ranked`` as the write-out's target (and the selection record the report and
+    status read), then ``state`` in the project's state, then make sure a write-out step is waiting."""
+    store = services.store
+    with selection_lock(store, project_id):
+        target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
+        _save_ranking(store, project_id, target, version, ranked)
+    store.update_state(project_id, **state)
+    enqueue_writeout(services, project_id)
+    return target
+
+
+def _save_ranking(store: Store, project_id: int, target: dict[str, Any], version: str, ranked: RankedTasks) -> None:
+    """The write-out's target, and what was ranked (for the report and the status)."""
+    if ranked.ranking is not None:
+        name = f"{target['model_version']} ranking {target['generation']}"
+        record = SelectionRecord.of(name, version, ranked.task_ids, ranked.ranking, ranked.duplicates)
+        store.save_selection(project_id, record)
+    store.save_target(project_id, target)
+
+
+def refresh_tail(project_id: int) -> dict[str, Any]:
+    """Draw the picks after the head of the last ranking afresh (a re-ranking after labels draws
+    only the head and keeps the tail's earlier order). Dropped when a newer ranking replaced the
+    target meanwhile: that one asks for its own refresh. The head, and so Label Studio's queue
+    where annotators reach it, is left as it is: only flags of near-duplicates may change."""
+    services = job_services()
+    store = services.store
+    settings, target = store.get_settings(project_id), store.get_target(project_id)
+    record = store.get_selection(project_id)
+    if not settings.enabled or target is None or record is None:
+        return {"skipped": "no ranking to refresh"}
+    stored = store.load_patterns(project_id, record.patterns_version, record.task_ids)
+    if len(stored) != len(record.task_ids):
+        return {"skipped": "the ranked tasks changed: the next ranking refreshes"}
+    ranking = record.ranking()
+    ranked = rank_tail(
+        [stored[t] for t in record.task_ids], record.task_ids, ranking, record.duplicates(),
+        failures_in(target["flags"]),
+        settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=services.settings.head_size,
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+    )
+    with selection_lock(store, project_id):
+        if store.get_target(project_id) != target:
+            return {"skipped": "a newer ranking replaced the target"}
+        refreshed = {
+            **target, "generation": store.next_run(project_id), "order": ranked.order, "n_picked": ranked.n_picked,
+            "flags": ranked.flags,
+        }
+        _save_ranking(store, project_id, refreshed, record.patterns_version, ranked)
+    store.update_state(project_id, n_picked=ranked.n_picked)
+    enqueue_writeout(services, project_id)
+    n_head = min(services.settings.head_size, ranking.n_picked)
+    log.info(
+        "project %s: tail ranked afresh: %d picks after a head of %d", project_id, ranked.n_picked - n_head, n_head
+    )
+    return {"picked": ranked.n_picked, "head": n_head}
+
+
+def _fingerprint(
+    settings: ProjectSettings, version: str, ids: Sequence[int], labelled: set[int], failures: Mapping[int, str]
+) -> str:
+    """What decides a ranking: settings, patterns version, the tasks, which are labelled, which failed."""
+    described = json.dumps([settings.to_dict(), version, list(ids), sorted(labelled), sorted(failures)], default=str)
+    return hashlib.sha1(described.encode()).hexdigest()
+
+
+def _target(
+    store: Store, project_id: int, fingerprint: str, order: list[int], picked: list[int], flags: dict[int, str]
+) -> dict[str, Any]:
+    """The write-out's target. A new model version only on the first ranking or after a settings
+    or patterns change (an unfinished new version is reused); otherwise the live one, changed in place."""
+    state, previous = store.get_state(project_id), store.get_target(project_id) or {}
+    settings_key = fingerprint_of_settings(store.get_settings(project_id), state.get("patterns_version", ""))
+    live = state.get("model_version", "")
+    unfinished = previous.get("full") and previous.get("model_version") != live
+    full = not live or unfinished or previous.get("settings_key") != settings_key
+    model_version = (
+        previous["model_version"] if unfinished else (new_model_version(store, project_id) if full else live)
+    )
+    return {
+        "generation": store.next_run(project_id),
+        "model_version": model_version,
+        "full": bool(full),
+        "settings_key": settings_key,
+        "order": order,
+        "n_picked": len(picked),
+        "flags": flags,
+    }
+
+
+def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) -> str:
+    return hashlib.sha1(json.dumps([settings.to_dict(), patterns_version], default=str).encode()).hexdigest()
+
+
+def remove_selection(project_id: int) -> dict[str, int]:
+    """After disable: delete FreeSel's predictions (one request each, see ``publish``) and flags."""
+    services = job_services()
+    store = services.store
+    flags = store.get_flags(project_id)
+    deleted = delete_freesel_predictions(services, project_id)
+    tasks = {int(task["id"]): task for task in services.client.get_tasks(project_id, sorted(flags))} if flags else {}
+    for task_id in flags:
+        if task_id in tasks:
+            services.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
+        store.set_flag(project_id, task_id, None)
+    store.replace_predictions(project_id, {})
+    store.forget_ranking(project_id)
+    log.info(
+        "project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks",
+        project_id, deleted, len(flags),
+    )
+    return {"deleted_predictions": deleted}

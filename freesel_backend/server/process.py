@@ -1,0 +1,217 @@
+"""Running the backend: gunicorn web service, RQ worker, embedded Redis, admin client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+import requests
+from gunicorn.app.base import BaseApplication
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.utils import import_attribute
+from rq.worker import SimpleWorker, WorkerStatus
+
+from .settings import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
+from .redis_server import RedisServer
+
+log = logging.getLogger(__name__)
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .web import create_app
+
+        return create_app()
+
+
+def serve(host: str, port: int, web_workers: int) -> int:
+    """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and one worker
+    process per queue group (patterns; rankings; write-outs and cleanups), so that a long pattern
+    extraction or write-out never holds up a ranking, and write-outs take turns in bounded steps.
+
+    SIGTERM or Ctrl-C stops gunicorn gracefully, then the workers (warm shutdown: their running
+    jobs may finish), then the embedded Redis (which writes its data file on the way out)."""
+    # Label Studio reaches this backend (and its webhook) at FREESEL_PUBLIC_URL; unset, at the port served
+    if not os.environ.get("FREESEL_PUBLIC_URL"):
+        os.environ["FREESEL_PUBLIC_URL"] = f"http://localhost:{port}"
+    settings = Settings.from_env()
+    if settings.basic_auth is None:
+        log.warning(
+            "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: anyone who can reach port %s can call this backend, "
+            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's "
+            "connect form.",
+            port,
+        )
+    embedded: RedisServer | None = None
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        if settings.redis_url is None:
+            embedded = RedisServer(settings.model_dir / "redis").start()
+            os.environ["REDIS_URL"] = embedded.url
+            log.info(
+                "embedded Redis at %s (data in %s); starting %d workers",
+                embedded.url,
+                embedded.data_dir,
+                len(EMBEDDED_WORKER_QUEUES),
+            )
+            # Their own sessions: a terminal's Ctrl-C reaches gunicorn only, and the workers are stopped
+            # below (warm shutdown) before the embedded Redis, which they need until they have ended.
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "freesel_backend", "worker", "--queues", ",".join(group)],
+                    env=dict(os.environ), start_new_session=True,
+                )
+                for group in EMBEDDED_WORKER_QUEUES
+            ]
+        log.info("FreeSel backend on http://%s:%s (Label Studio reaches it at %s)", host, port, settings.public_url)
+        _Gunicorn({"bind": f"{host}:{port}", "workers": web_workers, "threads": 4, "timeout": 120,
+                   "graceful_timeout": 10, "worker_class": "gthread", "accesslog": "-",
+                   # one control socket path per user would be shared by every backend on the machine
+                   "control_socket_disable": True}).run()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s: float = 10.0) -> None:
+    """RQ's shutdown: the first SIGTERM lets the running job finish, a second one stops it; then kill."""
+    for signal_wait in (warm_s, cold_s):
+        if worker.poll() is not None:
+            return
+        worker.terminate()
+        try:
+            worker.wait(timeout=signal_wait)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s still running after %.0f s", worker.pid, signal_wait)
+    worker.kill()
+    worker.wait()
+
+
+# Jobs queued by versions whose job functions lived in flat modules name them by those paths.
+FORMER_JOB_MODULES = {
+    "freesel_backend.jobs.": "freesel_backend.server.jobs.",
+    "freesel_backend.writeout.": "freesel_backend.server.publish.",
+    "freesel_backend.report_job.": "freesel_backend.server.report_job.",
+}
+
+
+class FreeSelJob(Job):
+    """An RQ job whose function may be named by its module path before the package's current layout."""
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name or ""
+        for former, current in FORMER_JOB_MODULES.items():
+            if name.startswith(former):
+                return import_attribute(current + name[len(former):])
+        return super().func
+
+
+def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
+    """An RQ worker on ``queues`` (first ones first). SimpleWorker (no fork per job) keeps the model loaded
+    between jobs; the scheduler runs the delayed retries."""
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("REDIS_URL is not set: the worker needs the backend's Redis")
+    connection = redis.Redis.from_url(settings.redis_url)
+    # RQ runs registry maintenance (abandoned-job retries, restarting a dead scheduler) only
+    # between dequeues, and an idle worker blocks in dequeue for worker_ttl - 15 s (405 s by
+    # default): worker_ttl is set so that an idle worker still runs it every maintenance_s.
+    maintenance_s = settings.worker_maintenance_s
+    worker = HeartbeatWorker(
+        [Queue(name, connection=connection, job_class=FreeSelJob) for name in queues], connection=connection,
+        job_class=FreeSelJob, maintenance_interval=maintenance_s, worker_ttl=maintenance_s + 15,
+    )
+    worker.lease_s = settings.worker_heartbeat_s
+    worker.work(burst=burst, with_scheduler=True)
+    return 0
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker whose running job holds a short lease, renewed every ``lease_s`` by a
+    thread. SimpleWorker's own lease is the job timeout (an hour), so a worker killed mid-job
+    would leave its chunk "started" for an hour; with the lease, the next registry maintenance
+    of any worker finds it abandoned within about 3 x lease_s and RQ retries it."""
+
+    lease_s = 30
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return 3 * self.lease_s
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        finished = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(job, execution, finished), daemon=True)
+        renewer.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            finished.set()
+            renewer.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _renew_lease(self, job: Job, execution: Execution, finished: threading.Event) -> None:
+        while not finished.wait(self.lease_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as error:  # the job itself will report a lasting outage
+                log.warning("could not renew the lease of job %s: %s", job.id, error)
+
+
+def project_action(project_id: int, action: str, url: str | None = None) -> Any:
+    """Call the running backend's admin route for ``action`` and return its JSON answer."""
+    return _admin_request("GET" if action == "status" else "POST", project_id, action, url).json()
+
+
+def fetch_report(project_id: int, url: str | None = None, wait_s: float = 600.0) -> str:
+    """The project's selection report HTML, waiting (polling) while a worker builds it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        response = _admin_request("GET", project_id, "report", url)
+        if response.status_code == 200:
+            return response.text
+        if time.monotonic() >= deadline:
+            raise SettingsError(
+                f"the report of project {project_id} was not ready within {wait_s:.0f} s: "
+                f"{response.json().get('message')}"
+            )
+        time.sleep(min(float(response.headers.get("Retry-After", 5)), max(0.5, deadline - time.monotonic())))
+
+
+def _admin_request(method: str, project_id: int, action: str, url: str | None) -> requests.Response:
+    settings = Settings.from_env()
+    base = (url or settings.public_url).rstrip("/")
+    try:
+        response = requests.request(
+            method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60
+        )
+    except requests.ConnectionError:
+        raise SettingsError(f"no FreeSel backend answers at {base}: start it (scripts/run.sh) or pass --url") from None
+    if response.status_code == 401:
+        raise SettingsError(f"{base} wants basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS as the backend has them")
+    if response.status_code >= 400:
+        raise SettingsError(f"{action} failed: HTTP {response.status_code} {response.text[:300]}")
+    return response
+

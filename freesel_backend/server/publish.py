@@ -1,0 +1,537 @@
+"""The write-out: bring Label Studio to the last ranking with writes proportional to what changed.
+
+A ranking (``jobs.run_selection``) stores a *target* in Redis: the unlabelled tasks in rank
+order, how many are picks, the flags of failed images and near-duplicates, and whether a new
+model version is needed. The write-out job compares the target with what Label Studio holds
+(recorded in Redis after every request) and writes the difference, at most
+``Settings.writeout_step_requests`` requests per job; then it enqueues its continuation at the
+end of the write-out queue, so other projects' write-outs take turns. A newer ranking simply
+replaces the target: the next step works towards it.
+
+- **Full import** (first ranking, a settings change, or scores with no room left): predictions
+  of every ranked task are imported under a new model version in batches of 500; a batch whose
+  request timed out is looked up in Label Studio before anything is imported again. Then the
+  head's first flags are written, the project's queue switched to the version (the rest of the
+  head is flagged right after), and the old versions are deleted
+  by a cleanup job (one prediction per request, holding the write lock per batch).
+- **In place** (every other ranking): only the first ``head_size`` tasks of the queue are kept
+  in exact order. Tasks whose current scores already follow the new order (a longest increasing
+  subsequence) keep them; the others get scores between their neighbours (one PATCH each); tasks
+  new to the queue are imported. Label Studio's /next serves the lowest score first.
+- **Flags**: "FreeSel pick" on the picks in the head, written before their scores move, head
+  first; a pick that left the head keeps its flag while it remains a pick, any other flag on
+  a task that left the head is removed after the scores. Failures and
+  near-duplicates keep their flags wherever they are; labelled tasks keep theirs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from .settings import Settings
+from ..labelstudio.client import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
+from .enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout
+from .services import Services, job_services
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
+LEGACY_RANK_FIELD = "freesel_rank"  # written by earlier versions: removed with the flag
+PICK_FLAG = "FreeSel pick"
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+VERSION_PREFIX = "freesel-"
+IMPORT_BATCH = 500
+TASK_DATA_BATCH = 100
+DELETE_BATCH = 50
+# Scores closer than this cannot be told apart reliably: a full import renormalises them.
+MIN_SCORE_GAP = 1e-9
+# A full import switches the queue once this many of the head's flags are written (what three
+# annotators reach in about a minute); the rest of the head is flagged right after, in rank order,
+# faster than annotators take tasks from it.
+FLAGS_BEFORE_SWITCH = 60
+# The project's write lock outlives the longest single request by this much; it is renewed before
+# every request, so a killed worker's lock frees itself soon.
+LOCK_MARGIN_S = 15
+
+
+# ---- planning scores ----------------------------------------------------------------------------
+
+
+@dataclass
+class ScorePlan:
+    """New scores for tasks that have a prediction (``patch``) and for tasks that need one
+    (``create``), in the order they should be written; ``renormalise`` when gaps ran out."""
+
+    patch: list[tuple[int, float]] = field(default_factory=list)
+    create: list[tuple[int, float]] = field(default_factory=list)
+    renormalise: bool = False
+
+
+def longest_increasing(values: Sequence[float]) -> list[int]:
+    """Positions of a longest strictly increasing subsequence of ``values`` (O(n log n))."""
+    tails: list[float] = []
+    tail_position: list[int] = []
+    previous = [-1] * len(values)
+    for position, value in enumerate(values):
+        slot = bisect.bisect_left(tails, value)
+        if slot == len(tails):
+            tails.append(value)
+            tail_position.append(position)
+        else:
+            tails[slot] = value
+            tail_position[slot] = position
+        previous[position] = tail_position[slot - 1] if slot else -1
+    chain, position = [], tail_position[-1] if tail_position else -1
+    while position != -1:
+        chain.append(position)
+        position = previous[position]
+    return chain[::-1]
+
+
+def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: int) -> ScorePlan:
+    """Scores that make Label Studio serve ``order[:head_size]`` exactly in this order before any
+    other task of ``order``, changing as few of the current ``scores`` as it can.
+
+    The current head is the ``head_size`` lowest current scores. Tasks that leave it are moved
+    just behind the new head; tasks of the new head whose scores are in the current head and
+    already increase along the order keep them; the others fill the gaps. Tasks of the tail
+    without a prediction go behind everything, in rank order.
+    """
+    head, tail = list(order[:head_size]), list(order[head_size:])
+    current = sorted(scores[t] for t in order if t in scores)
+    threshold = current[min(head_size, len(current)) - 1] if current else 0.0
+    in_head = set(head)
+    leaving = sorted((t for t in tail if t in scores and scores[t] <= threshold), key=lambda t: scores[t])
+    lineup = head + leaving
+    candidates = [i for i, t in enumerate(lineup) if t in scores and scores[t] <= threshold]
+    kept = {candidates[i] for i in longest_increasing([scores[lineup[i]] for i in candidates])}
+    above = [scores[t] for t in tail if t in scores and scores[t] > threshold]
+    ceiling = min(above) if above else threshold + 1.0
+    plan = ScorePlan()
+    assigned = _fill_gaps([scores.get(t) if i in kept else None for i, t in enumerate(lineup)], ceiling, plan)
+    for task, score, was_kept in zip(lineup, assigned, (i in kept for i in range(len(lineup)))):
+        if not was_kept:
+            (plan.patch if task in scores else plan.create).append((task, score))
+    top = max([ceiling, *current]) if current else ceiling
+    newcomers = [t for t in tail if t not in scores and t not in in_head]
+    plan.create += [(task, top + (rank + 1) / (len(newcomers) + 1)) for rank, task in enumerate(newcomers)]
+    return plan
+
+
+def _fill_gaps(values: list[float | None], ceiling: float, plan: ScorePlan) -> list[float]:
+    """``values`` with each run of None replaced by evenly spaced scores between the kept
+    neighbours (below the first kept: down to one less; after the last: up to ``ceiling``)."""
+    filled: list[float] = []
+    position = 0
+    while position < len(values):
+        if values[position] is not None:
+            filled.append(float(values[position]))  # type: ignore[arg-type]
+            position += 1
+            continue
+        end = position
+        while end < len(values) and values[end] is None:
+            end += 1
+        high = float(values[end]) if end < len(values) else ceiling  # type: ignore[arg-type]
+        low = filled[-1] if filled else high - 1.0
+        step = (high - low) / (end - position + 1)
+        if step < MIN_SCORE_GAP:
+            plan.renormalise = True
+        filled += [low + step * (offset + 1) for offset in range(end - position)]
+        position = end
+    return filled
+
+
+def full_scores(order: Sequence[int]) -> dict[int, float]:
+    """Evenly spaced scores in [0, 1) along ``order``: a fresh version."""
+    return {task: position / max(1, len(order)) for position, task in enumerate(order)}
+
+
+def wanted_flags(target: Mapping[str, Any], head_size: int, current: Mapping[int, str] | None = None) -> dict[int, str]:
+    """Flag text per task: the picks within the head, and picks behind it that carry the pick
+    flag already (``current``: it stays true, so a task that leaves the head costs no write);
+    then failures and near-duplicates."""
+    order = target["order"]
+    flags = {int(t): text for t, text in target["flags"].items()}
+    behind_head = order[head_size : target["n_picked"]]
+    flags.update({task: PICK_FLAG for task in behind_head if (current or {}).get(task) == PICK_FLAG})
+    flags.update({task: PICK_FLAG for task in order[: min(head_size, target["n_picked"])]})
+    return flags
+
+
+def new_model_version(store: Store, project_id: int) -> str:
+    """A model version name not used before in the project: freesel-v0007-20260101-120000."""
+    return f"{VERSION_PREFIX}{store.next_version_number(project_id):04d}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def remember_previous_sampling(client: LabelStudioClient, store: Store, project_id: int) -> None:
+    """On the first switch to FreeSel, keep the project's sampling and model version for disable."""
+    if "previous_sampling" in store.get_state(project_id):
+        return
+    project = client.get_project(project_id)
+    store.remember_once(
+        project_id,
+        previous_sampling=str(project.get("sampling") or ""),
+        previous_model_version=str(project.get("model_version") or ""),
+    )
+
+
+# ---- the write-out job --------------------------------------------------------------------------
+
+
+class OutOfRequests(Exception):
+    """This step used its requests: the rest is for the next step."""
+
+
+@dataclass
+class Step:
+    """One write-out job's context: the services, its request budget and its progress."""
+
+    services: Services
+    project_id: int
+    budget: int
+    lock: Any
+    started_requests: int = 0
+    writes: int = 0
+
+    def __post_init__(self) -> None:
+        self.started_requests = self.client.requests_sent
+
+    @property
+    def client(self) -> LabelStudioClient:
+        return self.services.client
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def requests(self) -> int:
+        return self.client.requests_sent - self.started_requests
+
+    def spend(self) -> None:
+        """Before a request: stop when the budget is used, else renew the write lock."""
+        if self.requests >= self.budget:
+            raise OutOfRequests()
+        self.lock.reacquire()
+
+
+def write_lock(services: Services, project_id: int) -> Any:
+    """The project's Label Studio write lock: held by a write-out step, or by a cleanup batch."""
+    longest = max(services.client.timeout, services.settings.label_studio_write_timeout_s) + LOCK_MARGIN_S
+    return services.store.lock(project_id, "writeout", timeout=longest)
+
+
+def delete_freesel_predictions(services: Services, project_id: int, keep: Iterable[str] = ()) -> int:
+    """Delete the project's FreeSel predictions, but those of the model versions in ``keep``; one
+    request each (a whole-version DELETE takes ~14 ms per prediction in one request and outlives
+    client timeouts), holding the write lock per batch. Returns how many were deleted."""
+    kept = set(keep)
+    doomed = [
+        int(p["id"])
+        for p in services.client.list_predictions(project_id)
+        if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in kept
+    ]
+    for start in range(0, len(doomed), DELETE_BATCH):
+        with write_lock(services, project_id):
+            for prediction_id in doomed[start : start + DELETE_BATCH]:
+                services.client.delete_prediction(prediction_id)
+    return len(doomed)
+
+
+def write_out(project_id: int) -> dict[str, Any]:
+    """One bounded step towards the project's target; enqueues the next step if work remains."""
+    services = job_services()
+    store = services.store
+    lock = write_lock(services, project_id)
+    if not lock.acquire(blocking=True, blocking_timeout=5):
+        enqueue_writeout(services, project_id, delay_s=5)
+        return {"waiting": "another write-out or cleanup of the project holds its write lock"}
+    step = Step(services, project_id, services.settings.writeout_step_requests, lock)
+    progress = JobProgress(0, stage="writing")
+    started = time.monotonic()
+    finished, target = False, None
+    try:
+        target = store.get_target(project_id)
+        if target is not None and store.get_settings(project_id).enabled:
+            finished = _advance(step, target, progress)
+        else:
+            finished = True
+    except OutOfRequests:
+        pass
+    finally:
+        lock.release()
+    _record(store, project_id, target, step, time.monotonic() - started, finished)
+    if not finished:
+        enqueue_writeout(services, project_id)
+    return {"requests": step.requests, "writes": step.writes, "finished": finished}
+
+
+def _record(
+    store: Store, project_id: int, target: Mapping[str, Any] | None, step: Step, seconds: float, finished: bool
+) -> None:
+    if target is not None:
+        store.record_writeout_step(project_id, str(target["generation"]), step.requests, step.writes, seconds, finished)
+
+
+def _advance(step: Step, target: dict[str, Any], progress: Any) -> bool:
+    state = step.store.get_state(step.project_id)
+    if "import_in_flight" in state:  # a step died waiting for an import's answer
+        _recover_import(step, json.loads(state["import_in_flight"]))
+        state = step.store.get_state(step.project_id)
+    if target["full"] and target["model_version"] != state.get("model_version"):
+        _full_import(step, target, progress)
+    return _in_place(step, target, progress)
+
+
+def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
+    """Import every ranked task under the target's new version, flag the head, switch the queue."""
+    version, order = target["model_version"], target["order"]
+    staged = step.store.all_predictions(step.project_id, staged=version)
+    scores = full_scores(order)
+    missing = [t for t in order if t not in staged]
+    progress.start_stage("importing predictions", len(order))
+    progress.advance(len(order) - len(missing))
+    for start in range(0, len(missing), IMPORT_BATCH):
+        batch = {t: _prediction(t, scores[t], version) for t in missing[start : start + IMPORT_BATCH]}
+        _import(step, batch, staged=version)
+        progress.advance(len(batch))
+    _fill_ids(step, version, staged=version)
+    _write_flags(step, target, additions=True, first=FLAGS_BEFORE_SWITCH)
+
+    step.spend()
+    remember_previous_sampling(step.client, step.store, step.project_id)
+    step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
+    step.writes += 1
+    step.store.promote_staged(step.project_id, version)
+    log.info("project %s: queue switched to %s (%d predictions)", step.project_id, version, len(order))
+    enqueue_version_cleanup(step.services, step.project_id)
+
+
+def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
+    """Scores and flags of the live version changed where the head needs it. True when done."""
+    version = step.store.get_state(step.project_id).get("model_version", "")
+    plan = _plan(step, target)
+    if plan.create and _adopt(step, version, [task for task, _ in plan.create]):
+        plan = _plan(step, target)
+    log.info(
+        "project %s: write-out of ranking %s: %d scores to change, %d predictions to import (head starts %s)",
+        step.project_id, target["generation"], len(plan.patch), len(plan.create), target["order"][:5],
+    )
+    if plan.renormalise or plan.create:
+        # New tasks get their predictions through a new version: predictions imported in place
+        # for tasks created after the version was switched to were accepted (201) but not stored
+        # by Label Studio 1.23.2 in end-to-end runs (cause not found).
+        _start_full_import(step.store, step.project_id, target)
+        return False
+    progress.start_stage("writing the head", len(plan.create) + len(plan.patch))
+    for start in range(0, len(plan.create), IMPORT_BATCH):
+        _import(step, {t: _prediction(t, s, version) for t, s in plan.create[start : start + IMPORT_BATCH]})
+        progress.advance(min(IMPORT_BATCH, len(plan.create) - start))
+    _fill_ids(step, version)
+    _write_flags(step, target, additions=True)
+    live = step.store.all_predictions(step.project_id)
+    for task, score in plan.patch:
+        step.spend()
+        try:
+            step.client.update_prediction(live[task]["id"], score=score)
+        except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
+            step.store.redis.hdel(step.store.predictions_key(step.project_id), task)
+            continue
+        step.writes += 1
+        step.store.update_predictions(step.project_id, {task: {**live[task], "score": score}})
+        progress.advance(1)
+    _write_flags(step, target, additions=False)
+    _keep_queue_switched(step, version)
+    return True
+
+
+def _keep_queue_switched(step: Step, version: str) -> None:
+    """Switch the project's queue back to the live version if something switched it off (Label
+    Studio clears the project's model version when "show predictions to annotators" is turned off)."""
+    step.spend()
+    project = step.client.get_project(step.project_id)
+    if project.get("model_version") != version or project.get("sampling") != UNCERTAINTY_SAMPLING:
+        step.spend()
+        step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
+        step.writes += 1
+        log.warning(
+            "project %s: the queue no longer served FreeSel's version %s: switched back", step.project_id, version
+        )
+
+
+def _plan(step: Step, target: Mapping[str, Any]) -> ScorePlan:
+    live = step.store.all_predictions(step.project_id)
+    return plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.settings.head_size)
+
+
+def _adopt(step: Step, version: str, tasks: Sequence[int]) -> bool:
+    """Record predictions of the live version that Label Studio holds for ``tasks`` although the
+    backend has none recorded (made by Label Studio from /predict answers, e.g. its "Retrieve
+    Predictions" after a prediction was deleted): they are changed, not imported again."""
+    step.spend()
+    found = _listed(step, version, tasks)
+    step.store.update_predictions(step.project_id, {t: _recorded(p) for t, p in found.items()})
+    return bool(found)
+
+
+def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) -> None:
+    target.update(full=True, model_version=new_model_version(store, project_id))
+    store.save_target(project_id, target)
+    log.info("project %s: scores ran out of room: importing a fresh version %s", project_id, target["model_version"])
+
+
+def _prediction(task: int, score: float, version: str) -> dict[str, Any]:
+    """No ``cluster``: Label Studio's /next puts tasks of clusters the annotator has labelled
+    behind the others, and cluster numbers that change between rankings would reorder the head."""
+    return {"task": int(task), "result": [], "score": float(score), "model_version": version}
+
+
+def _recorded(listed: Mapping[str, Any]) -> dict[str, Any]:
+    """A prediction as Label Studio lists it, as the backend records it."""
+    return _prediction(int(listed["task"]), float(listed["score"]), str(listed["model_version"])) | {
+        "id": int(listed["id"])
+    }
+
+
+def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
+    """Import ``batch``, never twice: the batch is marked in flight first, and a request that
+    timed out (or a step killed meanwhile, see :func:`_recover_import`) is looked up in Label
+    Studio before anything else is imported."""
+    if not batch:
+        return
+    step.spend()
+    version = next(iter(batch.values()))["model_version"]
+    in_flight = {"model_version": version, "staged": staged or "", "tasks": sorted(batch), "sent_at": time.time()}
+    step.store.update_state(step.project_id, import_in_flight=json.dumps(in_flight))
+    try:
+        step.client.import_predictions(
+            step.project_id, list(batch.values()), timeout=step.settings.label_studio_write_timeout_s
+        )
+    except LabelStudioUnavailable as error:
+        if not error.timed_out:
+            step.store.forget_state(step.project_id, "import_in_flight")
+            raise
+        step.writes += 1
+        log.warning(
+            "project %s: importing %d predictions timed out: asking Label Studio what it stored",
+            step.project_id,
+            len(batch),
+        )
+        _recover_import(step, in_flight)
+        raise OutOfRequests() from None  # the next step plans again from what Label Studio has
+    step.writes += 1
+    step.store.save_imported(step.project_id, batch, staged)
+
+
+def _recover_import(step: Step, in_flight: Mapping[str, Any]) -> None:
+    """Record what Label Studio stored of an import whose answer never came (timed out, or the
+    worker died): what it shows after waiting is recorded, the rest is imported again later."""
+    version, tasks = in_flight["model_version"], set(in_flight["tasks"])
+    stored = _await_import(step, version, tasks, float(in_flight["sent_at"]))
+    log.warning(
+        "project %s: %d of %d predictions of an unanswered import are in Label Studio",
+        step.project_id,
+        len(stored),
+        len(tasks),
+    )
+    step.store.save_imported(step.project_id, {t: _recorded(p) for t, p in stored.items()}, in_flight["staged"] or None)
+
+
+
+
+def _await_import(step: Step, version: str, tasks: set[int], sent_at: float) -> dict[int, dict[str, Any]]:
+    """Predictions of ``version`` for ``tasks`` once Label Studio shows all of them, or what it
+    shows about four write timeouts (at least 20 s) after the import was sent."""
+    deadline = sent_at + max(20.0, 4 * step.settings.label_studio_write_timeout_s)
+    while True:
+        step.lock.reacquire()
+        stored = _listed(step, version, tasks)
+        if len(stored) == len(tasks) or time.time() > deadline:
+            return stored
+        time.sleep(1.0)
+
+
+def _listed(step: Step, version: str, tasks: Iterable[int]) -> dict[int, dict[str, Any]]:
+    wanted = set(tasks)
+    return {
+        int(p["task"]): p
+        for p in step.client.list_predictions(step.project_id)
+        if p.get("model_version") == version and int(p["task"]) in wanted
+    }
+
+
+def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
+    """Label Studio's ids of the imported predictions that have none recorded yet (one listing)."""
+    predictions = step.store.all_predictions(step.project_id, staged=staged)
+    without = {t for t, p in predictions.items() if "id" not in p}
+    if not without:
+        return
+    step.spend()
+    listed = _listed(step, version, without)
+    step.store.update_predictions(
+        step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged
+    )
+    lost = without - set(listed)
+    if lost:  # imported but not listed: forget them (a later pass looks again before importing)
+        step.store.redis.hdel(step.store.predictions_key(step.project_id, staged), *lost)
+        log.warning(
+            "project %s: %d imported predictions of %s are not listed by Label Studio",
+            step.project_id,
+            len(lost),
+            version,
+        )
+
+
+def _write_flags(step: Step, target: Mapping[str, Any], additions: bool, first: int | None = None) -> None:
+    """Flags that differ from what the tasks carry: new or changed texts (``additions``), or
+    removals, in rank order (only the ``first`` of them, if given). Only unlabelled ranked tasks
+    and flagged failures are touched."""
+    current = step.store.get_flags(step.project_id)
+    wanted = wanted_flags(target, step.settings.head_size, current)
+    rank = {task: position for position, task in enumerate(target["order"])}
+    touched = set(wanted) | (set(current) & set(rank))
+    changed = [t for t in touched if current.get(t) != wanted.get(t) and (wanted.get(t) is not None) == additions]
+    changed = sorted(changed, key=lambda t: rank.get(t, len(rank)))[:first]
+    for start in range(0, len(changed), TASK_DATA_BATCH):
+        step.spend()
+        tasks = step.client.get_tasks(step.project_id, changed[start : start + TASK_DATA_BATCH])
+        by_id = {int(task["id"]): task for task in tasks}
+        for task_id in changed[start : start + TASK_DATA_BATCH]:
+            if task_id not in by_id:  # deleted meanwhile
+                continue
+            step.spend()
+            step.client.update_task_data(task_id, flagged(by_id[task_id].get("data") or {}, wanted.get(task_id)))
+            step.writes += 1
+            step.store.set_flag(step.project_id, task_id, wanted.get(task_id))
+
+
+def flagged(data: Mapping[str, Any], text: str | None) -> dict[str, Any]:
+    """The task data with FreeSel's flag set to ``text`` (None: without a flag)."""
+    kept = {k: v for k, v in data.items() if k not in (FLAG_FIELD, LEGACY_RANK_FIELD)}
+    return kept if text is None else {**kept, FLAG_FIELD: text}
+
+
+# ---- cleanup ------------------------------------------------------------------------------------
+
+
+def delete_old_versions(project_id: int) -> dict[str, int]:
+    """Delete FreeSel predictions of versions that are neither live nor being imported."""
+    services = job_services()
+    store = services.store
+    keep = {store.get_state(project_id).get("model_version", "")}
+    target = store.get_target(project_id)
+    if target and target["full"] and store.get_settings(project_id).enabled:
+        keep.add(target["model_version"])
+    deleted = delete_freesel_predictions(services, project_id, keep=keep)
+    log.info("project %s: %d predictions of old versions deleted", project_id, deleted)
+    return {"deleted_predictions": deleted}

@@ -1,0 +1,420 @@
+"""The Redis store: patterns, failures, project settings/state and selection results.
+
+Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)::
+
+    <p>:projects                      set of project ids seen
+    <p>:<id>:settings                 JSON of ProjectSettings
+    <p>:<id>:state                    hash: image field, previous sampling, current model version, ...
+    <p>:<id>:tasks                    set of task ids known to the backend
+    <p>:<id>:patterns:<v>             hash task id -> encoded float16 patterns
+    <p>:<id>:failed:<v>               hash task id -> reason
+    <p>:<id>:predictions              hash task id -> JSON prediction in Label Studio's live version
+                                      (with its Label Studio id; what /predict answers)
+    <p>:<id>:staged:<m>               hash task id -> JSON prediction imported under model version <m>
+                                      before the project's queue is switched to it
+    <p>:<id>:target                   JSON of the last ranking that the write-out brings Label Studio to
+    <p>:<id>:flags                    hash task id -> flag text written into the task's data
+    <p>:<id>:selection                JSON of the last selection run (SelectionRecord)
+    <p>:<id>:report                   hash: model_version, html (the report of that selection run)
+
+Patterns live under a version derived from everything that shapes them (model, K, attention
+ratio, image size, ...), so a settings change simply finds nothing and recomputes. When the
+project moves to another version, the old version's patterns and failures expire after
+``OLD_VERSION_TTL_S`` (a quick switch back finds them; later they are gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import redis
+from redis.lock import Lock
+
+from .settings import ProjectSettings
+from ..engine import DuplicateGroups, Ranking
+from ..engine.ranking import ranking_from_json, ranking_to_json
+
+PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
+OLD_VERSION_TTL_S = 24 * 3600
+PROGRESS_FIELDS = ("progress_since", "progress_base")
+
+
+def encode_patterns(patterns: np.ndarray) -> bytes:
+    """(k, D) array -> 4-byte shape header + float16 little-endian values."""
+    matrix = np.asarray(patterns)
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise ValueError(f"patterns must be a non-empty (k, D) array, got shape {matrix.shape}")
+    return PATTERN_HEADER.pack(*matrix.shape) + matrix.astype("<f2").tobytes()
+
+
+def decode_patterns(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_patterns`, as float32."""
+    rows, columns = PATTERN_HEADER.unpack_from(blob)
+    values = np.frombuffer(blob, dtype="<f2", offset=PATTERN_HEADER.size)
+    if values.size != rows * columns:
+        raise ValueError(f"pattern blob holds {values.size} values, header says {rows}x{columns}")
+    return values.reshape(rows, columns).astype(np.float32)
+
+
+def patterns_version(model_id: str, **settings: Any) -> str:
+    """A short stable name for the patterns ``model_id`` makes with these extractor settings."""
+    described = json.dumps({"model": model_id, **settings}, sort_keys=True, default=str)
+    return "p" + hashlib.sha1(described.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """What one selection run ranked, enough to rebuild its :class:`Ranking` and near-duplicate
+    groups without drawing again. Indices (``order``, ``seeds``, ``duplicate_groups``) are
+    positions in ``task_ids``; ``distance[j]`` is None for a first pick drawn without seeds."""
+
+    model_version: str
+    patterns_version: str
+    task_ids: list[int]
+    order: list[int]
+    distance: list[float | None]
+    n_picked: int
+    seeds: list[int]
+    duplicate_groups: list[list[int]]
+    duplicate_threshold: float
+
+    @classmethod
+    def of(
+        cls,
+        model_version: str,
+        patterns_version: str,
+        task_ids: Sequence[int],
+        ranking: Ranking,
+        duplicates: DuplicateGroups,
+    ) -> "SelectionRecord":
+        return cls(
+            model_version=model_version,
+            patterns_version=patterns_version,
+            task_ids=[int(t) for t in task_ids],
+            **ranking_to_json(ranking),
+            duplicate_groups=[[int(i) for i in group] for group in duplicates.groups],
+            duplicate_threshold=float(duplicates.threshold),
+        )
+
+    def ranking(self) -> Ranking:
+        return ranking_from_json(asdict(self))
+
+    def duplicates(self) -> DuplicateGroups:
+        group_of = np.full(len(self.task_ids), -1, dtype=np.int64)
+        for position, group in enumerate(self.duplicate_groups):
+            group_of[group] = position
+        return DuplicateGroups([list(g) for g in self.duplicate_groups], group_of, self.duplicate_threshold)
+
+    def task_groups(self) -> list[list[int]]:
+        """The near-duplicate groups as task ids."""
+        return [[self.task_ids[i] for i in group] for group in self.duplicate_groups]
+
+
+class Store:
+    """Typed access to FreeSel's data in one Redis database."""
+
+    def __init__(self, connection: redis.Redis, prefix: str = "freesel") -> None:
+        self.redis = connection
+        self.prefix = prefix
+
+    def _key(self, project_id: int, *parts: str) -> str:
+        return ":".join((self.prefix, str(int(project_id)), *parts))
+
+    # ---- projects, settings, state -----------------------------------------------------------
+
+    def project_ids(self) -> list[int]:
+        return sorted(int(member) for member in self.redis.smembers(f"{self.prefix}:projects"))
+
+    def get_settings(self, project_id: int) -> ProjectSettings:
+        raw = self.redis.get(self._key(project_id, "settings"))
+        return ProjectSettings.from_stored(json.loads(raw)) if raw else ProjectSettings()
+
+    def save_settings(self, project_id: int, settings: ProjectSettings) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+            pipe.set(self._key(project_id, "settings"), json.dumps(settings.to_dict()))
+            pipe.execute()
+
+    def get_state(self, project_id: int) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(project_id, "state")).items()}
+
+    def update_state(self, project_id: int, **fields: str | int | float) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+            pipe.hset(self._key(project_id, "state"), mapping={k: str(v) for k, v in fields.items()})
+            pipe.execute()
+
+    def forget_state(self, project_id: int, *fields: str) -> None:
+        """Remove these fields from the project's state."""
+        self.redis.hdel(self._key(project_id, "state"), *fields)
+
+    def remember_once(self, project_id: int, **fields: str) -> bool:
+        """Store ``fields`` in the state only if ``fields``' first key is not there yet (atomic)."""
+        key = self._key(project_id, "state")
+        first, *_ = fields
+        if not self.redis.hsetnx(key, first, fields[first]):
+            return False
+        self.redis.hset(key, mapping=fields)
+        return True
+
+    def use_patterns_version(self, project_id: int, version: str) -> bool:
+        """Make ``version`` the project's patterns version. On a change, the previous version's
+        patterns and failures start to expire and the progress window restarts. True if it changed."""
+        state = self._key(project_id, "state")
+        previous = self.redis.hget(state, "patterns_version")
+        if previous is not None and previous.decode() == version:
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+            pipe.hset(state, "patterns_version", version)
+            pipe.hdel(state, *PROGRESS_FIELDS)
+            for kind in ("patterns", "failed"):
+                pipe.persist(self._key(project_id, kind, version))
+                if previous is not None:
+                    pipe.expire(self._key(project_id, kind, previous.decode()), OLD_VERSION_TTL_S)
+            pipe.execute()
+        return True
+
+    def start_progress(self, project_id: int, settled: int) -> None:
+        """Start the progress window (time and tasks settled then) unless one is open."""
+        self.remember_once(project_id, progress_since=str(time.time()), progress_base=str(settled))
+
+    def end_progress(self, project_id: int) -> None:
+        self.redis.hdel(self._key(project_id, "state"), *PROGRESS_FIELDS)
+
+    def forget_ranking(self, project_id: int) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.hdel(
+                self._key(project_id, "state"),
+                "ranked_version",
+                "ranked_fingerprint",
+                "model_version",
+                *PROGRESS_FIELDS,
+            )
+            pipe.delete(
+                self._key(project_id, "selection"), self._key(project_id, "report"), self._key(project_id, "target")
+            )
+            pipe.execute()
+
+    def next_run(self, project_id: int) -> int:
+        return int(self.redis.hincrby(self._key(project_id, "state"), "runs", 1))
+
+    def next_version_number(self, project_id: int) -> int:
+        """1, 2, 3, ... per project: the number in FreeSel's next model version name."""
+        return int(self.redis.hincrby(self._key(project_id, "state"), "versions", 1))
+
+    def lock(self, project_id: int, name: str, **options: Any) -> Lock:
+        """The project's Redis lock ``name`` ("selection", "report", "writeout"); ``options`` as redis-py's."""
+        return self.redis.lock(self._key(project_id, f"{name}-lock"), **options)
+
+    def due(self, project_id: int, name: str, interval_s: int) -> bool:
+        """True at most once per ``interval_s`` for the project's ``name`` (a True starts the interval)."""
+        return bool(self.redis.set(self._key(project_id, name), time.time(), nx=True, ex=interval_s))
+
+    # ---- tasks --------------------------------------------------------------------------------
+
+    def add_tasks(self, project_id: int, task_ids: Iterable[int]) -> None:
+        ids = [int(t) for t in task_ids]
+        if ids:
+            self.redis.sadd(self._key(project_id, "tasks"), *ids)
+
+    def remove_tasks(self, project_id: int, task_ids: Iterable[int]) -> None:
+        ids = [int(t) for t in task_ids]
+        if not ids:
+            return
+        with self.redis.pipeline() as pipe:
+            pipe.srem(self._key(project_id, "tasks"), *ids)
+            pipe.hdel(self._key(project_id, "predictions"), *ids)
+            pipe.execute()
+
+    def task_ids(self, project_id: int) -> set[int]:
+        return {int(t) for t in self.redis.smembers(self._key(project_id, "tasks"))}
+
+    # ---- patterns and failures ----------------------------------------------------------------
+
+    def save_results(
+        self, project_id: int, version: str, patterns: Mapping[int, np.ndarray], failures: Mapping[int, str]
+    ) -> None:
+        """One round trip: patterns and failures of a chunk (a success clears an old failure)."""
+        patterns_key, failed_key = self._key(project_id, "patterns", version), self._key(project_id, "failed", version)
+        with self.redis.pipeline() as pipe:
+            if patterns:
+                pipe.hset(patterns_key, mapping={int(t): encode_patterns(p) for t, p in patterns.items()})
+                pipe.hdel(failed_key, *[int(t) for t in patterns])
+            if failures:
+                pipe.hset(failed_key, mapping={int(t): reason for t, reason in failures.items()})
+            pipe.execute()
+
+    def load_patterns(
+        self, project_id: int, version: str, task_ids: Iterable[int] | None = None
+    ) -> dict[int, np.ndarray]:
+        """Stored patterns by task id (all of the version, or those of ``task_ids`` that exist)."""
+        key = self._key(project_id, "patterns", version)
+        if task_ids is None:
+            return {int(t): decode_patterns(blob) for t, blob in self.redis.hgetall(key).items()}
+        ids = [int(t) for t in task_ids]
+        blobs = self.redis.hmget(key, ids) if ids else []
+        return {t: decode_patterns(blob) for t, blob in zip(ids, blobs) if blob is not None}
+
+    def tasks_with_patterns(self, project_id: int, version: str) -> set[int]:
+        return {int(t) for t in self.redis.hkeys(self._key(project_id, "patterns", version))}
+
+    def failures(self, project_id: int, version: str) -> dict[int, str]:
+        raw = self.redis.hgetall(self._key(project_id, "failed", version))
+        return {int(t): reason.decode() for t, reason in raw.items()}
+
+    def count_done(self, project_id: int, version: str) -> tuple[int, int]:
+        """(tasks with patterns, failed tasks) for this version."""
+        with self.redis.pipeline() as pipe:
+            pipe.hlen(self._key(project_id, "patterns", version))
+            pipe.hlen(self._key(project_id, "failed", version))
+            done, failed = pipe.execute()
+        return int(done), int(failed)
+
+    # ---- selection results --------------------------------------------------------------------
+
+    def replace_predictions(self, project_id: int, predictions: Mapping[int, Mapping[str, Any]]) -> None:
+        """Atomically swap the stored predictions for these (write aside, then rename)."""
+        key = self._key(project_id, "predictions")
+        staging = key + ":next"
+        with self.redis.pipeline() as pipe:
+            pipe.delete(staging)
+            if predictions:
+                pipe.hset(staging, mapping={int(t): json.dumps(p) for t, p in predictions.items()})
+                pipe.rename(staging, key)
+            else:
+                pipe.delete(key)
+            pipe.execute()
+
+    def update_predictions(
+        self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None
+    ) -> None:
+        """Record these predictions as written (to the live version, or to the ``staged`` one)."""
+        if predictions:
+            self.redis.hset(
+                self.predictions_key(project_id, staged),
+                mapping={int(t): json.dumps(p) for t, p in predictions.items()},
+            )
+
+    def all_predictions(self, project_id: int, staged: str | None = None) -> dict[int, dict[str, Any]]:
+        return {
+            int(t): json.loads(value)
+            for t, value in self.redis.hgetall(self.predictions_key(project_id, staged)).items()
+        }
+
+    def predictions_key(self, project_id: int, staged: str | None = None) -> str:
+        """The hash of the predictions written to the live version, or to the ``staged`` one."""
+        return self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
+
+    def promote_staged(self, project_id: int, model_version: str) -> None:
+        """The staged version became the live one: its predictions replace the live ones."""
+        key, staged = self._key(project_id, "predictions"), self._key(project_id, "staged", model_version)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(key)
+            if self.redis.exists(staged):  # nothing is staged when nothing was ranked
+                pipe.rename(staged, key)
+            pipe.hset(
+                self._key(project_id, "state"),
+                mapping={"model_version": model_version, "switched_at": str(time.time())},
+            )
+            pipe.execute()
+
+    def save_imported(
+        self, project_id: int, predictions: Mapping[int, Mapping[str, Any]], staged: str | None = None
+    ) -> None:
+        """An import answered (or what Label Studio shows of one that was not): its predictions are
+        recorded and no import is in flight any more, in one transaction."""
+        with self.redis.pipeline() as pipe:
+            if predictions:
+                pipe.hset(
+                    self.predictions_key(project_id, staged),
+                    mapping={int(t): json.dumps(p) for t, p in predictions.items()},
+                )
+            pipe.hdel(self._key(project_id, "state"), "import_in_flight")
+            pipe.execute()
+
+    def record_writeout_step(
+        self, project_id: int, generation: str, requests: int, writes: int, seconds: float, finished: bool
+    ) -> None:
+        """Add a write-out step's requests, writes and seconds to its ranking's record (a ranking's
+        write-out may take several steps); the step that finishes makes the ranking live."""
+        key = self._key(project_id, "writeout")
+        if self.redis.hget(key, "generation") != generation.encode():
+            self.redis.delete(key)
+            self.redis.hset(key, mapping={"generation": generation, "started_at": time.time() - seconds})
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "requests", requests)
+            pipe.hincrby(key, "writes", writes)
+            pipe.hincrbyfloat(key, "seconds", seconds)
+            pipe.hset(key, "finished_at" if finished else "updated_at", time.time())
+            if finished:
+                pipe.hset(
+                    self._key(project_id, "state"), mapping={"live_generation": generation, "live_at": str(time.time())}
+                )
+            pipe.execute()
+
+    def writeout_record(self, project_id: int) -> dict[str, str]:
+        """The last ranking's write-out record (see :meth:`record_writeout_step`)."""
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(project_id, "writeout")).items()}
+
+    def drop_staged(self, project_id: int, model_version: str) -> None:
+        self.redis.delete(self._key(project_id, "staged", model_version))
+
+    def save_target(self, project_id: int, target: Mapping[str, Any]) -> None:
+        self.redis.set(self._key(project_id, "target"), json.dumps(target))
+
+    def get_target(self, project_id: int) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key(project_id, "target"))
+        return json.loads(raw) if raw else None
+
+    def get_predictions(self, project_id: int, task_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = [int(t) for t in task_ids]
+        raw = self.redis.hmget(self._key(project_id, "predictions"), ids) if ids else []
+        return {t: json.loads(value) for t, value in zip(ids, raw) if value is not None}
+
+    def count_predictions(self, project_id: int) -> int:
+        return int(self.redis.hlen(self._key(project_id, "predictions")))
+
+    def get_flags(self, project_id: int) -> dict[int, str]:
+        return {int(t): v.decode() for t, v in self.redis.hgetall(self._key(project_id, "flags")).items()}
+
+    def set_flag(self, project_id: int, task_id: int, text: str | None) -> None:
+        """Record the flag now in the task's data (None: none)."""
+        key = self._key(project_id, "flags")
+        if text is None:
+            self.redis.hdel(key, int(task_id))
+        else:
+            self.redis.hset(key, int(task_id), text)
+
+    def replace_flags(self, project_id: int, flags: Mapping[int, str]) -> None:
+        key = self._key(project_id, "flags")
+        with self.redis.pipeline() as pipe:
+            pipe.delete(key)
+            if flags:
+                pipe.hset(key, mapping={int(t): text for t, text in flags.items()})
+            pipe.execute()
+
+    # ---- the last selection run and its report ------------------------------------------------
+
+    def save_selection(self, project_id: int, record: SelectionRecord) -> None:
+        self.redis.set(self._key(project_id, "selection"), json.dumps(asdict(record)))
+
+    def get_selection(self, project_id: int) -> SelectionRecord | None:
+        raw = self.redis.get(self._key(project_id, "selection"))
+        return SelectionRecord(**json.loads(raw)) if raw else None
+
+    def save_report(self, project_id: int, model_version: str, html: str) -> None:
+        self.redis.hset(self._key(project_id, "report"), mapping={"model_version": model_version, "html": html})
+
+    def get_report(self, project_id: int, model_version: str) -> str | None:
+        """The stored report HTML if it describes the selection run ``model_version``."""
+        stored_version, html = self.redis.hmget(self._key(project_id, "report"), ["model_version", "html"])
+        if stored_version is None or html is None or stored_version.decode() != model_version:
+            return None
+        return html.decode()
