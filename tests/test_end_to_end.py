@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
+import freesel_backend
 from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -149,3 +151,31 @@ def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_di
     wait_for(lambda: idle(backend.status(pid)), 120, "cleanup after disable")
     versions = ls.api("GET", f"/api/projects/{pid}/model-versions/").json()
     assert not [v for v in versions if str(v).startswith("freesel-")]
+
+
+def test_a_later_task_setting_switches_the_preset_and_recomputes_the_patterns(label_studio, backend, tmp_path):
+    ls = label_studio
+    pid = ls.create_project("FreeSel task setting", LABEL_CONFIG)["id"]  # Choices only: the classification preset
+    images = write_group(tmp_path / "a", "red", 3, (200, 40, 40), "flat", 1)
+    images += write_group(tmp_path / "b", "blue", 3, (30, 30, 220), "checks", 2)
+    ls.upload_images(pid, images)
+    started = time.time()
+    response = ls.api("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel backend"})
+    assert response.status_code == 201, response.text
+    before = settled(backend, pid, started)
+    assert before["preset"]["task"] == "classification" and "Choices" in before["preset"]["reason"]
+    classification_model_version = ls.api("GET", f"/api/projects/{pid}/").json()["model_version"]
+
+    changed = time.time()
+    response = requests.patch(f"{backend.url}/freesel/projects/{pid}/settings", json={"task": "detection"}, timeout=60)
+    assert response.status_code == 200, response.text
+    after = settled(backend, pid, changed)
+    detection = freesel_backend.preset("detection")
+    assert after["preset"]["task"] == "detection" and after["preset"]["reason"] == "set per project"
+    assert {field: after["settings"][field] for field in detection} == detection
+    assert before["settings"]["patterns_per_image"] != detection["patterns_per_image"]
+    # New pattern settings are a new patterns version: every task's patterns were extracted again.
+    assert after["patterns_version"] != before["patterns_version"]
+    assert after["patterns_done"] == len(images) and after["failed"] == 0
+    assert ls.api("GET", f"/api/projects/{pid}/").json()["model_version"] != classification_model_version
+    assert len(current_ranking(ls, pid)) == len(images)

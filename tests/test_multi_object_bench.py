@@ -54,10 +54,16 @@ def test_report_gives_gains_per_scene_and_per_object_for_every_method(tmp_path: 
     for method in multi_object_methods():
         rows = [line for line in table.splitlines() if line.startswith(f"| {method.name} |")]
         assert len(rows) == 4 and all(len(row.split("|")) == 2 + 1 + 2 for row in rows)  # name, budgets 5 and 12
-    random_gains = next(
-        line for line in table.split("same number of scenes")[1].splitlines() if line.startswith("| random |")
-    )
-    assert random_gains == "| random | +0.0 ± 0.0 | +0.0 ± 0.0 |"
+    # Random is its own baseline, per scene and per object (the interpolation passes through its points).
+    for heading in ("same number of scenes", "holding as many objects"):
+        random_gains = next(line for line in table.split(heading)[1].splitlines() if line.startswith("| random |"))
+        assert random_gains == "| random | +0.0 ± 0.0 | +0.0 ± 0.0 |"
+    # Every picked scene holds 1-4 objects: 5 and 12 scenes hold 5-20 and 12-48 objects.
+    counts = table.split("three rarest classes")[1]
+    for method in multi_object_methods():
+        line = next(line for line in counts.splitlines() if line.startswith(f"| {method.name} |"))
+        objects = [int(cell.split()[0]) for cell in line.split("|")[2:4]]
+        assert 5 <= objects[0] <= 20 and 12 <= objects[1] <= 48, line
 
 
 @pytest.mark.slow

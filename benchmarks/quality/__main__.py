@@ -28,6 +28,7 @@ from .methods import (
     centroid_variant_method,
     coreset_method,
     freesel_method,
+    pattern_cluster_method,
     probcover_method,
     random_method,
     typiclust_method,
@@ -56,6 +57,8 @@ def report_methods() -> list[Method]:
         ),
         # The same strategy on the paper's multi-object patterns (the default until docs/quality.md's finding 7).
         freesel_method(f"{DEFAULT_STRATEGY} K=5 ratio 0.5", PAPER_CONFIG, DEFAULT_STRATEGY),
+        # The multi-object benchmark's pattern-level cluster rule, scored on single objects too.
+        pattern_cluster_method(PAPER_CONFIG),
     ]
 
 

@@ -5,6 +5,7 @@ The cache is an .npz per (model, image size, precision, image set): reruns load 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import time
@@ -64,9 +65,8 @@ def cached_features(
 
 
 def extract_features(images: np.ndarray, settings: ExtractionSettings) -> Features:
-    extractor = PatternExtractor(
-        settings.model, image_size=settings.image_size, precision=settings.precision,  # type: ignore[arg-type]
-        device="cpu", batch_size=settings.batch_size, random_init=settings.random_init,
+    extractor = _extractor(
+        settings.model, settings.image_size, settings.precision, settings.batch_size, settings.random_init
     )
     started = time.perf_counter()
     embeddings: list[np.ndarray] = []
@@ -88,6 +88,16 @@ def extract_features(images: np.ndarray, settings: ExtractionSettings) -> Featur
     print(file=sys.stderr)
     seconds = time.perf_counter() - started
     return Features(np.concatenate(embeddings).astype(np.float32), patterns, extractor.model_id, seconds)
+
+
+@functools.lru_cache(maxsize=2)
+def _extractor(model: str, image_size: int, precision: str, batch_size: int, random_init: bool) -> PatternExtractor:
+    """One extractor per model and input size in a process: a benchmark extracts several image
+    sets (scenes, their objects, evaluation objects) with the same model."""
+    return PatternExtractor(
+        model, image_size=image_size, precision=precision,  # type: ignore[arg-type]
+        device="cpu", batch_size=batch_size, random_init=random_init,
+    )
 
 
 def _cache_key(images: np.ndarray, settings: ExtractionSettings) -> str:
