@@ -71,6 +71,7 @@ def test_prior_is_at_most_one_and_sharper_with_strength() -> None:
     assert sharp[20:].max() < mild[20:].max()
 
 
+@pytest.mark.slow
 def test_draws_follow_squared_distance_times_prior() -> None:
     # One seed at e0 and three candidates at cosine distance 0.2, 0.4 and 0.8 with priors
     # 4, 1 and 0.25: weights 0.16 : 0.16 : 0.16, equally likely.

@@ -71,6 +71,7 @@ def test_the_search_in_small_blocks_finds_the_same_groups(monkeypatch: pytest.Mo
     assert find_near_duplicates(patterns, 0.02).groups == expected.groups == [[0, 40], [5, 41, 42, 43], [39, 44]]
 
 
+@pytest.mark.slow
 def test_identical_images_get_identical_patterns_wherever_they_sit_in_a_batch() -> None:
     scenes = [scene_image(seed, size=(64, 64)) for seed in range(6)]
     images = scenes + [scenes[2], scenes[5]]  # copies at other batch positions
@@ -86,6 +87,7 @@ def test_a_threshold_outside_the_cosine_range_is_refused(bad: float) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["prob", "fds"])
+@pytest.mark.slow
 def test_selection_never_picks_two_members_of_a_group_while_distinct_images_remain(strategy: str) -> None:
     patterns = with_near_copies(20, {0: 3, 4: 2, 9: 1, 13: 2}, seed=5)
     found = find_near_duplicates(patterns, 0.02)

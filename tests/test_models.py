@@ -38,6 +38,7 @@ def reference_patterns(model: torch.nn.Module, tmp_path: Path) -> list[np.ndarra
     return patterns_with_weights(path)
 
 
+@pytest.mark.slow
 def test_timm_pth_and_official_dino_checkpoints_load_the_same_weights(trained_tiny_vit, tmp_path: Path) -> None:
     expected = reference_patterns(trained_tiny_vit, tmp_path)
     plain = tmp_path / "plain.pth"
@@ -54,6 +55,7 @@ def test_timm_pth_and_official_dino_checkpoints_load_the_same_weights(trained_ti
             np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_random_init_weights_differ_from_loaded_ones(trained_tiny_vit, tmp_path: Path) -> None:
     loaded = reference_patterns(trained_tiny_vit, tmp_path)
     random = PatternExtractor(TINY_MODEL, random_init=True, image_size=TINY_IMAGE_SIZE).extract([noise_image(3)])
@@ -68,6 +70,7 @@ def test_a_missing_checkpoint_names_model_path_and_fix(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
     other = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
     path = tmp_path / "small.safetensors"
@@ -81,6 +84,7 @@ def test_an_unknown_model_name_is_a_clear_error() -> None:
         create_backbone(BackboneSpec("vit_imaginary", random_init=True))
 
 
+@pytest.mark.slow
 def test_hub_weights_that_cannot_be_fetched_fail_in_one_sentence_never_random() -> None:
     code = (
         "from freesel_backend.engine.models import *\n"

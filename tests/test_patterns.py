@@ -163,6 +163,7 @@ def test_extraction_is_deterministic() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_the_extractor_does_not_assume_patch_16_or_224() -> None:
     extractor = tiny_extractor()
     assert extractor.input_size == (64, 64)
@@ -176,6 +177,7 @@ def test_the_extractor_does_not_assume_patch_16_or_224() -> None:
     assert details[0].grid == (4, 4) and details[0].kept.shape == (16,)
 
 
+@pytest.mark.slow
 def test_bf16_features_stay_close_to_fp32() -> None:
     fp32, bf16 = tiny_extractor(), tiny_extractor(precision="bf16")
     batch = torch.stack([fp32.to_tensor(noise_image(s)) for s in range(2)])

@@ -19,12 +19,14 @@ def test_fp32_is_the_default_and_auto_or_bf16_can_be_chosen() -> None:
         Settings.from_env({"FREESEL_PRECISION": "fp16"})
 
 
+@pytest.mark.slow
 def test_auto_extracts_in_bf16_exactly_where_the_cpu_multiplies_bfloat16_natively() -> None:
     assert tiny_extractor(precision="auto").precision == ("bf16" if native_bfloat16() else "fp32")
     assert tiny_extractor(precision="fp32").precision == "fp32"
     assert tiny_extractor(precision="bf16").precision == "bf16"
 
 
+@pytest.mark.slow
 def test_bf16_and_fp32_patterns_are_stored_under_different_versions() -> None:
     fp32, bf16 = version_of(tiny_extractor(precision="fp32")), version_of(tiny_extractor(precision="bf16"))
     assert fp32 != bf16

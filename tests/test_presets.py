@@ -118,6 +118,7 @@ def test_status_text_says_which_preset_is_in_use_and_why() -> None:
     assert "preset: detection, from the label config's RectangleLabels" in describe_status(status)
 
 
+@pytest.mark.slow
 def test_cli_task_sets_the_preset_and_an_explicit_option_wins(image_folder: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "ranking.json"
     result = run_cli(

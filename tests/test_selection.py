@@ -101,6 +101,7 @@ def test_typical_picks_report_their_distance_to_the_picks_before_them_across_bat
         assert ranking.distance[position] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_prob_draws_follow_squared_distance() -> None:
     # One seed pattern e0 and three candidates at cosine distance 0.2, 0.4 and 0.8 from it:
     # d^2 weights 0.04 : 0.16 : 0.64, i.e. probabilities 1/21, 4/21, 16/21.

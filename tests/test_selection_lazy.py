@@ -151,6 +151,7 @@ def exact_second_pick_probabilities(patterns: list[np.ndarray]) -> np.ndarray:
     return total
 
 
+@pytest.mark.slow
 def test_prob_lazy_and_dense_second_picks_follow_the_exact_squared_distance_distribution(
     bounds_precision: bool,
 ) -> None:
