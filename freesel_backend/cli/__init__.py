@@ -34,6 +34,7 @@ from ..engine import (
 )
 from ..server.settings import DEFAULT_PORT, QUEUES, SettingsError
 from ..engine.duplicates import DuplicateGroups
+from ..engine.patterns_file import load_patterns_file, load_provenance, save_patterns_file
 from ..engine.ranking import ranking_from_rows, ranking_rows
 from ..engine.selection import Ranking, resolve_budget
 from ..report.html import ReportData, ReportOptions, build_report, report_data, write_report
@@ -207,29 +208,8 @@ def extract_folder(
     return paths, patterns, failures, extractor
 
 
-def save_patterns_file(
-    path: Path, paths: Sequence[str], patterns: Sequence[np.ndarray], *, provenance: dict[str, Any]
-) -> None:
-    stacked = np.concatenate(patterns).astype(np.float32) if patterns else np.zeros((0, 0), np.float32)
-    owner = np.repeat(np.arange(len(patterns)), [len(p) for p in patterns]).astype(np.int64)
-    np.savez_compressed(
-        path, patterns=stacked, owner=owner, paths=np.asarray(paths, dtype=str), provenance=json.dumps(provenance)
-    )
-
-
-def load_provenance(path: Path) -> dict[str, Any]:
-    with np.load(path) as data:
-        return json.loads(str(data["provenance"])) if "provenance" in data else {}
-
-
 def _weights_label(args: argparse.Namespace) -> str:
     return "random-init" if args.random_init else str(args.weights or "pretrained")
-
-
-def load_patterns_file(path: Path) -> tuple[list[str], list[np.ndarray]]:
-    with np.load(path) as data:
-        stacked, owner, paths = data["patterns"], data["owner"], [str(p) for p in data["paths"]]
-    return paths, [stacked[owner == image] for image in range(len(paths))]
 
 
 def _seed_indices(labelled_list: Path, paths: Sequence[str]) -> list[int]:
