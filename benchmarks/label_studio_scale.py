@@ -48,9 +48,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
 from freesel_backend.cli.samples import write_scenes  # noqa: E402
 from freesel_backend.server.publish import VERSION_PREFIX  # noqa: E402
-from tests.backend_processes import BackendProcesses, backend_env, idle  # noqa: E402
-from tests.label_studio_server import LabelStudioServer  # noqa: E402
-from tests.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
+from harness.backend import BackendProcesses, backend_env, idle  # noqa: E402
+from harness.label_studio import LabelStudioServer  # noqa: E402
+from harness.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 
 LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
 ANNOTATION = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]

@@ -32,11 +32,11 @@ sys.path.insert(0, str(REPO))
 
 from freesel_backend.cli.samples import scene_image  # noqa: E402
 from freesel_backend.server.redis_server import RedisServer, free_port  # noqa: E402
-from tests.backend_processes import backend_env, idle, wait_for  # noqa: E402
-from tests.label_studio_server import LabelStudioServer, label_studio_executable  # noqa: E402
-from tests.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
-from tests.test_bad_input import encoded  # noqa: E402
-from tests.test_end_to_end import LABEL_CONFIG, annotate  # noqa: E402
+from harness.backend import backend_env, idle, wait_for  # noqa: E402
+from harness.label_studio import LabelStudioServer, label_studio_executable  # noqa: E402
+from harness.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
+from harness.local_http import encoded  # noqa: E402
+from harness.label_studio import LABEL_CONFIG, annotate  # noqa: E402
 
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
 

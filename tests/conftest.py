@@ -3,7 +3,7 @@ import os
 import pytest
 
 from tests.helpers import missing_prerequisite
-from tests.label_studio_server import LabelStudioServer, label_studio_executable
+from harness.label_studio import LabelStudioServer, label_studio_executable
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -17,7 +17,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def label_studio():
     """A real Label Studio 1.23.2 (own temp data dir, SQLite) with a Personal Access Token.
 
-    Yields a started `tests.label_studio_server.LabelStudioServer` (url, pat, legacy_token,
+    Yields a started `harness.label_studio.LabelStudioServer` (url, pat, legacy_token,
     create_project, upload_images, ...). In CI (env `CI` set) failing to start is an error;
     locally it skips with the reason.
     """

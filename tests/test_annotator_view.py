@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import missing_prerequisite
-from tests.test_end_to_end import LABEL_CONFIG, write_group
+from harness.label_studio import LABEL_CONFIG
+from tests.test_end_to_end import write_group
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

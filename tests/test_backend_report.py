@@ -19,9 +19,10 @@ import requests
 from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
 from freesel_backend.engine.ranking import NOT_PICKED
 from freesel_backend.server.publish import PICK_FLAG
-from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, wait_for
+from harness.backend import REPO_ROOT, BackendProcesses, backend_env, wait_for
 from freesel_backend.cli.samples import scene_image
-from tests.test_end_to_end import LABEL_CONFIG, current_ranking, settled
+from harness.label_studio import LABEL_CONFIG
+from tests.test_end_to_end import current_ranking, settled
 
 DISTINCT_SCENES = 6
 COPIED_SCENES = (0, 1)

@@ -4,7 +4,6 @@ real worker. Each bad task gets its own specific error (in the status and in the
 
 from __future__ import annotations
 
-import io
 import math
 import re
 
@@ -16,10 +15,10 @@ from rq import Queue
 
 from freesel_backend.server.settings import FEATURES_QUEUE, SELECTION_QUEUE
 from freesel_backend.engine.ranking import FAILURE_FLAG
-from tests.backend_processes import BackendProcesses, backend_env, idle, run_worker_burst, wait_for
+from harness.backend import BackendProcesses, backend_env, idle, run_worker_burst, wait_for
+from harness.label_studio import LABEL_CONFIG
+from harness.local_http import LocalHttpServer, content, encoded, hang, redirect
 from tests.helpers import noise_image, write_noise_images
-from tests.local_http import LocalHttpServer, content, hang, redirect
-from tests.test_end_to_end import LABEL_CONFIG
 from tests.test_images import png_header_claiming
 
 pytestmark = pytest.mark.slow
@@ -27,12 +26,6 @@ pytestmark = pytest.mark.slow
 TEXT_ONLY_CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/></Choices></View>'
 )
-
-
-def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def odd_but_valid_images() -> dict[str, bytes]:

@@ -14,10 +14,10 @@ import requests
 from PIL import Image
 
 import freesel_backend
-from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
+from harness.backend import BackendProcesses, backend_env, idle, wait_for
+from harness.label_studio import LABEL_CONFIG, annotate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
 
 
 def write_group(
@@ -52,12 +52,6 @@ def current_ranking(ls, project_id: int) -> list[int]:
     }
     mine = [p for p in predictions if p["model_version"] == project["model_version"] and p["task"] not in labelled]
     return [p["task"] for p in sorted(mine, key=lambda p: p["score"])]
-
-
-def annotate(ls, task_id: int) -> None:
-    result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
-    response = ls.api("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})
-    assert response.status_code == 201, response.text
 
 
 def settled(backend: BackendProcesses, project_id: int, after: float) -> dict:

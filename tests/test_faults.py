@@ -23,11 +23,11 @@ from freesel_backend.server.enqueue import enqueue_patterns
 from freesel_backend.server.services import Services
 from freesel_backend.server.redis_server import RedisServer
 from freesel_backend.server.store import Store
-from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
+from harness.backend import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image, write_noise_images
-from tests.local_http import LabelStudioStandIn, LocalHttpServer, Request
-from tests.test_end_to_end import LABEL_CONFIG, annotate
-from tests.test_bad_input import encoded
+from harness.local_http import LabelStudioStandIn, LocalHttpServer, Request
+from harness.label_studio import LABEL_CONFIG, annotate
+from harness.local_http import encoded
 
 pytestmark = pytest.mark.slow
 

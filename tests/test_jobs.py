@@ -13,7 +13,7 @@ from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, sche
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.server.store import Store
-from tests.backend_processes import backend_env, run_worker_burst
+from harness.backend import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
 
 

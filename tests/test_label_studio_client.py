@@ -368,7 +368,7 @@ def test_webhook_registration_is_idempotent_and_deletable(label_studio, client, 
 
 
 def test_unreachable_label_studio_is_a_retryable_error_without_the_key(label_studio):
-    from tests.label_studio_server import free_port
+    from harness.label_studio import free_port
 
     c = LabelStudioClient(f"http://127.0.0.1:{free_port()}", label_studio.legacy_token, timeout=3)
     with pytest.raises(LabelStudioUnavailable) as info:

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from freesel_backend.server.redis_server import free_port
-from tests.backend_processes import REPO_ROOT, wait_for
+from harness.backend import REPO_ROOT, wait_for
 from tests.test_main_command import alive, command_of, descendants, stop_group
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,9 @@ import redis
 import requests
 
 from freesel_backend.server.redis_server import free_port
-from tests.backend_processes import REPO_ROOT, backend_env, wait_for
-from tests.test_end_to_end import LABEL_CONFIG, current_ranking, write_group
+from harness.backend import REPO_ROOT, backend_env, wait_for
+from harness.label_studio import LABEL_CONFIG
+from tests.test_end_to_end import current_ranking, write_group
 
 AUTH = ("freesel-admin", "s3cret-pass")
 

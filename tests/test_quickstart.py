@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from freesel_backend.cli.quickstart import scan_folder, upload_name
-from tests.backend_processes import REPO_ROOT, BackendProcesses, backend_env
+from harness.backend import REPO_ROOT, BackendProcesses, backend_env
 from tests.test_end_to_end import current_ranking
 
 

@@ -16,10 +16,10 @@ import requests
 from freesel_backend.server.settings import WEBHOOK_SECRET_HEADER, Settings
 from freesel_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from freesel_backend.labelstudio.download import Downloader, LabelStudioDownloadError
-from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
+from harness.backend import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import write_noise_images
-from tests.local_http import LocalHttpServer, Request, content, hang, redirect
-from tests.test_end_to_end import LABEL_CONFIG
+from harness.local_http import LocalHttpServer, Request, content, hang, redirect
+from harness.label_studio import LABEL_CONFIG
 
 JWT_SHAPED = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 

@@ -14,11 +14,11 @@ import pytest
 
 from freesel_backend.server.store import Store
 from freesel_backend.server.publish import PICK_FLAG
-from tests.backend_processes import BackendProcesses, backend_env, idle, wait_for
+from harness.backend import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image
-from tests.local_http import LabelStudioStandIn, LocalHttpServer, content
-from tests.test_bad_input import encoded
-from tests.test_end_to_end import LABEL_CONFIG, annotate
+from harness.local_http import LabelStudioStandIn, LocalHttpServer, content
+from harness.local_http import encoded
+from harness.label_studio import LABEL_CONFIG, annotate
 from tests.test_faults import FAST_RECOVERY, start_worker, stop_group
 
 TASKS = 1000

@@ -32,6 +32,7 @@ import requests
 from freesel_backend.labelstudio.local import wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()  # the classification project of the repository
 
 DEFAULT_USERNAME = "freesel-test@example.com"
 DEFAULT_PASSWORD = "freesel-test-password-123"
@@ -396,3 +397,10 @@ class LabelStudioServer:
         if resp.status_code != 201:
             raise RuntimeError(f"local storage failed: HTTP {resp.status_code} {resp.text[:300]}")
         return resp.json()
+
+
+def annotate(ls: LabelStudioServer, task_id: int) -> None:
+    """Label the task (one choice of LABEL_CONFIG) as the server's user."""
+    result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+    response = ls.api("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})
+    assert response.status_code == 201, response.text

@@ -4,11 +4,14 @@ the real one) that can answer 5xx or be stopped and started again on the same po
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
+
+from PIL import Image
 
 import requests
 
@@ -149,3 +152,10 @@ class LabelStudioStandIn(LocalHttpServer):
         )
         headers = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "location")}
         return response.status_code, headers, response.content
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    """The image as the bytes of a file in ``fmt`` (PNG, JPEG, ...), to serve."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
