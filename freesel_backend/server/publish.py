@@ -13,7 +13,8 @@ replaces the target: the next step works towards it.
   request timed out is looked up in Label Studio before anything is imported again. Then the
   head's first flags are written, the project's queue switched to the version (the rest of the
   head is flagged right after), and the old versions are deleted
-  by a cleanup job (one prediction per request, holding the write lock per batch).
+  by a cleanup job (one prediction per request, holding the write lock per batch and letting a
+  waiting write-out step go first).
 - **In place** (every other ranking): only the first ``head_size`` tasks of the queue are kept
   in exact order. Tasks whose current scores already follow the new order (a longest increasing
   subsequence) keep them; the others get scores between their neighbours (one PATCH each); tasks
@@ -35,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .settings import Settings
 from ..labelstudio.client import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
-from .enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout
+from .enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout, writeout_waiting
 from .services import Services, job_services
 from .store import Store
 
@@ -58,6 +59,8 @@ FLAGS_BEFORE_SWITCH = 60
 # The project's write lock outlives the longest single request by this much; it is renewed before
 # every request, so a killed worker's lock frees itself soon.
 LOCK_MARGIN_S = 15
+# A cleanup batch waits at most this long for a waiting write-out step to take the write lock first.
+WRITEOUT_TURN_S = 10.0
 
 
 # ---- planning scores ----------------------------------------------------------------------------
@@ -242,10 +245,22 @@ def delete_freesel_predictions(services: Services, project_id: int, keep: Iterab
         if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in kept
     ]
     for start in range(0, len(doomed), DELETE_BATCH):
+        give_way_to_writeout(services, project_id)
         with write_lock(services, project_id):
             for prediction_id in doomed[start : start + DELETE_BATCH]:
                 services.client.delete_prediction(prediction_id)
     return len(doomed)
+
+
+def give_way_to_writeout(services: Services, project_id: int, turn_s: float = WRITEOUT_TURN_S) -> None:
+    """Before a cleanup batch: while a write-out step of the project waits, let it take the write
+    lock first (waiting at most ``turn_s``). Write-out steps and cleanup batches then take turns:
+    a label's re-ranking reaches Label Studio before old predictions go, and the deletion still
+    moves on by a batch per step (a cleanup worker would otherwise take the lock back at once)."""
+    lock = write_lock(services, project_id)
+    deadline = time.monotonic() + turn_s
+    while writeout_waiting(services, project_id) and not lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def write_out(project_id: int) -> dict[str, Any]:
