@@ -104,14 +104,22 @@ def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: in
     The current head is the ``head_size`` lowest current scores. Tasks that leave it are moved
     just behind the new head; tasks of the new head whose scores are in the current head and
     already increase along the order keep them; the others fill the gaps. Tasks of the tail
-    without a prediction go behind everything, in rank order.
+    without a prediction go behind everything, in rank order. When a gap has no room left
+    (tasks appended to the head round after round squeeze into the one gap before the tasks
+    that leave it), the tasks that leave go behind everything instead (the tail's order is not
+    kept exact), which opens the gap up to the first task of the tail.
     """
+    plan = _plan_scores(order, scores, head_size, keep_leaving=True)
+    return _plan_scores(order, scores, head_size, keep_leaving=False) if plan.renormalise else plan
+
+
+def _plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: int, keep_leaving: bool) -> ScorePlan:
     head, tail = list(order[:head_size]), list(order[head_size:])
     current = sorted(scores[t] for t in order if t in scores)
     threshold = current[min(head_size, len(current)) - 1] if current else 0.0
     in_head = set(head)
     leaving = sorted((t for t in tail if t in scores and scores[t] <= threshold), key=lambda t: scores[t])
-    lineup = head + leaving
+    lineup = head + leaving if keep_leaving else head
     candidates = [i for i, t in enumerate(lineup) if t in scores and scores[t] <= threshold]
     kept = {candidates[i] for i in longest_increasing([scores[lineup[i]] for i in candidates])}
     above = [scores[t] for t in tail if t in scores and scores[t] > threshold]
@@ -122,8 +130,9 @@ def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: in
         if not was_kept:
             (plan.patch if task in scores else plan.create).append((task, score))
     top = max([ceiling, *current]) if current else ceiling
-    newcomers = [t for t in tail if t not in scores and t not in in_head]
-    plan.create += [(task, top + (rank + 1) / (len(newcomers) + 1)) for rank, task in enumerate(newcomers)]
+    behind = ([] if keep_leaving else leaving) + [t for t in tail if t not in scores and t not in in_head]
+    for rank, task in enumerate(behind):
+        (plan.patch if task in scores else plan.create).append((task, top + (rank + 1) / (len(behind) + 1)))
     return plan
 
 
