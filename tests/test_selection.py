@@ -252,6 +252,17 @@ def test_labels_from_the_top_of_the_head_keep_the_rest_of_it_and_only_its_end_is
     assert ranking.order[7:10].tolist() == drawn.picks.tolist()
 
 
+def test_a_label_on_the_second_pick_keeps_a_first_pick_drawn_without_labels_at_the_top() -> None:
+    patterns = random_patterns(40, seed=27)
+    earlier = rerank_head(patterns, 6, 20, strategy="fds", seed=1)  # no label yet: the first pick is random
+    second = int(earlier.order[1])
+    ranking = rerank_head(
+        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
+        seeds=[second], seed=2,
+    )
+    assert ranking.order[:5].tolist() == [int(i) for i in earlier.order[:6] if int(i) != second]
+
+
 def test_a_label_that_covers_a_pick_of_the_head_takes_it_out_of_the_head() -> None:
     patterns = random_patterns(40, seed=26)
     earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)

@@ -299,7 +299,8 @@ def still_valid_picks(
     kept_distance: list[float] = []
     for image, end in zip(picks, ends.tolist()):
         own = slice(end - int(pool.counts[image]), end)
-        if image not in labelled and now[own].max() >= HEAD_KEEP_SHARE * then[own].max():
+        # A first pick drawn with nothing selected had an infinite distance: the largest cosine distance instead.
+        if image not in labelled and now[own].max() >= HEAD_KEEP_SHARE * min(float(then[own].max()), 2.0):
             kept.append(image)
             kept_distance.append(float(now[own].max()))
             now = np.minimum(now, nearest_to([image]))
