@@ -263,6 +263,20 @@ def test_a_label_on_the_second_pick_keeps_a_first_pick_drawn_without_labels_at_t
     assert ranking.order[:5].tolist() == [int(i) for i in earlier.order[:6] if int(i) != second]
 
 
+def test_an_image_new_since_the_earlier_ranking_and_unlike_every_label_comes_before_the_kept_picks() -> None:
+    patterns = random_patterns(40, seed=28)
+    unlike = -np.mean([p.mean(axis=0) for p in patterns], axis=0, keepdims=True)  # opposite to all of them
+    earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)
+    with_new = [*patterns, unlike / np.linalg.norm(unlike)]
+    labelled = [0, int(earlier.order[0])]
+    ranking = rerank_head(
+        with_new, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
+        seeds=labelled, seed=2,
+    )
+    assert 40 in ranking.order[:6].tolist()
+    assert ranking.order[:6].tolist() == select(with_new, 6, strategy="fds", seeds=labelled, seed=2).picks.tolist()
+
+
 def test_a_label_that_covers_a_pick_of_the_head_takes_it_out_of_the_head() -> None:
     patterns = random_patterns(40, seed=26)
     earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)

@@ -278,7 +278,10 @@ def still_valid_picks(
     earlier ranking did not hold) and the picks before it; its distance now counts every seed and
     the kept picks before it. A label on a pick before it changes nothing; a label elsewhere that
     brings the pick's farthest pattern closer than :data:`HEAD_KEEP_SHARE` of its distance then
-    covers it: the pick leaves the head and a fresh one is drawn in its place.
+    covers it: the pick leaves the head and a fresh one is drawn in its place. Images new since
+    the earlier ranking (neither in ``previous_order`` nor seeds) may belong before the earlier
+    picks: the kept picks end at the first one nearer to the seeds and the picks before it than
+    the farthest new image is to the seeds (the rest of the head is drawn with the new images).
     """
     picks = [image for image in dict.fromkeys(earlier_head) if 0 <= image < pool.n_images]
     if not picks:
@@ -295,17 +298,32 @@ def still_valid_picks(
     then = nearest_to([s for s in seeds if s not in ranked_then])
     now = nearest_to(list(seeds))
     labelled = set(seeds)
+    farthest_new = _farthest_from(pool, [i for i in range(pool.n_images) if i not in ranked_then | labelled], seeds)
     kept: list[int] = []
     kept_distance: list[float] = []
     for image, end in zip(picks, ends.tolist()):
         own = slice(end - int(pool.counts[image]), end)
+        distance_now = float(now[own].max())
+        if image not in labelled and distance_now < farthest_new:
+            break
         # A first pick drawn with nothing selected had an infinite distance: the largest cosine distance instead.
-        if image not in labelled and now[own].max() >= HEAD_KEEP_SHARE * min(float(then[own].max()), 2.0):
+        if image not in labelled and distance_now >= HEAD_KEEP_SHARE * min(float(then[own].max()), 2.0):
             kept.append(image)
-            kept_distance.append(float(now[own].max()))
+            kept_distance.append(distance_now)
             now = np.minimum(now, nearest_to([image]))
         then = np.minimum(then, nearest_to([image]))
     return kept, kept_distance
+
+
+def _farthest_from(pool: PatternPool, images: Sequence[int], seeds: Sequence[int]) -> float:
+    """The largest distance of a pattern of ``images`` to the patterns of ``seeds`` (0 without
+    images, infinite without seeds)."""
+    if not images:
+        return 0.0
+    if not seeds:
+        return math.inf
+    rows = pool.matrix[pool.pattern_indices(images)]
+    return float(nearest_cosine_distance(rows, pool.patterns_of(seeds), pool.duplicate_threshold).max())
 
 
 def extend_head(
