@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import threading
+import time
 
 import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
 from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
-from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, schedule_selection
+from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, enqueue_writeout, schedule_selection
+from freesel_backend.server.publish import give_way_to_writeout, write_lock
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.server.store import Store
@@ -37,6 +40,31 @@ def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(re
     next_one = schedule_selection(Services(settings, redis_connection), 5)
     assert next_one.id != running.id and next_one.dependency_ids == [running.id]
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
+
+
+def test_a_cleanup_batch_lets_the_projects_waiting_write_out_step_take_the_write_lock_first(redis_connection):
+    settings = Settings(label_studio_url="http://127.0.0.1:9", label_studio_api_key="unused")  # never reached
+    services = Services(settings, redis_connection)
+    enqueue_writeout(services, 5)
+    step = Job.fetch(services.store.get_state(5)["writeout_job"], connection=redis_connection)
+    events: list[str] = []
+
+    def write_out_step() -> None:  # what the write-out worker does a moment later
+        time.sleep(0.5)
+        with write_lock(services, 5):
+            Queue(WRITEOUT_QUEUE, connection=redis_connection).remove(step)
+            step.set_status(JobStatus.STARTED)
+            events.append("write-out step")
+            time.sleep(0.3)
+
+    worker = threading.Thread(target=write_out_step)
+    worker.start()
+    give_way_to_writeout(services, 5)
+    with write_lock(services, 5):
+        events.append("cleanup batch")
+    worker.join()
+    assert events == ["write-out step", "cleanup batch"]
+    give_way_to_writeout(services, 6)  # no write-out waits: the batch goes at once
 
 
 @pytest.mark.slow

@@ -202,13 +202,13 @@ def test_every_endpoint_wants_basic_auth_health_included(main_command):
     assert "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set" not in main_command.log()
 
 
-def test_the_main_command_runs_a_worker_each_for_patterns_rankings_and_write_outs(main_command):
+def test_the_main_command_runs_a_worker_each_for_patterns_rankings_write_outs_and_cleanups(main_command):
     listening = [
-        f"*** Listening on {queues}..."
-        for queues in ("freesel-features", "freesel-selection", "freesel-writeout, freesel-cleanup")
+        f"*** Listening on {queue}..."
+        for queue in ("freesel-features", "freesel-selection", "freesel-writeout", "freesel-cleanup")
     ]
-    wait_for(lambda: all(line in main_command.log() for line in listening), 300, "the three workers")
-    assert "starting 3 workers" in main_command.log()
+    wait_for(lambda: all(line in main_command.log() for line in listening), 300, "the four workers")
+    assert "starting 4 workers" in main_command.log()
 
 
 def test_label_studio_without_the_credentials_cannot_connect(label_studio, main_command):

@@ -232,12 +232,63 @@ def test_a_head_reranking_keeps_the_earlier_order_and_picks_of_the_tail() -> Non
         patterns, 4, 12, previous_order=earlier.order, previous_n_picked=earlier.n_picked, seeds=labelled, seed=2
     )
     head = ranking.order[:4].tolist()
-    assert head == select(patterns, 4, seeds=labelled, seed=2).order[:4].tolist()
     tail = [int(i) for i in earlier.order if int(i) not in head and int(i) not in labelled]
     assert ranking.order[4:].tolist() == tail
     earlier_picks_left = len([i for i in earlier.picks.tolist() if i not in head and i not in labelled])
     assert ranking.n_picked == min(12, 4 + earlier_picks_left)
     assert sorted(ranking.order.tolist()) == sorted(set(range(30)) - set(labelled))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_labels_from_the_top_of_the_head_keep_the_rest_of_it_and_only_its_end_is_drawn(strategy) -> None:
+    patterns = random_patterns(60, seed=25)
+    earlier = rerank_head(patterns, 10, 30, strategy=strategy, seeds=[0], seed=1)
+    labelled = [0, *earlier.order[:3].tolist()]  # annotators took the first three picks
+    ranking = rerank_head(
+        patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy=strategy,
+        seeds=labelled, seed=2,
+    )
+    assert ranking.order[:7].tolist() == earlier.order[3:10].tolist()
+    drawn = select(patterns, 3, strategy=strategy, seeds=[*labelled, *earlier.order[3:10].tolist()], seed=2)
+    assert ranking.order[7:10].tolist() == drawn.picks.tolist()
+
+
+def test_a_label_on_the_second_pick_keeps_a_first_pick_drawn_without_labels_at_the_top() -> None:
+    patterns = random_patterns(40, seed=27)
+    earlier = rerank_head(patterns, 6, 20, strategy="fds", seed=1)  # no label yet: the first pick is random
+    second = int(earlier.order[1])
+    ranking = rerank_head(
+        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
+        seeds=[second], seed=2,
+    )
+    assert ranking.order[:5].tolist() == [int(i) for i in earlier.order[:6] if int(i) != second]
+
+
+def test_an_image_new_since_the_earlier_ranking_and_unlike_every_label_comes_before_the_kept_picks() -> None:
+    patterns = random_patterns(40, seed=28)
+    unlike = -np.mean([p.mean(axis=0) for p in patterns], axis=0, keepdims=True)  # opposite to all of them
+    earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)
+    with_new = [*patterns, unlike / np.linalg.norm(unlike)]
+    labelled = [0, int(earlier.order[0])]
+    ranking = rerank_head(
+        with_new, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
+        seeds=labelled, seed=2,
+    )
+    assert 40 in ranking.order[:6].tolist()
+    assert ranking.order[:6].tolist() == select(with_new, 6, strategy="fds", seeds=labelled, seed=2).picks.tolist()
+
+
+def test_a_label_that_covers_a_pick_of_the_head_takes_it_out_of_the_head() -> None:
+    patterns = random_patterns(40, seed=26)
+    earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)
+    covered, copy = int(earlier.order[3]), int(earlier.order[-1])
+    patterns[copy] = patterns[covered].copy()  # a task far down the queue shows the same as a pick, and gets a label
+    ranking = rerank_head(
+        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
+        seeds=[0, copy], seed=2,
+    )
+    others = [int(i) for i in earlier.order[:6] if int(i) != covered]
+    assert ranking.order[:5].tolist() == others and covered not in ranking.order[:6].tolist()
 
 
 def test_an_image_new_to_the_ranking_comes_after_the_tail_it_did_not_belong_to() -> None:

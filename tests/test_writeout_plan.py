@@ -61,6 +61,22 @@ def test_random_reorderings_keep_the_head_exact_with_writes_near_the_number_of_m
         scores = {**scores, **dict(plan.patch)}
 
 
+def test_labels_from_the_top_and_new_picks_at_the_end_of_the_head_never_run_out_of_room():
+    """What a re-ranking that keeps the earlier head does, round after round: ten labelled from
+    the top, ten picks from anywhere in the tail appended to the head."""
+    rng = random.Random(8)
+    order = list(range(5000))
+    scores = full_scores(order)
+    for _ in range(200):
+        order = order[10:]
+        drawn = [order.pop(rng.randrange(300, len(order))) for _ in range(10)]
+        order = order[:290] + drawn + order[290:]
+        plan = plan_scores(order, scores, 300)
+        assert not plan.renormalise and plan.create == [] and len(plan.patch) <= 3 * 10
+        assert served_after(order, scores, 300) == order[:300]
+        scores = {**scores, **dict(plan.patch)}
+
+
 def test_scores_without_room_between_neighbours_ask_for_a_fresh_version():
     scores = {1: 0.0, 2: 1e-12}
     assert plan_scores([1, 3, 2], {**scores, 3: 5.0}, 3).renormalise

@@ -33,6 +33,9 @@ STRATEGIES: tuple[str, ...] = ("typical", "prob", "fds")
 DEFAULT_STRATEGY: Strategy = "typical"
 # Exponent on the typicality prior of ``typical``, chosen on held-out data (docs/quality.md).
 TYPICALITY_STRENGTH = 1.0
+# A re-ranking keeps a pick of the earlier head while its distance to the labels and the picks
+# before it stays at least this share of its distance when drawn (a label elsewhere covers it below).
+HEAD_KEEP_SHARE = 0.5
 
 __all__ = [
     "DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking",
@@ -226,33 +229,101 @@ def rerank_head(
     seed: int | None = None,
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
 ) -> Ranking:
-    """A ranking whose head is drawn afresh and whose tail keeps an earlier ranking's order.
+    """A ranking whose head keeps an earlier ranking's head picks that no label covered since,
+    whose other head picks are drawn afresh, and whose tail keeps the earlier order.
 
-    The first ``min(head_size, budget)`` picks are drawn by :func:`select` (``seeds`` steer them),
-    at the cost of a head, not of ``budget`` picks. The other images follow in
-    ``previous_order`` (image indices of an earlier ranking: seeds, head picks and repeats drop
-    out), then those it did not hold by decreasing distance. The picks are the head's, then the
-    earlier picks left in the tail (the first ``previous_n_picked`` of ``previous_order``), at
-    most ``budget`` in all. Every distance is the image's distance to the head and the seeds
-    (a pick's: when drawn). :func:`extend_head` draws the tail afresh.
+    The head (``min(head_size, budget)`` picks) starts with the picks of the earlier head
+    (the first ``previous_n_picked`` of ``previous_order``, image indices, up to ``head_size``)
+    that are neither labelled (``seeds``) nor covered by a label (:func:`still_valid_picks`), in
+    their order; :func:`select` draws the rest with the seeds and those picks as seeds. Labels
+    taken from the top of the head change nothing else of it, so a re-ranking moves only the
+    head's end. With no earlier head, the whole head is drawn. The other images follow in
+    ``previous_order`` (seeds, head picks and repeats drop out), then those it did not hold by
+    decreasing distance. The picks are the head's, then the earlier picks left in the tail, at
+    most ``budget`` in all. Every distance is the image's distance to the head and the seeds (a
+    pick's: when drawn, or for a kept pick, now). :func:`extend_head` draws the tail afresh.
     """
+    pool = PatternPool(patterns, duplicate_threshold)
+    seed_ids = _validated_seeds(seeds, pool.n_images)
+    n_head = min(head_size, budget)
+    earlier_head = [int(i) for i in previous_order[: min(previous_n_picked, head_size)]]
+    kept, kept_distance = still_valid_picks(pool, earlier_head, seed_ids, previous_order)
+    kept, kept_distance = kept[:n_head], kept_distance[:n_head]
     head = select(
-        patterns, min(head_size, budget), strategy=strategy, seeds=seeds, seed=seed,
+        patterns, n_head - len(kept), strategy=strategy, seeds=[*seed_ids, *kept], seed=seed,
         duplicate_threshold=duplicate_threshold,
     )
-    distance_of = dict(zip(head.order.tolist(), head.distance.tolist()))
+    distance_of = {**dict(zip(head.order.tolist(), head.distance.tolist())), **dict(zip(kept, kept_distance))}
     rest = set(head.order[head.n_picked :].tolist())
-    kept = [image for image in dict.fromkeys(int(i) for i in previous_order) if image in rest]
-    held = set(kept)
-    kept_picks = len(held & {int(i) for i in previous_order[:previous_n_picked]})
+    tail = [image for image in dict.fromkeys(int(i) for i in previous_order) if image in rest]
+    held = set(tail)
+    tail_picks = len(held & {int(i) for i in previous_order[:previous_n_picked]})
     newcomers = [image for image in head.order[head.n_picked :].tolist() if image not in held]
-    order = np.asarray([*head.picks.tolist(), *kept, *newcomers], dtype=np.int64)
+    order = np.asarray([*kept, *head.picks.tolist(), *tail, *newcomers], dtype=np.int64)
     return Ranking(
         order=order,
         distance=np.asarray([distance_of[image] for image in order.tolist()], dtype=np.float64),
-        n_picked=min(budget, head.n_picked + kept_picks),
-        seeds=head.seeds,
+        n_picked=min(budget, len(kept) + head.n_picked + tail_picks),
+        seeds=seed_ids,
     )
+
+
+def still_valid_picks(
+    pool: PatternPool, earlier_head: Sequence[int], seeds: Sequence[int], previous_order: Iterable[int]
+) -> tuple[list[int], list[float]]:
+    """The picks of ``earlier_head`` (in its order) that are not labelled now and that no new
+    label covers, with their distance now.
+
+    A pick's distance when it was drawn counted the labels of then (the ``seeds`` that the
+    earlier ranking did not hold) and the picks before it; its distance now counts every seed and
+    the kept picks before it. A label on a pick before it changes nothing; a label elsewhere that
+    brings the pick's farthest pattern closer than :data:`HEAD_KEEP_SHARE` of its distance then
+    covers it: the pick leaves the head and a fresh one is drawn in its place. Images new since
+    the earlier ranking (neither in ``previous_order`` nor seeds) may belong before the earlier
+    picks: the kept picks end at the first one nearer to the seeds and the picks before it than
+    the farthest new image is to the seeds (the rest of the head is drawn with the new images).
+    """
+    picks = [image for image in dict.fromkeys(earlier_head) if 0 <= image < pool.n_images]
+    if not picks:
+        return [], []
+    ranked_then = {int(i) for i in previous_order}
+    rows = pool.matrix[pool.pattern_indices(picks)]
+    ends = np.cumsum(pool.counts[picks])
+
+    def nearest_to(images: Sequence[int]) -> np.ndarray:
+        if not images:
+            return np.full(len(rows), np.inf, dtype=np.float32)
+        return nearest_cosine_distance(rows, pool.patterns_of(images), pool.duplicate_threshold)
+
+    then = nearest_to([s for s in seeds if s not in ranked_then])
+    now = nearest_to(list(seeds))
+    labelled = set(seeds)
+    farthest_new = _farthest_from(pool, [i for i in range(pool.n_images) if i not in ranked_then | labelled], seeds)
+    kept: list[int] = []
+    kept_distance: list[float] = []
+    for image, end in zip(picks, ends.tolist()):
+        own = slice(end - int(pool.counts[image]), end)
+        distance_now = float(now[own].max())
+        if image not in labelled and distance_now < farthest_new:
+            break
+        # A first pick drawn with nothing selected had an infinite distance: the largest cosine distance instead.
+        if image not in labelled and distance_now >= HEAD_KEEP_SHARE * min(float(then[own].max()), 2.0):
+            kept.append(image)
+            kept_distance.append(distance_now)
+            now = np.minimum(now, nearest_to([image]))
+        then = np.minimum(then, nearest_to([image]))
+    return kept, kept_distance
+
+
+def _farthest_from(pool: PatternPool, images: Sequence[int], seeds: Sequence[int]) -> float:
+    """The largest distance of a pattern of ``images`` to the patterns of ``seeds`` (0 without
+    images, infinite without seeds)."""
+    if not images:
+        return 0.0
+    if not seeds:
+        return math.inf
+    rows = pool.matrix[pool.pattern_indices(images)]
+    return float(nearest_cosine_distance(rows, pool.patterns_of(seeds), pool.duplicate_threshold).max())
 
 
 def extend_head(

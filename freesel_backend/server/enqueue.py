@@ -185,6 +185,12 @@ def enqueue_writeout(services: Services, project_id: int, delay_s: float = 0) ->
     )
 
 
+def writeout_waiting(services: Services, project_id: int) -> bool:
+    """Whether a write-out step of the project waits to run (queued or scheduled, not running)."""
+    job = fetch_job(services.connection, services.store.get_state(project_id).get("writeout_job"))
+    return job is not None and job.get_status(refresh=False) in WAITING
+
+
 def enqueue_tail_refresh(services: Services, project_id: int) -> None:
     """Make sure a tail refresh of the project waits on the patterns queue (which runs it when it
     has no patterns to compute, beside the rankings of the head)."""

@@ -3,8 +3,9 @@ cleanup after disable. Enqueued by ``enqueue.py`` (the flow is described there).
 
 Job functions take plain arguments (project id, task ids) and never a secret: workers read
 ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment (``services.job_services``).
-A ranking draws only the head of the queue afresh (``Settings.head_size`` picks) and keeps the
-tail's earlier order, so that a label is reflected at the cost of a head; ``refresh_tail``, on
+A ranking redraws only the head of the queue (``Settings.head_size`` picks; the last head's picks
+that no label covered stay) and keeps the tail's earlier order, so that a label is reflected at
+the cost of the head's end; ``refresh_tail``, on
 the patterns queue, draws the tail afresh after it.
 """
 
@@ -230,8 +231,9 @@ def sync_project(project_id: int) -> dict[str, int]:
 
 def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
-    target of the write-out (enqueued here): the head drawn afresh, the rest in the last
-    ranking's order (by distance on a first ranking), the tail's refresh enqueued. Skipped when
+    target of the write-out (enqueued here): the head redrawn (keeping the last head's picks that
+    no label covered), the rest in the last ranking's order (by distance on a first ranking), the
+    tail's refresh enqueued. Skipped when
     neither the tasks, the labels, the patterns nor the settings changed since the last ranking.
 
     Reconcile (the labelled tasks with the store) -> rank (``engine.ranking.rank_tasks``) ->

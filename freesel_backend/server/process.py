@@ -42,8 +42,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 def serve(host: str, port: int, web_workers: int) -> int:
     """Gunicorn on host:port. Without REDIS_URL: an embedded Redis under MODEL_DIR and one worker
-    process per queue group (patterns; rankings; write-outs and cleanups), so that a long pattern
-    extraction or write-out never holds up a ranking, and write-outs take turns in bounded steps.
+    process per queue (patterns; rankings; write-outs; cleanups), so that a long pattern
+    extraction or write-out never holds up a ranking, write-outs take turns in bounded steps, and
+    old versions are deleted between write-out steps, not after all of them.
 
     SIGTERM or Ctrl-C stops gunicorn gracefully, then the workers (warm shutdown: their running
     jobs may finish), then the embedded Redis (which writes its data file on the way out)."""

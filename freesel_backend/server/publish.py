@@ -13,7 +13,8 @@ replaces the target: the next step works towards it.
   request timed out is looked up in Label Studio before anything is imported again. Then the
   head's first flags are written, the project's queue switched to the version (the rest of the
   head is flagged right after), and the old versions are deleted
-  by a cleanup job (one prediction per request, holding the write lock per batch).
+  by a cleanup job (one prediction per request, holding the write lock per batch and letting a
+  waiting write-out step go first).
 - **In place** (every other ranking): only the first ``head_size`` tasks of the queue are kept
   in exact order. Tasks whose current scores already follow the new order (a longest increasing
   subsequence) keep them; the others get scores between their neighbours (one PATCH each); tasks
@@ -35,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .settings import Settings
 from ..labelstudio.client import LabelStudioClient, LabelStudioNotFound, LabelStudioUnavailable
-from .enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout
+from .enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout, writeout_waiting
 from .services import Services, job_services
 from .store import Store
 
@@ -58,6 +59,8 @@ FLAGS_BEFORE_SWITCH = 60
 # The project's write lock outlives the longest single request by this much; it is renewed before
 # every request, so a killed worker's lock frees itself soon.
 LOCK_MARGIN_S = 15
+# A cleanup batch waits at most this long for a waiting write-out step to take the write lock first.
+WRITEOUT_TURN_S = 10.0
 
 
 # ---- planning scores ----------------------------------------------------------------------------
@@ -101,14 +104,22 @@ def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: in
     The current head is the ``head_size`` lowest current scores. Tasks that leave it are moved
     just behind the new head; tasks of the new head whose scores are in the current head and
     already increase along the order keep them; the others fill the gaps. Tasks of the tail
-    without a prediction go behind everything, in rank order.
+    without a prediction go behind everything, in rank order. When a gap has no room left
+    (tasks appended to the head round after round squeeze into the one gap before the tasks
+    that leave it), the tasks that leave go behind everything instead (the tail's order is not
+    kept exact), which opens the gap up to the first task of the tail.
     """
+    plan = _plan_scores(order, scores, head_size, keep_leaving=True)
+    return _plan_scores(order, scores, head_size, keep_leaving=False) if plan.renormalise else plan
+
+
+def _plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: int, keep_leaving: bool) -> ScorePlan:
     head, tail = list(order[:head_size]), list(order[head_size:])
     current = sorted(scores[t] for t in order if t in scores)
     threshold = current[min(head_size, len(current)) - 1] if current else 0.0
     in_head = set(head)
     leaving = sorted((t for t in tail if t in scores and scores[t] <= threshold), key=lambda t: scores[t])
-    lineup = head + leaving
+    lineup = head + leaving if keep_leaving else head
     candidates = [i for i, t in enumerate(lineup) if t in scores and scores[t] <= threshold]
     kept = {candidates[i] for i in longest_increasing([scores[lineup[i]] for i in candidates])}
     above = [scores[t] for t in tail if t in scores and scores[t] > threshold]
@@ -119,8 +130,9 @@ def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: in
         if not was_kept:
             (plan.patch if task in scores else plan.create).append((task, score))
     top = max([ceiling, *current]) if current else ceiling
-    newcomers = [t for t in tail if t not in scores and t not in in_head]
-    plan.create += [(task, top + (rank + 1) / (len(newcomers) + 1)) for rank, task in enumerate(newcomers)]
+    behind = ([] if keep_leaving else leaving) + [t for t in tail if t not in scores and t not in in_head]
+    for rank, task in enumerate(behind):
+        (plan.patch if task in scores else plan.create).append((task, top + (rank + 1) / (len(behind) + 1)))
     return plan
 
 
@@ -242,10 +254,22 @@ def delete_freesel_predictions(services: Services, project_id: int, keep: Iterab
         if str(p.get("model_version") or "").startswith(VERSION_PREFIX) and p.get("model_version") not in kept
     ]
     for start in range(0, len(doomed), DELETE_BATCH):
+        give_way_to_writeout(services, project_id)
         with write_lock(services, project_id):
             for prediction_id in doomed[start : start + DELETE_BATCH]:
                 services.client.delete_prediction(prediction_id)
     return len(doomed)
+
+
+def give_way_to_writeout(services: Services, project_id: int, turn_s: float = WRITEOUT_TURN_S) -> None:
+    """Before a cleanup batch: while a write-out step of the project waits, let it take the write
+    lock first (waiting at most ``turn_s``). Write-out steps and cleanup batches then take turns:
+    a label's re-ranking reaches Label Studio before old predictions go, and the deletion still
+    moves on by a batch per step (a cleanup worker would otherwise take the lock back at once)."""
+    lock = write_lock(services, project_id)
+    deadline = time.monotonic() + turn_s
+    while writeout_waiting(services, project_id) and not lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def write_out(project_id: int) -> dict[str, Any]:
