@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import redis
 import requests
@@ -88,26 +88,29 @@ def serve(host: str, port: int, web_workers: int) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:
-        for worker in workers:
-            stop_worker(worker)
+        stop_workers(workers)
         if embedded is not None:
             embedded.stop()
     return 0
 
 
-def stop_worker(worker: "subprocess.Popen[bytes]", warm_s: float = 30.0, cold_s: float = 10.0) -> None:
-    """RQ's shutdown: the first SIGTERM lets the running job finish, a second one stops it; then kill."""
+def stop_workers(workers: Sequence["subprocess.Popen[bytes]"], warm_s: float = 30.0, cold_s: float = 10.0) -> None:
+    """RQ's shutdown, for every worker at once: the first SIGTERM lets the running jobs finish, a
+    second one stops them; then kill. The waits overlap, so N workers take as long as the slowest."""
     for signal_wait in (warm_s, cold_s):
-        if worker.poll() is not None:
-            return
-        worker.terminate()
-        try:
-            worker.wait(timeout=signal_wait)
-            return
-        except subprocess.TimeoutExpired:
-            log.warning("worker %s still running after %.0f s", worker.pid, signal_wait)
-    worker.kill()
-    worker.wait()
+        running = [worker for worker in workers if worker.poll() is None]
+        for worker in running:
+            worker.terminate()
+        deadline = time.monotonic() + signal_wait
+        for worker in running:
+            try:
+                worker.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s still running after %.0f s", worker.pid, signal_wait)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 # Jobs queued by versions whose job functions lived in flat modules name them by those paths.
