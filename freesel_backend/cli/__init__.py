@@ -306,7 +306,7 @@ def add_serve_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         "serve",
         help="run the Label Studio ML backend (gunicorn); embedded Redis + workers when REDIS_URL is unset",
         description="Serve the FreeSel ML backend. Without REDIS_URL, a real Redis (data under MODEL_DIR/redis) "
-        "and three worker processes (patterns; rankings; write-outs) are started too, so this one command runs "
+        "and four worker processes (patterns; rankings; write-outs; cleanups) are started too, so this one command runs "
         "everything.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
