@@ -306,8 +306,8 @@ def add_serve_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         "serve",
         help="run the Label Studio ML backend (gunicorn); embedded Redis + workers when REDIS_URL is unset",
         description="Serve the FreeSel ML backend. Without REDIS_URL, a real Redis (data under MODEL_DIR/redis) "
-        "and four worker processes (patterns; rankings; write-outs; cleanups) are started too, so this one command runs "
-        "everything.",
+        "and four worker processes (patterns; rankings; write-outs; cleanups) are started too, so this one "
+        "command runs everything.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
