@@ -118,11 +118,16 @@ def backend_status(target: Target, project_id: int) -> dict[str, Any]:
 
 
 def ranked_since(status: dict[str, Any], expected_tasks: int, since: float) -> bool:
-    """Every task has its patterns (or failed) and a ranking finished after ``since``."""
+    """Every task has its patterns (or failed), a ranking finished after ``since`` and, when it
+    ranked any task, Label Studio's queue serves it: switched and its write-out done (between the
+    ranking and its write-out job no job may be waiting yet)."""
     idle = all(count == 0 for groups in status["jobs"].values() for count in groups.values())
     last = status["last_selection_at"]
+    served = status["ranked"] == 0 or (
+        status["live"] is not None and (status["writeout"] or {}).get("state") == "done"
+    )
     return bool(
-        idle and last and status["tasks"] >= expected_tasks and status["patterns_pending"] == 0
+        idle and served and last and status["tasks"] >= expected_tasks and status["patterns_pending"] == 0
         and datetime.datetime.fromisoformat(last).timestamp() >= since
     )
 
