@@ -6,6 +6,7 @@ import importlib
 import threading
 import time
 
+import numpy as np
 import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
@@ -15,7 +16,9 @@ from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, enqu
 from freesel_backend.server.publish import give_way_to_writeout, write_lock
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
-from freesel_backend.server.store import Store
+from freesel_backend.engine import DuplicateGroups, Ranking
+from freesel_backend.server.jobs import earlier_duplicates
+from freesel_backend.server.store import SelectionRecord, Store
 from harness.backend import backend_env, run_worker_burst
 from tests.helpers import write_noise_images
 
@@ -142,3 +145,16 @@ def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webh
     run_worker_burst(env)
 
     assert sorted(Store(redis_connection).get_target(project["id"])["order"]) == tasks[1:]
+
+
+def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_of_the_last_ranking():
+    ranking = Ranking(np.array([0, 1, 2]), np.array([np.inf, 0.5, 0.1]), 2, ())
+    groups = DuplicateGroups([[0, 2]], np.array([0, -1, 0]), 0.05)
+    record = SelectionRecord.of("freesel-0001 ranking 3", "p1", [10, 11, 12], ranking, groups)
+
+    reused = earlier_duplicates(record, "p1", [10, 11, 12], 0.05)
+    assert reused is not None and reused.groups == [[0, 2]] and reused.group_of.tolist() == [0, -1, 0]
+    assert earlier_duplicates(record, "p1", [10, 11, 12, 13], 0.05) is None  # a task was added
+    assert earlier_duplicates(record, "p2", [10, 11, 12], 0.05) is None  # other patterns
+    assert earlier_duplicates(record, "p1", [10, 11, 12], 0.1) is None  # another threshold
+    assert earlier_duplicates(None, "p1", [10, 11, 12], 0.05) is None

@@ -78,6 +78,16 @@ def test_an_exact_copy_of_a_pick_is_flagged_as_its_near_duplicate_and_failures_a
     assert ranked.flags == {4: f"{NOT_PICKED} (near-duplicate of task 1)", 9: f"{FAILURE_FLAG}no image"}
 
 
+def test_near_duplicate_groups_found_by_an_earlier_ranking_are_used_as_given():
+    rng = np.random.default_rng(1)
+    patterns = {task_id: rng.normal(size=(1, 8)).astype(np.float32) for task_id in (1, 2, 3)}
+    options = {"head_size": 300, "strategy": "fds", "seed": 0, "duplicate_threshold": 0.001}
+    earlier = groups([0, 2], size=3)  # tasks 1 and 3, as an earlier ranking found them
+    ranked = rank_tasks(patterns, {1}, {}, 1, duplicates=earlier, **options)
+    assert ranked.duplicates is earlier
+    assert ranked.flags == {3: f"{NOT_PICKED} (near-duplicate of task 1)"}
+
+
 def test_when_every_task_is_labelled_nothing_is_ranked():
     patterns = {1: np.ones((1, 4), np.float32), 2: -np.ones((1, 4), np.float32)}
     ranked = rank_tasks(patterns, {1, 2}, {}, 5, head_size=300, strategy="typical", seed=0, duplicate_threshold=0.001)

@@ -75,13 +75,16 @@ def rank_tasks(
     strategy: Strategy,
     seed: int,
     duplicate_threshold: float,
+    duplicates: DuplicateGroups | None = None,
 ) -> RankedTasks:
     """Rank the unlabelled tasks of ``patterns`` (the labelled ones are seeds): the first
     ``head_size`` picks (the previous head's picks that no label covered, then picks drawn
     afresh), the other tasks in the order of the ``previous`` ranking
     (task ids; its first ``previous_n_picked`` were picks and stay picks, up to ``budget``), then
     tasks it did not hold by distance; see ``selection.rerank_head``. Failures and the
-    near-duplicates of picked or labelled tasks are flagged."""
+    near-duplicates of picked or labelled tasks are flagged. ``duplicates``: the near-duplicate
+    groups of these very patterns (in task id order) at ``duplicate_threshold``, found by an
+    earlier ranking (labels do not change them); found afresh when not given."""
     task_ids = sorted(patterns)
     images = [patterns[task_id] for task_id in task_ids]
     seeds = [image for image, task_id in enumerate(task_ids) if task_id in labelled]
@@ -95,7 +98,8 @@ def rank_tasks(
         )
         if len(seeds) < len(task_ids) else None
     )
-    duplicates = find_near_duplicates(images, duplicate_threshold) if images else no_duplicates(duplicate_threshold)
+    if duplicates is None:
+        duplicates = find_near_duplicates(images, duplicate_threshold) if images else no_duplicates(duplicate_threshold)
     return _ranked(task_ids, ranking, duplicates, labelled, failures)
 
 

@@ -298,7 +298,8 @@ def still_valid_picks(
     then = nearest_to([s for s in seeds if s not in ranked_then])
     now = nearest_to(list(seeds))
     labelled = set(seeds)
-    farthest_new = _farthest_from(pool, [i for i in range(pool.n_images) if i not in ranked_then | labelled], seeds)
+    known = ranked_then | labelled
+    farthest_new = _farthest_from(pool, [i for i in range(pool.n_images) if i not in known], seeds)
     kept: list[int] = []
     kept_distance: list[float] = []
     for image, end in zip(picks, ends.tolist()):

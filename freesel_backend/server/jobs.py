@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .settings import ProjectSettings, Settings
-from ..engine import ImageLoadError, PatternExtractor, load_image
+from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, load_image
 from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from ..labelstudio.download import Downloader
@@ -268,10 +268,13 @@ def run_selection(project_id: int) -> dict[str, Any]:
     unlabelled = len(stored) - len(labelled)
     progress.start_stage("ranking", unlabelled)
     previous = _previous_target(store, project_id, settings, version)
+    threshold = settings.duplicate_threshold
+    duplicates = earlier_duplicates(store.get_selection(project_id), version, sorted(stored), threshold)
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+        duplicates=duplicates,
     )
     target = publish_ranking(
         services, project_id, ranked, fingerprint, version,
@@ -298,6 +301,21 @@ def run_selection(project_id: int) -> dict[str, Any]:
         "seeds": len(labelled),
         "model_version": target["model_version"],
     }
+
+
+def earlier_duplicates(
+    record: SelectionRecord | None, version: str, task_ids: Sequence[int], threshold: float
+) -> DuplicateGroups | None:
+    """The last ranking's near-duplicate groups when it ranked the same tasks with the same
+    patterns and threshold (a re-ranking after labels): finding them costs more than the
+    ranking itself at thousands of tasks (N x N pattern products)."""
+    same = (
+        record is not None
+        and record.patterns_version == version
+        and record.duplicate_threshold == threshold
+        and record.task_ids == list(task_ids)
+    )
+    return record.duplicates() if same and record is not None else None
 
 
 def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
