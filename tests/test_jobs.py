@@ -12,8 +12,10 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
-from freesel_backend.server.enqueue import JOB_FUNCTIONS, enqueue_patterns, enqueue_writeout, schedule_selection
-from freesel_backend.server.publish import give_way_to_writeout, write_lock
+from freesel_backend.server.enqueue import (
+    JOB_FUNCTIONS, defer_selection, enqueue_patterns, enqueue_writeout, rerank_delay, schedule_selection,
+)
+from freesel_backend.server.publish import Step, Superseded, give_way_to_writeout, write_lock
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
@@ -43,6 +45,18 @@ def test_a_selection_requested_while_the_projects_selection_runs_waits_for_it(re
     next_one = schedule_selection(Services(settings, redis_connection), 5)
     assert next_one.id != running.id and next_one.dependency_ids == [running.id]
     assert next_one.get_status(refresh=True) == JobStatus.DEFERRED
+
+
+def test_a_selection_that_starts_too_soon_after_the_last_ranking_is_put_off_and_later_requests_join_it(
+    redis_connection,
+):
+    services = Services(Settings(rerank_interval_s=10), redis_connection)
+    services.store.update_state(5, ranking_started_at=time.time() - 4)
+    assert 5.0 < rerank_delay(services.store, 5, services.settings) <= 6.0
+    deferred = defer_selection(services, 5, 6.0)
+    assert deferred.get_status(refresh=True) == JobStatus.SCHEDULED
+    assert schedule_selection(services, 5).id == deferred.id  # a label meanwhile
+    assert defer_selection(services, 5, 6.0).id == deferred.id
 
 
 def test_a_cleanup_batch_lets_the_projects_waiting_write_out_step_take_the_write_lock_first(redis_connection):
@@ -158,3 +172,19 @@ def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_of_the_last_r
     assert earlier_duplicates(record, "p2", [10, 11, 12], 0.05) is None  # other patterns
     assert earlier_duplicates(record, "p1", [10, 11, 12], 0.1) is None  # another threshold
     assert earlier_duplicates(None, "p1", [10, 11, 12], 0.05) is None
+
+
+def test_a_write_out_step_stops_before_its_next_request_once_a_newer_ranking_replaced_its_target(redis_connection):
+    settings = Settings(label_studio_url="http://127.0.0.1:9", label_studio_api_key="unused")
+    services = Services(settings, redis_connection)
+    target = {"generation": 7, "model_version": "freesel-0001", "full": False, "order": [1, 2], "n_picked": 1}
+    services.store.save_target(5, target)
+    lock = write_lock(services, 5)
+    assert lock.acquire(blocking=False)
+    step = Step(services, 5, budget=100, lock=lock, generation="7")
+    step.spend()
+    services.store.save_target(5, {**target, "generation": 8})
+    step.spend()  # nothing written yet: a step always gets its first write in
+    step.writes = 1
+    with pytest.raises(Superseded):
+        step.spend()

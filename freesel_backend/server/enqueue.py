@@ -123,9 +123,9 @@ def schedule_selection(services: Services, project_id: int, after: Sequence[Job]
 
     The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
     ``after``, so a burst of imports ends in one selection, not one per import. A selection that
-    is running is a dependency too: two selections of a project never run at once. Without
-    dependencies, a selection starts no sooner than ``rerank_interval_s`` after the last one began
-    (a burst of labels ends in one re-ranking).
+    is running is a dependency too: two selections of a project never run at once. A selection
+    starts no sooner than ``rerank_interval_s`` after the last one began (a burst of labels ends in
+    one re-ranking): delayed when nothing runs, else put off by ``defer_selection`` when it starts.
     """
     store, connection = services.store, services.connection
     with selection_lock(store, project_id):
@@ -138,13 +138,30 @@ def schedule_selection(services: Services, project_id: int, after: Sequence[Job]
             previous.cancel()
         elif previous is not None and previous.get_status() == JobStatus.STARTED:
             dependencies.append(previous.id)
-        job = enqueue_project_job(
-            services, SELECTION_QUEUE, RUN_SELECTION, project_id,
-            what=f"selection: project {project_id}",
-            depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
-            delay_s=0 if dependencies else _rerank_delay(store, project_id, services.settings),
-        )
-        store.update_state(project_id, pending_selection=job.id)
+        delay_s = 0 if dependencies else rerank_delay(store, project_id, services.settings)
+        return _enqueue_selection(services, project_id, dependencies, delay_s=delay_s)
+
+
+def defer_selection(services: Services, project_id: int, delay_s: float) -> Job:
+    """From a selection job that started too soon after the last ranking (it waited for the one
+    running when it was requested): a selection in ``delay_s`` instead, unless one waits already."""
+    store, connection = services.store, services.connection
+    current = get_current_job()
+    with selection_lock(store, project_id):
+        pending = fetch_job(connection, store.get_state(project_id).get("pending_selection"))
+        if pending is not None and pending.id != (current and current.id) and pending.get_status() in WAITING:
+            return pending
+        return _enqueue_selection(services, project_id, [], delay_s=delay_s)
+
+
+def _enqueue_selection(services: Services, project_id: int, dependencies: list[str], delay_s: float) -> Job:
+    job = enqueue_project_job(
+        services, SELECTION_QUEUE, RUN_SELECTION, project_id,
+        what=f"selection: project {project_id}",
+        depends_on=Dependency(jobs=dependencies, allow_failure=True) if dependencies else None,
+        delay_s=delay_s,
+    )
+    services.store.update_state(project_id, pending_selection=job.id)
     return job
 
 
@@ -153,7 +170,8 @@ def selection_lock(store: Store, project_id: int) -> Any:
     return store.lock(project_id, "selection", timeout=30, blocking_timeout=30)
 
 
-def _rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
+def rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
+    """Seconds until the project may be ranked again: ``rerank_interval_s`` after the last ranking began."""
     last = store.get_state(project_id).get("ranking_started_at")
     return max(0.0, float(last) + settings.rerank_interval_s - time.time()) if last else 0.0
 

@@ -29,7 +29,8 @@ from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
-    JobProgress, enqueue_patterns, enqueue_tail_refresh, enqueue_writeout, schedule_selection, selection_lock,
+    JobProgress, defer_selection, enqueue_patterns, enqueue_tail_refresh, enqueue_writeout, rerank_delay,
+    schedule_selection, selection_lock,
 )
 from .publish import delete_freesel_predictions, flagged, new_model_version
 from .services import Services, job_services
@@ -243,6 +244,10 @@ def run_selection(project_id: int) -> dict[str, Any]:
     settings = store.get_settings(project_id)
     if not settings.enabled:
         return {"skipped": "FreeSel is disabled for this project"}
+    too_soon_s = rerank_delay(store, project_id, services.settings)
+    if too_soon_s > 0:  # requested while the last ranking ran: one ranking per interval all the same
+        deferred = defer_selection(services, project_id, too_soon_s)
+        return {"deferred": f"to job {deferred.id}, in {too_soon_s:.1f} s"}
     started, requests_before = time.monotonic(), services.client.requests_sent
     store.update_state(project_id, ranking_started_at=time.time())
     progress = JobProgress(0, stage="loading tasks")

@@ -5,8 +5,9 @@ order, how many are picks, the flags of failed images and near-duplicates, and w
 model version is needed. The write-out job compares the target with what Label Studio holds
 (recorded in Redis after every request) and writes the difference, at most
 ``Settings.writeout_step_requests`` requests per job; then it enqueues its continuation at the
-end of the write-out queue, so other projects' write-outs take turns. A newer ranking simply
-replaces the target: the next step works towards it.
+end of the write-out queue, so other projects' write-outs take turns. A newer ranking replaces
+the target: a running step stops after its current write and the next one plans towards the new
+target (a stale queue is never finished first).
 
 - **Full import** (first ranking, a settings change, or scores with no room left): predictions
   of every ranked task are imported under a new model version in batches of 500; a batch whose
@@ -200,6 +201,11 @@ class OutOfRequests(Exception):
     """This step used its requests: the rest is for the next step."""
 
 
+class Superseded(OutOfRequests):
+    """A newer ranking replaced the target this step writes: the next step plans towards it
+    from what Label Studio holds by then, instead of finishing a queue that is already stale."""
+
+
 @dataclass
 class Step:
     """One write-out job's context: the services, its request budget and its progress."""
@@ -208,6 +214,7 @@ class Step:
     project_id: int
     budget: int
     lock: Any
+    generation: str = ""
     started_requests: int = 0
     writes: int = 0
 
@@ -231,9 +238,12 @@ class Step:
         return self.client.requests_sent - self.started_requests
 
     def spend(self) -> None:
-        """Before a request: stop when the budget is used, else renew the write lock."""
+        """Before a request: stop when the budget is used or, once this step wrote something, when
+        a newer ranking replaced its target; else renew the write lock."""
         if self.requests >= self.budget:
             raise OutOfRequests()
+        if self.writes and self.store.target_generation(self.project_id) != self.generation:
+            raise Superseded()
         self.lock.reacquire()
 
 
@@ -287,9 +297,12 @@ def write_out(project_id: int) -> dict[str, Any]:
     try:
         target = store.get_target(project_id)
         if target is not None and store.get_settings(project_id).enabled:
+            step.generation = str(target["generation"])
             finished = _advance(step, target, progress)
         else:
             finished = True
+    except Superseded:
+        log.info("project %s: ranking %s superseded after %d writes", project_id, step.generation, step.writes)
     except OutOfRequests:
         pass
     finally:

@@ -195,6 +195,7 @@ class Store:
                 "ranked_version",
                 "ranked_fingerprint",
                 "model_version",
+                "target_generation",
                 *PROGRESS_FIELDS,
             )
             pipe.delete(
@@ -367,7 +368,15 @@ class Store:
         self.redis.delete(self._key(project_id, "staged", model_version))
 
     def save_target(self, project_id: int, target: Mapping[str, Any]) -> None:
-        self.redis.set(self._key(project_id, "target"), json.dumps(target))
+        with self.redis.pipeline() as pipe:
+            pipe.set(self._key(project_id, "target"), json.dumps(target))
+            pipe.hset(self._key(project_id, "state"), "target_generation", str(target["generation"]))
+            pipe.execute()
+
+    def target_generation(self, project_id: int) -> str | None:
+        """The generation of the project's target, read without the target itself (which holds every task)."""
+        raw = self.redis.hget(self._key(project_id, "state"), "target_generation")
+        return raw.decode() if raw is not None else None
 
     def get_target(self, project_id: int) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(project_id, "target"))
