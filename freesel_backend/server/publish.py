@@ -370,23 +370,8 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
         # by Label Studio 1.23.2 in end-to-end runs (cause not found).
         _start_full_import(step.store, step.project_id, target)
         return False
-    progress.start_stage("writing the head", len(plan.create) + len(plan.patch))
-    for start in range(0, len(plan.create), IMPORT_BATCH):
-        _import(step, {t: _prediction(t, s, version) for t, s in plan.create[start : start + IMPORT_BATCH]})
-        progress.advance(min(IMPORT_BATCH, len(plan.create) - start))
-    _fill_ids(step, version)
-    _write_flags(step, target, additions=True)
-    live = step.store.all_predictions(step.project_id)
-    for task, score in plan.patch:
-        step.spend()
-        try:
-            step.client.update_prediction(live[task]["id"], score=score)
-        except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
-            step.store.redis.hdel(step.store.predictions_key(step.project_id), task)
-            continue
-        step.writes += 1
-        step.store.update_predictions(step.project_id, {task: {**live[task], "score": score}})
-        progress.advance(1)
+    progress.start_stage("writing the head", len(plan.patch))
+    _write_head(step, target, plan.patch, progress)
     _write_flags(step, target, additions=False)
     _keep_queue_switched(step, version)
     return True
@@ -529,27 +514,80 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
         )
 
 
+def _write_head(step: Step, target: Mapping[str, Any], scores: Sequence[tuple[int, float]], progress: Any) -> None:
+    """New flags and the new ``scores`` task by task in rank order, each task's flag before its
+    score moves it into the head: the top of the queue is right first, and a step that stops
+    (out of requests, or superseded by a newer ranking) leaves a prefix of the head written."""
+    score_of = dict(scores)
+    flags = _flag_changes(step, target, additions=True)
+    rank = _ranks(target)
+    tasks = sorted(set(flags) | set(score_of), key=lambda t: rank.get(t, len(rank)))
+    for start in range(0, len(tasks), TASK_DATA_BATCH):
+        chunk = tasks[start : start + TASK_DATA_BATCH]
+        data = _task_data(step, [t for t in chunk if t in flags])
+        live = step.store.get_predictions(step.project_id, [t for t in chunk if t in score_of])
+        for task_id in chunk:
+            if task_id in flags and task_id in data:
+                _write_flag(step, task_id, data[task_id], flags[task_id])
+            if task_id in score_of and task_id in live:
+                _write_score(step, task_id, live[task_id], score_of[task_id])
+                progress.advance(1)
+
+
 def _write_flags(step: Step, target: Mapping[str, Any], additions: bool, first: int | None = None) -> None:
     """Flags that differ from what the tasks carry: new or changed texts (``additions``), or
-    removals, in rank order (only the ``first`` of them, if given). Only unlabelled ranked tasks
-    and flagged failures are touched."""
+    removals, in rank order (only the ``first`` of them, if given)."""
+    flags = _flag_changes(step, target, additions)
+    rank = _ranks(target)
+    changed = sorted(flags, key=lambda t: rank.get(t, len(rank)))[:first]
+    for start in range(0, len(changed), TASK_DATA_BATCH):
+        data = _task_data(step, changed[start : start + TASK_DATA_BATCH])
+        for task_id in changed[start : start + TASK_DATA_BATCH]:
+            if task_id in data:  # else deleted meanwhile
+                _write_flag(step, task_id, data[task_id], flags[task_id])
+
+
+def _flag_changes(step: Step, target: Mapping[str, Any], additions: bool) -> dict[int, str | None]:
+    """Task -> its flag text where it differs from what the task carries: new or changed texts
+    (``additions``), or removals (None). Only unlabelled ranked tasks and flagged failures are touched."""
     current = step.store.get_flags(step.project_id)
     wanted = wanted_flags(target, step.settings.head_size, current)
-    rank = {task: position for position, task in enumerate(target["order"])}
-    touched = set(wanted) | (set(current) & set(rank))
-    changed = [t for t in touched if current.get(t) != wanted.get(t) and (wanted.get(t) is not None) == additions]
-    changed = sorted(changed, key=lambda t: rank.get(t, len(rank)))[:first]
-    for start in range(0, len(changed), TASK_DATA_BATCH):
-        step.spend()
-        tasks = step.client.get_tasks(step.project_id, changed[start : start + TASK_DATA_BATCH])
-        by_id = {int(task["id"]): task for task in tasks}
-        for task_id in changed[start : start + TASK_DATA_BATCH]:
-            if task_id not in by_id:  # deleted meanwhile
-                continue
-            step.spend()
-            step.client.update_task_data(task_id, flagged(by_id[task_id].get("data") or {}, wanted.get(task_id)))
-            step.writes += 1
-            step.store.set_flag(step.project_id, task_id, wanted.get(task_id))
+    touched = set(wanted) | (set(current) & set(target["order"]))
+    return {
+        t: wanted.get(t)
+        for t in touched
+        if current.get(t) != wanted.get(t) and (wanted.get(t) is not None) == additions
+    }
+
+
+def _ranks(target: Mapping[str, Any]) -> dict[int, int]:
+    return {task: position for position, task in enumerate(target["order"])}
+
+
+def _task_data(step: Step, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The data of these tasks (one listing; tasks deleted meanwhile are missing)."""
+    if not task_ids:
+        return {}
+    step.spend()
+    return {int(task["id"]): task.get("data") or {} for task in step.client.get_tasks(step.project_id, task_ids)}
+
+
+def _write_flag(step: Step, task_id: int, data: Mapping[str, Any], text: str | None) -> None:
+    step.spend()
+    step.client.update_task_data(task_id, flagged(data, text))
+    step.writes += 1
+    step.store.set_flag(step.project_id, task_id, text)
+
+
+def _write_score(step: Step, task_id: int, prediction: Mapping[str, Any], score: float) -> None:
+    step.spend()
+    try:
+        step.client.update_prediction(prediction["id"], score=score)
+    except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
+        step.store.redis.hdel(step.store.predictions_key(step.project_id), task_id)
+        return
+    step.writes += 1
+    step.store.update_predictions(step.project_id, {task_id: {**prediction, "score": score}})
 
 
 def flagged(data: Mapping[str, Any], text: str | None) -> dict[str, Any]:
