@@ -104,25 +104,22 @@ def random_patterns(count: int, seed: int = 3) -> dict[int, np.ndarray]:
     return {100 + task: rng.normal(size=(2, 16)).astype(np.float32) for task in range(count)}
 
 
-def test_a_re_ranking_draws_only_the_head_and_keeps_the_tail_in_the_previous_order():
+def test_a_re_ranking_after_a_label_moves_the_next_earlier_pick_into_the_head_and_keeps_the_rest_in_order():
     patterns = random_patterns(40)
     options = {"head_size": 5, "strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
     first = rank_tasks(patterns, set(), {}, 20, **options)
+    assert first.n_picked == 20  # the first ranking draws every pick
     labelled = {first.order[0]}
     again = rank_tasks(patterns, labelled, {}, 20, previous=first.order, previous_n_picked=first.n_picked, **options)
-    head, tail = again.order[:5], again.order[5:]
-    assert first.order[0] not in again.order  # labelled now: a seed
-    assert tail == [task for task in first.order if task not in head and task != first.order[0]]
-    assert first.n_picked == 5  # the first ranking draws its head only; the tail job draws the rest
-    earlier_picks_left = [task for task in first.picked if task not in head and task != first.order[0]]
-    assert again.n_picked == 5 + len(earlier_picks_left) and again.picked[5:] == earlier_picks_left
+    assert again.order == first.order[1:]  # labels of the head's top change nothing else of the queue
+    assert again.n_picked == 19
 
 
-def test_without_a_previous_ranking_the_tasks_after_the_head_follow_by_distance():
+def test_without_a_previous_ranking_the_tasks_after_the_picks_follow_by_distance():
     patterns = random_patterns(30)
     ranked = rank_tasks(patterns, set(), {}, 10, head_size=4, strategy="fds", seed=0, duplicate_threshold=0.001)
-    assert ranked.n_picked == 4 and sorted(ranked.order) == sorted(patterns)  # the head; the tail job picks on
-    rest = ranked.ranking.distance[4:]
+    assert ranked.n_picked == 10 and sorted(ranked.order) == sorted(patterns)
+    rest = ranked.ranking.distance[10:]
     assert list(rest) == sorted(rest, reverse=True)
 
 

@@ -214,12 +214,12 @@ def test_budget_is_a_count_or_a_fraction_of_the_pool() -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_head_reranking_draws_the_head_as_select_does_and_orders_every_other_image_by_distance(strategy) -> None:
+def test_a_first_ranking_draws_every_pick_as_select_does_and_orders_every_other_image_by_distance(strategy) -> None:
     patterns = random_patterns(40, seed=21)
     ranking = rerank_head(patterns, 6, 25, strategy=strategy, seeds=[3, 9], seed=4)
-    head_only = select(patterns, 6, strategy=strategy, seeds=[3, 9], seed=4)
-    assert ranking.order.tolist() == head_only.order.tolist() and ranking.n_picked == 6
-    assert np.array_equal(ranking.distance, head_only.distance) and ranking.seeds == (3, 9)
+    drawn = select(patterns, 25, strategy=strategy, seeds=[3, 9], seed=4)
+    assert ranking.order.tolist() == drawn.order.tolist() and ranking.n_picked == 25
+    assert np.array_equal(ranking.distance, drawn.distance) and ranking.seeds == (3, 9)
     again = rerank_head(patterns, 6, 25, strategy=strategy, seeds=[3, 9], seed=4)
     assert again.order.tolist() == ranking.order.tolist()
 
@@ -240,10 +240,23 @@ def test_a_head_reranking_keeps_the_earlier_order_and_picks_of_the_tail() -> Non
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_labels_from_the_top_of_the_head_keep_the_rest_of_it_and_only_its_end_is_drawn(strategy) -> None:
+def test_labels_from_the_top_of_the_head_move_the_next_earlier_picks_up_and_draw_nothing(strategy) -> None:
     patterns = random_patterns(60, seed=25)
     earlier = rerank_head(patterns, 10, 30, strategy=strategy, seeds=[0], seed=1)
     labelled = [0, *earlier.order[:3].tolist()]  # annotators took the first three picks
+    ranking = rerank_head(
+        patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy=strategy,
+        seeds=labelled, seed=2,
+    )
+    assert ranking.order.tolist() == earlier.order[3:].tolist()
+    assert ranking.n_picked == 27
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_once_the_earlier_picks_run_out_the_end_of_the_head_is_drawn_afresh(strategy) -> None:
+    patterns = random_patterns(60, seed=25)
+    earlier = rerank_head(patterns, 10, 10, strategy=strategy, seeds=[0], seed=1)
+    labelled = [0, *earlier.order[:3].tolist()]
     ranking = rerank_head(
         patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy=strategy,
         seeds=labelled, seed=2,

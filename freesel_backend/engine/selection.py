@@ -229,29 +229,30 @@ def rerank_head(
     seed: int | None = None,
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
 ) -> Ranking:
-    """A ranking whose head keeps an earlier ranking's head picks that no label covered since,
-    whose other head picks are drawn afresh, and whose tail keeps the earlier order.
+    """A ranking whose head keeps an earlier ranking's picks that no label covered since, in
+    their order, whose other head picks are drawn afresh, and whose tail keeps the earlier order.
 
-    The head (``min(head_size, budget)`` picks) starts with the picks of the earlier head
-    (the first ``previous_n_picked`` of ``previous_order``, image indices, up to ``head_size``)
-    that are neither labelled (``seeds``) nor covered by a label (:func:`still_valid_picks`), in
-    their order; :func:`select` draws the rest with the seeds and those picks as seeds. Labels
-    taken from the top of the head change nothing else of it, so a re-ranking moves only the
-    head's end. With no earlier head, the whole head is drawn. The other images follow in
+    The head (``min(head_size, budget)`` picks) is filled with the earlier picks (the first
+    ``previous_n_picked`` of ``previous_order``, image indices; the earlier head's, then those
+    after it) that are neither labelled (``seeds``) nor covered by a label
+    (:func:`still_valid_picks`), in their order; :func:`select` draws what they leave short with
+    the seeds and those picks as seeds. Labels taken from the top of the head change nothing
+    else of the queue: the next earlier pick moves up into the head, where the queue already
+    held it. With no earlier picks, all ``budget`` picks are drawn. The other images follow in
     ``previous_order`` (seeds, head picks and repeats drop out), then those it did not hold by
     decreasing distance. The picks are the head's, then the earlier picks left in the tail, at
     most ``budget`` in all. Every distance is the image's distance to the head and the seeds (a
-    pick's: when drawn, or for a kept pick, now). :func:`extend_head` draws the tail afresh.
+    pick's: when drawn, or for a kept pick, now). :func:`extend_head` draws more picks after them.
     """
     pool = PatternPool(patterns, duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
     n_head = min(head_size, budget)
-    earlier_head = [int(i) for i in previous_order[: min(previous_n_picked, head_size)]]
-    kept, kept_distance = still_valid_picks(pool, earlier_head, seed_ids, previous_order)
-    kept, kept_distance = kept[:n_head], kept_distance[:n_head]
+    # Earlier picks looked at for the head: twice its size leaves room for picks that labels covered.
+    earlier_picks = [int(i) for i in previous_order[: min(previous_n_picked, 2 * n_head)]]
+    kept, kept_distance = still_valid_picks(pool, earlier_picks, seed_ids, previous_order, limit=n_head)
     head = select(
-        patterns, n_head - len(kept), strategy=strategy, seeds=[*seed_ids, *kept], seed=seed,
-        duplicate_threshold=duplicate_threshold,
+        patterns, n_head - len(kept) if earlier_picks else budget, strategy=strategy, seeds=[*seed_ids, *kept],
+        seed=seed, duplicate_threshold=duplicate_threshold,
     )
     distance_of = {**dict(zip(head.order.tolist(), head.distance.tolist())), **dict(zip(kept, kept_distance))}
     rest = set(head.order[head.n_picked :].tolist())
@@ -269,10 +270,11 @@ def rerank_head(
 
 
 def still_valid_picks(
-    pool: PatternPool, earlier_head: Sequence[int], seeds: Sequence[int], previous_order: Iterable[int]
+    pool: PatternPool, earlier_picks: Sequence[int], seeds: Sequence[int], previous_order: Iterable[int],
+    limit: int | None = None,
 ) -> tuple[list[int], list[float]]:
-    """The picks of ``earlier_head`` (in its order) that are not labelled now and that no new
-    label covers, with their distance now.
+    """The first ``limit`` (all without one) of ``earlier_picks`` (in their order) that are not
+    labelled now and that no new label covers, with their distance now.
 
     A pick's distance when it was drawn counted the labels of then (the ``seeds`` that the
     earlier ranking did not hold) and the picks before it; its distance now counts every seed and
@@ -283,8 +285,8 @@ def still_valid_picks(
     picks: the kept picks end at the first one nearer to the seeds and the picks before it than
     the farthest new image is to the seeds (the rest of the head is drawn with the new images).
     """
-    picks = [image for image in dict.fromkeys(earlier_head) if 0 <= image < pool.n_images]
-    if not picks:
+    picks = [image for image in dict.fromkeys(earlier_picks) if 0 <= image < pool.n_images]
+    if not picks or limit == 0:
         return [], []
     ranked_then = {int(i) for i in previous_order}
     rows = pool.matrix[pool.pattern_indices(picks)]
@@ -311,6 +313,8 @@ def still_valid_picks(
         if image not in labelled and distance_now >= HEAD_KEEP_SHARE * min(float(then[own].max()), 2.0):
             kept.append(image)
             kept_distance.append(distance_now)
+            if len(kept) == limit:
+                break
             now = np.minimum(now, nearest_to([image]))
         then = np.minimum(then, nearest_to([image]))
     return kept, kept_distance

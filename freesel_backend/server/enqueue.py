@@ -29,11 +29,11 @@ RUN_SELECTION = f"{__package__}.jobs.run_selection"
 SYNC_PROJECT = f"{__package__}.jobs.sync_project"
 REMOVE_SELECTION = f"{__package__}.jobs.remove_selection"
 BUILD_REPORT = f"{__package__}.report_job.build_project_report"
-REFRESH_TAIL = f"{__package__}.jobs.refresh_tail"
+TOP_UP_PICKS = f"{__package__}.jobs.top_up_picks"
 WRITE_OUT = f"{__package__}.publish.write_out"
 DELETE_OLD_VERSIONS = f"{__package__}.publish.delete_old_versions"
 JOB_FUNCTIONS = (
-    COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, REFRESH_TAIL, BUILD_REPORT, WRITE_OUT,
+    COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, TOP_UP_PICKS, BUILD_REPORT, WRITE_OUT,
     DELETE_OLD_VERSIONS,
 )
 
@@ -209,12 +209,12 @@ def writeout_waiting(services: Services, project_id: int) -> bool:
     return job is not None and job.get_status(refresh=False) in WAITING
 
 
-def enqueue_tail_refresh(services: Services, project_id: int) -> None:
-    """Make sure a tail refresh of the project waits on the patterns queue (which runs it when it
-    has no patterns to compute, beside the rankings of the head)."""
+def enqueue_top_up(services: Services, project_id: int) -> None:
+    """Make sure a top-up of the project's picks waits on the patterns queue (which runs it when
+    it has no patterns to compute, beside the rankings of the head)."""
     enqueue_once(
-        services, FEATURES_QUEUE, REFRESH_TAIL, project_id, job_field="tail_job",
-        what=f"ranking of the tail: project {project_id}",
+        services, FEATURES_QUEUE, TOP_UP_PICKS, project_id, job_field="tail_job",
+        what=f"more picks: project {project_id}",
     )
 
 

@@ -3,10 +3,11 @@ cleanup after disable. Enqueued by ``enqueue.py`` (the flow is described there).
 
 Job functions take plain arguments (project id, task ids) and never a secret: workers read
 ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from their own environment (``services.job_services``).
-A ranking redraws only the head of the queue (``Settings.head_size`` picks; the last head's picks
-that no label covered stay) and keeps the tail's earlier order, so that a label is reflected at
-the cost of the head's end; ``refresh_tail``, on
-the patterns queue, draws the tail afresh after it.
+A first ranking draws every pick. A re-ranking fills the head of the queue
+(``Settings.head_size`` picks) with the earlier picks that no label covered, in their order, and
+keeps the rest of the queue in its earlier order: a label from the top of the head moves the next
+pick up, where Label Studio's queue already holds it, so that it is reflected at the cost of a
+flag. ``top_up_picks``, on the patterns queue, draws more picks once labels used up half of them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
-    JobProgress, defer_selection, enqueue_patterns, enqueue_tail_refresh, enqueue_writeout, rerank_delay,
+    JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rerank_delay,
     schedule_selection, selection_lock,
 )
 from .publish import delete_freesel_predictions, flagged, new_model_version
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 # Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
 # Any other error (a 500 for one missing upload, say) belongs to that one task.
 LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
+# Picks are topped up once labels left fewer than this share of the budget.
+TOP_UP_BELOW = 0.5
 
 
 @functools.lru_cache(maxsize=2)
@@ -232,9 +235,10 @@ def sync_project(project_id: int) -> dict[str, int]:
 
 def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
-    target of the write-out (enqueued here): the head redrawn (keeping the last head's picks that
-    no label covered), the rest in the last ranking's order (by distance on a first ranking), the
-    tail's refresh enqueued. Skipped when
+    target of the write-out (enqueued here): the head filled with the last ranking's picks that no
+    label covered (drawn where they fall short), the rest in the last ranking's order (every pick
+    drawn, then the rest by distance, on a first ranking), a top-up of the picks enqueued once
+    labels used up half of them. Skipped when
     neither the tasks, the labels, the patterns nor the settings changed since the last ranking.
 
     Reconcile (the labelled tasks with the store) -> rank (``engine.ranking.rank_tasks``) ->
@@ -293,8 +297,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
     )
     if version and sum(store.count_done(project_id, version)) >= len(store.task_ids(project_id)):
         store.end_progress(project_id)
-    if ranked.ranking is not None and settings.picks_for(unlabelled) > services.settings.head_size:
-        enqueue_tail_refresh(services, project_id)
+    if ranked.ranking is not None and ranked.n_picked < settings.picks_for(unlabelled) * TOP_UP_BELOW:
+        enqueue_top_up(services, project_id)
     log.info(
         "project %s: selection %s: %d picks among %d unlabelled tasks (%d seeds) in %.1f s%s",
         project_id, target["model_version"], ranked.n_picked, len(ranked.order), len(labelled),
@@ -353,42 +357,41 @@ def _save_ranking(store: Store, project_id: int, target: dict[str, Any], version
     store.save_target(project_id, target)
 
 
-def refresh_tail(project_id: int) -> dict[str, Any]:
-    """Draw the picks after the head of the last ranking afresh (a re-ranking after labels draws
-    only the head and keeps the tail's earlier order). Dropped when a newer ranking replaced the
-    target meanwhile: that one asks for its own refresh. The head, and so Label Studio's queue
-    where annotators reach it, is left as it is: only flags of near-duplicates may change."""
+def top_up_picks(project_id: int) -> dict[str, Any]:
+    """Keep every pick of the last ranking, in its order, and draw picks after them up to the
+    budget (with the labels and the picks as seeds); the tasks after the picks follow by distance.
+    Dropped when a newer ranking replaced the target meanwhile: that one asks for its own top-up.
+    The picks already in Label Studio's queue stay where they are: the new ones are written when
+    they reach the head."""
     services = job_services()
     store = services.store
     settings, target = store.get_settings(project_id), store.get_target(project_id)
     record = store.get_selection(project_id)
     if not settings.enabled or target is None or record is None:
-        return {"skipped": "no ranking to refresh"}
+        return {"skipped": "no ranking to top up"}
     stored = store.load_patterns(project_id, record.patterns_version, record.task_ids)
     if len(stored) != len(record.task_ids):
-        return {"skipped": "the ranked tasks changed: the next ranking refreshes"}
+        return {"skipped": "the ranked tasks changed: the next ranking tops up"}
     ranking = record.ranking()
     ranked = rank_tail(
         [stored[t] for t in record.task_ids], record.task_ids, ranking, record.duplicates(),
         failures_in(target["flags"]),
-        settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=services.settings.head_size,
+        settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=ranking.n_picked,
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
     )
     with selection_lock(store, project_id):
         if store.get_target(project_id) != target:
             return {"skipped": "a newer ranking replaced the target"}
-        refreshed = {
+        topped_up = {
             **target, "generation": store.next_run(project_id), "order": ranked.order, "n_picked": ranked.n_picked,
             "flags": ranked.flags,
         }
-        _save_ranking(store, project_id, refreshed, record.patterns_version, ranked)
+        _save_ranking(store, project_id, topped_up, record.patterns_version, ranked)
     store.update_state(project_id, n_picked=ranked.n_picked)
     enqueue_writeout(services, project_id)
-    n_head = min(services.settings.head_size, ranking.n_picked)
-    log.info(
-        "project %s: tail ranked afresh: %d picks after a head of %d", project_id, ranked.n_picked - n_head, n_head
-    )
-    return {"picked": ranked.n_picked, "head": n_head}
+    added = ranked.n_picked - ranking.n_picked
+    log.info("project %s: picks topped up: %d after %d", project_id, added, ranking.n_picked)
+    return {"picked": ranked.n_picked, "kept": ranking.n_picked}
 
 
 def _fingerprint(

@@ -113,8 +113,9 @@ def stop_workers(workers: Sequence["subprocess.Popen[bytes]"], warm_s: float = 3
             worker.wait()
 
 
-# Jobs queued by versions whose job functions lived in flat modules name them by those paths.
+# Jobs queued by earlier versions name their functions by former paths (flat modules, former names).
 FORMER_JOB_MODULES = {
+    "freesel_backend.server.jobs.refresh_tail": "freesel_backend.server.jobs.top_up_picks",
     "freesel_backend.jobs.": "freesel_backend.server.jobs.",
     "freesel_backend.writeout.": "freesel_backend.server.publish.",
     "freesel_backend.report_job.": "freesel_backend.server.report_job.",
