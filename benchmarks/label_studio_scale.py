@@ -305,7 +305,7 @@ def annotator(
     until: float,
     interval_s: float,
     served: list[Served],
-    labelled_at: list[float],
+    labelled: list[tuple[float, int]],
     problems: collections.Counter[str],
 ) -> None:
     """``/next``, annotate, one task per ``interval_s``, as one Label Studio user."""
@@ -327,7 +327,7 @@ def annotator(
                 f"{ls.url}/api/tasks/{task['id']}/annotations/", json={"result": ANNOTATION}, timeout=120
             )
             if answer.status_code == 201:
-                labelled_at.append(time.time())
+                labelled.append((time.time(), int(task["id"])))
             else:
                 problems[f"annotate HTTP {answer.status_code}"] += 1
         except requests.RequestException as error:
@@ -348,7 +348,7 @@ class Run:
     project_id: int = 0
     backend: Optional[BackendProcesses] = None
     monitor: Optional[Monitor] = None
-    labels_seen: int = 0
+    labelled_tasks: int = 0
 
     def start_backend(self, log_dir: Path, port: Optional[int] = None) -> BackendProcesses:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -423,13 +423,18 @@ def reflects(sample: Sample, ranked: int) -> bool:
     return written and 0 < int(sample.status.get("ranked") or 0) <= ranked
 
 
-def reflected_latencies(run: Run, labelled_at: list[float], ranked_before: int, until: float) -> list[Optional[float]]:
-    """Seconds from each label to the first status that reflects it and every label before it."""
+def reflected_latencies(
+    run: Run, labelled: list[tuple[float, int]], ranked_before: int, until: float
+) -> list[Optional[float]]:
+    """Seconds from each label to the first status that reflects it and every label before it
+    (a task labelled twice, when /next served it to two annotators, leaves the ranking once)."""
     assert run.monitor is not None
     samples = [s for s in run.monitor.samples if s.at <= until]
     latencies: list[Optional[float]] = []
-    for count, at in enumerate(sorted(labelled_at), start=1):
-        hit = next((s for s in samples if s.at >= at and reflects(s, ranked_before - count)), None)
+    tasks_so_far: set[int] = set()
+    for at, task_id in sorted(labelled):
+        tasks_so_far.add(task_id)
+        hit = next((s for s in samples if s.at >= at and reflects(s, ranked_before - len(tasks_so_far))), None)
         latencies.append(hit.at - at if hit else None)
     return latencies
 
@@ -443,7 +448,7 @@ def phase_annotate(run: Run) -> None:
     ]
     ranked_before = int(monitor.latest().status.get("ranked") or 0)
     served: list[Served] = []
-    labelled_at: list[float] = []
+    labelled: list[tuple[float, int]] = []
     problems: collections.Counter[str] = collections.Counter()
     requests_before = len(run.proxy.requests)
     started = time.time()
@@ -459,7 +464,7 @@ def phase_annotate(run: Run) -> None:
                 until,
                 args.annotate_interval,
                 served,
-                labelled_at,
+                labelled,
                 problems,
             ),
         )
@@ -470,11 +475,14 @@ def phase_annotate(run: Run) -> None:
     for thread in threads:
         thread.join()
     ended = time.time()
-    run.labels_seen = len(labelled_at)
-    settled = monitor.wait(lambda s: s.idle and reflects(s, ranked_before - len(labelled_at)), ended, args.idle_timeout)
-    latencies = reflected_latencies(run, labelled_at, ranked_before, time.time())
+    labelled_tasks = len({task_id for _, task_id in labelled})
+    run.labelled_tasks = labelled_tasks
+    settled = monitor.wait(lambda s: s.idle and reflects(s, ranked_before - labelled_tasks), ended, args.idle_timeout)
+    latencies = reflected_latencies(run, labelled, ranked_before, time.time())
     reached = [value for value in latencies if value is not None]
-    figure("labels", f"{len(labelled_at)} ({problems.most_common() or 'no errors'})")
+    figure("labels", f"{len(labelled)} ({problems.most_common() or 'no errors'})")
+    twice = len(labelled) - labelled_tasks
+    figure("  tasks labelled (more than once: served to two annotators)", f"{labelled_tasks} ({twice})")
     if reached:
         figure(
             "label -> ranking reflects it: median / max", f"{statistics.median(reached):.0f} s / {max(reached):.0f} s"
@@ -542,7 +550,7 @@ def phase_restart(run: Run, log_root: Path) -> None:
     run.start_backend(log_root / "restart", port=backend.port)
     connection = embedded_redis(log_root / "restart" / "serve.log")
     rest = monitor.wait(lambda s: s.idle and s.project_version.startswith(VERSION_PREFIX)
-                        and s.current_rows >= args.tasks - run.labels_seen, restarted_at + 5, args.idle_timeout)
+                        and s.current_rows >= args.tasks - run.labelled_tasks, restarted_at + 5, args.idle_timeout)
     figure("restart -> write-out done, jobs idle", after(rest and rest.at - restarted_at, args.idle_timeout))
     recomputed = feature_job_ids(connection) - features_before
     figure("pattern jobs run after the restart (0 = none recomputed)", len(recomputed))
