@@ -578,9 +578,9 @@ def connect_backend(run: Run) -> None:
 
 def backend_environment(args: argparse.Namespace, proxy: CountingProxy, pat: str, model_dir: Path) -> dict[str, str]:
     """The backend as a user runs it: no REDIS_URL (embedded Redis and worker), default chunk
-    size and retries; the tiny random model; images from the local image host allowed."""
+    size, retries and re-ranking interval; the tiny random model; images from the local image host allowed."""
     env = backend_env("", proxy.url, pat, model_dir)
-    for name in ("REDIS_URL", "FREESEL_CHUNK_SIZE", "FREESEL_JOB_RETRIES"):
+    for name in ("REDIS_URL", "FREESEL_CHUNK_SIZE", "FREESEL_JOB_RETRIES", "FREESEL_RERANK_INTERVAL"):
         env.pop(name, None)
     env.update({"FREESEL_TEST_IMAGE_SIZE": str(args.image_size), "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true"})
     return env
