@@ -106,11 +106,11 @@ def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_rerank
     logs = backend.log_dir
     pid = ls.create_project("FreeSel at scale", LABEL_CONFIG)["id"]
     ids = ls.import_tasks(pid, [{"image": f"{image_host.url}/img/{n}.png"} for n in range(TASKS)])
-    # d^2 draws: a new label redraws the order, so re-rankings move tasks within the head
+    # as many picks as the head holds: each label leaves a pick to draw afresh at the head's end,
+    # whose score is changed in place (with more picks, the next one moves up at the cost of its flag)
+    settings = json.dumps({"strategy": "prob", "budget": HEAD})
     response = ls.api(
-        "POST",
-        "/api/ml",
-        json={"url": backend.url, "project": pid, "title": "FreeSel", "extra_params": json.dumps({"strategy": "prob"})},
+        "POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "FreeSel", "extra_params": settings}
     )
     assert response.status_code == 201, response.text
 
