@@ -213,7 +213,7 @@ def enqueue_top_up(services: Services, project_id: int) -> None:
     """Make sure a top-up of the project's picks waits on the patterns queue (which runs it when
     it has no patterns to compute, beside the rankings of the head)."""
     enqueue_once(
-        services, FEATURES_QUEUE, TOP_UP_PICKS, project_id, job_field="tail_job",
+        services, FEATURES_QUEUE, TOP_UP_PICKS, project_id, job_field="top_up_job",
         what=f"more picks: project {project_id}",
     )
 
