@@ -78,8 +78,8 @@ def rank_tasks(
     duplicates: DuplicateGroups | None = None,
 ) -> RankedTasks:
     """Rank the unlabelled tasks of ``patterns`` (the labelled ones are seeds): the first
-    ``head_size`` picks (the previous head's picks that no label covered, then picks drawn
-    afresh), the other tasks in the order of the ``previous`` ranking
+    ``head_size`` picks (the previous ranking's picks that no label covered, then picks drawn
+    afresh; every pick on a first ranking), the other tasks in the order of the ``previous`` ranking
     (task ids; its first ``previous_n_picked`` were picks and stay picks, up to ``budget``), then
     tasks it did not hold by distance; see ``selection.rerank_head``. Failures and the
     near-duplicates of picked or labelled tasks are flagged. ``duplicates``: the near-duplicate
