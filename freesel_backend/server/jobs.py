@@ -282,7 +282,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
-        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=threshold,  # type: ignore[arg-type]
         duplicates=duplicates,
     )
     target = publish_ranking(

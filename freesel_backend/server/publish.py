@@ -342,7 +342,7 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
         batch = {t: _prediction(t, scores[t], version) for t in missing[start : start + IMPORT_BATCH]}
         _import(step, batch, staged=version)
         progress.advance(len(batch))
-    _fill_ids(step, version, staged=version)
+    _fill_ids(step, staged=version)
     _write_flags(step, target, additions=True, first=FLAGS_BEFORE_SWITCH)
 
     step.spend()
@@ -425,15 +425,15 @@ def _recorded(listed: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
-    """Import ``batch``, never twice: the batch is marked in flight first, and a request that
-    timed out (or a step killed meanwhile, see :func:`_recover_import`) is looked up in Label
-    Studio before anything else is imported."""
+def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str) -> None:
+    """Import ``batch`` under the ``staged`` version, never twice: the batch is marked in flight
+    first, and a request that timed out (or a step killed meanwhile, see :func:`_recover_import`)
+    is looked up in Label Studio before anything else is imported."""
     if not batch:
         return
     step.spend()
     version = next(iter(batch.values()))["model_version"]
-    in_flight = {"model_version": version, "staged": staged or "", "tasks": sorted(batch), "sent_at": time.time()}
+    in_flight = {"model_version": version, "staged": staged, "tasks": sorted(batch), "sent_at": time.time()}
     step.store.update_state(step.project_id, import_in_flight=json.dumps(in_flight))
     try:
         step.client.import_predictions(
@@ -492,14 +492,15 @@ def _listed(step: Step, version: str, tasks: Iterable[int]) -> dict[int, dict[st
     }
 
 
-def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
-    """Label Studio's ids of the imported predictions that have none recorded yet (one listing)."""
+def _fill_ids(step: Step, staged: str) -> None:
+    """Label Studio's ids of the predictions imported under the ``staged`` version that have none
+    recorded yet (one listing)."""
     predictions = step.store.all_predictions(step.project_id, staged=staged)
     without = {t for t, p in predictions.items() if "id" not in p}
     if not without:
         return
     step.spend()
-    listed = _listed(step, version, without)
+    listed = _listed(step, staged, without)
     step.store.update_predictions(
         step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged
     )
@@ -510,7 +511,7 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
             "project %s: %d imported predictions of %s are not listed by Label Studio",
             step.project_id,
             len(lost),
-            version,
+            staged,
         )
 
 
