@@ -3,7 +3,11 @@ environment (.venv-ls, by scripts/ensure_label_studio.sh), data and admin creden
 ``MODEL_DIR/label-studio``, started so that it may call a backend on the same machine.
 
 The first start creates an admin user (random password) and a Personal Access Token, written to
-``MODEL_DIR/label-studio/freesel-admin.json`` (mode 600); later starts reuse both.
+``MODEL_DIR/label-studio/freesel-admin.json`` (mode 600); later starts reuse both. The key that
+signs the token is Label Studio's ``SECRET_KEY`` in ``MODEL_DIR/label-studio/.env``; this module
+writes it there itself, since a key Label Studio generates may begin with ``$``, which Label Studio
+reads back as a reference to another variable: it then signs with a new key at every start, and
+the saved token stops working.
 """
 
 from __future__ import annotations
@@ -76,6 +80,26 @@ def _save_credentials(model_dir: Path, credentials: Credentials) -> None:
     path.write_text(json.dumps(asdict(credentials), indent=2) + "\n", encoding="utf-8")
 
 
+def _is_readable_secret(value: str) -> bool:
+    # django-environ takes a value beginning with "$" for the name of another variable
+    return bool(value) and not value.startswith("$")
+
+
+def ensure_secret_key(data_dir: Path) -> str:
+    """Label Studio's SECRET_KEY from ``data_dir/.env``; written there first when missing or unreadable."""
+    env_path = data_dir / ".env"
+    lines = env_path.read_text(encoding="utf-8").splitlines() if env_path.is_file() else []
+    keys = [line.partition("=")[2] for line in lines if line.startswith("SECRET_KEY=")]
+    if keys and _is_readable_secret(keys[0]):
+        return keys[0]
+    secret = secrets.token_urlsafe(50)  # letters, digits, "-" and "_" only
+    kept = [line for line in lines if not line.startswith("SECRET_KEY=")]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env_path.touch(mode=0o600, exist_ok=True)
+    env_path.write_text("\n".join([*kept, f"SECRET_KEY={secret}"]) + "\n", encoding="utf-8")
+    return secret
+
+
 def ensure_installed() -> Path:
     """The ``label-studio`` executable of .venv-ls (or LS_VENV), installing it on first use."""
     venv = Path(os.environ.get("LS_VENV") or REPO_ROOT / ".venv-ls")
@@ -111,8 +135,10 @@ class LocalLabelStudio:
     def _environment(self, credentials: Credentials) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("LABEL_STUDIO_", "DJANGO_")) and key not in ("HOST", "PORT")}
+        data_dir = data_dir_of(self.model_dir)
         env.update(
-            LABEL_STUDIO_BASE_DATA_DIR=str(data_dir_of(self.model_dir).resolve()),
+            LABEL_STUDIO_BASE_DATA_DIR=str(data_dir.resolve()),
+            SECRET_KEY=ensure_secret_key(data_dir),
             LABEL_STUDIO_USERNAME=credentials.email,
             LABEL_STUDIO_PASSWORD=credentials.password,
             LABEL_STUDIO_HOST=self.url,
@@ -177,11 +203,25 @@ class LocalLabelStudio:
             raise LocalLabelStudioError(f"could not log in as {credentials.email} (HTTP {response.status_code})")
         headers = {"X-CSRFToken": session.cookies.get("csrftoken", csrf), "Referer": f"{self.url}/"}
         response = session.post(f"{self.url}/api/token/", json={}, headers=headers, timeout=30)
+        if response.status_code == 409:  # one the admin holds is no longer accepted (signed with a lost key)
+            self._revoke_tokens(session, headers)
+            response = session.post(f"{self.url}/api/token/", json={}, headers=headers, timeout=30)
         if response.status_code != 201:
             raise LocalLabelStudioError(
                 f"could not create a Personal Access Token: HTTP {response.status_code} {response.text[:200]}"
             )
         return str(response.json()["token"])
+
+    def _revoke_tokens(self, session: requests.Session, headers: dict[str, str]) -> None:
+        """Revoke the logged-in admin's Personal Access Tokens, as "Revoke" in Label Studio's account page does."""
+        listed = session.get(f"{self.url}/api/token/", headers=headers, timeout=30)
+        listed.raise_for_status()
+        for token in listed.json():
+            response = session.post(
+                f"{self.url}/api/token/blacklist/", json={"refresh": token["token"]}, headers=headers, timeout=30
+            )
+            if response.status_code not in (204, 404):  # 404: revoked already
+                raise LocalLabelStudioError(f"could not revoke an old token: HTTP {response.status_code}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
         process, self.process = self.process, None
