@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
 from freesel_backend.cli.samples import write_scenes  # noqa: E402
 from freesel_backend.server.publish import VERSION_PREFIX  # noqa: E402
+from freesel_backend.labelstudio.local import FAST_PREDICTION_IMPORT  # noqa: E402
 from harness.backend import BackendProcesses, backend_env, idle  # noqa: E402
 from harness.label_studio import LabelStudioServer  # noqa: E402
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
@@ -390,29 +391,27 @@ def phase_import(run: Run, images: LocalHttpServer, names: list[str]) -> None:
         imported_at,
         args.switch_timeout,
     )
-    switched = monitor.wait(
-        lambda s: (
-            s.project_version.startswith(VERSION_PREFIX)
-            and s.sampling == "Uncertainty sampling"
-            and s.current_rows >= args.tasks
-        ),
-        imported_at,
-        args.switch_timeout,
-    )
+    switched = monitor.wait(serves_freesel, imported_at, args.switch_timeout)
+    complete = monitor.wait(lambda s: serves_freesel(s) and s.current_rows >= args.tasks, imported_at,
+                            args.switch_timeout)
     figure("import -> patterns of every task", after(patterns and patterns.at - imported_at, args.switch_timeout))
+    for label, reached in (("queue switched to FreeSel's version", switched), ("one prediction per task", complete)):
+        figure(f"import -> {label}", after(reached and reached.at - imported_at, args.switch_timeout))
+        if patterns and reached:
+            figure("  of which after the patterns", f"{reached.at - patterns.at:.0f} s")
+    quiet = monitor.wait(lambda s: s.idle, complete.at if complete else imported_at, args.idle_timeout)
     figure(
-        "import -> queue switched, one prediction per task",
-        after(switched and switched.at - imported_at, args.switch_timeout),
-    )
-    if patterns and switched:
-        figure("  of which after the patterns", f"{switched.at - patterns.at:.0f} s")
-    quiet = monitor.wait(lambda s: s.idle, switched.at if switched else imported_at, args.idle_timeout)
-    figure(
-        "queue switched -> every job idle",
-        after(quiet and quiet.at - (switched.at if switched else imported_at), args.idle_timeout),
+        "one prediction per task -> every job idle",
+        after(quiet and quiet.at - (complete.at if complete else imported_at), args.idle_timeout),
     )
     figure("FreeSel prediction rows: max so far / tasks", f"{monitor.max_freesel_rows()} / {args.tasks}")
     show_counts("Label Studio requests by the backend", run.proxy.counts_since(requests_before))
+
+
+def serves_freesel(sample: Sample) -> bool:
+    """Label Studio's queue is switched to a FreeSel version (it serves the tasks that have a
+    prediction of it, lowest score first)."""
+    return sample.project_version.startswith(VERSION_PREFIX) and sample.sampling == "Uncertainty sampling"
 
 
 def reflects(sample: Sample, ranked: int) -> bool:
@@ -606,7 +605,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
             else {}
         )
         log(f"{args.tasks} tasks, Label Studio on {args.database}; {machine()}")
-        ls = stack.enter_context(LabelStudioServer(args.label_studio, extra_env=database_env, startup_timeout=600))
+        flags = {FAST_PREDICTION_IMPORT: "true"} if args.fast_prediction_import else {}
+        ls = stack.enter_context(
+            LabelStudioServer(args.label_studio, extra_env={**database_env, **flags}, startup_timeout=600)
+        )
         figure("Label Studio start", f"{ls.start_seconds:.0f} s")
         proxy = stack.enter_context(CountingProxy(ls.url))
         images, names = image_host(work / "images", args.tasks)
@@ -667,6 +669,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--postgres-host", default="127.0.0.1")
     parser.add_argument("--postgres-port", type=int, default=5432)
+    parser.add_argument(
+        "--fast-prediction-import", action="store_true",
+        help="start Label Studio with its faster prediction import flag on (as docker-compose.yml does)",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the backend's logs here at the end")
     return parser.parse_args(argv)
 

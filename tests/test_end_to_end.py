@@ -117,6 +117,7 @@ def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_di
     annotation = ls.api("GET", f"/api/tasks/{served[0]}/annotations/").json()[0]
     assert all(region["from_name"] == "choice" for region in annotation["result"])  # the flag is not in it
 
+    version = ls.api("GET", f"/api/projects/{pid}/").json()["model_version"]
     before = time.time()
     new_ids = [
         t["id"] for t in ls.upload_images(pid, write_group(tmp_path / "c", "blue", 3, (30, 30, 220), "checks", 4))
@@ -132,6 +133,9 @@ def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_di
             for p in ls.api("GET", "/api/predictions/", params={"project": pid}).json()
         ),
     )
+    # the new tasks got their predictions under the live version: nothing else was rewritten
+    assert ls.api("GET", f"/api/projects/{pid}/").json()["model_version"] == version
+    assert sorted(remaining) == sorted(set(remaining)) and set(new_ids) <= set(remaining)
     group_of = {task: group for group in status["near_duplicates"]["listed"] for task in group}
     for task in new_ids:  # ahead of the old looks, unless a near-duplicate of a task served before it
         position = remaining.index(task)

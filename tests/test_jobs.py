@@ -15,7 +15,7 @@ from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Set
 from freesel_backend.server.enqueue import (
     JOB_FUNCTIONS, defer_selection, enqueue_patterns, enqueue_writeout, rerank_delay, schedule_selection,
 )
-from freesel_backend.server.publish import Step, Superseded, give_way_to_writeout, write_lock
+from freesel_backend.server.publish import Step, Superseded, full_scores, give_way_to_writeout, write_lock
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
@@ -115,7 +115,7 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(
     scores = sorted(
         p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json()
     )
-    assert scores == [i / 5 for i in range(5)]
+    assert scores == sorted(full_scores(range(5)).values())  # evenly spaced, one per ranked task
     for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
         chunk.refresh()
         assert chunk.meta["done"] == chunk.meta["total"] == chunk.meta["tasks"]

@@ -124,6 +124,15 @@ def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_rerank
     assert "timed out" in (logs / "worker.log").read_text() + (logs / "survivor.log").read_text()
     assert Counter(p["task"] for p in freesel_predictions(ls, pid)) == {t: 1 for t in ids}
     assert status["live"]["model_version"] == ls.api("GET", f"/api/projects/{pid}/").json()["model_version"]
+    # the queue is switched once the head's predictions are in; the rest are imported after it
+    switch_and_imports = [
+        method
+        for method, path in proxy.requests
+        if (method, path.split("?")[0])
+        in {("PATCH", f"/api/projects/{pid}/"), ("POST", f"/api/projects/{pid}/import/predictions")}
+    ]
+    last_import = max(i for i, method in enumerate(switch_and_imports) if method == "POST")
+    assert switch_and_imports.index("PATCH") < last_import
 
     queue = queue_by_score(ls, pid)
     assert sorted(queue) == ids and {t: f for t, f in flags(ls, pid).items() if f == PICK_FLAG} == {

@@ -96,3 +96,45 @@ def test_a_pick_that_left_the_head_keeps_its_flag_while_it_remains_a_pick():
     target = {"order": [5, 6, 7, 8, 4], "n_picked": 4, "flags": {}}
     current = {7: PICK_FLAG, 4: PICK_FLAG, 8: "dup"}
     assert wanted_flags(target, head_size=2, current=current) == {5: PICK_FLAG, 6: PICK_FLAG, 7: PICK_FLAG}
+
+
+def test_every_planned_score_is_one_label_studio_imports_between_zero_and_one():
+    rng = random.Random(9)
+    order = list(range(3000))
+    scores = full_scores(order)
+    new_task = 10_000
+    for _ in range(60):
+        order = order[5:]
+        for _ in range(5):  # moved to the front, from anywhere
+            order.insert(0, order.pop(rng.randrange(len(order))))
+        for _ in range(30):  # imported meanwhile: in the head, or behind everything
+            order.insert(rng.choice([rng.randrange(300), len(order)]), new_task)
+            new_task += 1
+        plan = plan_scores(order, scores, 300)
+        written = dict(plan.patch + plan.create)
+        assert all(0.0 <= score <= 1.0 for score in written.values()) and not plan.renormalise
+        assert served_after(order, scores, 300) == order[:300]
+        scores = {**scores, **written}
+
+
+def test_a_fresh_version_leaves_room_before_its_first_and_after_its_last_score():
+    scores = full_scores(list(range(50_000)))
+    assert min(scores.values()) >= 0.25 and max(scores.values()) < 0.5
+
+
+def test_tasks_imported_in_small_rounds_behind_everything_keep_their_order_without_a_fresh_version():
+    order = list(range(1000))
+    scores = full_scores(order)
+    for round_ in range(100):
+        order = order + [5000 + 10 * round_ + i for i in range(10)]
+        plan = plan_scores(order, scores, 300)
+        assert not plan.renormalise and [task for task, _ in plan.create] == order[-10:]
+        assert [score for _, score in plan.create] == sorted(score for _, score in plan.create)
+        scores = {**scores, **dict(plan.create)}
+    assert max(scores.values()) < 0.51
+
+
+def test_scores_outside_zero_to_one_left_by_an_earlier_release_ask_for_a_fresh_version():
+    order = list(range(100))
+    scores = {task: float(task) - 50.0 for task in order}  # -50 .. 49
+    assert plan_scores([1000, *order], scores, 20).renormalise

@@ -29,6 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_LABEL_STUDIO_PORT = 8080
 ADMIN_EMAIL = "admin@freesel.local"
+# Label Studio's feature flag for its faster prediction import: counters of the imported tasks
+# only, not of every task of the project (off by default in 1.23.2; see docs/scale.md).
+FAST_PREDICTION_IMPORT = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 
 
 class LocalLabelStudioError(RuntimeError):
@@ -145,6 +148,7 @@ class LocalLabelStudio:
             # the backend, its webhook and the images live on this machine (refused by default)
             ML_BLOCK_LOCAL_IP="false",
             SSRF_PROTECTION_ENABLED="false",
+            **{FAST_PREDICTION_IMPORT: "true"},
             COLLECT_ANALYTICS="false",
             LATEST_VERSION_CHECK="false",
             SENTRY_DSN="",

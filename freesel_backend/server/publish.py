@@ -9,17 +9,18 @@ end of the write-out queue, so other projects' write-outs take turns. A newer ra
 the target: a running step stops after its current write and the next one plans towards the new
 target (a stale queue is never finished first).
 
-- **Full import** (first ranking, a settings change, or scores with no room left): predictions
-  of every ranked task are imported under a new model version in batches of 500; a batch whose
-  request timed out is looked up in Label Studio before anything is imported again. Then the
-  head's first flags are written, the project's queue switched to the version (the rest of the
-  head is flagged right after), and the old versions are deleted
-  by a cleanup job (one prediction per request, holding the write lock per batch and letting a
-  waiting write-out step go first).
-- **In place** (every other ranking): only the first ``head_size`` tasks of the queue are kept
-  in exact order. Tasks whose current scores already follow the new order (a longest increasing
-  subsequence) keep them; the others get scores between their neighbours (one PATCH each); tasks
-  new to the queue are imported. Label Studio's /next serves the lowest score first.
+- **Full import** (first ranking, a settings change, or scores with no room left): the head's
+  predictions are imported under a new model version (a batch whose request timed out is looked
+  up in Label Studio before anything is imported again), the head's first flags written and the
+  project's queue switched to the version; the other ranked tasks get theirs in place right
+  after. The old versions are deleted by a cleanup job (one prediction per request, holding the
+  write lock per batch and letting a waiting write-out step go first).
+- **In place** (every other ranking, and the rest of a full import): only the first
+  ``head_size`` tasks of the queue are kept in exact order. Tasks whose current scores already
+  follow the new order (a longest increasing subsequence) keep them; the others get scores
+  between their neighbours (one PATCH each); ranked tasks without a prediction (new tasks, the
+  rest of a full import) are imported behind, in rank order, in batches. Label Studio's /next
+  serves the lowest score first, and only tasks with a prediction of the version while any has one.
 - **Flags**: "FreeSel pick" on the picks in the head, written before their scores move, head
   first; a pick that left the head keeps its flag while it remains a pick, any other flag on
   a task that left the head is removed after the scores. Failures and
@@ -48,11 +49,18 @@ LEGACY_RANK_FIELD = "freesel_rank"  # written by earlier versions: removed with 
 PICK_FLAG = "FreeSel pick"
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 VERSION_PREFIX = "freesel-"
-IMPORT_BATCH = 500
+IMPORT_BATCH = 5000
 TASK_DATA_BATCH = 100
 DELETE_BATCH = 50
 # Scores closer than this cannot be told apart reliably: a full import renormalises them.
 MIN_SCORE_GAP = 1e-9
+# Label Studio 1.23.2 drops imported predictions whose score lies outside [0, 1] (it logs them and
+# answers 201), so every score stays inside. A fresh version takes [0.25, 0.5): room below it for
+# tasks moved before the first one, above it for tasks added behind the last.
+LOWEST_SCORE, HIGHEST_SCORE = 0.0, 1.0
+FRESH_SCORES = (0.25, 0.5)
+# The distance between tasks put before the first score or after the last one.
+EDGE_STEP = 1e-6
 # A full import switches the queue once this many of the head's flags are written (what three
 # annotators reach in about a minute); the rest of the head is flagged right after, in rank order,
 # faster than annotators take tasks from it.
@@ -124,22 +132,28 @@ def _plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: i
     candidates = [i for i, t in enumerate(lineup) if t in scores and scores[t] <= threshold]
     kept = {candidates[i] for i in longest_increasing([scores[lineup[i]] for i in candidates])}
     above = [scores[t] for t in tail if t in scores and scores[t] > threshold]
-    ceiling = min(above) if above else threshold + 1.0
+    ceiling = min(above) if above else HIGHEST_SCORE
     plan = ScorePlan()
     assigned = _fill_gaps([scores.get(t) if i in kept else None for i, t in enumerate(lineup)], ceiling, plan)
     for task, score, was_kept in zip(lineup, assigned, (i in kept for i in range(len(lineup)))):
         if not was_kept:
             (plan.patch if task in scores else plan.create).append((task, score))
-    top = max([ceiling, *current]) if current else ceiling
     behind = ([] if keep_leaving else leaving) + [t for t in tail if t not in scores and t not in in_head]
+    top = max([*current, *assigned], default=FRESH_SCORES[0])
+    step = min(EDGE_STEP, (HIGHEST_SCORE - top) / (len(behind) + 1))
+    if behind and step < MIN_SCORE_GAP:
+        plan.renormalise = True
     for rank, task in enumerate(behind):
-        (plan.patch if task in scores else plan.create).append((task, top + (rank + 1) / (len(behind) + 1)))
+        (plan.patch if task in scores else plan.create).append((task, top + step * (rank + 1)))
+    if any(not LOWEST_SCORE <= score <= HIGHEST_SCORE for _, score in plan.patch + plan.create):
+        plan.renormalise = True  # scores of an earlier release, outside what Label Studio imports
     return plan
 
 
 def _fill_gaps(values: list[float | None], ceiling: float, plan: ScorePlan) -> list[float]:
     """``values`` with each run of None replaced by evenly spaced scores between the kept
-    neighbours (below the first kept: down to one less; after the last: up to ``ceiling``)."""
+    neighbours; before the first kept and after the last one, ``EDGE_STEP`` apart (within
+    ``LOWEST_SCORE`` and ``ceiling``)."""
     filled: list[float] = []
     position = 0
     while position < len(values):
@@ -150,8 +164,13 @@ def _fill_gaps(values: list[float | None], ceiling: float, plan: ScorePlan) -> l
         end = position
         while end < len(values) and values[end] is None:
             end += 1
-        high = float(values[end]) if end < len(values) else ceiling  # type: ignore[arg-type]
-        low = filled[-1] if filled else high - 1.0
+        room = (end - position + 1) * EDGE_STEP
+        if end < len(values):
+            high = float(values[end])  # type: ignore[arg-type]
+            low = filled[-1] if filled else max(LOWEST_SCORE, high - room)
+        else:
+            low = filled[-1] if filled else FRESH_SCORES[0]
+            high = min(ceiling, low + room)
         step = (high - low) / (end - position + 1)
         if step < MIN_SCORE_GAP:
             plan.renormalise = True
@@ -161,8 +180,9 @@ def _fill_gaps(values: list[float | None], ceiling: float, plan: ScorePlan) -> l
 
 
 def full_scores(order: Sequence[int]) -> dict[int, float]:
-    """Evenly spaced scores in [0, 1) along ``order``: a fresh version."""
-    return {task: position / max(1, len(order)) for position, task in enumerate(order)}
+    """Evenly spaced scores in ``FRESH_SCORES`` along ``order``: a fresh version."""
+    low, high = FRESH_SCORES
+    return {task: low + (high - low) * position / max(1, len(order)) for position, task in enumerate(order)}
 
 
 def wanted_flags(target: Mapping[str, Any], head_size: int, current: Mapping[int, str] | None = None) -> dict[int, str]:
@@ -331,18 +351,20 @@ def _advance(step: Step, target: dict[str, Any], progress: Any) -> bool:
 
 
 def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
-    """Import every ranked task under the target's new version, flag the head, switch the queue."""
-    version, order = target["model_version"], target["order"]
+    """Import the head's predictions under the target's new version, flag its top and switch the
+    queue; the rest of the ranked tasks get theirs in place afterwards (``_in_place``): Label
+    Studio's /next serves only tasks with a prediction of the version while there are any."""
+    version, head = target["model_version"], target["order"][: step.settings.head_size]
     staged = step.store.all_predictions(step.project_id, staged=version)
-    scores = full_scores(order)
-    missing = [t for t in order if t not in staged]
-    progress.start_stage("importing predictions", len(order))
-    progress.advance(len(order) - len(missing))
+    scores = full_scores(target["order"])
+    missing = [t for t in head if t not in staged]
+    progress.start_stage("importing the head's predictions", len(head))
+    progress.advance(len(head) - len(missing))
     for start in range(0, len(missing), IMPORT_BATCH):
         batch = {t: _prediction(t, scores[t], version) for t in missing[start : start + IMPORT_BATCH]}
         _import(step, batch, staged=version)
         progress.advance(len(batch))
-    _fill_ids(step, staged=version)
+    _fill_ids(step, version, staged=version)
     _write_flags(step, target, additions=True, first=FLAGS_BEFORE_SWITCH)
 
     step.spend()
@@ -350,13 +372,16 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     step.writes += 1
     step.store.promote_staged(step.project_id, version)
-    log.info("project %s: queue switched to %s (%d predictions)", step.project_id, version, len(order))
+    log.info("project %s: queue switched to %s (%d of %d predictions)", step.project_id, version, len(head),
+             len(target["order"]))
     enqueue_version_cleanup(step.services, step.project_id)
 
 
 def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
-    """Scores and flags of the live version changed where the head needs it. True when done."""
+    """Scores and flags of the live version changed where the head needs it, then predictions
+    imported for the ranked tasks that have none (rank order). True when done."""
     version = step.store.get_state(step.project_id).get("model_version", "")
+    _fill_ids(step, version)
     plan = _plan(step, target)
     if plan.create and _adopt(step, version, [task for task, _ in plan.create]):
         plan = _plan(step, target)
@@ -364,15 +389,18 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
         "project %s: write-out of ranking %s: %d scores to change, %d predictions to import (head starts %s)",
         step.project_id, target["generation"], len(plan.patch), len(plan.create), target["order"][:5],
     )
-    if plan.renormalise or plan.create:
-        # New tasks get their predictions through a new version: predictions imported in place
-        # for tasks created after the version was switched to were accepted (201) but not stored
-        # by Label Studio 1.23.2 in end-to-end runs (cause not found).
+    if plan.renormalise:
         _start_full_import(step.store, step.project_id, target)
         return False
     progress.start_stage("writing the head", len(plan.patch))
     _write_head(step, target, plan.patch, progress)
     _write_flags(step, target, additions=False)
+    progress.start_stage("importing predictions", len(plan.create))
+    for start in range(0, len(plan.create), IMPORT_BATCH):
+        batch = {t: _prediction(t, score, version) for t, score in plan.create[start : start + IMPORT_BATCH]}
+        _import(step, batch)
+        progress.advance(len(batch))
+    _fill_ids(step, version)
     _keep_queue_switched(step, version)
     return True
 
@@ -425,15 +453,15 @@ def _recorded(listed: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str) -> None:
-    """Import ``batch`` under the ``staged`` version, never twice: the batch is marked in flight
-    first, and a request that timed out (or a step killed meanwhile, see :func:`_recover_import`)
-    is looked up in Label Studio before anything else is imported."""
+def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None = None) -> None:
+    """Import ``batch`` (to the live version, or the ``staged`` one), never twice: the batch is
+    marked in flight first, and a request that timed out (or a step killed meanwhile, see
+    :func:`_recover_import`) is looked up in Label Studio before anything else is imported."""
     if not batch:
         return
     step.spend()
     version = next(iter(batch.values()))["model_version"]
-    in_flight = {"model_version": version, "staged": staged, "tasks": sorted(batch), "sent_at": time.time()}
+    in_flight = {"model_version": version, "staged": staged or "", "tasks": sorted(batch), "sent_at": time.time()}
     step.store.update_state(step.project_id, import_in_flight=json.dumps(in_flight))
     try:
         step.client.import_predictions(
@@ -492,15 +520,15 @@ def _listed(step: Step, version: str, tasks: Iterable[int]) -> dict[int, dict[st
     }
 
 
-def _fill_ids(step: Step, staged: str) -> None:
-    """Label Studio's ids of the predictions imported under the ``staged`` version that have none
-    recorded yet (one listing)."""
+def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
+    """Label Studio's ids of the imported predictions (of the live version, or the ``staged``
+    one) that have none recorded yet (one listing)."""
     predictions = step.store.all_predictions(step.project_id, staged=staged)
     without = {t for t, p in predictions.items() if "id" not in p}
     if not without:
         return
     step.spend()
-    listed = _listed(step, staged, without)
+    listed = _listed(step, version, without)
     step.store.update_predictions(
         step.project_id, {t: {**predictions[t], "id": int(listed[t]["id"])} for t in listed}, staged=staged
     )
@@ -511,7 +539,7 @@ def _fill_ids(step: Step, staged: str) -> None:
             "project %s: %d imported predictions of %s are not listed by Label Studio",
             step.project_id,
             len(lost),
-            staged,
+            version,
         )
 
 
