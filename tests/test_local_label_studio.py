@@ -11,6 +11,7 @@ import requests
 from freesel_backend.labelstudio.local import Credentials, LocalLabelStudio, credentials_path, ensure_secret_key
 from harness.label_studio import free_port, label_studio_executable
 
+
 def token_works(credentials: Credentials) -> bool:
     response = requests.post(f"{credentials.url}/api/token/refresh/", json={"refresh": credentials.token}, timeout=30)
     return response.status_code == 200
