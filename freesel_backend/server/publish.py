@@ -464,8 +464,9 @@ def _import(step: Step, batch: Mapping[int, dict[str, Any]], staged: str | None 
     in_flight = {"model_version": version, "staged": staged or "", "tasks": sorted(batch), "sent_at": time.time()}
     step.store.update_state(step.project_id, import_in_flight=json.dumps(in_flight))
     try:
-        step.client.import_predictions(
-            step.project_id, list(batch.values()), timeout=step.settings.label_studio_write_timeout_s
+        step.client.import_predictions(  # one request: the in-flight record and the lock cover exactly it
+            step.project_id, list(batch.values()), chunk_size=len(batch),
+            timeout=step.settings.label_studio_write_timeout_s,
         )
     except LabelStudioUnavailable as error:
         if not error.timed_out:
