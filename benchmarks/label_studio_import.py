@@ -29,14 +29,14 @@ LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
 TASK_IMPORT_BATCH = 5000
 
 
-def new_project(ls: LabelStudioServer, tasks: int, title: str) -> list[int]:
-    """Task ids of a new project of ``tasks`` tasks (image URLs that are never fetched)."""
+def new_project(ls: LabelStudioServer, tasks: int, title: str) -> tuple[int, list[int]]:
+    """A new project of ``tasks`` tasks (image URLs that are never fetched): its id, the task ids."""
     project_id = ls.create_project(title, LABEL_CONFIG)["id"]
     task_ids: list[int] = []
     for start in range(0, tasks, TASK_IMPORT_BATCH):
         data = [{"image": f"http://127.0.0.1:9/{i}.jpg"} for i in range(start, min(tasks, start + TASK_IMPORT_BATCH))]
         task_ids += ls.import_tasks(project_id, data)
-    return [project_id, *task_ids]
+    return project_id, task_ids
 
 
 def import_seconds(ls: LabelStudioServer, project_id: int, task_ids: list[int], batch: int) -> list[float]:
@@ -59,7 +59,7 @@ def run(tasks: int, batches: list[int], flag_on: bool) -> None:
     extra_env = {FAST_PREDICTION_IMPORT: "true"} if flag_on else {}
     with LabelStudioServer(label_studio_executable(), extra_env=extra_env) as ls:
         for batch in batches:
-            project_id, *task_ids = new_project(ls, tasks, f"import {batch} flag {flag_on}")
+            project_id, task_ids = new_project(ls, tasks, f"import {batch} flag {flag_on}")
             seconds = import_seconds(ls, project_id, task_ids, batch)
             total = sum(seconds)
             print(
