@@ -54,6 +54,13 @@ def test_a_signing_key_label_studio_cannot_read_back_is_replaced_and_other_setti
     assert (tmp_path / ".env").read_text().splitlines() == ["DEBUG=false", f"SECRET_KEY={replaced}"]
 
 
+def test_of_several_signing_keys_the_one_label_studio_reads_is_kept(tmp_path):
+    # Label Studio appends a new key after one it could not read; the last line is the one it reads
+    (tmp_path / ".env").write_text("SECRET_KEY=$unreadable\nSECRET_KEY=read-and-used\n")
+
+    assert ensure_secret_key(tmp_path) == "read-and-used"
+
+
 @pytest.mark.integration
 def test_the_admin_token_survives_restarts_and_one_no_longer_accepted_is_revoked_and_replaced(model_dir):
     port = free_port()

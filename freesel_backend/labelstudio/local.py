@@ -89,12 +89,13 @@ def _is_readable_secret(value: str) -> bool:
 
 
 def ensure_secret_key(data_dir: Path) -> str:
-    """Label Studio's SECRET_KEY from ``data_dir/.env``; written there first when missing or unreadable."""
+    """Label Studio's SECRET_KEY from ``data_dir/.env`` (the last one: the one Label Studio reads,
+    which signed its tokens); written there first when missing or unreadable."""
     env_path = data_dir / ".env"
     lines = env_path.read_text(encoding="utf-8").splitlines() if env_path.is_file() else []
     keys = [line.partition("=")[2] for line in lines if line.startswith("SECRET_KEY=")]
-    if keys and _is_readable_secret(keys[0]):
-        return keys[0]
+    if keys and _is_readable_secret(keys[-1]):
+        return keys[-1]
     secret = secrets.token_urlsafe(50)  # letters, digits, "-" and "_" only
     kept = [line for line in lines if not line.startswith("SECRET_KEY=")]
     data_dir.mkdir(parents=True, exist_ok=True)
