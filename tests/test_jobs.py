@@ -19,9 +19,10 @@ from freesel_backend.server.publish import Step, Superseded, full_scores, give_w
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
-from freesel_backend.server.jobs import earlier_duplicates
+from freesel_backend.server.jobs import earlier_analysis
 from freesel_backend.server.store import SelectionRecord, Store
 from harness.backend import backend_env, run_worker_burst
+from harness.label_studio import annotate
 from tests.helpers import write_noise_images
 
 
@@ -161,17 +162,56 @@ def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webh
     assert sorted(Store(redis_connection).get_target(project["id"])["order"]) == tasks[1:]
 
 
-def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_of_the_last_ranking():
+@pytest.mark.slow
+def test_a_labelled_task_whose_annotation_count_label_studio_lost_stays_out_of_the_ranking(
+    label_studio, redis_connection, redis_url, tmp_path
+):
+    project = label_studio.create_project("lost annotation counts")
+    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))]
+    env = {
+        **backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir"),
+        "FREESEL_RERANK_INTERVAL": "0",
+    }
+    services = Services(Settings.from_env(env), redis_connection)
+    enqueue_patterns(services, project["id"], tasks)
+    run_worker_burst(env)
+    kept, unlabelled_again = tasks[0], tasks[1]
+    for task_id in (kept, unlabelled_again):
+        annotate(label_studio, task_id)
+    FreeSelModel(project_id=project["id"], services=services).process_event("ANNOTATION_CREATED", {})
+    run_worker_burst(env)
+    assert not {kept, unlabelled_again} & set(Store(redis_connection).get_target(project["id"])["order"])
+
+    # the count Label Studio keeps in the task row set back (as a task update that read the row
+    # before the annotation was counted writes it), the annotation itself kept
+    stale = {"is_labeled": False, "total_annotations": 0}
+    assert label_studio.api("PATCH", f"/api/tasks/{kept}/", json=stale).status_code == 200
+    assert kept not in services.client.labelled_task_ids(project["id"])
+    annotation = label_studio.api("GET", f"/api/tasks/{unlabelled_again}/annotations/").json()[0]
+    assert label_studio.api("DELETE", f"/api/annotations/{annotation['id']}/").status_code == 204
+    FreeSelModel(project_id=project["id"], services=services).process_event("ANNOTATIONS_DELETED", {})
+    run_worker_burst(env)
+
+    order = Store(redis_connection).get_target(project["id"])["order"]
+    assert kept not in order and unlabelled_again in order
+
+
+def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_and_draw_prior_of_the_last_ranking():
     ranking = Ranking(np.array([0, 1, 2]), np.array([np.inf, 0.5, 0.1]), 2, ())
     groups = DuplicateGroups([[0, 2]], np.array([0, -1, 0]), 0.05)
-    record = SelectionRecord.of("freesel-0001 ranking 3", "p1", [10, 11, 12], ranking, groups)
+    prior = np.array([1.0, 0.25, 0.5])
+    record = SelectionRecord.of("freesel-0001 ranking 3", "p1", [10, 11, 12], ranking, groups, "typical", prior)
 
-    reused = earlier_duplicates(record, "p1", [10, 11, 12], 0.05)
-    assert reused is not None and reused.groups == [[0, 2]] and reused.group_of.tolist() == [0, -1, 0]
-    assert earlier_duplicates(record, "p1", [10, 11, 12, 13], 0.05) is None  # a task was added
-    assert earlier_duplicates(record, "p2", [10, 11, 12], 0.05) is None  # other patterns
-    assert earlier_duplicates(record, "p1", [10, 11, 12], 0.1) is None  # another threshold
-    assert earlier_duplicates(None, "p1", [10, 11, 12], 0.05) is None
+    duplicates, reused_prior = earlier_analysis(record, "p1", [10, 11, 12], 0.05, "typical")
+    assert duplicates is not None and duplicates.groups == [[0, 2]] and duplicates.group_of.tolist() == [0, -1, 0]
+    assert reused_prior is not None and reused_prior.tolist() == [1.0, 0.25, 0.5]
+    assert earlier_analysis(record, "p1", [10, 11, 12, 13], 0.05, "typical") == (None, None)  # a task was added
+    assert earlier_analysis(record, "p2", [10, 11, 12], 0.05, "typical") == (None, None)  # other patterns
+    assert earlier_analysis(None, "p1", [10, 11, 12], 0.05, "typical") == (None, None)
+    other_threshold = earlier_analysis(record, "p1", [10, 11, 12], 0.1, "typical")
+    assert other_threshold[0] is None and other_threshold[1] is not None
+    other_strategy = earlier_analysis(record, "p1", [10, 11, 12], 0.05, "prob")
+    assert other_strategy[0] is not None and other_strategy[1] is None
 
 
 def test_a_write_out_step_stops_before_its_next_request_once_a_newer_ranking_replaced_its_target(redis_connection):

@@ -88,6 +88,27 @@ def test_near_duplicate_groups_found_by_an_earlier_ranking_are_used_as_given():
     assert ranked.flags == {3: f"{NOT_PICKED} (near-duplicate of task 1)"}
 
 
+def test_a_re_ranking_given_the_draw_prior_of_an_earlier_ranking_ranks_as_one_that_computes_it():
+    patterns = random_patterns(60)
+    options = {"head_size": 5, "strategy": "typical", "seed": 0, "duplicate_threshold": 0.001}
+    first = rank_tasks(patterns, set(), {}, 20, **options)
+    assert first.strategy == "typical" and first.prior is not None and first.prior.shape == (60,)
+    labelled = set(first.order[:3])
+    earlier = {"previous": first.order, "previous_n_picked": first.n_picked}
+    computed = rank_tasks(patterns, labelled, {}, 20, **earlier, **options)
+    reused = rank_tasks(patterns, labelled, {}, 20, prior=first.prior.copy(), **earlier, **options)
+    assert reused.order == computed.order and reused.n_picked == computed.n_picked
+    assert np.array_equal(reused.prior, computed.prior)
+    # the prior weighs the draws: another one draws other picks
+    flat = rank_tasks(patterns, set(), {}, 20, prior=np.ones(60) + np.arange(60) * 10.0, **options)
+    assert flat.order[:20] != first.order[:20]
+
+
+def test_strategies_without_a_draw_prior_rank_without_one():
+    ranked = rank_tasks(random_patterns(10), set(), {}, 4, head_size=4, strategy="prob", seed=0, duplicate_threshold=0.001)
+    assert ranked.strategy == "prob" and ranked.prior is None
+
+
 def test_when_every_task_is_labelled_nothing_is_ranked():
     patterns = {1: np.ones((1, 4), np.float32), 2: -np.ones((1, 4), np.float32)}
     ranked = rank_tasks(patterns, {1, 2}, {}, 5, head_size=300, strategy="typical", seed=0, duplicate_threshold=0.001)

@@ -86,16 +86,20 @@ def test_staged_predictions_become_the_live_ones_when_the_queue_is_switched(redi
     assert store.all_predictions(2) == {} and store.get_state(2)["model_version"] == "freesel-0003"
 
 
-def test_a_selection_record_gives_back_the_ranking_and_groups_it_was_made_from(redis_connection):
+def test_a_selection_record_gives_back_the_ranking_groups_and_draw_prior_it_was_made_from(redis_connection):
     store = Store(redis_connection)
     ranking = Ranking(order=np.array([2, 0, 3]), distance=np.array([np.inf, 0.5, 0.25]), n_picked=2, seeds=(1,))
     groups = DuplicateGroups([[0, 3]], np.array([0, -1, -1, 0]), 0.02)
-    store.save_selection(4, SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups))
+    prior = np.array([1.0, 1 / 3, 0.7, 2e-5])
+    store.save_selection(4, SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups, "typical", prior))
     record = store.get_selection(4)
     again = record.ranking()
     assert again.order.tolist() == [2, 0, 3] and again.distance.tolist() == [np.inf, 0.5, 0.25]
     assert again.n_picked == 2 and again.seeds == (1,)
     assert record.duplicates().group_of.tolist() == [0, -1, -1, 0] and record.task_groups() == [[10, 13]]
+    assert record.strategy == "typical" and np.array_equal(record.draw_prior(), prior)  # exactly, through JSON
+    store.save_selection(5, SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups, "prob"))
+    assert store.get_selection(5).draw_prior() is None
     store.save_report(4, "freesel-0001", "<html>")
     assert store.get_report(4, "freesel-0001") == "<html>" and store.get_report(4, "freesel-0002") is None
     store.forget_ranking(4)

@@ -23,11 +23,13 @@ from tests.test_faults import FAST_RECOVERY, start_worker, stop_group
 
 TASKS = 1000
 HEAD = 40
+TOP = 20
 SCALE_ENV = {
     **FAST_RECOVERY,
     "FREESEL_TEST_IMAGE_SIZE": "32",
     "FREESEL_CHUNK_SIZE": "250",
     "FREESEL_HEAD_SIZE": str(HEAD),
+    "FREESEL_TOP_BEFORE_IMPORTS": str(TOP),
     "FREESEL_RERANK_INTERVAL": "1",
     # every bulk import outlives this: the backend must ask Label Studio what it stored
     "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT": "0.05",
@@ -138,6 +140,11 @@ def test_a_thousand_tasks_one_prediction_each_head_flagged_and_writes_per_rerank
     assert sorted(queue) == ids and {t: f for t, f in flags(ls, pid).items() if f == PICK_FLAG} == {
         t: PICK_FLAG for t in queue[:HEAD]
     }
+    # the top of the head is flagged before the rest's predictions are imported, the rest of the head after
+    flag_writes = {int(path.split("/")[3]): i for i, (method, path) in enumerate(proxy.requests) if method == "PATCH"
+                   and path.startswith("/api/tasks/")}
+    rest_imported = max(i for i, (method, path) in enumerate(proxy.requests) if path.endswith("/import/predictions"))
+    assert max(flag_writes[t] for t in queue[:TOP]) < rest_imported < min(flag_writes[t] for t in queue[TOP:HEAD])
 
     head_changes = 0
     for _ in range(3):  # an annotator labels what /next serves; each label re-ranks

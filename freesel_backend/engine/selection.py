@@ -39,7 +39,7 @@ HEAD_KEEP_SHARE = 0.5
 
 __all__ = [
     "DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking",
-    "extend_head", "rerank_head", "resolve_budget", "select",
+    "draw_prior", "extend_head", "rerank_head", "resolve_budget", "select",
 ]
 
 # fds: true distances computed first, then x4 while the best does not beat the next bound.
@@ -228,6 +228,7 @@ def rerank_head(
     seeds: Iterable[int] = (),
     seed: int | None = None,
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
+    prior: np.ndarray | None = None,
 ) -> Ranking:
     """A ranking whose head keeps an earlier ranking's picks that no label covered since, in
     their order, whose other head picks are drawn afresh, and whose tail keeps the earlier order.
@@ -243,6 +244,7 @@ def rerank_head(
     decreasing distance. The picks are the head's, then the earlier picks left in the tail, at
     most ``budget`` in all. Every distance is the image's distance to the head and the seeds (a
     pick's: when drawn, or for a kept pick, now). :func:`extend_head` draws more picks after them.
+    ``prior``: as :func:`select` takes it (:func:`draw_prior` of the same patterns gives the same ranking).
     """
     pool = PatternPool(patterns, duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
@@ -252,7 +254,7 @@ def rerank_head(
     kept, kept_distance = still_valid_picks(pool, earlier_picks, seed_ids, previous_order, limit=n_head)
     head = select(
         patterns, n_head - len(kept) if earlier_picks else budget, strategy=strategy, seeds=[*seed_ids, *kept],
-        seed=seed, duplicate_threshold=duplicate_threshold,
+        seed=seed, duplicate_threshold=duplicate_threshold, prior=prior,
     )
     distance_of = {**dict(zip(head.order.tolist(), head.distance.tolist())), **dict(zip(kept, kept_distance))}
     rest = set(head.order[head.n_picked :].tolist())
@@ -341,15 +343,16 @@ def extend_head(
     seeds: Iterable[int] = (),
     seed: int | None = None,
     duplicate_threshold: float = DUPLICATE_TOLERANCE,
+    prior: np.ndarray | None = None,
 ) -> Ranking:
     """``head`` (picks, in this order, with their distances) kept, then ``budget - len(head)``
     picks drawn with the head and ``seeds`` as seeds, then the rest by distance: the tail of a
-    :func:`rerank_head` ranking drawn afresh."""
+    :func:`rerank_head` ranking drawn afresh. ``prior``: as :func:`select` takes it."""
     seed_ids = _validated_seeds(seeds, len(patterns))
     head_ids = [int(image) for image in head]
     tail = select(
         patterns, max(0, budget - len(head_ids)), strategy=strategy, seeds=[*seed_ids, *head_ids], seed=seed,
-        duplicate_threshold=duplicate_threshold,
+        duplicate_threshold=duplicate_threshold, prior=prior,
     )
     return Ranking(
         order=np.concatenate([np.asarray(head_ids, dtype=np.int64), tail.order]),
@@ -402,10 +405,22 @@ def _representatives(
     return picks[order]
 
 
+def draw_prior(patterns: Sequence[np.ndarray], strategy: Strategy) -> np.ndarray | None:
+    """The image prior :func:`select` computes for ``strategy`` when given none (``typical``: the
+    typicality prior; None otherwise). It depends on the patterns only, not on the seeds: a
+    re-ranking of the same images can reuse it (at 20,000 images it costs more than the rest of a
+    re-ranking)."""
+    return _image_prior(PatternPool(patterns), strategy) if patterns else None
+
+
+def _image_prior(pool: PatternPool, strategy: Strategy) -> np.ndarray | None:
+    return typicality_prior(pool.matrix, pool.starts, strength=TYPICALITY_STRENGTH) if strategy == "typical" else None
+
+
 def _row_prior(pool: PatternPool, strategy: Strategy, prior: np.ndarray | None) -> np.ndarray | None:
     """The per-pattern-row draw factor: the image prior repeated over its patterns, or None."""
-    if prior is None and strategy == "typical":
-        prior = typicality_prior(pool.matrix, pool.starts, strength=TYPICALITY_STRENGTH)
+    if prior is None:
+        prior = _image_prior(pool, strategy)
     if prior is None:
         return None
     prior = np.asarray(prior, dtype=np.float64)

@@ -256,8 +256,9 @@ def run_selection(project_id: int) -> dict[str, Any]:
     store.update_state(project_id, ranking_started_at=time.time())
     progress = JobProgress(0, stage="loading tasks")
     version = store.get_state(project_id).get("patterns_version") or ""
+    record = store.get_selection(project_id)
     try:
-        labelled_in_label_studio = services.client.labelled_task_ids(project_id)
+        labelled_in_label_studio = labelled_tasks(services, project_id, labelled_before(record))
     except LabelStudioNotFound:
         return {"skipped": f"project {project_id} does not exist in Label Studio"}
     # The project's tasks as webhooks (TASKS_CREATED, TASKS_DELETED) and syncs recorded them: a
@@ -278,12 +279,12 @@ def run_selection(project_id: int) -> dict[str, Any]:
     progress.start_stage("ranking", unlabelled)
     previous = _previous_target(store, project_id, settings, version)
     threshold = settings.duplicate_threshold
-    duplicates = earlier_duplicates(store.get_selection(project_id), version, sorted(stored), threshold)
+    duplicates, prior = earlier_analysis(record, version, sorted(stored), threshold, settings.strategy)
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=threshold,  # type: ignore[arg-type]
-        duplicates=duplicates,
+        duplicates=duplicates, prior=prior,
     )
     target = publish_ranking(
         services, project_id, ranked, fingerprint, version,
@@ -312,19 +313,41 @@ def run_selection(project_id: int) -> dict[str, Any]:
     }
 
 
-def earlier_duplicates(
-    record: SelectionRecord | None, version: str, task_ids: Sequence[int], threshold: float
-) -> DuplicateGroups | None:
-    """The last ranking's near-duplicate groups when it ranked the same tasks with the same
-    patterns and threshold (a re-ranking after labels): finding them costs more than the
-    ranking itself at thousands of tasks (N x N pattern products)."""
-    same = (
-        record is not None
-        and record.patterns_version == version
-        and record.duplicate_threshold == threshold
-        and record.task_ids == list(task_ids)
-    )
-    return record.duplicates() if same and record is not None else None
+def labelled_before(record: SelectionRecord | None) -> set[int]:
+    """The tasks that were labelled (the seeds) when the last ranking was made."""
+    return {record.task_ids[image] for image in record.seeds} if record is not None else set()
+
+
+def labelled_tasks(services: Services, project_id: int, labelled_earlier: set[int]) -> set[int]:
+    """The project's labelled tasks: Label Studio's listing of tasks with an annotation, plus the
+    ``labelled_earlier`` tasks it leaves out that still hold an annotation (looked up one by one).
+    The listing filters on the annotation count Label Studio keeps in the task row, which a
+    full-row task update (``PATCH /api/tasks/<id>/`` saves every field it read) can set back while
+    an annotation is being counted; a labelled task listed as unlabelled was seen at 20,000 tasks
+    with three annotators. A ranking that took it for a new task would redraw the queue's head."""
+    listed = services.client.labelled_task_ids(project_id)
+    for task_id in sorted(labelled_earlier - listed):
+        try:
+            annotations = services.client.get_task(task_id).get("annotations") or []
+        except LabelStudioNotFound:  # deleted
+            continue
+        if any(not annotation.get("was_cancelled") for annotation in annotations):
+            log.warning("project %s: task %s holds an annotation that Label Studio's count misses", project_id, task_id)
+            listed.add(task_id)
+    return listed
+
+
+def earlier_analysis(
+    record: SelectionRecord | None, version: str, task_ids: Sequence[int], threshold: float, strategy: str
+) -> tuple[DuplicateGroups | None, np.ndarray | None]:
+    """The last ranking's near-duplicate groups (if found with ``threshold``) and draw prior (if
+    drawn with ``strategy``) when it ranked the same tasks with the same patterns (a re-ranking
+    after labels): at thousands of tasks, finding them afresh costs more than the rest of the
+    ranking (N x N pattern products; the typicality prior's neighbours)."""
+    if record is None or record.patterns_version != version or record.task_ids != list(task_ids):
+        return None, None
+    duplicates = record.duplicates() if record.duplicate_threshold == threshold else None
+    return duplicates, record.draw_prior() if record.strategy == strategy else None
 
 
 def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
@@ -352,7 +375,9 @@ def _save_ranking(store: Store, project_id: int, target: dict[str, Any], version
     """The write-out's target, and what was ranked (for the report and the status)."""
     if ranked.ranking is not None:
         name = f"{target['model_version']} ranking {target['generation']}"
-        record = SelectionRecord.of(name, version, ranked.task_ids, ranked.ranking, ranked.duplicates)
+        record = SelectionRecord.of(
+            name, version, ranked.task_ids, ranked.ranking, ranked.duplicates, ranked.strategy, ranked.prior
+        )
         store.save_selection(project_id, record)
     store.save_target(project_id, target)
 
@@ -378,6 +403,7 @@ def top_up_picks(project_id: int) -> dict[str, Any]:
         failures_in(target["flags"]),
         settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=ranking.n_picked,
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+        prior=record.draw_prior() if record.strategy == settings.strategy else None,
     )
     with selection_lock(store, project_id):
         if store.get_target(project_id) != target:

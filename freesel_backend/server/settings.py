@@ -158,11 +158,14 @@ class Settings:
     # the configured Label Studio host is always allowed.
     allow_private_downloads: bool = setting(False, "FREESEL_ALLOW_PRIVATE_DOWNLOADS", _true_or_false)
     max_request_bytes: int = setting(64 * 1024 * 1024, "FREESEL_MAX_REQUEST_BYTES", _whole_number(1))
-    # The write-out: the first head_size tasks of the queue are kept in exact order and flagged;
+    # The write-out: the first head_size tasks of the queue are kept in exact order and flagged,
+    # the first top_before_imports of them before predictions are imported for tasks without one
+    # (tens of seconds for thousands: annotators keep taking flagged tasks from the top meanwhile);
     # a re-ranking starts at most once per rerank_interval_s per project; a write-out job makes at
     # most writeout_step_requests requests, then yields its worker; bulk imports and version
     # deletes may take label_studio_write_timeout_s before Label Studio is asked what it did.
     head_size: int = setting(300, "FREESEL_HEAD_SIZE", _whole_number(1))
+    top_before_imports: int = setting(100, "FREESEL_TOP_BEFORE_IMPORTS", _whole_number(1))
     rerank_interval_s: int = setting(10, "FREESEL_RERANK_INTERVAL", _whole_number(0))
     writeout_step_requests: int = setting(200, "FREESEL_WRITEOUT_STEP", _whole_number(1))
     label_studio_write_timeout_s: float = setting(120.0, "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT", _seconds)

@@ -29,7 +29,7 @@ import hashlib
 import json
 import struct
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -72,7 +72,8 @@ def patterns_version(model_id: str, **settings: Any) -> str:
 class SelectionRecord:
     """What one selection run ranked, enough to rebuild its :class:`Ranking` and near-duplicate
     groups without drawing again. Indices (``order``, ``seeds``, ``duplicate_groups``) are
-    positions in ``task_ids``; ``distance[j]`` is None for a first pick drawn without seeds."""
+    positions in ``task_ids``; ``distance[j]`` is None for a first pick drawn without seeds;
+    ``prior``: the draw prior per task of the ``strategy`` ranked with (empty for a strategy without one)."""
 
     model_version: str
     patterns_version: str
@@ -83,6 +84,8 @@ class SelectionRecord:
     seeds: list[int]
     duplicate_groups: list[list[int]]
     duplicate_threshold: float
+    strategy: str = ""
+    prior: list[float] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -92,6 +95,8 @@ class SelectionRecord:
         task_ids: Sequence[int],
         ranking: Ranking,
         duplicates: DuplicateGroups,
+        strategy: str = "",
+        prior: np.ndarray | None = None,
     ) -> "SelectionRecord":
         return cls(
             model_version=model_version,
@@ -100,6 +105,8 @@ class SelectionRecord:
             **ranking_to_json(ranking),
             duplicate_groups=[[int(i) for i in group] for group in duplicates.groups],
             duplicate_threshold=float(duplicates.threshold),
+            strategy=strategy,
+            prior=[] if prior is None else [float(value) for value in prior],
         )
 
     def ranking(self) -> Ranking:
@@ -110,6 +117,9 @@ class SelectionRecord:
         for position, group in enumerate(self.duplicate_groups):
             group_of[group] = position
         return DuplicateGroups([list(g) for g in self.duplicate_groups], group_of, self.duplicate_threshold)
+
+    def draw_prior(self) -> np.ndarray | None:
+        return np.asarray(self.prior, dtype=np.float64) if self.prior else None
 
     def task_groups(self) -> list[list[int]]:
         """The near-duplicate groups as task ids."""
