@@ -138,12 +138,10 @@ def test_every_job_enqueued_by_its_import_path_names_a_function():
         assert callable(getattr(importlib.import_module(module), name)), path
 
 
-@pytest.mark.slow
-def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webhook(
-    label_studio, redis_connection, redis_url, tmp_path
-):
-    project = label_studio.create_project("deleted tasks")
-    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 4))]
+def ranked_project(label_studio, redis_connection, redis_url, tmp_path, images: int):
+    """A project of ``images`` tasks, their patterns and first ranking done; re-rankings without delay."""
+    project = label_studio.create_project(tmp_path.name)
+    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", images))]
     env = {
         **backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir"),
         "FREESEL_RERANK_INTERVAL": "0",
@@ -151,6 +149,14 @@ def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webh
     services = Services(Settings.from_env(env), redis_connection)
     enqueue_patterns(services, project["id"], tasks)
     run_worker_burst(env)
+    return project, tasks, env, services
+
+
+@pytest.mark.slow
+def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webhook(
+    label_studio, redis_connection, redis_url, tmp_path
+):
+    project, tasks, env, services = ranked_project(label_studio, redis_connection, redis_url, tmp_path, 4)
     assert label_studio.api("DELETE", f"/api/tasks/{tasks[0]}/").status_code == 204
 
     # Label Studio's TASKS_DELETED payload names the tasks by id only
@@ -166,15 +172,7 @@ def test_tasks_deleted_in_label_studio_leave_the_next_ranking_through_their_webh
 def test_a_labelled_task_whose_annotation_count_label_studio_lost_stays_out_of_the_ranking(
     label_studio, redis_connection, redis_url, tmp_path
 ):
-    project = label_studio.create_project("lost annotation counts")
-    tasks = [t["id"] for t in label_studio.upload_images(project["id"], write_noise_images(tmp_path / "img", 5))]
-    env = {
-        **backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir"),
-        "FREESEL_RERANK_INTERVAL": "0",
-    }
-    services = Services(Settings.from_env(env), redis_connection)
-    enqueue_patterns(services, project["id"], tasks)
-    run_worker_burst(env)
+    project, tasks, env, services = ranked_project(label_studio, redis_connection, redis_url, tmp_path, 5)
     kept, unlabelled_again = tasks[0], tasks[1]
     for task_id in (kept, unlabelled_again):
         annotate(label_studio, task_id)
