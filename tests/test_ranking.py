@@ -105,7 +105,8 @@ def test_a_re_ranking_given_the_draw_prior_of_an_earlier_ranking_ranks_as_one_th
 
 
 def test_strategies_without_a_draw_prior_rank_without_one():
-    ranked = rank_tasks(random_patterns(10), set(), {}, 4, head_size=4, strategy="prob", seed=0, duplicate_threshold=0.001)
+    options = {"head_size": 4, "strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
+    ranked = rank_tasks(random_patterns(10), set(), {}, 4, **options)
     assert ranked.strategy == "prob" and ranked.prior is None
 
 

@@ -91,7 +91,8 @@ def test_a_selection_record_gives_back_the_ranking_groups_and_draw_prior_it_was_
     ranking = Ranking(order=np.array([2, 0, 3]), distance=np.array([np.inf, 0.5, 0.25]), n_picked=2, seeds=(1,))
     groups = DuplicateGroups([[0, 3]], np.array([0, -1, -1, 0]), 0.02)
     prior = np.array([1.0, 1 / 3, 0.7, 2e-5])
-    store.save_selection(4, SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups, "typical", prior))
+    record = SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups, "typical", prior)
+    store.save_selection(4, record)
     record = store.get_selection(4)
     again = record.ranking()
     assert again.order.tolist() == [2, 0, 3] and again.distance.tolist() == [np.inf, 0.5, 0.25]
