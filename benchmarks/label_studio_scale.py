@@ -31,10 +31,10 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import redis
 import requests
@@ -51,6 +51,7 @@ from freesel_backend.server.publish import VERSION_PREFIX  # noqa: E402
 from freesel_backend.labelstudio.local import FAST_PREDICTION_IMPORT  # noqa: E402
 from harness.backend import BackendProcesses, backend_env, idle  # noqa: E402
 from harness.label_studio import LabelStudioServer  # noqa: E402
+from harness.postgresql import DEFAULT_HOST, DEFAULT_PORT, postgres_database  # noqa: E402
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 
 LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
@@ -66,53 +67,6 @@ def log(message: str) -> None:
 
 def figure(name: str, value: object) -> None:
     print(f"  {name:<58} {value}", flush=True)
-
-
-# ---------------------------------------------------------------- PostgreSQL
-
-
-def postgres_answers(host: str, port: int) -> bool:
-    return subprocess.run(["pg_isready", "-h", host, "-p", str(port)], capture_output=True).returncode == 0
-
-
-def install_and_start_postgresql() -> None:
-    """Debian's postgresql package and its default cluster, with trust auth on loopback."""
-    log("no PostgreSQL answers: installing Debian's postgresql and starting its cluster")
-    if shutil.which("pg_ctlcluster") is None or not list(Path("/etc/postgresql").glob("*/main")):
-        subprocess.run(["apt-get", "update", "-q"], check=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "postgresql"],
-            check=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    cluster = sorted(Path("/etc/postgresql").glob("*/main"))[-1]
-    hba = cluster / "pg_hba.conf"
-    hba.write_text(
-        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n" + hba.read_text()
-    )
-    subprocess.run(["pg_ctlcluster", cluster.parent.name, "main", "start"], check=False)
-    subprocess.run(["pg_ctlcluster", cluster.parent.name, "main", "reload"], check=True)
-
-
-def psql(host: str, port: int, statement: str) -> None:
-    subprocess.run(
-        ["psql", "-h", host, "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", statement], check=True
-    )
-
-
-@contextmanager
-def postgres_database(host: str, port: int) -> Iterator[dict[str, str]]:
-    """A new database for this run (Label Studio's POSTGRE_* variables), dropped afterwards."""
-    if not postgres_answers(host, port):
-        install_and_start_postgresql()
-    name = f"freesel_scale_{uuid.uuid4().hex[:10]}"
-    psql(host, port, f'CREATE DATABASE "{name}"')
-    log(f"PostgreSQL database {name} at {host}:{port}")
-    try:
-        yield {"DJANGO_DB": "default", "POSTGRE_NAME": name, "POSTGRE_USER": "postgres", "POSTGRE_PASSWORD": "",
-               "POSTGRE_HOST": host, "POSTGRE_PORT": str(port)}
-    finally:
-        psql(host, port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # ---------------------------------------------------------------- counting proxy
@@ -604,6 +558,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
             if args.database == "postgresql"
             else {}
         )
+        if database_env:
+            log(f"PostgreSQL database {database_env['POSTGRE_NAME']} at {args.postgres_host}:{args.postgres_port}")
         log(f"{args.tasks} tasks, Label Studio on {args.database}; {machine()}")
         flags = {FAST_PREDICTION_IMPORT: "true"} if args.fast_prediction_import else {}
         ls = stack.enter_context(
@@ -667,8 +623,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--label-studio", default=os.environ.get("LS_BIN", str(REPO_ROOT / ".venv-ls" / "bin" / "label-studio"))
     )
-    parser.add_argument("--postgres-host", default="127.0.0.1")
-    parser.add_argument("--postgres-port", type=int, default=5432)
+    parser.add_argument("--postgres-host", default=DEFAULT_HOST)
+    parser.add_argument("--postgres-port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
         "--fast-prediction-import", action="store_true",
         help="start Label Studio with its faster prediction import flag on (as docker-compose.yml does)",

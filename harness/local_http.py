@@ -126,7 +126,8 @@ class LocalHttpServer:
 
 class LabelStudioStandIn(LocalHttpServer):
     """Forwards everything to the real Label Studio at ``target``, except while ``failing`` says
-    a request (method, path) should get an HTTP error instead."""
+    a request (method, path) should get an HTTP error instead; ``holding`` says for how many
+    seconds to hold a request before forwarding it (Label Studio busy before it starts)."""
 
     forward_timeout_s = 60.0
 
@@ -135,12 +136,14 @@ class LabelStudioStandIn(LocalHttpServer):
         self.target = target.rstrip("/")
         self.failing: Callable[[str, str], Optional[int]] = lambda method, path: None
         self.failed: list[tuple[str, str, int]] = []
+        self.holding: Callable[[str, str], float] = lambda method, path: 0.0
 
     def _forward(self, request: Request) -> Reply:
         code = self.failing(request.method, request.path)
         if code is not None:
             self.failed.append((request.method, request.path, code))
             return code, {"Content-Type": "text/html"}, b"<h1>Server Error</h1>"
+        time.sleep(self.holding(request.method, request.path))
         skipped = {"host", "content-length", "connection", "accept-encoding"}
         response = requests.request(
             request.method,

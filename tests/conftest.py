@@ -1,9 +1,12 @@
 import os
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
 
 import pytest
 
 from tests.helpers import missing_prerequisite
 from harness.label_studio import LabelStudioServer, label_studio_executable
+from harness.postgresql import postgres_database
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -13,25 +16,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@contextmanager
+def started_label_studio(extra_env: dict[str, str] | None = None) -> Iterator[LabelStudioServer]:
+    """A started Label Studio, stopped afterwards; failing to start is an error in CI (env `CI`
+    set) and a skip elsewhere."""
+    server = None
+    try:
+        startup_s = float(os.environ.get("FREESEL_TEST_LS_STARTUP_TIMEOUT", "180"))  # more on a loaded machine
+        server = LabelStudioServer(label_studio_executable(), startup_timeout=startup_s, extra_env=extra_env).start()
+    except Exception as exc:  # noqa: BLE001 - reported below
+        missing_prerequisite(f"real Label Studio could not be started: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def label_studio():
     """A real Label Studio 1.23.2 (own temp data dir, SQLite) with a Personal Access Token.
 
     Yields a started `harness.label_studio.LabelStudioServer` (url, pat, legacy_token,
-    create_project, upload_images, ...). In CI (env `CI` set) failing to start is an error;
-    locally it skips with the reason.
+    create_project, upload_images, ...).
     """
-    server = None
-    try:
-        startup_s = float(os.environ.get("FREESEL_TEST_LS_STARTUP_TIMEOUT", "180"))  # more on a loaded machine
-        server = LabelStudioServer(label_studio_executable(), startup_timeout=startup_s).start()
-    except Exception as exc:  # noqa: BLE001 - reported below
-        message = f"real Label Studio could not be started: {exc}"
-        missing_prerequisite(message)
-    try:
+    with started_label_studio() as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio_on_postgresql():
+    """The same on PostgreSQL, as teams run it for large projects: a database of its own on the
+    server of `harness.postgresql` (scripts/test.sh makes sure one answers), dropped afterwards."""
+    with ExitStack() as stack:
+        try:
+            database_env = stack.enter_context(postgres_database())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            missing_prerequisite(f"no PostgreSQL database for Label Studio: {exc}")
+        yield stack.enter_context(started_label_studio(database_env))
 
 
 @pytest.fixture(scope="session")

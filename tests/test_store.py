@@ -98,9 +98,10 @@ def test_a_selection_record_gives_back_the_ranking_groups_and_draw_prior_it_was_
     assert again.order.tolist() == [2, 0, 3] and again.distance.tolist() == [np.inf, 0.5, 0.25]
     assert again.n_picked == 2 and again.seeds == (1,)
     assert record.duplicates().group_of.tolist() == [0, -1, -1, 0] and record.task_groups() == [[10, 13]]
-    assert record.strategy == "typical" and np.array_equal(record.draw_prior(), prior)  # exactly, through JSON
+    assert np.array_equal(record.draw_prior("typical"), prior)  # exactly, through JSON
+    assert record.draw_prior("prob") is None  # drawn with another strategy
     store.save_selection(5, SelectionRecord.of("freesel-0001", "p1", [10, 11, 12, 13], ranking, groups, "prob"))
-    assert store.get_selection(5).draw_prior() is None
+    assert store.get_selection(5).draw_prior("prob") is None
     store.save_report(4, "freesel-0001", "<html>")
     assert store.get_report(4, "freesel-0001") == "<html>" and store.get_report(4, "freesel-0002") is None
     store.forget_ranking(4)

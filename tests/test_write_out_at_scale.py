@@ -1,7 +1,7 @@
-"""The write-out at a CI-sized scale (1,000 tasks, tiny model) against a real Label Studio,
-through a forwarding proxy that counts the backend's requests: one FreeSel prediction per task
-at rest, also after a write-out step killed mid-import (and retried) and with every bulk
-import timing out on the client side; the picks at the head of the queue carry their flag;
+"""The write-out at a CI-sized scale (1,000 tasks, tiny model) against a real Label Studio on
+SQLite and on PostgreSQL, through a forwarding proxy that counts the backend's requests: one
+FreeSel prediction per task at rest, also after a write-out step killed mid-import (and retried)
+and with every bulk import timing out on the client side; the picks at the head of the queue carry their flag;
 a re-ranking after a label writes in proportion to how the head changed, not to the pool."""
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ SCALE_ENV = {
     "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT": "0.05",
 }
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
+IMPORT_HELD_S = 3.0
+
+
+def held_import(method: str, path: str) -> float:
+    """Each import waits a while before Label Studio starts it, so that a worker can be killed
+    while one is in flight, however fast Label Studio stores it."""
+    return IMPORT_HELD_S if path.split("?")[0].endswith("/import/predictions") else 0.0
 
 
 def freesel_predictions(ls, project_id: int) -> list[dict]:
@@ -78,18 +85,20 @@ def written(status: dict, after_ranking: int) -> dict | None:
     return status if done else None
 
 
-@pytest.fixture
-def scale_setup(label_studio, redis_connection, redis_url, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def scale_setup(request, label_studio, redis_connection, redis_url, tmp_path):
+    ls = label_studio if request.param == "sqlite" else request.getfixturevalue("label_studio_on_postgresql")
     images = {
         f"/img/{n}.png": content(encoded(noise_image(n, size=(32, 32)), "PNG"), "image/png") for n in range(TASKS)
     }
     with LocalHttpServer(images) as image_host:
-        proxy = LabelStudioStandIn(label_studio.url).start()
-        env = {**backend_env(redis_url, proxy.url, label_studio.pat, tmp_path / "model_dir"), **SCALE_ENV}
+        proxy = LabelStudioStandIn(ls.url).start()
+        proxy.holding = held_import
+        env = {**backend_env(redis_url, proxy.url, ls.pat, tmp_path / "model_dir"), **SCALE_ENV}
         backend = BackendProcesses(env, tmp_path).start(workers=0)
         workers = [start_worker(backend.env, tmp_path / "worker.log")]
         try:
-            yield label_studio, proxy, backend, image_host, workers
+            yield ls, proxy, backend, image_host, workers
         except BaseException:
             print(backend.logs())
             raise

@@ -347,7 +347,7 @@ def earlier_analysis(
     if record is None or record.patterns_version != version or record.task_ids != list(task_ids):
         return None, None
     duplicates = record.duplicates() if record.duplicate_threshold == threshold else None
-    return duplicates, record.draw_prior() if record.strategy == strategy else None
+    return duplicates, record.draw_prior(strategy)
 
 
 def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
@@ -403,7 +403,7 @@ def top_up_picks(project_id: int) -> dict[str, Any]:
         failures_in(target["flags"]),
         settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=ranking.n_picked,
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
-        prior=record.draw_prior() if record.strategy == settings.strategy else None,
+        prior=record.draw_prior(settings.strategy),
     )
     with selection_lock(store, project_id):
         if store.get_target(project_id) != target:

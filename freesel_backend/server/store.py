@@ -118,8 +118,9 @@ class SelectionRecord:
             group_of[group] = position
         return DuplicateGroups([list(g) for g in self.duplicate_groups], group_of, self.duplicate_threshold)
 
-    def draw_prior(self) -> np.ndarray | None:
-        return np.asarray(self.prior, dtype=np.float64) if self.prior else None
+    def draw_prior(self, strategy: str) -> np.ndarray | None:
+        """The draw prior this ranking used, if it drew with ``strategy`` (the prior depends on it)."""
+        return np.asarray(self.prior, dtype=np.float64) if self.prior and self.strategy == strategy else None
 
     def task_groups(self) -> list[list[int]]:
         """The near-duplicate groups as task ids."""
