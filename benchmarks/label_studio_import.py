@@ -1,6 +1,7 @@
 """Seconds Label Studio takes to store one prediction per task, by request size and project size.
 
-Starts a real Label Studio 1.23.2 (SQLite, from .venv-ls) once per setting of its feature flag
+Starts a real Label Studio 1.23.2 (from .venv-ls; on SQLite, or with ``--database postgresql`` on a
+PostgreSQL server, a database of its own, dropped afterwards) once per setting of its feature flag
 ``fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short`` (off: Label Studio's
 default; on: set in its environment). For every batch size: a new project with the product's
 ``label_config.xml`` and N tasks, then one prediction per task as the backend imports them
@@ -8,7 +9,8 @@ default; on: set in its environment). For every batch size: a new project with t
 ``batch`` predictions per request. Prints, per flag and batch size, the seconds per request
 (first, median, last) and in all, and milliseconds per prediction. Asserts nothing.
 
-    .venv/bin/python benchmarks/label_studio_import.py [--tasks 20000] [--batches 500 2500 5000]
+    .venv/bin/python benchmarks/label_studio_import.py [--tasks 20000] [--batches 500 2500 5000] \
+        [--database sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +27,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from freesel_backend.labelstudio.local import FAST_PREDICTION_IMPORT  # noqa: E402
 from harness.label_studio import LabelStudioServer, label_studio_executable  # noqa: E402
+from harness.postgresql import postgres_database  # noqa: E402
 
 LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
 TASK_IMPORT_BATCH = 5000
@@ -55,15 +59,18 @@ def import_seconds(ls: LabelStudioServer, project_id: int, task_ids: list[int], 
     return seconds
 
 
-def run(tasks: int, batches: list[int], flag_on: bool) -> None:
-    extra_env = {FAST_PREDICTION_IMPORT: "true"} if flag_on else {}
-    with LabelStudioServer(label_studio_executable(), extra_env=extra_env) as ls:
+def run(tasks: int, batches: list[int], flag_on: bool, database: str) -> None:
+    with ExitStack() as stack:
+        extra_env = stack.enter_context(postgres_database()) if database == "postgresql" else {}
+        if flag_on:
+            extra_env[FAST_PREDICTION_IMPORT] = "true"
+        ls = stack.enter_context(LabelStudioServer(label_studio_executable(), extra_env=extra_env, startup_timeout=600))
         for batch in batches:
             project_id, task_ids = new_project(ls, tasks, f"import {batch} flag {flag_on}")
             seconds = import_seconds(ls, project_id, task_ids, batch)
             total = sum(seconds)
             print(
-                f"flag {'on ' if flag_on else 'off'} | {tasks:>6} tasks | batch {batch:>5} | {len(seconds):>3} requests"
+                f"{database} | flag {'on ' if flag_on else 'off'} | {tasks:>6} tasks | batch {batch:>5} | {len(seconds):>3} requests"
                 f" | per request first {seconds[0]:6.2f} s, median {statistics.median(seconds):6.2f} s,"
                 f" last {seconds[-1]:6.2f} s | all {total:7.1f} s | {1000 * total / tasks:5.2f} ms/prediction",
                 flush=True,
@@ -75,9 +82,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--batches", type=int, nargs="+", default=[500, 2500, 5000])
     parser.add_argument("--flag", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
     for flag_on in {"off": [False], "on": [True], "both": [False, True]}[args.flag]:
-        run(args.tasks, args.batches, flag_on)
+        run(args.tasks, args.batches, flag_on, args.database)
 
 
 if __name__ == "__main__":

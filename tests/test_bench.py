@@ -20,6 +20,16 @@ def test_bench_smoke_run_prints_one_line_per_selection_target(capsys: pytest.Cap
     assert "numpy BLAS openblas" in printed  # the kernel numpy's float32 products run on
 
 
+def test_the_first_ranking_target_times_both_precisions_of_the_near_duplicate_search(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench.main(["--smoke", "--only", "ranking"])
+    printed = capsys.readouterr().out
+    assert "N=   300 K=1 typical" in printed and "N=   300 K=5     fds" in printed
+    assert printed.count("through bfloat16") == 2 and printed.count("float32") >= 2
+    assert "first ranking of 300 tasks (K=1, typical, 300 picks)" in printed
+
+
 def test_the_blas_line_says_when_the_environment_chose_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     assert "set by the environment: OPENBLAS_CORETYPE=Haswell" in bench.numpy_blas()

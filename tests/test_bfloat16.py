@@ -102,6 +102,25 @@ def test_nearest_similarity_is_exact_whether_through_candidates_or_float32(
     assert np.allclose(nearest, exact_nearest(rows, queries), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_distance", [0.0, 0.001, 0.02, 0.3])
+@pytest.mark.parametrize("dense_share", [1.0, 0.0])
+def test_pairs_within_a_distance_are_exactly_those_of_the_float64_product(
+    monkeypatch: pytest.MonkeyPatch, max_distance: float, dense_share: float
+) -> None:
+    """Through candidates (every block sparse) or through whole exact blocks (every block dense)."""
+    monkeypatch.setattr(bfloat16, "DENSE_CANDIDATES", dense_share)
+    rows, queries = hard_cases(384, seed=5)
+    pairs = np.concatenate([
+        np.stack(found, axis=1) for found in Bfloat16Rows(rows, 50 * len(queries)).pairs_within(queries, max_distance)
+    ])
+    distance = 1.0 - rows.astype(np.float64) @ queries.astype(np.float64).T
+    clear = np.abs(distance - max_distance) > 1e-6  # float32 cannot decide closer to the limit
+    found = np.zeros(distance.shape, dtype=bool)
+    found[pairs[:, 0], pairs[:, 1]] = True
+    assert len(np.unique(pairs, axis=0)) == len(pairs)
+    assert np.array_equal(found[clear], (distance < max_distance)[clear])
+
+
 def test_near_ties_that_bfloat16_cannot_tell_apart_are_settled_exactly() -> None:
     rng = np.random.default_rng(4)
     row = unit(rng.normal(size=(1, 384)))

@@ -71,6 +71,26 @@ def test_the_search_in_small_blocks_finds_the_same_groups(monkeypatch: pytest.Mo
     assert find_near_duplicates(patterns, 0.02).groups == expected.groups == [[0, 40], [5, 41, 42, 43], [39, 44]]
 
 
+@pytest.mark.parametrize("threshold", [0.001, 0.02])
+def test_the_bfloat16_search_finds_the_same_groups_as_the_float32_one(
+    monkeypatch: pytest.MonkeyPatch, threshold: float
+) -> None:
+    rng = np.random.default_rng(7)
+    patterns = random_patterns(300, k=3, dim=64, seed=7)
+    # Copies on both sides of either threshold, where bfloat16 rounding alone cannot decide: a
+    # jitter of s per component moves a 64-dimensional unit pattern by a cosine distance ~32 s^2.
+    distances = [0.0, 2e-4, 8e-4, 1.2e-3, 5e-3, 1.5e-2, 2.5e-2, 6e-2] * 4
+    for original, distance in enumerate(distances):
+        patterns.append(jittered(patterns[original], np.sqrt(distance / 32), rng))
+    monkeypatch.setattr(duplicates, "BFLOAT16_BLOCK_ELEMENTS", 4096)  # several blocks
+    monkeypatch.setattr(duplicates, "native_bfloat16", lambda: True)
+    through_bfloat16 = find_near_duplicates(patterns, threshold)
+    monkeypatch.setattr(duplicates, "native_bfloat16", lambda: False)
+    in_float32 = find_near_duplicates(patterns, threshold)
+    assert through_bfloat16.groups == in_float32.groups
+    assert 0 < through_bfloat16.n_flagged < len(distances)
+
+
 @pytest.mark.slow
 def test_identical_images_get_identical_patterns_wherever_they_sit_in_a_batch() -> None:
     scenes = [scene_image(seed, size=(64, 64)) for seed in range(6)]

@@ -22,6 +22,8 @@ of candidates for the exact nearest similarity.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -71,6 +73,9 @@ def row_blocks(n_rows: int, n_queries: int, block_elements: int) -> list[slice]:
 # Similarities from which an exact product goes through bfloat16 candidates: below it the
 # candidate search costs more than it saves.
 CANDIDATES_MIN_PRODUCT = 2**18
+# Share of a block's pairs above which :meth:`Bfloat16Rows.pairs_within` multiplies the block
+# exactly: gathering that many candidates one by one costs more than the whole product.
+DENSE_CANDIDATES = 1 / 64
 
 
 class Bfloat16Rows:
@@ -118,6 +123,31 @@ class Bfloat16Rows:
             self._nearest_from_candidates(rows[block], queries, transposed, query_rounding)
             for block in row_blocks(len(rows), len(queries), self.block_elements)
         ])
+
+    def pairs_within(self, queries: np.ndarray, max_distance: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Block by block of rows, the (row, query) index pairs whose exact float32 cosine distance
+        is below ``max_distance``: the bfloat16 product leaves the pairs that may be (within its
+        error), whose similarities are then computed exactly. A block where candidates abound (many
+        rows near many queries) is multiplied exactly as a whole instead."""
+        transposed, query_rounding = _transposed_queries(queries)
+        exact_queries = torch.from_numpy(queries)
+        for block in row_blocks(len(self.rows), len(queries), self.block_elements):
+            products = self._products_of(self.rows[block], transposed)
+            constant = constant_error(self.row_rounding[block], query_rounding, self.dim)
+            # Exact a.q - 1 > -max_distance for the pair to count.
+            lowest = _lowest_candidate(np.full(len(constant), -max_distance, np.float32), constant)
+            is_candidate = np.less_equal(
+                _ordered_bits(products), _ordered_bits(_negative_bfloat16_below(lowest))[:, None]
+            )
+            row, column = np.divmod(np.flatnonzero(is_candidate), products.shape[1])
+            if len(row) > products.numel() * DENSE_CANDIDATES:
+                distance = 1.0 - (self.exact_rows[block] @ exact_queries.T).numpy()
+                row, column = np.nonzero(distance < max_distance)
+            else:
+                exact_rows = self.exact_rows.numpy()[block]
+                near = 1.0 - np.einsum("ij,ij->i", exact_rows[row], queries[column]) < max_distance
+                row, column = row[near], column[near]
+            yield row + block.start, column
 
     def _nearest_from_candidates(
         self, rows: np.ndarray, queries: np.ndarray, transposed: torch.Tensor, query_rounding: float

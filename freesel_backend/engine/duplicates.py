@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from .bfloat16 import Bfloat16Rows, native_bfloat16
 from .selection import PatternPool
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.001
 # Cap on the float32 elements of one similarity block (64 MiB): N = 20k images with K = 5
 # patterns (100k patterns) run as blocks of ~160 anchors.
 BLOCK_ELEMENTS = 16 * 1024 * 1024
+# Products per block through bfloat16 (16 MiB): at 50,000 images 2**23 ran 1.5x faster than 2**21
+# (a product of few rows by many queries runs below the CPU's speed).
+BFLOAT16_BLOCK_ELEMENTS = 2**23
 
 
 @dataclass(frozen=True)
@@ -80,22 +84,30 @@ def _candidate_pairs(pool: PatternPool, threshold: float) -> np.ndarray:
     A necessary condition for near-duplicates, from one (N, P) product done in row blocks.
     """
     anchors = pool.matrix[pool.starts]
-    n_patterns = len(pool.matrix)
-    block = max(1, BLOCK_ELEMENTS // n_patterns)
-    near: list[np.ndarray] = []
-    for start in range(0, pool.n_images, block):
-        similarity = anchors[start : start + block] @ pool.matrix.T
-        nearest_per_image = 1.0 - np.maximum.reduceat(similarity, pool.starts, axis=1)
-        rows, columns = np.nonzero(nearest_per_image < threshold)
-        near.append(np.stack([rows + start, columns], axis=1))
-    directed = np.concatenate(near) if near else np.zeros((0, 2), np.int64)
-    directed = directed[directed[:, 0] != directed[:, 1]]
-    # Both directions must hold: keep (a, b) with a < b when (b, a) is also present.
     n = pool.n_images
-    forward = directed[directed[:, 0] < directed[:, 1]]
-    backward = directed[directed[:, 0] > directed[:, 1]]
-    mutual = np.isin(forward[:, 0] * n + forward[:, 1], backward[:, 1] * n + backward[:, 0])
-    return forward[mutual].astype(np.int64)
+    # Pairs as a * n + b, each once although several patterns of b may lie near a's anchor.
+    directed = np.unique(np.concatenate([
+        anchor * n + pool.owner[pattern] for anchor, pattern in _near_patterns(anchors, pool.matrix, threshold)
+    ] or [np.zeros(0, np.int64)]))
+    first, second = np.divmod(directed, n)
+    # Both directions must hold: keep (a, b) with a < b when (b, a) is also present.
+    forward = first < second
+    mutual = np.isin(directed[forward], second[first > second] * n + first[first > second])
+    forward_pairs = np.stack([first[forward], second[forward]], axis=1)
+    return forward_pairs[mutual].astype(np.int64)
+
+
+def _near_patterns(anchors: np.ndarray, patterns: np.ndarray, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Block by block of ``anchors``, the (anchor, pattern) index pairs within ``threshold``
+    cosine distance: through bfloat16 products where the CPU multiplies them natively (about 5x
+    faster; pairs near the threshold are then checked exactly), float32 products otherwise."""
+    if native_bfloat16():
+        yield from Bfloat16Rows(anchors, BFLOAT16_BLOCK_ELEMENTS).pairs_within(patterns, threshold)
+        return
+    block = max(1, BLOCK_ELEMENTS // len(patterns))
+    for start in range(0, len(anchors), block):
+        anchor, pattern = np.nonzero(1.0 - anchors[start : start + block] @ patterns.T < threshold)
+        yield anchor + start, pattern
 
 
 def _confirmed_pairs(pool: PatternPool, candidates: np.ndarray, threshold: float) -> np.ndarray:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+# Distances held at once while assigning points to centroids (float32: 4 MiB).
+ASSIGN_BLOCK_ELEMENTS = 2**20
+
 
 def batched_kmeans(
     points: torch.Tensor,
@@ -72,12 +75,18 @@ def _sample_rows(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 
 def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    squared = (
-        points.square().sum(-1, keepdim=True)
-        - 2 * points @ centroids.transpose(1, 2)
-        + centroids.square().sum(-1).unsqueeze(1)
-    )
-    return squared.argmin(dim=-1)
+    """The nearest centroid of every point: argmin of ``|c|^2 - 2 p.c`` (``|p|^2`` is the same for
+    all of a point's centroids), one fused product per block of points. Blocks keep the (points x
+    centroids) temporary in cache: clustering tens of thousands of points into thousands of
+    clusters is otherwise bound by memory traffic, not arithmetic."""
+    batch, n_points, _ = points.shape
+    offsets = centroids.square().sum(-1).unsqueeze(1)
+    transposed = centroids.transpose(1, 2)
+    rows = max(1, ASSIGN_BLOCK_ELEMENTS // max(1, batch * centroids.shape[1]))
+    return torch.cat([
+        torch.baddbmm(offsets, points[:, start : start + rows], transposed, alpha=-2).argmin(dim=-1)
+        for start in range(0, n_points, rows)
+    ], dim=1)
 
 
 def _flat_clusters(assignment: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:

@@ -51,9 +51,11 @@ LEGACY_RANK_FIELD = "freesel_rank"  # written by earlier versions: removed with 
 PICK_FLAG = "FreeSel pick"
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 VERSION_PREFIX = "freesel-"
-# Label Studio recounts the predictions of every predicted task of the project after each import
-# request (its default import), so fewer, larger requests cost less: 20,000 in one take ~24 s.
-IMPORT_BATCH = 20000
+# Label Studio recounts the predictions of every task of the project after each import request
+# (its default import), so fewer, larger requests cost less: at 50,000 tasks on PostgreSQL one
+# request of 50,000 took 65 s, three of 20,000 took 157 s (docs/scale.md). One request of 50,000
+# still ends within the default write timeout (FREESEL_LABEL_STUDIO_WRITE_TIMEOUT, 120 s).
+IMPORT_BATCH = 50000
 TASK_DATA_BATCH = 100
 DELETE_BATCH = 50
 # Scores closer than this cannot be told apart reliably: a full import renormalises them.
