@@ -61,7 +61,7 @@ def import_seconds(ls: LabelStudioServer, project_id: int, task_ids: list[int], 
 
 def run(tasks: int, batches: list[int], flag_on: bool, database: str) -> None:
     with ExitStack() as stack:
-        extra_env = stack.enter_context(postgres_database()) if database == "postgresql" else {}
+        extra_env = dict(stack.enter_context(postgres_database())) if database == "postgresql" else {}
         if flag_on:
             extra_env[FAST_PREDICTION_IMPORT] = "true"
         ls = stack.enter_context(LabelStudioServer(label_studio_executable(), extra_env=extra_env, startup_timeout=600))
@@ -70,7 +70,8 @@ def run(tasks: int, batches: list[int], flag_on: bool, database: str) -> None:
             seconds = import_seconds(ls, project_id, task_ids, batch)
             total = sum(seconds)
             print(
-                f"{database} | flag {'on ' if flag_on else 'off'} | {tasks:>6} tasks | batch {batch:>5} | {len(seconds):>3} requests"
+                f"{database} | flag {'on ' if flag_on else 'off'} | {tasks:>6} tasks | batch {batch:>5}"
+                f" | {len(seconds):>3} requests"
                 f" | per request first {seconds[0]:6.2f} s, median {statistics.median(seconds):6.2f} s,"
                 f" last {seconds[-1]:6.2f} s | all {total:7.1f} s | {1000 * total / tasks:5.2f} ms/prediction",
                 flush=True,

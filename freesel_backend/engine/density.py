@@ -99,7 +99,6 @@ def cluster_representatives(
     from every cluster holding no ``covered`` image (seeds), largest cluster first, the image
     nearest its centroid (the lowest index among equally near ones). Fewer than ``n_clusters``
     come back when clusters are covered or empty."""
-
     n_clusters = min(n_clusters, len(descriptors))
     if n_clusters < 1:
         return np.zeros(0, dtype=np.int64)

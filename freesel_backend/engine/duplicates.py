@@ -97,7 +97,9 @@ def _candidate_pairs(pool: PatternPool, threshold: float) -> np.ndarray:
     return forward_pairs[mutual].astype(np.int64)
 
 
-def _near_patterns(anchors: np.ndarray, patterns: np.ndarray, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _near_patterns(
+    anchors: np.ndarray, patterns: np.ndarray, threshold: float
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Block by block of ``anchors``, the (anchor, pattern) index pairs within ``threshold``
     cosine distance: through bfloat16 products where the CPU multiplies them natively (about 5x
     faster; pairs near the threshold are then checked exactly), float32 products otherwise."""
