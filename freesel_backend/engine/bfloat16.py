@@ -135,11 +135,8 @@ class Bfloat16Rows:
             products = self._products_of(self.rows[block], transposed)
             constant = constant_error(self.row_rounding[block], query_rounding, self.dim)
             # Exact a.q - 1 > -max_distance for the pair to count.
-            lowest = _lowest_candidate(np.full(len(constant), -max_distance, np.float32), constant)
-            is_candidate = np.less_equal(
-                _ordered_bits(products), _ordered_bits(_negative_bfloat16_below(lowest))[:, None]
-            )
-            row, column = np.divmod(np.flatnonzero(is_candidate), products.shape[1])
+            within = np.full(len(constant), -max_distance, np.float32)
+            row, column = _at_least(products, _lowest_candidate(within, constant))
             if len(row) > products.numel() * DENSE_CANDIDATES:
                 distance = 1.0 - (self.exact_rows[block] @ exact_queries.T).numpy()
                 row, column = np.nonzero(distance < max_distance)
@@ -158,12 +155,7 @@ class Bfloat16Rows:
         products = self._products_of(torch.index_select(self.rows, 0, torch.from_numpy(rows)), transposed)
         largest = products.amax(dim=1).float().numpy()
         constant = constant_error(self.row_rounding[rows], query_rounding, self.dim)
-        lowest_candidate = _lowest_candidate(largest - constant - result_error(largest), constant)
-        is_candidate = np.less_equal(
-            _ordered_bits(products), _ordered_bits(_negative_bfloat16_below(lowest_candidate))[:, None]
-        )
-        # numpy's flatnonzero finds the few candidates ~3x faster than torch.nonzero (measured).
-        row, column = np.divmod(np.flatnonzero(is_candidate), products.shape[1])
+        row, column = _at_least(products, _lowest_candidate(largest - constant - result_error(largest), constant))
         exact = np.einsum("ij,ij->i", self.exact_rows.numpy()[rows[row]], queries[column])
         # The candidates come row by row, and every row has one (its largest).
         return np.maximum.reduceat(exact, np.flatnonzero(np.diff(row, prepend=-1)))
@@ -196,6 +188,14 @@ def _transposed_queries(queries: np.ndarray) -> tuple[torch.Tensor, float]:
     of rows; and the largest distance from a query to its bfloat16 copy."""
     augmented, rounding = augmented_bfloat16(queries, last=-1.0)
     return augmented.T, float(rounding.max(initial=0.0))
+
+
+def _at_least(products: torch.Tensor, lowest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of the ``products`` that are at least their row's ``lowest`` (a product may
+    exceed it by its rounding: compared against the next bfloat16 below), row by row."""
+    is_candidate = np.less_equal(_ordered_bits(products), _ordered_bits(_negative_bfloat16_below(lowest))[:, None])
+    # numpy's flatnonzero finds the few candidates ~3x faster than torch.nonzero (measured).
+    return np.divmod(np.flatnonzero(is_candidate), products.shape[1])
 
 
 def _lowest_candidate(target: np.ndarray, constant: np.ndarray) -> np.ndarray:
