@@ -21,9 +21,9 @@ import redis
 import torch
 
 from freesel_backend.cli.samples import write_scenes
-from freesel_backend.engine import PatternExtractor, duplicates, select
+from freesel_backend.engine import PatternExtractor, select
 from freesel_backend.engine.bfloat16 import native_bfloat16
-from freesel_backend.engine.duplicates import DEFAULT_DUPLICATE_THRESHOLD
+from freesel_backend.engine.duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_near_duplicates
 from freesel_backend.engine.ranking import rank_tasks
 from freesel_backend.server.redis_server import RedisServer
 from freesel_backend.server.store import encode_patterns
@@ -469,8 +469,10 @@ def bench_first_ranking(scale: str) -> list[Result]:
                 duplicate_threshold=DEFAULT_DUPLICATE_THRESHOLD,
             ))
             by_precision = {
-                name: timed(lambda: near_duplicates_in(list(patterns.values()), bfloat16=on))
-                for name, on in (("bfloat16", True), ("float32", False))
+                name: timed(lambda: find_near_duplicates(
+                    list(patterns.values()), DEFAULT_DUPLICATE_THRESHOLD, bfloat16=name == "bfloat16"
+                ))
+                for name in ("bfloat16", "float32")
             }
             rows.append(
                 f"  N={n_images:>6,} K={k} {strategy:>7}: ranking {seconds:6.1f} s; near-duplicates through bfloat16 "
@@ -486,16 +488,6 @@ def bench_first_ranking(scale: str) -> list[Result]:
     native = "natively" if native_bfloat16() else "emulated: no faster than float32 here"
     print(f"A project's first ranking (semantic synthetic patterns; bfloat16 {native}):", *rows, sep="\n")
     return results
-
-
-def near_duplicates_in(patterns: list[np.ndarray], *, bfloat16: bool) -> None:
-    """The near-duplicate search with its bfloat16 path forced on or off."""
-    native = duplicates.native_bfloat16
-    duplicates.native_bfloat16 = lambda: bfloat16
-    try:
-        duplicates.find_near_duplicates(patterns, DEFAULT_DUPLICATE_THRESHOLD)
-    finally:
-        duplicates.native_bfloat16 = native
 
 
 TARGETS: dict[str, Callable[[str], list[Result]]] = {

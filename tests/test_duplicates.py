@@ -83,10 +83,8 @@ def test_the_bfloat16_search_finds_the_same_groups_as_the_float32_one(
     for original, distance in enumerate(distances):
         patterns.append(jittered(patterns[original], np.sqrt(distance / 32), rng))
     monkeypatch.setattr(duplicates, "BFLOAT16_BLOCK_ELEMENTS", 4096)  # several blocks
-    monkeypatch.setattr(duplicates, "native_bfloat16", lambda: True)
-    through_bfloat16 = find_near_duplicates(patterns, threshold)
-    monkeypatch.setattr(duplicates, "native_bfloat16", lambda: False)
-    in_float32 = find_near_duplicates(patterns, threshold)
+    through_bfloat16 = find_near_duplicates(patterns, threshold, bfloat16=True)
+    in_float32 = find_near_duplicates(patterns, threshold, bfloat16=False)
     assert through_bfloat16.groups == in_float32.groups
     assert 0 < through_bfloat16.n_flagged < len(distances)
 

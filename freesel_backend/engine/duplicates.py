@@ -58,13 +58,15 @@ class DuplicateGroups:
 
 
 def find_near_duplicates(
-    patterns: Sequence[np.ndarray], threshold: float = DEFAULT_DUPLICATE_THRESHOLD
+    patterns: Sequence[np.ndarray], threshold: float = DEFAULT_DUPLICATE_THRESHOLD, *, bfloat16: bool | None = None
 ) -> DuplicateGroups:
-    """Group images whose patterns all lie within ``threshold`` cosine distance of each other's."""
+    """Group images whose patterns all lie within ``threshold`` cosine distance of each other's.
+    ``bfloat16``: search the candidates through bfloat16 products (None: where the CPU multiplies
+    them natively); the groups are the same either way."""
     if not 0.0 <= threshold < 2.0:
         raise ValueError(f"duplicate threshold is a cosine distance in [0, 2), got {threshold}")
     pool = PatternPool(patterns)
-    candidates = _candidate_pairs(pool, threshold)
+    candidates = _candidate_pairs(pool, threshold, native_bfloat16() if bfloat16 is None else bfloat16)
     pairs = _confirmed_pairs(pool, candidates, threshold)
     groups = _pairwise_groups(pool.n_images, pairs)
     group_of = np.full(pool.n_images, -1, dtype=np.int64)
@@ -78,7 +80,7 @@ def find_near_duplicates(
     return DuplicateGroups(groups=groups, group_of=group_of, threshold=threshold)
 
 
-def _candidate_pairs(pool: PatternPool, threshold: float) -> np.ndarray:
+def _candidate_pairs(pool: PatternPool, threshold: float, bfloat16: bool) -> np.ndarray:
     """(a, b) pairs, a < b, where each image's first pattern lies near some pattern of the other.
 
     A necessary condition for near-duplicates, from one (N, P) product done in row blocks.
@@ -86,9 +88,10 @@ def _candidate_pairs(pool: PatternPool, threshold: float) -> np.ndarray:
     anchors = pool.matrix[pool.starts]
     n = pool.n_images
     # Pairs as a * n + b, each once although several patterns of b may lie near a's anchor.
-    directed = np.unique(np.concatenate([
-        anchor * n + pool.owner[pattern] for anchor, pattern in _near_patterns(anchors, pool.matrix, threshold)
-    ] or [np.zeros(0, np.int64)]))
+    near = _near_patterns(anchors, pool.matrix, threshold, bfloat16)
+    directed = np.unique(np.concatenate([anchor * n + pool.owner[pattern] for anchor, pattern in near] or [
+        np.zeros(0, np.int64)
+    ]))
     first, second = np.divmod(directed, n)
     # Both directions must hold: keep (a, b) with a < b when (b, a) is also present.
     forward = first < second
@@ -98,12 +101,12 @@ def _candidate_pairs(pool: PatternPool, threshold: float) -> np.ndarray:
 
 
 def _near_patterns(
-    anchors: np.ndarray, patterns: np.ndarray, threshold: float
+    anchors: np.ndarray, patterns: np.ndarray, threshold: float, bfloat16: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Block by block of ``anchors``, the (anchor, pattern) index pairs within ``threshold``
-    cosine distance: through bfloat16 products where the CPU multiplies them natively (about 5x
-    faster; pairs near the threshold are then checked exactly), float32 products otherwise."""
-    if native_bfloat16():
+    cosine distance: through ``bfloat16`` products (about 5x faster where the CPU multiplies them
+    natively; pairs near the threshold are then checked exactly), or float32 products."""
+    if bfloat16:
         yield from Bfloat16Rows(anchors, BFLOAT16_BLOCK_ELEMENTS).pairs_within(patterns, threshold)
         return
     block = max(1, BLOCK_ELEMENTS // len(patterns))
