@@ -476,9 +476,7 @@ def phase_restart(run: Run, log_root: Path) -> None:
     log(f"changing the strategy (a full re-ranking), SIGTERM after {args.kill_after_imports} prediction imports")
     # Through FreeSel's settings route: the change applies at once, whether or not Label Studio
     # calls /setup after a change of the backend's extra params.
-    changed = requests.patch(
-        f"{backend.url}/freesel/projects/{run.project_id}/settings", json={"strategy": "fds"}, timeout=60
-    )
+    changed = backend.admin("PATCH", run.project_id, "settings", json={"strategy": "fds"})
     changed.raise_for_status()
     deadline = time.time() + args.kill_timeout
     while (

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from freesel_backend.cli.samples import scene_image  # noqa: E402
 from freesel_backend.server.redis_server import RedisServer, free_port  # noqa: E402
-from harness.backend import backend_env, idle, wait_for  # noqa: E402
+from harness.backend import backend_env, credentials, idle, wait_for  # noqa: E402
 from harness.label_studio import LabelStudioServer, label_studio_executable  # noqa: E402
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
 from harness.local_http import encoded  # noqa: E402
@@ -65,8 +65,8 @@ def _up(url: str) -> bool:
         return False
 
 
-def status(url: str, project_id: int) -> dict[str, Any]:
-    return requests.get(f"{url}/freesel/projects/{project_id}/status", timeout=60).json()
+def status(url: str, project_id: int, env: dict[str, str]) -> dict[str, Any]:
+    return requests.get(f"{url}/freesel/projects/{project_id}/status", timeout=60, **credentials(env)).json()
 
 
 def prediction_rows(ls: LabelStudioServer, project_id: int) -> tuple[int, int]:
@@ -81,8 +81,8 @@ def prediction_rows(ls: LabelStudioServer, project_id: int) -> tuple[int, int]:
     return len(rows), sum(count > 1 for count in per_task.values())
 
 
-def settled_after(url: str, project_id: int, since: float) -> bool:
-    answer = status(url, project_id)
+def settled_after(url: str, project_id: int, since: float, env: dict[str, str]) -> bool:
+    answer = status(url, project_id, env)
     last = answer.get("last_selection_at")
     import datetime
 
@@ -101,7 +101,7 @@ def measure(
         ls.import_tasks(pid, [{"image": f"{image_host}/img/{n}.png"} for n in range(tasks)])
         started = time.time()
         ls.api("POST", "/api/ml", json={"url": url, "project": pid, "title": "FreeSel"}).raise_for_status()
-        wait_for(lambda: settled_after(url, pid, started), 3600, "the first ranking", interval_s=2)
+        wait_for(lambda: settled_after(url, pid, started, env), 3600, "the first ranking", interval_s=2)
         result: dict[str, Any] = {
             "tree": str(tree),
             "tasks": tasks,
@@ -115,7 +115,7 @@ def measure(
             served = ls.api("GET", f"/api/projects/{pid}/next").json()
             sent, since = len(proxy.requests), time.time()
             annotate(ls, served["id"])
-            wait_for(lambda: settled_after(url, pid, since), 3600, "the re-ranking", interval_s=1)
+            wait_for(lambda: settled_after(url, pid, since, env), 3600, "the re-ranking", interval_s=1)
             made = proxy.requests[sent:]
             rows, duplicated = prediction_rows(ls, pid)
             result["rerankings"].append(

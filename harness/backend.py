@@ -93,15 +93,29 @@ class BackendProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+    def admin(self, method: str, project_id: int, action: str, **kwargs: Any) -> requests.Response:
+        """A call of a project route with the credential the CLI would send: the backend's basic auth
+        where it has one, else its Label Studio token."""
+        return requests.request(method, f"{self.url}/freesel/projects/{project_id}/{action}",
+                                timeout=kwargs.pop("timeout", 60), **credentials(self.env), **kwargs)
+
     def status(self, project_id: int) -> dict[str, Any]:
-        response = requests.get(f"{self.url}/freesel/projects/{project_id}/status", timeout=30)
+        response = self.admin("GET", project_id, "status")
         response.raise_for_status()
         return response.json()
 
     def post(self, project_id: int, action: str) -> dict[str, Any]:
-        response = requests.post(f"{self.url}/freesel/projects/{project_id}/{action}", timeout=60)
+        response = self.admin("POST", project_id, action)
         response.raise_for_status()
         return response.json()
+
+
+def credentials(env: dict[str, str]) -> dict[str, Any]:
+    """``requests`` keyword arguments for the project routes of a backend started with ``env``."""
+    from freesel_backend.cli.backend_client import BackendClient
+
+    basic_auth = (env["BASIC_AUTH_USER"], env.get("BASIC_AUTH_PASS", "")) if env.get("BASIC_AUTH_USER") else None
+    return BackendClient("", env.get("LABEL_STUDIO_API_KEY", ""), basic_auth).credentials()
 
 
 def _healthy(url: str) -> bool:

@@ -90,7 +90,7 @@ def test_one_member_of_each_group_is_picked_and_the_other_is_flagged_as_its_near
 
 
 def report(backend: BackendProcesses, project_id: int) -> requests.Response:
-    return requests.get(f"{backend.url}/freesel/projects/{project_id}/report", timeout=60)
+    return backend.admin("GET", project_id, "report")
 
 
 def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_the_next_selection(

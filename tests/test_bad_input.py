@@ -162,19 +162,21 @@ def test_tasks_of_a_project_that_does_not_exist_are_dropped_its_status_and_enabl
     label_studio, redis_connection, redis_url, tmp_path
 ):
     env = backend_env(redis_url, label_studio.url, label_studio.pat, tmp_path / "model_dir")
+    env.update(BASIC_AUTH_USER="operator", BASIC_AUTH_PASS="pw")  # the operator's credential sees every project
     backend = BackendProcesses(env, tmp_path).start(workers=0)
     try:
         missing = 987654
         response = requests.post(
-            f"{backend.url}/predict", json={"project": f"{missing}.1", "tasks": [{"id": 1}, {"id": 2}]}, timeout=30
+            f"{backend.url}/predict", json={"project": f"{missing}.1", "tasks": [{"id": 1}, {"id": 2}]},
+            auth=("operator", "pw"), timeout=30,
         )
         assert response.status_code == 200
         run_worker_burst(env)
-        status = requests.get(f"{backend.url}/freesel/projects/{missing}/status", timeout=30)
-        unknown = requests.get(f"{backend.url}/freesel/projects/123456/status", timeout=30)
-        enable = requests.post(f"{backend.url}/freesel/projects/123456/enable", json={}, timeout=30)
-        settings = requests.patch(f"{backend.url}/freesel/projects/123456/settings", json={"budget": 5}, timeout=30)
-        still_unknown = requests.get(f"{backend.url}/freesel/projects/123456/status", timeout=30)
+        status = backend.admin("GET", missing, "status")
+        unknown = backend.admin("GET", 123456, "status")
+        enable = backend.admin("POST", 123456, "enable", json={})
+        settings = backend.admin("PATCH", 123456, "settings", json={"budget": 5})
+        still_unknown = backend.admin("GET", 123456, "status")
     finally:
         backend.stop()
     assert status.status_code == 200 and status.json()["tasks"] == 0 and status.json()["failed"] == 0

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 import freesel_backend
@@ -165,7 +164,7 @@ def test_a_later_task_setting_switches_the_preset_and_recomputes_the_patterns(la
     classification_model_version = ls.api("GET", f"/api/projects/{pid}/").json()["model_version"]
 
     changed = time.time()
-    response = requests.patch(f"{backend.url}/freesel/projects/{pid}/settings", json={"task": "detection"}, timeout=60)
+    response = backend.admin("PATCH", pid, "settings", json={"task": "detection"})
     assert response.status_code == 200, response.text
     after = settled(backend, pid, changed)
     detection = freesel_backend.preset("detection")

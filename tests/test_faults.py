@@ -16,7 +16,6 @@ from collections import Counter
 
 import numpy as np
 import redis
-import requests
 
 from freesel_backend.server.settings import Settings
 from freesel_backend.server.enqueue import enqueue_patterns
@@ -61,7 +60,7 @@ def one_prediction_per_task(ls, project_id: int) -> dict[int, int]:
 
 
 def status_if_known(backend: BackendProcesses, project_id: int) -> dict | None:
-    response = requests.get(f"{backend.url}/freesel/projects/{project_id}/status", timeout=30)
+    response = backend.admin("GET", project_id, "status", timeout=30)
     return response.json() if response.status_code == 200 else None
 
 

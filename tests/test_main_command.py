@@ -20,7 +20,7 @@ import redis
 import requests
 
 from freesel_backend.server.redis_server import free_port
-from harness.backend import REPO_ROOT, backend_env, wait_for
+from harness.backend import REPO_ROOT, backend_env, credentials, wait_for
 from harness.label_studio import LABEL_CONFIG
 from tests.test_end_to_end import current_ranking, write_group
 
@@ -353,7 +353,8 @@ def test_stopping_the_main_command_ends_every_process_and_redis_data_survives_a_
         assert "WARNING" in first.log() and "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set" in first.log()
         pid = label_studio.create_project(f"FreeSel restart {how}", LABEL_CONFIG)["id"]
         response = requests.patch(
-            f"{first.url}/freesel/projects/{pid}/settings", json={"budget": 5, "strategy": "fds"}, timeout=30
+            f"{first.url}/freesel/projects/{pid}/settings", json={"budget": 5, "strategy": "fds"}, timeout=30,
+            **credentials(env),
         )
         assert response.status_code == 200, response.text
         tree = descendants(first.process.pid)
@@ -373,7 +374,7 @@ def test_stopping_the_main_command_ends_every_process_and_redis_data_survives_a_
 
     second = start_main_command(tmp_path / "model_dir", tmp_path / "second.log", env)
     try:
-        settings = requests.get(f"{second.url}/freesel/projects/{pid}/settings", timeout=30).json()
+        settings = requests.get(f"{second.url}/freesel/projects/{pid}/settings", timeout=30, **credentials(env)).json()
         assert (settings["budget"], settings["strategy"]) == (5, "fds")
     finally:
         second.process.send_signal(signal.SIGTERM)

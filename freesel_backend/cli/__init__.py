@@ -352,11 +352,13 @@ def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
     parser = commands.add_parser(
         "project",
         help="status / enable / disable / reselect a Label Studio project, through the running backend",
-        description="Talks HTTP to the running backend's admin routes (/freesel/projects/<id>/...), "
-        "with BASIC_AUTH_USER/BASIC_AUTH_PASS when set.",
+        description="Talks HTTP to the running backend's admin routes (/freesel/projects/<id>/...) with "
+        "LABEL_STUDIO_API_KEY (the local Label Studio's token when unset), which the backend checks with Label "
+        "Studio, or with BASIC_AUTH_USER/BASIC_AUTH_PASS when set. report-link prints a link that opens the "
+        "report in a browser for a day.",
     )
     parser.add_argument("project_id", type=int)
-    parser.add_argument("action", choices=("status", "enable", "disable", "reselect", "report"))
+    parser.add_argument("action", choices=("status", "enable", "disable", "reselect", "report", "report-link"))
     parser.add_argument("--url", help="backend URL (default: FREESEL_PUBLIC_URL or http://localhost:9090)")
     parser.add_argument("--json", action="store_true", help="print the backend's JSON answer")
     parser.add_argument(
@@ -369,13 +371,17 @@ def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from ..server.process import fetch_report, project_action
+    from .backend_client import BackendClient
 
+    backend = BackendClient.from_env(args.url)
     if args.action == "report":
-        write_report(args.out, fetch_report(args.project_id, args.url, args.wait))
+        write_report(args.out, backend.fetch_report(args.project_id, args.wait))
         print(f"project {args.project_id}: report written to {args.out}", file=sys.stderr)
         return 0
-    answer = project_action(args.project_id, args.action, args.url)
+    if args.action == "report-link":
+        print(backend.report_link(args.project_id))
+        return 0
+    answer = backend.call("GET" if args.action == "status" else "POST", args.project_id, args.action)
     if args.json:
         print(json.dumps(answer, indent=2))
     elif args.action == "status":

@@ -19,7 +19,7 @@ from types import FrameType
 
 import requests
 
-from ..server.settings import DEFAULT_PORT
+from ..server.settings import DEFAULT_PORT, SettingsError
 from ..labelstudio.client import LabelStudioError
 from ..labelstudio.local import (
     DEFAULT_LABEL_STUDIO_PORT,
@@ -107,7 +107,7 @@ def run_demo(args: argparse.Namespace) -> int:
         backend.wait()
         print(f"the backend stopped (exit code {backend.returncode}); see {model_dir / 'backend.log'}", file=sys.stderr)
         return 1
-    except (LocalLabelStudioError, QuickstartError, LabelStudioError, RuntimeError) as error:
+    except (LocalLabelStudioError, QuickstartError, LabelStudioError, RuntimeError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
 from PIL import Image
 from tqdm import tqdm
 
 from ..engine import list_image_files
 from ..labelstudio.client import LabelStudioClient, LabelStudioError
 from ..labelstudio.local import load_credentials
+from .backend_client import BackendClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABEL_CONFIGS = {
@@ -53,6 +53,11 @@ class Target:
     basic_auth: tuple[str, str] | None = None
     # FreeSel settings of a newly connected project (the connect form's extra params)
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> BackendClient:
+        """The backend's project routes, called with this Label Studio's token (or the basic auth)."""
+        return BackendClient(self.backend_url, self.api_key, self.basic_auth)
 
 
 @dataclass
@@ -106,15 +111,7 @@ def upload_missing(client: LabelStudioClient, project_id: int, scan: Scan, batch
 
 
 def backend_status(target: Target, project_id: int) -> dict[str, Any]:
-    url = f"{target.backend_url}/freesel/projects/{project_id}/status"
-    try:
-        response = requests.get(url, auth=target.basic_auth, timeout=30)
-    except requests.ConnectionError:
-        raise QuickstartError(
-            f"no FreeSel backend answers at {target.backend_url}: start it (scripts/run.sh) or pass --backend-url"
-        ) from None
-    response.raise_for_status()
-    return dict(response.json())
+    return dict(target.backend.call("GET", project_id, "status"))
 
 
 def ranked_since(status: dict[str, Any], expected_tasks: int, since: float) -> bool:
@@ -169,7 +166,8 @@ def quickstart(target: Target, images: Path, title: str, label_config: str, *, b
                                       basic_auth=target.basic_auth, extra_params=target.settings)
         expected = len(uploaded_names(client, project["id"]))
     status = wait_for_ranking(target, project["id"], expected, since if uploaded or not connected else 0.0, wait_s)
-    return {"project": project, "uploaded": uploaded, "unreadable": scan.unreadable, "status": status}
+    return {"project": project, "uploaded": uploaded, "unreadable": scan.unreadable, "status": status,
+            "report_link": target.backend.report_link(project["id"])}
 
 
 def describe(result: dict[str, Any], target: Target) -> str:
@@ -179,7 +177,8 @@ def describe(result: dict[str, Any], target: Target) -> str:
         f"{status['failed']} failed, {len(result['unreadable'])} unreadable files skipped).\n"
         f"Open {target.label_studio_url}, project '{project['title']}' "
         f"({target.label_studio_url}/projects/{project['id']}/data): "
-        f"Label All Tasks serves FreeSel's picks first."
+        f"Label All Tasks serves FreeSel's picks first.\n"
+        f"Selection report (this link opens it for a day): {result['report_link']}"
     )
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
-from label_studio_ml.model import LabelStudioMLBase
-
 from ..labelstudio.label_config import image_field_of, task_of_label_config
 from . import admin
 from .settings import WEBHOOK_SECRET_HEADER
@@ -33,19 +31,12 @@ def project_id_of(project: Any) -> int:
         raise ValueError(f"cannot read a project id from {project!r}") from None
 
 
-class FreeSelModel(LabelStudioMLBase):
-    """One instance per request, bound to a project and the process's services."""
+class FreeSelModel:
+    """The model behind Label Studio's ML backend protocol: one instance per request, bound to a
+    project (and its label config, where the request has one) and the process's services."""
 
-    def __init__(
-        self,
-        label_config: str | None = None,
-        train_output: Any = None,
-        *,
-        project_id: int,
-        services: Services,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
+    def __init__(self, label_config: str | None = None, *, project_id: int, services: Services) -> None:
+        self.label_config = label_config
         self.project_id = project_id
         self.services = services
 

@@ -1,4 +1,4 @@
-"""Running the backend: gunicorn web service, RQ worker, embedded Redis, admin client."""
+"""Running the backend: gunicorn web service, RQ worker, embedded Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import time
 from typing import Any, Sequence
 
 import redis
-import requests
 from gunicorn.app.base import BaseApplication
 from rq import Queue
 from rq.executions import Execution
@@ -183,40 +182,3 @@ class HeartbeatWorker(SimpleWorker):
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as error:  # the job itself will report a lasting outage
                 log.warning("could not renew the lease of job %s: %s", job.id, error)
-
-
-def project_action(project_id: int, action: str, url: str | None = None) -> Any:
-    """Call the running backend's admin route for ``action`` and return its JSON answer."""
-    return _admin_request("GET" if action == "status" else "POST", project_id, action, url).json()
-
-
-def fetch_report(project_id: int, url: str | None = None, wait_s: float = 600.0) -> str:
-    """The project's selection report HTML, waiting (polling) while a worker builds it."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        response = _admin_request("GET", project_id, "report", url)
-        if response.status_code == 200:
-            return response.text
-        if time.monotonic() >= deadline:
-            raise SettingsError(
-                f"the report of project {project_id} was not ready within {wait_s:.0f} s: "
-                f"{response.json().get('message')}"
-            )
-        time.sleep(min(float(response.headers.get("Retry-After", 5)), max(0.5, deadline - time.monotonic())))
-
-
-def _admin_request(method: str, project_id: int, action: str, url: str | None) -> requests.Response:
-    settings = Settings.from_env()
-    base = (url or settings.public_url).rstrip("/")
-    try:
-        response = requests.request(
-            method, f"{base}/freesel/projects/{project_id}/{action}", auth=settings.basic_auth, timeout=60
-        )
-    except requests.ConnectionError:
-        raise SettingsError(f"no FreeSel backend answers at {base}: start it (scripts/run.sh) or pass --url") from None
-    if response.status_code == 401:
-        raise SettingsError(f"{base} wants basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS as the backend has them")
-    if response.status_code >= 400:
-        raise SettingsError(f"{action} failed: HTTP {response.status_code} {response.text[:300]}")
-    return response
-

@@ -170,6 +170,8 @@ class Settings:
     writeout_step_requests: int = setting(200, "FREESEL_WRITEOUT_STEP", _whole_number(1))
     label_studio_write_timeout_s: float = setting(120.0, "FREESEL_LABEL_STUDIO_WRITE_TIMEOUT", _seconds)
     webhook_secret_override: str = setting("", "FREESEL_WEBHOOK_SECRET", secret=True)
+    # How long Label Studio's answer to "may this token's user see project N" is trusted.
+    auth_cache_s: float = setting(30.0, "FREESEL_AUTH_CACHE_S", _seconds)
     # Tests only: random weights and a small input size, so a tiny ViT runs in a test worker.
     test_random_init: bool = setting(False, "FREESEL_TEST_RANDOM_INIT", _true_or_false)
     test_image_size: int | None = setting(None, "FREESEL_TEST_IMAGE_SIZE", _size_or_none)
@@ -202,7 +204,16 @@ class Settings:
         never stored in Label Studio's webhook settings) so every process agrees without setup."""
         if self.webhook_secret_override:
             return self.webhook_secret_override
-        return hmac.new(self.label_studio_api_key.encode(), b"freesel-webhook", hashlib.sha256).hexdigest()
+        return self._derived_secret(b"freesel-webhook")
+
+    @property
+    def report_link_secret(self) -> str:
+        """Signs report links (``POST /freesel/projects/<id>/report-link``); derived from the API key,
+        so every process of one backend agrees and a new key ends every link."""
+        return self._derived_secret(b"freesel-report-link")
+
+    def _derived_secret(self, purpose: bytes) -> str:
+        return hmac.new(self.label_studio_api_key.encode(), purpose, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,18 @@
-"""The web service: label-studio-ml's app (``/health``, ...) with FreeSel's ``/setup``,
-``/predict`` and ``/webhook`` and the admin routes under ``/freesel/projects/<id>/``.
+"""The web service: Label Studio's ML backend protocol (``/health``, ``/setup``, ``/predict``,
+``/webhook`` and the calls Label Studio makes of a backend that does not train) and the admin
+and report routes under ``/freesel/projects/<id>/``, on Flask.
 
 Gunicorn: ``gunicorn 'freesel_backend.server.web:create_app()'``.
 
-label-studio-ml 1.0.9 keeps one model object for the whole process and drops ``extra_params``
-from /setup, so its three protocol views are replaced with views that build a
-:class:`FreeSelModel` for the request's project.
+Who may call what:
+
+* Label Studio's own calls are open, or behind the backend's basic auth where it is configured
+  (Label Studio sends it from the connect form); ``/webhook`` also needs the webhook secret.
+* The project routes need a Label Studio token whose user may see the project (``access.py``),
+  or the backend's basic auth; a signed report link opens that project's report.
+
+Every error is a JSON object ``{"error": "..."}`` with a 4xx status that names the problem, or a
+502/503 when Label Studio fails; a request never shows a traceback.
 """
 
 from __future__ import annotations
@@ -13,39 +20,42 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from label_studio_ml.api import init_app
+from werkzeug.exceptions import HTTPException
 
 from . import admin, report_job
+from .access import AccessDenied, ProjectAccess, sign_report_link, token_of, valid_report_link
 from .settings import WEBHOOK_SECRET_HEADER, Settings, SettingsError
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound
-from ..labelstudio.label_config import LabelConfigError
 from .model import FreeSelModel, project_id_of
 from .services import Services
 
 log = logging.getLogger(__name__)
 
-freesel_routes = Blueprint("freesel", __name__, url_prefix="/freesel/projects/<int:project_id>")
+MODEL_CLASS = "FreeSelModel"
+protocol_routes = Blueprint("protocol", __name__)
+project_routes = Blueprint("freesel", __name__, url_prefix="/freesel/projects/<int:project_id>")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set (python -m freesel_backend serve starts an embedded Redis)")
-    app = init_app(FreeSelModel, model_dir=str(settings.model_dir))
-    app.debug = False  # never the Werkzeug debugger (CVE-2024-34069); gunicorn serves the app
+    app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["FREESEL_SERVICES"] = Services(settings, redis.Redis.from_url(settings.redis_url))
-    app.view_functions["_setup"] = _with_errors(setup_view)
-    app.view_functions["_predict"] = _with_errors(predict_view)
-    app.view_functions["webhook"] = _with_errors(webhook_view)
-    if "freesel" not in app.blueprints:
-        app.register_blueprint(freesel_routes)
-        app.before_request(_check_basic_auth)
-        app.before_request(_check_body)
+    app.config["FREESEL_ACCESS"] = ProjectAccess(settings.label_studio_url, settings.auth_cache_s)
+    app.before_request(_check_body)
+    app.register_blueprint(protocol_routes)
+    app.register_blueprint(project_routes)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ValueError, _bad_input)  # SettingsError and LabelConfigError among them
+    app.register_error_handler(AccessDenied, _access_denied)
+    app.register_error_handler(LabelStudioError, _label_studio_error)
+    app.register_error_handler(Exception, _unexpected_error)
     return app
 
 
@@ -53,36 +63,52 @@ def _services() -> Services:
     return current_app.config["FREESEL_SERVICES"]
 
 
-def _model(project: Any, label_config: str | None = None) -> FreeSelModel:
+def _model(project: Any, label_config: Any = None) -> FreeSelModel:
+    if label_config is not None and not isinstance(label_config, str):
+        raise ValueError(f"the label config must be a string of XML, got {type(label_config).__name__}")
     return FreeSelModel(label_config=label_config, project_id=project_id_of(project), services=_services())
 
 
-def _check_basic_auth() -> Response | None:
-    expected = _services().settings.basic_auth
-    if expected is None:
-        return None
-    given = request.authorization
-    if (
-        given
-        and hmac.compare_digest(given.username or "", expected[0])
-        and hmac.compare_digest(given.password or "", expected[1])
-    ):
-        return None
-    response = jsonify({"error": "authentication required"})
-    response.status_code = 401
-    response.headers["WWW-Authenticate"] = 'Basic realm="FreeSel"'
-    return response
+# ---- errors -------------------------------------------------------------------------------------
 
 
-def _error(message: str, status: int) -> Response:
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     response = jsonify({"error": message})
     response.status_code = status
+    response.headers.update(headers or {})
     return response
+
+
+def _http_error(error: HTTPException) -> Response:
+    """Werkzeug's own answers (404, 405, 413, a body that is not JSON...) as JSON."""
+    return _error(error.description or error.name, error.code or 500)
+
+
+def _bad_input(error: ValueError) -> Response:
+    return _error(str(error), 400)
+
+
+def _access_denied(error: AccessDenied) -> Response:
+    return _error(str(error), error.status, _challenge() if error.status == 401 else None)
+
+
+def _label_studio_error(error: LabelStudioError) -> Response:
+    if isinstance(error, LabelStudioNotFound):
+        return _error(f"not found in Label Studio: {error}", 404)
+    log.error("Label Studio request failed: %s", error)
+    return _error(f"Label Studio request failed: {error}", 502)
+
+
+def _unexpected_error(error: Exception) -> Response:
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return _error(f"internal error ({type(error).__name__}); the backend's log has the details", 500)
+
+
+# ---- what every request must pass -----------------------------------------------------------------
 
 
 def _check_body() -> Response | None:
-    """Only JSON bodies of bounded size: no form/multipart parsing ever runs (the Werkzeug 2.0
-    multipart parser has known denial-of-service bugs, see docs/reliability.md)."""
+    """Only JSON bodies of bounded size: no form or multipart parsing ever runs."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return None
     if request.content_length is None and request.headers.get("Transfer-Encoding"):
@@ -103,22 +129,53 @@ def _check_body() -> Response | None:
     return None
 
 
-def _with_errors(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Clear JSON errors: 400 for bad input, 502 when Label Studio fails."""
+def _challenge() -> dict[str, str]:
+    schemes = ['Bearer realm="FreeSel"'] + (['Basic realm="FreeSel"'] if _services().settings.basic_auth else [])
+    return {"WWW-Authenticate": ", ".join(schemes)}
 
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(*args, **kwargs)
-        except (SettingsError, LabelConfigError, ValueError) as error:
-            return jsonify({"error": str(error)}), 400
-        except LabelStudioNotFound as error:
-            return jsonify({"error": f"not found in Label Studio: {error}"}), 404
-        except LabelStudioError as error:
-            log.error("Label Studio request failed: %s", error)
-            return jsonify({"error": f"Label Studio request failed: {error}"}), 502
 
-    wrapped.__name__ = view.__name__
-    return wrapped
+def _has_basic_auth() -> bool:
+    expected = _services().settings.basic_auth
+    given = request.authorization
+    return bool(
+        expected
+        and given
+        and given.type == "basic"
+        and hmac.compare_digest(given.username or "", expected[0])
+        and hmac.compare_digest(given.password or "", expected[1])
+    )
+
+
+@protocol_routes.before_request
+def _check_basic_auth() -> Response | None:
+    """Label Studio's calls: behind basic auth where the backend has it."""
+    if _services().settings.basic_auth is None or _has_basic_auth():
+        return None
+    return _error("authentication required: the backend's basic auth (BASIC_AUTH_USER)", 401,
+                  {"WWW-Authenticate": 'Basic realm="FreeSel"'})
+
+
+@project_routes.before_request
+def _check_project_access() -> None:
+    """A project's routes: a Label Studio token whose user may see the project, the backend's basic
+    auth, or (the report only) a signed link."""
+    project_id = int((request.view_args or {})["project_id"])
+    if _has_basic_auth() or _signed_report_link(project_id):
+        return
+    token = token_of(request.headers.get("Authorization"))
+    if token is None:
+        raise AccessDenied(401, "authentication required: a Label Studio token (Authorization: Bearer <token>) "
+                                "whose user may see this project, or the backend's basic auth")
+    current_app.config["FREESEL_ACCESS"].check(token, project_id)
+
+
+def _signed_report_link(project_id: int) -> bool:
+    return request.endpoint == "freesel.report_view" and valid_report_link(
+        _services().settings.report_link_secret, project_id, request.args.get("expires"), request.args.get("signature")
+    )
+
+
+# ---- Label Studio's ML backend protocol -------------------------------------------------------------
 
 
 def _json_body() -> dict[str, Any]:
@@ -128,6 +185,13 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
+@protocol_routes.route("/", methods=["GET"])
+@protocol_routes.route("/health", methods=["GET"])
+def health_view() -> Any:
+    return jsonify({"status": "UP", "model_class": MODEL_CLASS})
+
+
+@protocol_routes.route("/setup", methods=["POST"])
 def setup_view() -> Any:
     body = _json_body()
     extra = body.get("extra_params")
@@ -136,6 +200,8 @@ def setup_view() -> Any:
             extra = json.loads(extra) if extra.strip() else {}
         except ValueError as error:
             raise SettingsError(f"extra params must be a JSON object of FreeSel settings: {error}") from None
+    if extra is not None and not isinstance(extra, dict):
+        raise SettingsError(f"extra params must be a JSON object of FreeSel settings, got {type(extra).__name__}")
     version = _model(body.get("project"), body.get("schema")).setup(extra)
     return jsonify({"model_version": version})
 
@@ -154,25 +220,19 @@ def _tasks_of(body: dict[str, Any], required: bool) -> list[dict[str, Any]]:
     return tasks
 
 
+@protocol_routes.route("/predict", methods=["POST"])
 def predict_view() -> Any:
     body = _json_body()
     model = _model(body.get("project"), body.get("label_config"))
     return jsonify({"results": model.predict(_tasks_of(body, required=False)), "model_version": model.model_version()})
 
 
-def _check_webhook_secret() -> None:
+@protocol_routes.route("/webhook", methods=["POST"])
+def webhook_view() -> Any:
     given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
     if not hmac.compare_digest(given.encode(), _services().settings.webhook_secret.encode()):
-        raise PermissionError(
-            f"webhook without the right {WEBHOOK_SECRET_HEADER} header (FreeSel registers its webhook with it)"
-        )
-
-
-def webhook_view() -> Any:
-    try:
-        _check_webhook_secret()
-    except PermissionError as error:
-        return _error(str(error), 401)
+        return _error(f"webhook without the right {WEBHOOK_SECRET_HEADER} header (FreeSel registers its webhook "
+                      "with it)", 401)
     body = _json_body()
     event = body.get("action")
     if not isinstance(event, str) or not event:
@@ -185,14 +245,31 @@ def webhook_view() -> Any:
     return jsonify(_model(project).process_event(event, body)), 201
 
 
+@protocol_routes.route("/versions", methods=["GET"])
+def versions_view() -> Any:
+    """The model versions of a project (``?project=<id>``), for Label Studio's model version list."""
+    project = request.args.get("project")
+    versions = [_model(project).model_version()] if project else []
+    return jsonify({"versions": versions, "model_class": MODEL_CLASS})
+
+
+@protocol_routes.route("/train", methods=["POST"])
+def train_view() -> Any:
+    """FreeSel learns nothing from labels: they re-rank the pool through the webhook instead."""
+    _json_body()
+    return jsonify({"status": "ok", "message": "FreeSel needs no training: labels re-rank the pool as they arrive"})
+
+
+# ---- a project's admin and report routes ------------------------------------------------------------
+
+
 def _unknown_project(project_id: int) -> Response | None:
     if project_id in _services().store.project_ids():
         return None
     return _error(f"project {project_id} is not known to FreeSel: connect the backend to it in Label Studio", 404)
 
 
-@freesel_routes.route("/status", methods=["GET"])
-@_with_errors
+@project_routes.route("/status", methods=["GET"])
 def status_view(project_id: int) -> Any:
     unknown = _unknown_project(project_id)
     return unknown if unknown is not None else jsonify(admin.status(_services(), project_id))
@@ -203,8 +280,7 @@ REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; scri
 REPORT_RETRY_S = 5
 
 
-@freesel_routes.route("/report", methods=["GET"])
-@_with_errors
+@project_routes.route("/report", methods=["GET"])
 def report_view(project_id: int) -> Any:
     """The selection report (HTML) of the current selection run; 202 while a worker builds it."""
     unknown = _unknown_project(project_id)
@@ -216,7 +292,8 @@ def report_view(project_id: int) -> Any:
     except report_job.NoSelectionYet as error:
         return _error(str(error), 409)
     if isinstance(answer, str):
-        return Response(answer, mimetype="text/html", headers={"Content-Security-Policy": REPORT_CSP})
+        return Response(answer, mimetype="text/html", headers={"Content-Security-Policy": REPORT_CSP,
+                                                               "Referrer-Policy": "no-referrer"})
     response = jsonify(
         {
             "status": "building",
@@ -231,26 +308,33 @@ def report_view(project_id: int) -> Any:
     return response
 
 
-@freesel_routes.route("/enable", methods=["POST"])
-@_with_errors
+@project_routes.route("/report-link", methods=["POST"])
+def report_link_view(project_id: int) -> Any:
+    """A link that opens the project's report in a browser without a credential, for a day."""
+    unknown = _unknown_project(project_id)
+    if unknown is not None:
+        return unknown
+    settings = _services().settings
+    url, expires_at = sign_report_link(settings.report_link_secret, settings.public_url, project_id)
+    return jsonify({"url": url, "expires_at": expires_at})
+
+
+@project_routes.route("/enable", methods=["POST"])
 def enable_view(project_id: int) -> Any:
     return jsonify({"settings": admin.enable(_services(), project_id).to_dict()})
 
 
-@freesel_routes.route("/disable", methods=["POST"])
-@_with_errors
+@project_routes.route("/disable", methods=["POST"])
 def disable_view(project_id: int) -> Any:
     return jsonify({"settings": admin.disable(_services(), project_id).to_dict()})
 
 
-@freesel_routes.route("/reselect", methods=["POST"])
-@_with_errors
+@project_routes.route("/reselect", methods=["POST"])
 def reselect_view(project_id: int) -> Any:
     return jsonify({"selection_job": admin.reselect(_services(), project_id)}), 202
 
 
-@freesel_routes.route("/settings", methods=["GET", "PUT", "PATCH"])
-@_with_errors
+@project_routes.route("/settings", methods=["GET", "PUT", "PATCH"])
 def settings_view(project_id: int) -> Any:
     services = _services()
     if request.method == "GET":
@@ -259,4 +343,3 @@ def settings_view(project_id: int) -> Any:
     if request.method == "PUT":  # PUT = the whole settings object: unnamed fields go back to defaults
         changes = {**admin.ProjectSettings().to_dict(), **changes}
     return jsonify(admin.apply_settings(services, project_id, changes).to_dict())
-
