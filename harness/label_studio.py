@@ -278,7 +278,11 @@ class LabelStudioServer:
     def _create_pat(self) -> str:
         """A Personal Access Token; on Label Studio without them (1.16.0 and older: no ``/api/token/``)
         the user's legacy token, the only kind of API key those versions have."""
-        resp = self.session.post(f"{self.url}/api/token/", json={}, timeout=30)
+        return self.create_pat(self.session)
+
+    def create_pat(self, session: requests.Session) -> str:
+        """A Personal Access Token of the user logged in as ``session`` (or its legacy token, as above)."""
+        resp = session.post(f"{self.url}/api/token/", json={}, timeout=30)
         if resp.status_code in (404, 405):
             return self._legacy_token()
         if resp.status_code != 201:
@@ -298,6 +302,30 @@ class LabelStudioServer:
         if resp.status_code not in (200, 201, 404):
             raise LabelStudioStartError(f"POST /api/jwt/settings failed: HTTP {resp.status_code} {resp.text[:200]}")
         return self._legacy_token()
+
+    def revoke_pat(self, session: requests.Session, token: str) -> None:
+        """Revoke a Personal Access Token as its user does on *Account & Settings*."""
+        session.post(f"{self.url}/api/token/blacklist/", json={"refresh": token}, timeout=30).raise_for_status()
+
+    def move_to_own_organization(self, email: str) -> None:
+        """Make the user ``email`` a member of a new organization of its own, and make that its active
+        one: it then sees none of the first organization's projects. The Community Edition puts every
+        signed-up user in the first organization and has no API for this, so Label Studio's own
+        management shell does it."""
+        code = (
+            "from users.models import User\n"
+            "from organizations.models import Organization\n"
+            f"user = User.objects.get(email={email!r})\n"
+            "user.active_organization = Organization.create_organization(created_by=user, title='Another team')\n"
+            "user.save(update_fields=['active_organization'])\n"
+        )
+        python = str(Path(self.executable).parent / "python")
+        where = "import label_studio, os; print(os.path.dirname(label_studio.__file__))"
+        package = subprocess.run([python, "-c", where], capture_output=True, text=True, check=True).stdout.strip()
+        done = subprocess.run([python, "manage.py", "shell", "-c", code], cwd=package, env=self._env(),
+                              capture_output=True, text=True, timeout=180)
+        if done.returncode != 0:
+            raise LabelStudioStartError(f"Label Studio's management shell failed: {done.stderr[-1500:]}")
 
     def _legacy_token(self) -> str:
         resp = self.session.get(f"{self.url}/api/current-user/token", timeout=30)
