@@ -76,7 +76,7 @@ class BackendProcesses:
         self._start("serve", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--web-workers", "1")
         for number in range(workers):
             self._start(f"worker{number or ''}", "worker")
-        wait_for(lambda: _healthy(self.url), 60, "backend /health")
+        wait_for(lambda: _healthy(self.url, basic_auth_of(self.env)), 60, "backend /health")
         return self
 
     def logs(self) -> str:
@@ -114,13 +114,16 @@ def credentials(env: dict[str, str]) -> dict[str, Any]:
     """``requests`` keyword arguments for the project routes of a backend started with ``env``."""
     from freesel_backend.cli.backend_client import BackendClient
 
-    basic_auth = (env["BASIC_AUTH_USER"], env.get("BASIC_AUTH_PASS", "")) if env.get("BASIC_AUTH_USER") else None
-    return BackendClient("", env.get("LABEL_STUDIO_API_KEY", ""), basic_auth).credentials()
+    return BackendClient("", env.get("LABEL_STUDIO_API_KEY", ""), basic_auth_of(env)).credentials()
 
 
-def _healthy(url: str) -> bool:
+def basic_auth_of(env: dict[str, str]) -> tuple[str, str] | None:
+    return (env["BASIC_AUTH_USER"], env.get("BASIC_AUTH_PASS", "")) if env.get("BASIC_AUTH_USER") else None
+
+
+def _healthy(url: str, auth: tuple[str, str] | None = None) -> bool:
     try:
-        return requests.get(f"{url}/health", timeout=2).status_code == 200
+        return requests.get(f"{url}/health", auth=auth, timeout=2).status_code == 200
     except requests.RequestException:
         return False
 
