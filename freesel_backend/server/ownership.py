@@ -114,12 +114,12 @@ def _set_parent_death_signal(sent: signal.Signals, parent: int) -> None:
 
 
 def exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
-    """Where no parent-death signal exists: a thread that ends this process (as a kill would)
-    once ``parent`` is no longer its parent."""
+    """Where no parent-death signal exists: a thread that kills this process once ``parent`` is no
+    longer its parent."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
-        os._exit(1)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
