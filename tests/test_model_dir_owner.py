@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import redis
@@ -22,7 +23,7 @@ from freesel_backend.server.ownership import ModelDirInUse, hold_model_dir
 from freesel_backend.server.process import FreeSelJob
 from freesel_backend.server.redis_server import free_port
 from harness.backend import REPO_ROOT, backend_env, wait_for
-from tests.test_main_command import alive, descendants, stop_group
+from tests.test_main_command import alive, command_of, descendants, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def record_run(log: str, name: str, first_try_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory) -> Serve:
+def first(tmp_path_factory) -> Iterator[Serve]:
     folder = tmp_path_factory.mktemp("owner")
     serve = start_serve(folder / "model_dir", folder / "first.log")
     yield serve
@@ -126,7 +127,9 @@ def test_a_killed_serve_leaves_no_process_and_a_restart_runs_its_queued_jobs_onc
                       job_timeout=900)
     wait_for(lambda: runs.exists() and "start job0" in runs.read_text(), 60, "the first job to start")
     tree = alive(descendants(first.process.pid))
-    assert len(tree) >= 6  # redis-server, four workers and their schedulers, a web worker
+    commands = [command_of(pid) for pid in tree]  # workers come with their scheduler processes
+    assert [c for c in commands if "redis-server" in c] and [c for c in commands if "freesel_backend serve" in c]
+    assert len({c for c in commands if "freesel_backend worker" in c}) == len(QUEUES)
 
     first.process.send_signal(signal.SIGKILL)
     killed = time.monotonic()
