@@ -333,6 +333,8 @@ def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         "--queues", default=",".join(QUEUES),
         help=f"comma-separated queues to take jobs from, first ones first (default: all, {','.join(QUEUES)})",
     )
+    # serve's embedded workers, where the system cannot signal a parent's death: end with serve
+    parser.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     parser.set_defaults(run=run_worker)
 
 
@@ -345,7 +347,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise SettingsError(
             f"--queues: unknown queue(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(QUEUES)}"
         )
-    return work(burst=args.burst, queues=queues)
+    return work(burst=args.burst, queues=queues, exit_with=args.exit_with_parent)
 
 
 def add_project_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

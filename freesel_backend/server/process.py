@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from rq.job import Job
 from rq.utils import import_attribute
 from rq.worker import SimpleWorker, WorkerStatus
 
+from .ownership import exit_with_parent, hold_model_dir, kill_forked_children_with_this_process, parent_death_signal
 from .settings import EMBEDDED_WORKER_QUEUES, QUEUES, Settings, SettingsError
 from .redis_server import RedisServer
 
@@ -46,7 +48,9 @@ def serve(host: str, port: int, web_workers: int) -> int:
     old versions are deleted between write-out steps, not after all of them.
 
     SIGTERM or Ctrl-C stops gunicorn gracefully, then the workers (warm shutdown: their running
-    jobs may finish), then the embedded Redis (which writes its data file on the way out)."""
+    jobs may finish), then the embedded Redis (which writes its data file on the way out). Ended
+    otherwise (``kill -9``), it takes them along: see ``_start_worker``. With the embedded Redis,
+    ``serve`` and what it starts hold MODEL_DIR's lock: a second ``serve`` there refuses to start."""
     # Label Studio reaches this backend (and its webhook) at FREESEL_PUBLIC_URL; unset, at the port served
     if not os.environ.get("FREESEL_PUBLIC_URL"):
         os.environ["FREESEL_PUBLIC_URL"] = f"http://localhost:{port}"
@@ -62,7 +66,8 @@ def serve(host: str, port: int, web_workers: int) -> int:
     workers: list[subprocess.Popen[bytes]] = []
     try:
         if settings.redis_url is None:
-            embedded = RedisServer(settings.model_dir / "redis").start()
+            lock_fd = hold_model_dir(settings.model_dir)
+            embedded = RedisServer(settings.model_dir / "redis", keep_fds=(lock_fd,)).start()
             os.environ["REDIS_URL"] = embedded.url
             log.info(
                 "embedded Redis at %s (data in %s); starting %d workers",
@@ -70,15 +75,7 @@ def serve(host: str, port: int, web_workers: int) -> int:
                 embedded.data_dir,
                 len(EMBEDDED_WORKER_QUEUES),
             )
-            # Their own sessions: a terminal's Ctrl-C reaches gunicorn only, and the workers are stopped
-            # below (warm shutdown) before the embedded Redis, which they need until they have ended.
-            workers = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "freesel_backend", "worker", "--queues", ",".join(group)],
-                    env=dict(os.environ), start_new_session=True,
-                )
-                for group in EMBEDDED_WORKER_QUEUES
-            ]
+            workers = [_start_worker(group, lock_fd) for group in EMBEDDED_WORKER_QUEUES]
         log.info("FreeSel backend on http://%s:%s (Label Studio reaches it at %s)", host, port, settings.public_url)
         _Gunicorn({"bind": f"{host}:{port}", "workers": web_workers, "threads": 4, "timeout": 120,
                    "graceful_timeout": 10, "worker_class": "gthread", "accesslog": "-",
@@ -91,6 +88,21 @@ def serve(host: str, port: int, web_workers: int) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _start_worker(queues: Sequence[str], lock_fd: int) -> "subprocess.Popen[bytes]":
+    """An embedded worker on ``queues``, holding MODEL_DIR's lock. Its own session: a terminal's Ctrl-C
+    reaches gunicorn only, and ``serve`` stops the workers (warm shutdown) before the embedded Redis,
+    which they need until they have ended. Killed when ``serve`` dies: its Redis ends at the same
+    moment, so a warm shutdown could not record its job's end; the job's lease expires instead and
+    the job is retried once ``serve`` runs again (see ``HeartbeatWorker``)."""
+    kill_with_serve = parent_death_signal(signal.SIGKILL)
+    command = [sys.executable, "-m", "freesel_backend", "worker", "--queues", ",".join(queues)]
+    if kill_with_serve is None:
+        command += ["--exit-with-parent", str(os.getpid())]
+    return subprocess.Popen(
+        command, env=dict(os.environ), start_new_session=True, pass_fds=(lock_fd,), preexec_fn=kill_with_serve
+    )
 
 
 def stop_workers(workers: Sequence["subprocess.Popen[bytes]"], warm_s: float = 30.0, cold_s: float = 10.0) -> None:
@@ -133,9 +145,12 @@ class FreeSelJob(Job):
         return super().func
 
 
-def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> int:
+def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES, exit_with: int | None = None) -> int:
     """An RQ worker on ``queues`` (first ones first). SimpleWorker (no fork per job) keeps the model loaded
-    between jobs; the scheduler runs the delayed retries."""
+    between jobs; the scheduler runs the delayed retries. ``exit_with``: a pid whose end ends this worker."""
+    kill_forked_children_with_this_process()
+    if exit_with is not None:
+        exit_with_parent(exit_with)
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the worker needs the backend's Redis")

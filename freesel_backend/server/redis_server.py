@@ -4,12 +4,15 @@ and of the test suite. Uses the system's ``redis-server`` or the binary shipped 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from .ownership import parent_death_signal
 
 
 def redis_server_executable() -> str:
@@ -28,11 +31,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1:<port>; data persisted under ``data_dir`` when given."""
+    """``redis-server`` on 127.0.0.1:<port>; data persisted under ``data_dir`` when given. It inherits
+    ``keep_fds`` (the MODEL_DIR lock) and is sent SIGTERM (it saves, then exits) when the process
+    that started it ends."""
 
-    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, port: int | None = None, keep_fds: tuple[int, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.keep_fds = keep_fds
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +54,8 @@ class RedisServer:
             command += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "60 1"]
         # Its own session: a terminal's Ctrl-C must not stop it before the clients that still need it.
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            pass_fds=self.keep_fds, preexec_fn=parent_death_signal(signal.SIGTERM),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
