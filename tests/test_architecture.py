@@ -5,7 +5,9 @@
   that the module itself does not define (``store._key(...)`` outside the store);
 * ``engine`` imports nothing of ours outside ``engine``, and none of Label Studio's SDK, Flask,
   Redis or RQ: it stays usable on its own;
-* ``labelstudio`` imports nothing of ``server``.
+* ``labelstudio`` imports nothing of ``server``;
+* nothing imports ``label_studio_ml`` (its 1.0.9 release pins Flask 1.1.2 and Werkzeug 2.0.2): the
+  web service serves Label Studio's ML backend protocol itself.
 """
 
 from __future__ import annotations
@@ -187,6 +189,8 @@ def forbidden_imports(package: dict[str, Imports]) -> list[str]:
         if name.startswith(f"{PACKAGE}.labelstudio"):
             found += [f"{name} imports {module}: labelstudio sits below server"
                       for module in imports.modules if module.startswith(f"{PACKAGE}.server")]
+        found += [f"{name} imports {module}: the web service serves the protocol itself, on maintained Flask releases"
+                  for module in imports.modules if module.split(".")[0] == "label_studio_ml"]
     return sorted(found)
 
 
@@ -219,6 +223,7 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
         "server/store.py": "class Store:\n    def _key(self):\n        return 'k'\n",
         "server/jobs.py": "from . import publish\nfrom .store import Store\nkey = Store()._key()\n",
         "server/publish.py": "from .jobs import _context\n",
+        "server/web.py": "from label_studio_ml.api import init_app\n",
     }
     for name, text in files.items():
         (tmp_path / PACKAGE / name).parent.mkdir(parents=True, exist_ok=True)
@@ -231,4 +236,6 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
         f"{PACKAGE}.engine.pure imports {server}.jobs: the engine imports nothing of ours outside engine",
         f"{PACKAGE}.engine.pure imports redis: the engine runs without Label Studio, Flask, Redis or RQ",
         f"{PACKAGE}.labelstudio.client imports {server}.store: labelstudio sits below server",
+        f"{server}.web imports label_studio_ml.api: the web service serves the protocol itself, on maintained "
+        "Flask releases",
     ]

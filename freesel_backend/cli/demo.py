@@ -19,6 +19,7 @@ from types import FrameType
 
 import requests
 
+from ..server.ownership import parent_death_signal
 from ..server.settings import DEFAULT_PORT, SettingsError
 from ..labelstudio.client import LabelStudioError
 from ..labelstudio.local import (
@@ -135,6 +136,7 @@ def _start_backend(
          "--web-workers", str(args.web_workers)],
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,  # stopped here, before Label Studio, on Ctrl-C
+        preexec_fn=parent_death_signal(signal.SIGTERM),  # and stopped when the demo is killed
     )
 
 
