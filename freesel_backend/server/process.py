@@ -57,9 +57,9 @@ def serve(host: str, port: int, web_workers: int) -> int:
     settings = Settings.from_env()
     if settings.basic_auth is None:
         log.warning(
-            "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: anyone who can reach port %s can call this backend, "
-            "including its admin routes (enable/disable, settings). Set both, and enter them in Label Studio's "
-            "connect form.",
+            "BASIC_AUTH_USER/BASIC_AUTH_PASS are not set: Label Studio's calls (/setup, which applies the settings "
+            "it is sent, and /predict) are open to anyone who can reach port %s; the project routes still want a "
+            "Label Studio token. Set both, and enter them in Label Studio's connect form.",
             port,
         )
     embedded: RedisServer | None = None
