@@ -63,6 +63,7 @@ BAD_REQUESTS = [
     ("POST", "/predict", {"data": b"tasks=1", "headers": {"Content-Type": "text/plain"}}, 415, "must be JSON"),
     ("POST", "/train", NOT_JSON, 400, "must be a JSON object"),
     ("GET", "/versions?project=abc", {}, 400, "cannot read a project id"),
+    ("GET", "/versions", {}, 404, "listed per project"),
     ("DELETE", "/health", {}, 405, "method is not allowed"),
     ("GET", "/no/such/route", {}, 404, "not found"),
     ("GET", "/freesel/projects/abc/status", {}, 404, "not found"),

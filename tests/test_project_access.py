@@ -59,6 +59,14 @@ def test_label_studios_own_calls_are_open_and_health_tells_nothing_else(guarded)
     assert predict.status_code == 200 and predict.json()["results"] == []
 
 
+def test_label_studio_connects_and_lists_the_backends_model_version_through_the_open_routes(guarded, label_studio):
+    backend, project_id = guarded
+    connected = label_studio.api("POST", "/api/ml", json={"url": backend.url, "project": project_id, "title": "F"})
+    assert connected.status_code == 201 and connected.json()["state"] == "CO", connected.text
+    versions = label_studio.api("GET", f"/api/ml/{connected.json()['id']}/versions")
+    assert versions.status_code == 200 and versions.json()["versions"] == [connected.json()["model_version"]]
+
+
 @pytest.mark.parametrize(("method", "action"), PROJECT_ROUTES)
 def test_every_project_route_answers_401_without_a_credential(guarded, method, action):
     backend, project_id = guarded

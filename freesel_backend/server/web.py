@@ -245,12 +245,15 @@ def webhook_view() -> Any:
     return jsonify(_model(project).process_event(event, body)), 201
 
 
-@protocol_routes.route("/versions", methods=["GET"])
+@protocol_routes.route("/versions", methods=["GET", "POST"])
 def versions_view() -> Any:
-    """The model versions of a project (``?project=<id>``), for Label Studio's model version list."""
-    project = request.args.get("project")
-    versions = [_model(project).model_version()] if project else []
-    return jsonify({"versions": versions, "model_class": MODEL_CLASS})
+    """The project's model version (``?project=<id>`` or a JSON body's ``project``). Label Studio 1.23.2
+    names no project here: the 404 makes it list the version its connection already has."""
+    body = request.get_json(silent=True) if request.method == "POST" else None
+    project = request.args.get("project") or (body.get("project") if isinstance(body, dict) else None)
+    if project is None:
+        return _error("versions are listed per project: GET /versions?project=<id>", 404)
+    return jsonify({"versions": [_model(project).model_version()], "model_class": MODEL_CLASS})
 
 
 @protocol_routes.route("/train", methods=["POST"])
