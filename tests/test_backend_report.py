@@ -132,6 +132,7 @@ def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_th
             str(out),
         ],
         cwd=REPO_ROOT,
+        env=backend.env,  # LABEL_STUDIO_API_KEY: the CLI's credential
         capture_output=True,
         text=True,
         timeout=120,

@@ -195,7 +195,7 @@ def test_every_endpoint_wants_basic_auth_health_included(main_command):
     ):
         response = requests.request(method, f"{main_command.url}{path}", json={}, timeout=30)
         assert response.status_code == 401, (path, response.status_code)
-        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        assert 'Basic realm="FreeSel"' in response.headers["WWW-Authenticate"]
         wrong = requests.request(method, f"{main_command.url}{path}", json={}, auth=(AUTH[0], "wrong"), timeout=30)
         assert wrong.status_code == 401
     assert requests.get(f"{main_command.url}/health", auth=AUTH, timeout=30).json()["status"] == "UP"
