@@ -40,11 +40,7 @@ for version in "${versions[@]}"; do
     (cd "$scratch" && compile "label-studio-$version.txt" "label-studio-$version.in" label-studio.in)
 done
 
-echo "refresh_locks: installing the backend's test lock into a scratch environment" >&2
-python3 -m venv "$scratch/venv"
-for file in "$scratch/backend-test.txt" requirements-label-studio-ml.txt requirements-offline-model.txt; do
-    "$scratch/venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r "$file"
-done
+FREESEL_VENV="$scratch/venv" FREESEL_LOCKS="$scratch" scripts/setup.sh --test
 "$scratch/venv/bin/python" -m pytest -q -p no:cacheprovider -m "not integration and not slow" -x
 
 for version in "${versions[@]}"; do
