@@ -17,7 +17,7 @@ if ((${#versions[@]} == 0)); then
     done
 fi
 
-tools=.venv-lock-tools
+tools="$PWD/.venv-lock-tools"
 [[ -x $tools/bin/uv ]] || { python3 -m venv "$tools" && "$tools/bin/pip" install --quiet uv==0.13.8; }
 scratch="$(mktemp -d -t freesel-locks.XXXXXX)"
 trap 'rm -rf "$scratch"' EXIT
