@@ -79,12 +79,12 @@ stop_server() {
 }
 trap stop_server EXIT
 health="import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=5)"
-for ((waited = 0; waited < start_timeout; waited++)); do
+deadline=$((SECONDS + start_timeout))
+until "$venv/bin/python" -c "$health" "$url" 2>/dev/null; do
     kill -0 "$server" 2>/dev/null || fail "label-studio $version exited during its start check"
-    "$venv/bin/python" -c "$health" "$url" 2>/dev/null && break
+    ((SECONDS < deadline)) || fail "label-studio $version did not answer $url/health within $start_timeout s"
     sleep 1
 done
-((waited < start_timeout)) || fail "label-studio $version did not answer $url/health within $start_timeout s"
 stop_server
 trap - EXIT
 
