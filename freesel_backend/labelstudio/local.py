@@ -12,6 +12,7 @@ the saved token stops working.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -104,11 +105,19 @@ def ensure_secret_key(data_dir: Path) -> str:
     return secret
 
 
+def install_marker(venv: Path, version: str) -> Path:
+    """The file scripts/ensure_label_studio.sh writes once an install from the version's lock (LS_LOCK)
+    has started; its name carries the lock's hash, so a changed lock means a new install."""
+    lock = Path(os.environ.get("LS_LOCK") or REPO_ROOT / "locks" / f"label-studio-{version}.txt")
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.is_file() else "none"
+    return venv / f".label-studio-{version}-lock-{digest}.started"
+
+
 def ensure_installed() -> Path:
     """The ``label-studio`` executable of .venv-ls (or LS_VENV), installing it on first use."""
     venv = Path(os.environ.get("LS_VENV") or REPO_ROOT / ".venv-ls")
     version = os.environ.get("LS_VERSION") or LABEL_STUDIO_VERSION
-    if not (venv / f".label-studio-{version}.installed").exists():
+    if not install_marker(venv, version).exists():
         print(f"Installing Label Studio {version} into {venv} (first run only: about 1 GB, a minute or two) ...",
               file=sys.stderr, flush=True)
     done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ensure_label_studio.sh")],
