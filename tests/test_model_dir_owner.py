@@ -6,42 +6,26 @@ first was killed, running the jobs that were queued exactly once. Real processes
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import redis
 from rq import Queue, Retry
 
 from freesel_backend.server.ownership import ModelDirInUse, hold_model_dir
 from freesel_backend.server.process import FreeSelJob
 from freesel_backend.server.redis_server import free_port
 from harness.backend import REPO_ROOT, backend_env, wait_for
-from tests.test_main_command import alive, command_of, descendants, stop_group
+from tests.test_main_command import MainCommand, alive, command_of, descendants, stop_group
 
 pytestmark = pytest.mark.slow
 
 QUEUES = ("freesel-features", "freesel-selection", "freesel-writeout", "freesel-cleanup")
 JOBS = 4
-
-
-@dataclass
-class Serve:
-    process: subprocess.Popen[bytes]
-    model_dir: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(re.search(r"embedded Redis at (\S+)", self.log()).group(1))
 
 
 def serve_env(model_dir: Path) -> dict[str, str]:
@@ -52,17 +36,19 @@ def serve_env(model_dir: Path) -> dict[str, str]:
     return env
 
 
-def serve_command() -> list[str]:
-    return [sys.executable, "-m", "freesel_backend", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "freesel_backend", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--web-workers", "1"]
 
 
-def start_serve(model_dir: Path, log_path: Path) -> Serve:
+def start_serve(model_dir: Path, log_path: Path) -> MainCommand:
+    """``serve`` with its embedded Redis and four workers, in its own session."""
+    port, env = free_port(), serve_env(model_dir)
     process = subprocess.Popen(
-        serve_command(), cwd=REPO_ROOT, env=serve_env(model_dir), stdout=open(log_path, "wb"),
+        serve_command(port), cwd=REPO_ROOT, env=env, stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )
-    serve = Serve(process, model_dir, log_path)
+    serve = MainCommand(process, f"http://127.0.0.1:{port}", env, model_dir, log_path)
 
     def workers_listening() -> bool:
         assert process.poll() is None, serve.log()[-3000:]
@@ -101,7 +87,7 @@ def record_run(log: str, name: str, first_try_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory) -> Iterator[Serve]:
+def first(tmp_path_factory) -> Iterator[MainCommand]:
     folder = tmp_path_factory.mktemp("owner")
     serve = start_serve(folder / "model_dir", folder / "first.log")
     yield serve
@@ -110,7 +96,7 @@ def first(tmp_path_factory) -> Iterator[Serve]:
 
 def test_a_second_serve_on_the_same_model_dir_says_who_holds_it_and_starts_no_redis(first):
     model_dir = first.model_dir
-    second = subprocess.run(serve_command(), cwd=REPO_ROOT, env=serve_env(model_dir), capture_output=True,
+    second = subprocess.run(serve_command(free_port()), cwd=REPO_ROOT, env=serve_env(model_dir), capture_output=True,
                             text=True, timeout=120)
     assert second.returncode == 2
     assert f"error: MODEL_DIR {model_dir} is in use by another serve (pid {first.process.pid}," in second.stderr
