@@ -9,11 +9,13 @@ import pytest
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import requests
 from PIL import Image
 
 from freesel_backend.cli.quickstart import scan_folder, upload_name
@@ -89,6 +91,9 @@ def test_quickstart_uploads_500_images_in_batches_skips_unreadable_ones_and_a_se
         assert "upload: 100%" in first.stderr and "500/500" in first.stderr
         assert "FreeSel ranked 500 tasks of project 'My 500'" in first.stdout
         assert "Label All Tasks serves FreeSel's picks first" in first.stdout
+        link = re.search(r"Selection report \(this link opens it for a day\): (\S+)", first.stdout).group(1)
+        assert requests.get(link, timeout=60).status_code in (200, 202)  # a browser needs no credential
+        assert requests.get(link.split("?")[0], timeout=60).status_code == 401
         project = next(
             p
             for p in ls.api("GET", "/api/projects/", params={"page_size": 100}).json()["results"]
