@@ -37,6 +37,8 @@ compile "$scratch/backend-test.txt" requirements.txt requirements-test.txt requi
 cp locks/label-studio.in "$scratch/"
 for version in "${versions[@]}"; do
     echo "label-studio==$version" >"$scratch/label-studio-$version.in"
+    # what one release needs beyond label-studio.in (locks/label-studio-<version>.in, where there is one)
+    [[ ! -f locks/label-studio-$version.in ]] || cat "locks/label-studio-$version.in" >>"$scratch/label-studio-$version.in"
     (cd "$scratch" && compile "label-studio-$version.txt" "label-studio-$version.in" label-studio.in)
 done
 
