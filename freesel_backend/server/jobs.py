@@ -17,10 +17,12 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from rq import get_current_job
 
 from .settings import ProjectSettings, Settings
 from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, load_image
@@ -30,7 +32,7 @@ from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
-    JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rerank_delay,
+    JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
     schedule_selection, selection_lock,
 )
 from .publish import delete_freesel_predictions, flagged, new_model_version
@@ -93,11 +95,34 @@ def version_of(extractor: PatternExtractor) -> str:
 # ---- jobs ---------------------------------------------------------------------------------------
 
 
-def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
+def compute_patterns(project_id: int, claim: int | list[int]) -> dict[str, int]:
+    """Patterns for up to ``claim`` of the project's pending tasks, drawn when the job starts
+    (the same ones again when the job is retried after a failure or a killed worker; a list: the
+    tasks of a job queued by an earlier release), then a ranking if one is due. Once no retry
+    follows a failure, the drawn tasks are let go (the next sync enqueues them again)."""
+    services = job_services()
+    job = get_current_job()
+    job_id = job.id if job is not None else uuid.uuid4().hex
+    task_ids = claim if isinstance(claim, list) else services.store.claim_pending(project_id, job_id, claim)
+    try:
+        counts = patterns_for(services, project_id, task_ids)
+    except Exception:
+        if job is None or not job.should_retry:
+            settle_claim(services, project_id, job_id)
+        raise
+    settle_claim(services, project_id, job_id)
+    return counts
+
+
+def settle_claim(services: Services, project_id: int, job_id: str) -> None:
+    services.store.release_claim(project_id, job_id)
+    rank_if_due(services, project_id)
+
+
+def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
     its reason. Tasks that already have patterns of the current version are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
-    services = job_services()
     started = time.monotonic()
     extractor = extractor_for(services.settings, services.store.get_settings(project_id))
     version = version_of(extractor)
@@ -292,6 +317,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
         n_picked=ranked.n_picked,
         n_ranked=len(ranked.order),
         ranked_version=version,
+        ranked_patterns=len(stored),
+        ranked_from_sample=int(store.patterns_outstanding(project_id)),
         ranked_fingerprint=fingerprint,
         ranking_seconds=round(time.monotonic() - started, 2),
         ranking_requests=services.client.requests_sent - requests_before,
@@ -352,8 +379,12 @@ def earlier_analysis(
 
 def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
     """The last target, whose order the tail of a new ranking keeps; none after a settings or
-    patterns change (its order then means nothing for the new ranking)."""
+    patterns change, nor after a ranking of a sample of the patterns, made while they came in (its
+    order then means nothing for the new ranking, drawn afresh: the last ranking of an import is
+    the one a ranking made once all patterns were in would be)."""
     previous = store.get_target(project_id) or {}
+    if store.get_state(project_id).get("ranked_from_sample") == "1":
+        return {}
     return previous if previous.get("settings_key") == fingerprint_of_settings(settings, version) else {}
 
 

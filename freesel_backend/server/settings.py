@@ -165,6 +165,11 @@ class Settings:
     # most writeout_step_requests requests, then yields its worker; bulk imports and version
     # deletes may take label_studio_write_timeout_s before Label Studio is asked what it did.
     head_size: int = setting(300, "FREESEL_HEAD_SIZE", _whole_number(1))
+    # While an import's patterns come in (in random order), the first ranking runs once
+    # first_ranking_tasks have patterns or after first_ranking_s of pattern work, whichever comes
+    # first; the next ones each time the patterns double, and once all are in.
+    first_ranking_tasks: int = setting(300, "FREESEL_FIRST_RANKING_TASKS", _whole_number(1))
+    first_ranking_s: float = setting(60.0, "FREESEL_FIRST_RANKING_AFTER", _seconds)
     top_before_imports: int = setting(100, "FREESEL_TOP_BEFORE_IMPORTS", _whole_number(1))
     rerank_interval_s: int = setting(10, "FREESEL_RERANK_INTERVAL", _whole_number(0))
     writeout_step_requests: int = setting(200, "FREESEL_WRITEOUT_STEP", _whole_number(1))
