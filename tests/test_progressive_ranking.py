@@ -4,17 +4,30 @@ each doubling and once all are in; the status says how much of the pool a rankin
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 
 import numpy as np
+import pytest
 from rq import Queue
 from rq.job import JobStatus
 
 from freesel_backend.cli import describe_status
-from freesel_backend.server.enqueue import next_ranking_at, rank_if_due
-from freesel_backend.server.enqueue import enqueue_patterns
+from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.server.enqueue import enqueue_patterns, next_ranking_at, rank_if_due
+from freesel_backend.server.publish import PICK_FLAG
 from freesel_backend.server.services import Services
-from freesel_backend.server.settings import FEATURES_QUEUE, ProjectSettings, Settings
+from freesel_backend.server.settings import (
+    CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings,
+)
+from freesel_backend.server.store import Store
+from harness.backend import BackendProcesses, backend_env, idle
+from harness.label_studio import LABEL_CONFIG
+from harness.local_http import LabelStudioStandIn, LocalHttpServer, Request, encoded
+from tests.helpers import noise_image
+from tests.test_faults import FAST_RECOVERY, start_worker, stop_group
+from tests.test_write_out_at_scale import freesel_predictions, queue_by_score
 
 PROJECT = 5
 
@@ -120,3 +133,145 @@ def test_status_says_how_much_of_the_pool_the_last_ranking_saw_and_when_the_next
     assert "ranked from 1,200 of 50,000 images (2%), next ranking at 2,400" in describe_status(status)
     all_in = {**status, "ranked_from": {**status["ranked_from"], "next_ranking_at": None}}
     assert "ranked from" not in describe_status(all_in)
+
+
+# ---- a thousand tasks against a real Label Studio -------------------------------------------------
+
+TASKS = 1000
+HEAD = 20
+PROGRESSIVE_ENV = {
+    **FAST_RECOVERY,
+    "FREESEL_TEST_IMAGE_SIZE": "32",
+    "FREESEL_CHUNK_SIZE": "50",
+    "FREESEL_FIRST_RANKING_TASKS": "100",
+    "FREESEL_HEAD_SIZE": str(HEAD),
+    "FREESEL_TOP_BEFORE_IMPORTS": "10",
+    "FREESEL_RERANK_INTERVAL": "1",
+}
+SETTINGS = {"strategy": "prob", "budget": 2 * HEAD}
+
+
+def imported_predictions(proxy: LabelStudioStandIn, project_id: int) -> list[tuple[float, list[dict]]]:
+    """Each prediction import the backend sent, in order: when, and the predictions it carried."""
+    path = f"/api/projects/{project_id}/import/predictions"
+    return [
+        (request.received_at, json.loads(request.body))
+        for request in proxy.received
+        if request.method == "POST" and request.path.split("?")[0] == path
+    ]
+
+
+def rankings_seen(backend: BackendProcesses, project_id: int) -> tuple[list[dict], float]:
+    """Poll the status until every task is ranked and written: what each ranking saw (as the
+    status showed it), and when every pattern was in."""
+    seen: list[dict] = []
+    all_in_at = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = backend.status(project_id)
+        if status["patterns_done"] == TASKS and all_in_at is None:
+            all_in_at = time.monotonic()
+        ranked_from = status.get("ranked_from")
+        if ranked_from and (not seen or seen[-1]["patterns"] != ranked_from["patterns"]):
+            seen.append({**ranked_from, "at": time.monotonic()})
+        if all_in_at and ranked_from and ranked_from["patterns"] == TASKS and idle(status):
+            if status["writeout"]["state"] == "done":
+                return seen, all_in_at
+        time.sleep(0.25)
+    raise TimeoutError(f"the last ranking was not written out; seen: {seen}")
+
+
+def windows(seen: list[dict]) -> list[tuple[float, float]]:
+    """From each ranking the status showed to the next one (the last: to the end)."""
+    times = [ranking["at"] for ranking in seen]
+    return list(zip(times, [*times[1:], float("inf")]))
+
+
+def writes_between(proxy: LabelStudioStandIn, start: float, end: float) -> Counter:
+    """The backend's writes to Label Studio received between ``start`` and ``end``, by kind."""
+    kinds = {"POST": "imports", "PATCH": "changes"}
+    return Counter(
+        f"{kinds[r.method]} of {r.path.split('/')[2]}" for r in proxy.received
+        if r.method in kinds and start <= r.received_at < end
+    )
+
+
+@pytest.mark.slow
+def test_a_thousand_tasks_are_ranked_from_a_first_random_sample_then_at_each_doubling_writing_only_what_changed(
+    label_studio, redis_connection, redis_url, tmp_path
+):
+    ls = label_studio
+    requested: list[int] = []
+
+    def image(request: Request) -> tuple[int, dict[str, str], bytes]:
+        number = int(request.path.rsplit("/", 1)[1].split(".")[0])
+        requested.append(number)
+        return 200, {"Content-Type": "image/png"}, encoded(noise_image(number, size=(32, 32)), "PNG")
+
+    with LocalHttpServer({f"/img/{n}.png": image for n in range(TASKS)}) as image_host:
+        proxy = LabelStudioStandIn(ls.url).start()
+        env = {**backend_env(redis_url, proxy.url, ls.pat, tmp_path / "model_dir"), **PROGRESSIVE_ENV}
+        backend = BackendProcesses(env, tmp_path).start(workers=0)
+        workers = [  # as serve runs them: patterns beside rankings and write-outs
+            start_worker(backend.env, tmp_path / "features.log", (FEATURES_QUEUE,)),
+            start_worker(backend.env, tmp_path / "worker.log", (SELECTION_QUEUE, WRITEOUT_QUEUE, CLEANUP_QUEUE)),
+        ]
+        try:
+            pid = ls.create_project("FreeSel while patterns come in", LABEL_CONFIG)["id"]
+            ids = ls.import_tasks(pid, [{"image": f"{image_host.url}/img/{n}.png"} for n in range(TASKS)])
+            connected = time.monotonic()
+            response = ls.api("POST", "/api/ml", json={
+                "url": backend.url, "project": pid, "title": "FreeSel", "extra_params": json.dumps(SETTINGS),
+            })
+            assert response.status_code == 201, response.text
+            seen, all_in_at = rankings_seen(backend, pid)
+        except BaseException:
+            print(backend.logs())
+            raise
+        finally:
+            for worker in workers:
+                stop_group(worker)
+            backend.stop()
+            proxy.stop()
+
+    # patterns in random order: the first chunks are a sample of the whole import
+    fetched = list(dict.fromkeys(requested))  # image numbers (= task order of the import), as fetched
+    assert sorted(fetched) == list(range(TASKS)) and fetched != sorted(fetched)
+    assert min(fetched[:100]) < TASKS / 10 and max(fetched[:100]) > TASKS * 9 / 10
+
+    imports = imported_predictions(proxy, pid)
+    switched_at = next(
+        request.received_at for request in proxy.received
+        if request.method == "PATCH" and request.path.split("?")[0] == f"/api/projects/{pid}/"
+    )
+    print(
+        f"queue switched {switched_at - connected:.1f} s after connecting, every pattern in after "
+        f"{all_in_at - connected:.1f} s; rankings seen from "
+        + ", ".join(f"{r['patterns']} ({r['at'] - connected:.1f} s)" for r in seen)
+        + f"; prediction imports: {[len(batch) for _, batch in imports]}; Label Studio writes per ranking: "
+        + "; ".join(str(dict(writes_between(proxy, start, end))) for start, end in windows(seen))
+    )
+    assert switched_at < all_in_at and seen[0]["patterns"] < TASKS and len(seen) >= 3
+    assert [r["next_ranking_at"] for r in seen[:-1]] == [min(TASKS, 2 * r["patterns"]) for r in seen[:-1]]
+
+    # every milestone imported the newly ranked tasks only, all under the one version: no re-import
+    imported = [p["task"] for _, batch in imports for p in batch]
+    assert Counter(imported) == {t: 1 for t in ids} and len({p["model_version"] for _, b in imports for p in b}) == 1
+    assert not any(request.method == "DELETE" for request in proxy.received)
+    patches = sum(request.method == "PATCH" for request in proxy.received)
+    assert patches <= len(seen) * 4 * HEAD  # per ranking: the head's scores and flags, in and out
+    assert Counter(p["task"] for p in freesel_predictions(ls, pid)) == {t: 1 for t in ids}
+
+    # the last ranking is the one a ranking made once every pattern was in would be
+    store = Store(redis_connection)
+    state, target, settings = store.get_state(pid), store.get_target(pid), store.get_settings(pid)
+    patterns = store.load_patterns(pid, state["patterns_version"])
+    once = rank_tasks(
+        patterns, set(), {}, settings.picks_for(TASKS), head_size=HEAD, strategy=settings.strategy, seed=settings.seed,
+        duplicate_threshold=settings.duplicate_threshold,
+    )
+    assert target["order"] == once.order and target["n_picked"] == once.n_picked
+    queue = queue_by_score(ls, pid)
+    assert queue[:HEAD] == once.order[:HEAD] and sorted(queue) == sorted(ids)
+    served = ls.api("GET", f"/api/projects/{pid}/next").json()
+    assert served["id"] == queue[0] and served["data"]["freesel"] == PICK_FLAG

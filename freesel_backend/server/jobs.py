@@ -220,8 +220,8 @@ def reconcile(
     services: Services, project_id: int, listed: Iterable[int], *, every_task: bool, version: str | None = None
 ) -> Reconciled:
     """Bring the store to the tasks Label Studio ``listed``: with ``every_task`` (the listing is
-    the whole project) tasks it lacks are dropped with their patterns; pattern jobs, and a
-    selection after them, for the listed tasks the store has not seen and, given the patterns
+    the whole project) tasks it lacks are dropped with their patterns; pattern jobs (rankings
+    follow them) for the listed tasks the store has not seen and, given the patterns
     ``version``, for those with neither patterns nor a failure of it."""
     store = services.store
     listed = set(listed)
@@ -262,7 +262,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
     target of the write-out (enqueued here): the head filled with the last ranking's picks that no
     label covered (drawn where they fall short), the rest in the last ranking's order (every pick
-    drawn, then the rest by distance, on a first ranking), a top-up of the picks enqueued once
+    drawn, then the rest by distance, on a first ranking and after a ranking of a sample of the
+    patterns, made while they came in), a top-up of the picks enqueued once
     labels used up half of them. Skipped when
     neither the tasks, the labels, the patterns nor the settings changed since the last ranking.
 

@@ -33,7 +33,9 @@ FEATURES_QUEUE = "freesel-features"
 SELECTION_QUEUE = "freesel-selection"  # rankings and project syncs
 WRITEOUT_QUEUE = "freesel-writeout"  # predictions and flags written to Label Studio, in bounded steps
 CLEANUP_QUEUE = "freesel-cleanup"  # old prediction versions deleted, flags removed after disable
-QUEUES = (FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, CLEANUP_QUEUE)
+# A worker on several queues takes a ranking or a write-out step before the next pattern chunk: the
+# picks of a first sample reach the queue while the rest of an import's patterns are computed.
+QUEUES = (SELECTION_QUEUE, WRITEOUT_QUEUE, FEATURES_QUEUE, CLEANUP_QUEUE)
 # What ``serve`` without REDIS_URL starts: one worker process per queue, so that a long write-out
 # or pattern extraction never holds up another project's ranking, and old versions are deleted
 # beside the write-outs (taking turns on the project's write lock), not after all of them.
