@@ -16,6 +16,7 @@ from rq.job import JobStatus
 from freesel_backend.cli import describe_status
 from freesel_backend.engine.ranking import rank_tasks
 from freesel_backend.server.enqueue import enqueue_patterns, next_ranking_at, rank_if_due
+from freesel_backend.server.jobs import reconcile
 from freesel_backend.server.publish import PICK_FLAG
 from freesel_backend.server.services import Services
 from freesel_backend.server.settings import (
@@ -68,6 +69,22 @@ def test_a_retried_pattern_job_gets_the_tasks_it_drew_before_and_no_other_job_ge
     assert store.patterns_outstanding(PROJECT)  # the retried job still works on its tasks
     store.release_claim(PROJECT, "killed-mid-chunk")
     assert not store.patterns_outstanding(PROJECT)
+
+
+def test_a_sync_gives_back_the_tasks_of_a_pattern_job_that_ended_without_them_and_leaves_those_at_work_alone(
+    redis_connection,
+):
+    services = Services(Settings(chunk_size=5), redis_connection)
+    services.store.use_patterns_version(PROJECT, "v1")
+    waiting_job = enqueue_patterns(services, PROJECT, range(1, 21))[0]
+    services.store.claim_pending(PROJECT, waiting_job.id, 5)  # drawn, then the job failed and waits for its retry
+    lost = services.store.claim_pending(PROJECT, "killed-on-its-last-try", 5)
+    still_pending = services.store.pending_tasks(PROJECT)
+
+    reconciled = reconcile(services, PROJECT, range(1, 21), every_task=True, version="v1")
+    assert reconciled.enqueued == set(lost)
+    assert services.store.pending_tasks(PROJECT) == still_pending | set(lost)
+    assert list(services.store.claims(PROJECT)) == [waiting_job.id]
 
 
 def test_the_next_ranking_comes_with_a_first_sample_then_at_each_doubling_of_the_patterns():

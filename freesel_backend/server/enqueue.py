@@ -118,6 +118,20 @@ def enqueue_patterns(services: Services, project_id: int, task_ids: Iterable[int
     ]
 
 
+def tasks_in_the_works(services: Services, project_id: int) -> set[int]:
+    """Tasks pending or drawn by a pattern job that waits (for a retry) or runs. The draws of
+    jobs that ended without letting them go (killed on their last try) are let go here."""
+    store = services.store
+    working = store.pending_tasks(project_id)
+    for job_id, tasks in store.claims(project_id).items():
+        job = fetch_job(services.connection, job_id)
+        if job is not None and job.get_status(refresh=False) in (*WAITING, JobStatus.STARTED):
+            working.update(tasks)
+        else:
+            store.release_claim(project_id, job_id)
+    return working
+
+
 def next_ranking_at(state: Mapping[str, str], tasks: int, settings: Settings) -> int:
     """How many tasks have patterns when the project is ranked next while patterns come in:
     ``first_ranking_tasks`` before its first ranking of these patterns, then twice as many as the

@@ -33,7 +33,7 @@ from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
-    schedule_selection, selection_lock,
+    schedule_selection, selection_lock, tasks_in_the_works,
 )
 from .publish import delete_freesel_predictions, flagged, new_model_version
 from .services import Services, job_services
@@ -222,7 +222,7 @@ def reconcile(
     """Bring the store to the tasks Label Studio ``listed``: with ``every_task`` (the listing is
     the whole project) tasks it lacks are dropped with their patterns; pattern jobs (rankings
     follow them) for the listed tasks the store has not seen and, given the patterns
-    ``version``, for those with neither patterns nor a failure of it."""
+    ``version``, for those with neither patterns nor a failure of it, nor a pattern job at work on them."""
     store = services.store
     listed = set(listed)
     known = store.task_ids(project_id)
@@ -231,6 +231,7 @@ def reconcile(
     settled = known
     if version:
         settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
+        settled |= tasks_in_the_works(services, project_id)
     missing = listed - settled
     if missing:  # imported without a webhook, or Redis lost its data: compute them, rank again after
         log.info("project %s: %d listed tasks have no patterns yet, enqueueing them", project_id, len(missing))

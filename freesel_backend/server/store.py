@@ -286,6 +286,14 @@ class Store:
         drawn = script(keys=[self._key(project_id, "pending"), self._key(project_id, "claimed")], args=[job_id, count])
         return [int(t) for t in json.loads(drawn)]
 
+    def pending_tasks(self, project_id: int) -> set[int]:
+        return {int(t) for t in self.redis.zrange(self._key(project_id, "pending"), 0, -1)}
+
+    def claims(self, project_id: int) -> dict[str, list[int]]:
+        """Pattern job id -> the pending tasks it drew."""
+        raw = self.redis.hgetall(self._key(project_id, "claimed"))
+        return {job_id.decode(): [int(t) for t in json.loads(drawn)] for job_id, drawn in raw.items()}
+
     def release_claim(self, project_id: int, job_id: str) -> None:
         """The job ``job_id`` is done with the tasks it drew (patterns or failures saved)."""
         self.redis.hdel(self._key(project_id, "claimed"), job_id)
