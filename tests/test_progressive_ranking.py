@@ -15,7 +15,7 @@ from rq.job import JobStatus
 
 from freesel_backend.cli import describe_status
 from freesel_backend.engine.ranking import rank_tasks
-from freesel_backend.server.enqueue import enqueue_patterns, next_ranking_at, rank_if_due
+from freesel_backend.server.enqueue import enqueue_patterns, next_ranking_at, rank_if_due, restore_pattern_jobs
 from freesel_backend.server.jobs import reconcile
 from freesel_backend.server.publish import PICK_FLAG
 from freesel_backend.server.services import Services
@@ -85,6 +85,16 @@ def test_a_sync_gives_back_the_tasks_of_a_pattern_job_that_ended_without_them_an
     assert reconciled.enqueued == set(lost)
     assert services.store.pending_tasks(PROJECT) == still_pending | set(lost)
     assert list(services.store.claims(PROJECT)) == [waiting_job.id]
+
+
+def test_a_sync_queues_pattern_jobs_again_for_pending_tasks_whose_jobs_were_lost_before_they_drew(redis_connection):
+    services = Services(Settings(chunk_size=5), redis_connection)
+    jobs = enqueue_patterns(services, PROJECT, range(1, 21))
+    services.store.claim_pending(PROJECT, jobs[0].id, 5)  # drawn: failed, waits for its retry
+    for lost in jobs[1:3]:
+        lost.delete()
+    assert len(restore_pattern_jobs(services, PROJECT)) == 2
+    assert restore_pattern_jobs(services, PROJECT) == []
 
 
 def test_the_next_ranking_comes_with_a_first_sample_then_at_each_doubling_of_the_patterns():

@@ -108,13 +108,33 @@ def enqueue_patterns(services: Services, project_id: int, task_ids: Iterable[int
     added = store.add_pending(project_id, ids)
     version = store.get_state(project_id).get("patterns_version")
     store.start_progress(project_id, sum(store.count_done(project_id, version)) if version else 0)
+    return _pattern_jobs(services, project_id, added)
+
+
+def restore_pattern_jobs(services: Services, project_id: int) -> list[Job]:
+    """From a sync: pattern jobs for the pending tasks that no waiting job will draw (a job lost
+    before it drew: failed for good, or removed from RQ)."""
+    queue = Queue(FEATURES_QUEUE, connection=services.connection)
+    drawn = set(services.store.claims(project_id))
+    waiting = Job.fetch_many(
+        [*queue.get_job_ids(), *queue.scheduled_job_registry.get_job_ids()], connection=services.connection
+    )
+    will_draw = sum(
+        int(job.meta.get("draws", 0)) for job in waiting
+        if job is not None and job.meta.get("project") == project_id and job.id not in drawn
+    )
+    return _pattern_jobs(services, project_id, len(services.store.pending_tasks(project_id)) - will_draw)
+
+
+def _pattern_jobs(services: Services, project_id: int, tasks: int) -> list[Job]:
+    """Enough pattern jobs to draw ``tasks`` pending tasks."""
     size = services.settings.chunk_size
     return [
         enqueue_project_job(
             services, FEATURES_QUEUE, COMPUTE_PATTERNS, project_id, size,
-            what=f"patterns: project {project_id}, {size} tasks",
+            what=f"patterns: project {project_id}, {size} tasks", meta={"draws": size},
         )
-        for _ in range(math.ceil(added / size))
+        for _ in range(math.ceil(max(0, tasks) / size))
     ]
 
 

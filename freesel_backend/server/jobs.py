@@ -33,7 +33,7 @@ from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
-    schedule_selection, selection_lock, tasks_in_the_works,
+    restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
 from .publish import delete_freesel_predictions, flagged, new_model_version
 from .services import Services, job_services
@@ -248,6 +248,7 @@ def sync_project(project_id: int) -> dict[str, int]:
     store.use_patterns_version(project_id, version)
     task_ids = {int(task["id"]) for task in services.client.iter_tasks(project_id)}
     reconciled = reconcile(services, project_id, task_ids, every_task=True, version=version)
+    restore_pattern_jobs(services, project_id)
     if not reconciled.enqueued:
         store.add_tasks(project_id, task_ids)
         if reconciled.gone or store.get_state(project_id).get("ranked_version") != version:
