@@ -208,19 +208,27 @@ def rankings_seen(backend: BackendProcesses, project_id: int) -> tuple[list[dict
     raise TimeoutError(f"the last ranking was not written out; seen: {seen}")
 
 
-def windows(seen: list[dict]) -> list[tuple[float, float]]:
-    """From each ranking the status showed to the next one (the last: to the end)."""
-    times = [ranking["at"] for ranking in seen]
+def windows(seen: list[dict], connected: float) -> list[tuple[float, float]]:
+    """From connecting to the second ranking the status showed, then from each to the next (the last: to the end)."""
+    times = [connected, *(ranking["at"] for ranking in seen[1:])]
     return list(zip(times, [*times[1:], float("inf")]))
+
+
+WRITE_KINDS = {
+    ("POST", "import"): "prediction imports",
+    ("PATCH", "predictions"): "scores changed",
+    ("PATCH", "tasks"): "flags changed",
+    ("PATCH", "projects"): "queue switches",
+}
 
 
 def writes_between(proxy: LabelStudioStandIn, start: float, end: float) -> Counter:
     """The backend's writes to Label Studio received between ``start`` and ``end``, by kind."""
-    kinds = {"POST": "imports", "PATCH": "changes"}
-    return Counter(
-        f"{kinds[r.method]} of {r.path.split('/')[2]}" for r in proxy.received
-        if r.method in kinds and start <= r.received_at < end
-    )
+    kinds = [
+        WRITE_KINDS.get((r.method, "import" if "/import/" in r.path else r.path.split("/")[2]))
+        for r in proxy.received if start <= r.received_at < end
+    ]
+    return Counter(kind for kind in kinds if kind)
 
 
 @pytest.mark.slow
@@ -276,7 +284,7 @@ def test_a_thousand_tasks_are_ranked_from_a_first_random_sample_then_at_each_dou
         f"{all_in_at - connected:.1f} s; rankings seen from "
         + ", ".join(f"{r['patterns']} ({r['at'] - connected:.1f} s)" for r in seen)
         + f"; prediction imports: {[len(batch) for _, batch in imports]}; Label Studio writes per ranking: "
-        + "; ".join(str(dict(writes_between(proxy, start, end))) for start, end in windows(seen))
+        + "; ".join(str(dict(writes_between(proxy, start, end))) for start, end in windows(seen, connected))
     )
     assert switched_at < all_in_at and seen[0]["patterns"] < TASKS and len(seen) >= 3
     assert [r["next_ranking_at"] for r in seen[:-1]] == [min(TASKS, 2 * r["patterns"]) for r in seen[:-1]]
