@@ -115,6 +115,7 @@ def compute_patterns(project_id: int, claim: int | list[int]) -> dict[str, int]:
 
 
 def settle_claim(services: Services, project_id: int, job_id: str) -> None:
+    """The job ``job_id`` is done with the tasks it drew: a ranking if one is due now."""
     services.store.release_claim(project_id, job_id)
     rank_if_due(services, project_id)
 
@@ -294,6 +295,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     # recorded (Redis lost its data): one full listing.
     tasks = store.task_ids(project_id) or {int(task["id"]) for task in services.client.iter_tasks(project_id)}
     reconcile(services, project_id, tasks | labelled_in_label_studio, every_task=False)
+    coming_in = store.patterns_outstanding(project_id)  # asked first: a chunk may finish while patterns load
     stored = store.load_patterns(project_id, version, tasks) if version else {}
     if not stored:  # connected to a project before its tasks' patterns: nothing to rank or switch to
         return {"skipped": "no task has patterns yet"}
@@ -321,7 +323,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
         n_ranked=len(ranked.order),
         ranked_version=version,
         ranked_patterns=len(stored),
-        ranked_from_sample=int(store.patterns_outstanding(project_id)),
+        ranked_from_sample=int(coming_in and len(stored) + len(failures) < len(tasks)),
         ranked_fingerprint=fingerprint,
         ranking_seconds=round(time.monotonic() - started, 2),
         ranking_requests=services.client.requests_sent - requests_before,
