@@ -24,6 +24,7 @@ Route = Callable[["Request"], Reply]
 class Request:
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         self.method, self.path, self.headers, self.body = method, path, headers, body
+        self.received_at = time.monotonic()
 
 
 def content(data: bytes, content_type: str = "application/octet-stream") -> Route:
@@ -54,6 +55,7 @@ class LocalHttpServer:
         self.fallback: Route = fallback or status(404, b"not found")
         self.port = free_port()
         self.requests: list[tuple[str, str]] = []
+        self.received: list[Request] = []  # the same requests with their bodies and times
         self._server: Optional[ThreadingHTTPServer] = None
         self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
 
@@ -77,10 +79,12 @@ class LocalHttpServer:
 
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = Request(self.command, self.path, dict(self.headers), body)
                 owner.requests.append((self.command, self.path))
+                owner.received.append(request)
                 route = owner.routes.get(self.path.split("?")[0], owner.fallback)
                 try:
-                    code, headers, payload = route(Request(self.command, self.path, dict(self.headers), body))
+                    code, headers, payload = route(request)
                 except requests.RequestException:
                     code, headers, payload = 502, {}, b"upstream unreachable"
                 try:

@@ -39,9 +39,10 @@ FAST_RECOVERY = {
 }
 
 
-def start_worker(env: dict[str, str], log_path) -> subprocess.Popen[bytes]:
-    """A long-running worker in its own process group (its scheduler child dies with it)."""
-    return subprocess.Popen([sys.executable, "-m", "freesel_backend", "worker"], cwd=REPO_ROOT, env=env,
+def start_worker(env: dict[str, str], log_path, queues: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """A long-running worker (on ``queues``, else all) in its own process group (its scheduler child dies with it)."""
+    only = ["--queues", ",".join(queues)] if queues else []
+    return subprocess.Popen([sys.executable, "-m", "freesel_backend", "worker", *only], cwd=REPO_ROOT, env=env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

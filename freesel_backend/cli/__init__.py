@@ -416,7 +416,7 @@ def describe_status(status: dict[str, Any]) -> str:
         took = f" in {cost['seconds']:.1f} s ({cost['label_studio_requests']} Label Studio requests)" if cost else ""
         lines.append(
             f"last ranking: {status['picks']} picks, {status['ranked']} tasks ranked at "
-            f"{status['last_selection_at']}{took}"
+            f"{status['last_selection_at']}{took}{_sample_of(status.get('ranked_from'))}"
         )
     else:
         lines.append("last ranking: none yet")
@@ -465,6 +465,16 @@ def describe_label_studio_side(status: dict[str, Any]) -> list[str]:
             f"{writeout['seconds']:.1f} s{doing}{rate}"
         )
     return lines
+
+
+def _sample_of(ranked_from: dict[str, Any] | None) -> str:
+    """"; ranked from 1,200 of 50,000 images (2%), next ranking at 2,400" while patterns come in."""
+    if not ranked_from or ranked_from["next_ranking_at"] is None:
+        return ""
+    return (
+        f"; ranked from {ranked_from['patterns']:,} of {ranked_from['tasks']:,} images "
+        f"({ranked_from['percent']:.0f}%), next ranking at {ranked_from['next_ranking_at']:,}"
+    )
 
 
 def _rate_and_eta(progress: dict[str, Any]) -> str:

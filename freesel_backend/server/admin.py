@@ -15,7 +15,7 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegi
 
 from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings
 from ..engine import preset
-from .enqueue import enqueue_cleanup, enqueue_sync, schedule_selection
+from .enqueue import enqueue_cleanup, enqueue_sync, next_ranking_at, schedule_selection
 from .publish import remember_previous_sampling
 from .services import Services
 from .store import Store
@@ -119,6 +119,7 @@ def status(services: Services, project_id: int) -> dict[str, Any]:
         "model_version": state.get("model_version"),
         "patterns_version": version or None,
         "last_selection_at": _iso(state.get("last_selection_at")),
+        "ranked_from": ranked_from(services, project_id, state, tasks),
         "last_ranking": None
         if "ranking_seconds" not in state
         else {
@@ -136,6 +137,21 @@ def status(services: Services, project_id: int) -> dict[str, Any]:
             if _attempts(job)
         ],
         "near_duplicates": near_duplicates(store, project_id),
+    }
+
+
+def ranked_from(services: Services, project_id: int, state: Mapping[str, str], tasks: int) -> dict[str, Any] | None:
+    """How many tasks had patterns when the project was last ranked, out of its tasks now, and,
+    while patterns still come in, how many will have them at the next ranking."""
+    if "ranked_patterns" not in state or state.get("ranked_version") != state.get("patterns_version"):
+        return None
+    ranked = int(state["ranked_patterns"])
+    coming_in = services.store.patterns_outstanding(project_id)
+    return {
+        "patterns": ranked,
+        "tasks": tasks,
+        "percent": round(100.0 * ranked / tasks, 1) if tasks else 100.0,
+        "next_ranking_at": next_ranking_at(state, tasks, services.settings) if coming_in else None,
     }
 
 

@@ -1,7 +1,8 @@
 """Putting a project's jobs on RQ's queues, finding them again, and their progress in the job meta.
 
-Flow: ``enqueue_patterns`` -> ``jobs.compute_patterns`` chunks -> ``jobs.run_selection``
-(depends on the chunks; at most one waiting per project, at most one started per
+Flow: ``enqueue_patterns`` -> ``jobs.compute_patterns`` chunks, each drawing a random sample
+of the project's pending tasks -> ``jobs.run_selection`` as the patterns come in (``rank_if_due``:
+a first sample, each doubling, all in; at most one waiting per project, at most one started per
 ``rerank_interval_s``) -> a target ranking in Redis -> ``publish.write_out`` steps bring Label
 Studio to it. Jobs are named by their import path: the web service enqueues them without
 importing the code that runs them (RQ imports it in the worker).
@@ -10,8 +11,9 @@ importing the code that runs them (RQ imports it in the worker).
 from __future__ import annotations
 
 import datetime
+import math
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping
 
 import redis
 from rq import Queue, Retry, get_current_job
@@ -93,53 +95,112 @@ def fetch_job(connection: redis.Redis, job_id: str | None) -> Job | None:
 # ---- the project's jobs -------------------------------------------------------------------------
 
 
-def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
 def enqueue_patterns(services: Services, project_id: int, task_ids: Iterable[int]) -> list[Job]:
-    """Feature jobs for these tasks (chunks of ``settings.chunk_size``) and a selection after them."""
-    ids = sorted({int(t) for t in task_ids})
+    """Patterns for these tasks: they join the project's pending tasks and one pattern job per
+    ``settings.chunk_size`` new ones is queued. A job draws its tasks when it starts
+    (``jobs.compute_patterns``), the lowest draw positions first (``store.draw_position``), so the
+    patterns of every import come in one random order; rankings follow them (``rank_if_due``)."""
+    ids = {int(t) for t in task_ids}
     if not ids:
         return []
     store = services.store
     store.add_tasks(project_id, ids)
+    added = store.add_pending(project_id, ids)
     version = store.get_state(project_id).get("patterns_version")
     store.start_progress(project_id, sum(store.count_done(project_id, version)) if version else 0)
-    jobs = [
+    return _pattern_jobs(services, project_id, added)
+
+
+def restore_pattern_jobs(services: Services, project_id: int) -> list[Job]:
+    """From a sync: pattern jobs for the pending tasks that no waiting job will draw (a job lost
+    before it drew: failed for good, or removed from RQ)."""
+    queue = Queue(FEATURES_QUEUE, connection=services.connection)
+    drawn = set(services.store.claims(project_id))
+    waiting = Job.fetch_many(
+        [*queue.get_job_ids(), *queue.scheduled_job_registry.get_job_ids()], connection=services.connection
+    )
+    will_draw = sum(
+        int(job.meta.get("draws", 0)) for job in waiting
+        if job is not None and job.meta.get("project") == project_id and job.id not in drawn
+    )
+    return _pattern_jobs(services, project_id, len(services.store.pending_tasks(project_id)) - will_draw)
+
+
+def _pattern_jobs(services: Services, project_id: int, tasks: int) -> list[Job]:
+    """Enough pattern jobs to draw ``tasks`` pending tasks."""
+    size = services.settings.chunk_size
+    return [
         enqueue_project_job(
-            services, FEATURES_QUEUE, COMPUTE_PATTERNS, project_id, chunk,
-            what=f"patterns: project {project_id}, {len(chunk)} tasks", meta={"tasks": len(chunk)},
+            services, FEATURES_QUEUE, COMPUTE_PATTERNS, project_id, size,
+            what=f"patterns: project {project_id}, {size} tasks", meta={"draws": size},
         )
-        for chunk in _chunks(ids, services.settings.chunk_size)
+        for _ in range(math.ceil(max(0, tasks) / size))
     ]
-    schedule_selection(services, project_id, after=jobs)
-    return jobs
 
 
-def schedule_selection(services: Services, project_id: int, after: Sequence[Job] = ()) -> Job:
-    """Make sure one selection runs after ``after``; a selection still waiting absorbs this request.
+def tasks_in_the_works(services: Services, project_id: int) -> set[int]:
+    """Tasks pending or drawn by a pattern job that waits (for a retry) or runs. The draws of
+    jobs that ended without letting them go (killed on their last try) are let go here."""
+    store = services.store
+    working = store.pending_tasks(project_id)
+    for job_id, tasks in store.claims(project_id).items():
+        job = fetch_job(services.connection, job_id)
+        if job is not None and job.get_status(refresh=False) in (*WAITING, JobStatus.STARTED):
+            working.update(tasks)
+        else:
+            store.release_claim(project_id, job_id)
+    return working
 
-    The waiting job (if any) is replaced by one that depends on its unfinished dependencies plus
-    ``after``, so a burst of imports ends in one selection, not one per import. A selection that
-    is running is a dependency too: two selections of a project never run at once. A selection
-    starts no sooner than ``rerank_interval_s`` after the last one began (a burst of labels ends in
-    one re-ranking): delayed when nothing runs, else put off by ``defer_selection`` when it starts.
+
+def next_ranking_at(state: Mapping[str, str], tasks: int, settings: Settings) -> int:
+    """How many tasks have patterns when the project is ranked next while patterns come in:
+    ``first_ranking_tasks`` before its first ranking of these patterns, then twice as many as the
+    last ranking had; at most every task."""
+    same_patterns = state.get("ranked_version") == state.get("patterns_version")
+    ranked = int(state.get("ranked_patterns", 0)) if same_patterns else 0
+    return min(tasks, 2 * ranked if ranked else settings.first_ranking_tasks)
+
+
+def rank_if_due(services: Services, project_id: int) -> Job | None:
+    """After a pattern job: a ranking once no task waits for patterns any more, else at the next
+    milestone (``next_ranking_at``; for a first ranking also once ``first_ranking_s`` of
+    pattern work have passed), unless a ranking of the project waits or runs already."""
+    store, settings = services.store, services.settings
+    if not store.patterns_outstanding(project_id):
+        return schedule_selection(services, project_id)
+    state = store.get_state(project_id)
+    done, _ = store.count_done(project_id, state.get("patterns_version", ""))
+    first = state.get("ranked_version") != state.get("patterns_version")
+    waited = time.time() - float(state.get("progress_since", time.time()))
+    due = done >= next_ranking_at(state, len(store.task_ids(project_id)), settings) or (
+        first and done > 0 and waited >= settings.first_ranking_s
+    )
+    if not due or selection_waits_or_runs(services, project_id):
+        return None
+    return schedule_selection(services, project_id)
+
+
+def selection_waits_or_runs(services: Services, project_id: int) -> bool:
+    job = fetch_job(services.connection, services.store.get_state(project_id).get("pending_selection"))
+    return job is not None and job.get_status(refresh=False) in (*WAITING, JobStatus.STARTED)
+
+
+def schedule_selection(services: Services, project_id: int) -> Job:
+    """Make sure one selection of the project waits; one waiting already absorbs this request.
+
+    A selection that is running is a dependency: two selections of a project never run at once.
+    A selection starts no sooner than ``rerank_interval_s`` after the last one began (a burst of
+    labels ends in one re-ranking): delayed when nothing runs, else put off by
+    ``defer_selection`` when it starts.
     """
     store, connection = services.store, services.connection
     with selection_lock(store, project_id):
         previous = fetch_job(connection, store.get_state(project_id).get("pending_selection"))
-        dependencies = [job.id for job in after]
         if previous is not None and previous.get_status() in WAITING:
-            if not dependencies:
-                return previous
-            dependencies += _unfinished(connection, previous.dependency_ids)
-            previous.cancel()
-        elif previous is not None and previous.get_status() == JobStatus.STARTED:
-            dependencies.append(previous.id)
-        delay_s = 0 if dependencies else rerank_delay(store, project_id, services.settings)
-        return _enqueue_selection(services, project_id, dependencies, delay_s=delay_s)
+            return previous
+        if previous is not None and previous.get_status() == JobStatus.STARTED:
+            return _enqueue_selection(services, project_id, [previous.id], delay_s=0)
+        return _enqueue_selection(services, project_id, [], delay_s=rerank_delay(store, project_id, services.settings))
 
 
 def defer_selection(services: Services, project_id: int, delay_s: float) -> Job:
@@ -174,13 +235,6 @@ def rerank_delay(store: Store, project_id: int, settings: Settings) -> float:
     """Seconds until the project may be ranked again: ``rerank_interval_s`` after the last ranking began."""
     last = store.get_state(project_id).get("ranking_started_at")
     return max(0.0, float(last) + settings.rerank_interval_s - time.time()) if last else 0.0
-
-
-def _unfinished(connection: redis.Redis, job_ids: Iterable[str]) -> list[str]:
-    jobs = Job.fetch_many(list(job_ids), connection=connection)
-    return [
-        job.id for job in jobs if job is not None and job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED)
-    ]
 
 
 def enqueue_sync(services: Services, project_id: int) -> Job:

@@ -17,10 +17,12 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from rq import get_current_job
 
 from .settings import ProjectSettings, Settings
 from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, load_image
@@ -30,8 +32,8 @@ from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
-    JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rerank_delay,
-    schedule_selection, selection_lock,
+    JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
+    restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
 from .publish import delete_freesel_predictions, flagged, new_model_version
 from .services import Services, job_services
@@ -93,11 +95,35 @@ def version_of(extractor: PatternExtractor) -> str:
 # ---- jobs ---------------------------------------------------------------------------------------
 
 
-def compute_patterns(project_id: int, task_ids: list[int]) -> dict[str, int]:
+def compute_patterns(project_id: int, claim: int | list[int]) -> dict[str, int]:
+    """Patterns for up to ``claim`` of the project's pending tasks, drawn when the job starts
+    (the same ones again when the job is retried after a failure or a killed worker; a list: the
+    tasks of a job queued by an earlier release), then a ranking if one is due. Once no retry
+    follows a failure, the drawn tasks are let go (the next sync enqueues them again)."""
+    services = job_services()
+    job = get_current_job()
+    job_id = job.id if job is not None else uuid.uuid4().hex
+    task_ids = claim if isinstance(claim, list) else services.store.claim_pending(project_id, job_id, claim)
+    try:
+        counts = patterns_for(services, project_id, task_ids)
+    except Exception:
+        if job is None or not job.should_retry:
+            settle_claim(services, project_id, job_id)
+        raise
+    settle_claim(services, project_id, job_id)
+    return counts
+
+
+def settle_claim(services: Services, project_id: int, job_id: str) -> None:
+    """The job ``job_id`` is done with the tasks it drew: a ranking if one is due now."""
+    services.store.release_claim(project_id, job_id)
+    rank_if_due(services, project_id)
+
+
+def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
     its reason. Tasks that already have patterns of the current version are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
-    services = job_services()
     started = time.monotonic()
     extractor = extractor_for(services.settings, services.store.get_settings(project_id))
     version = version_of(extractor)
@@ -195,9 +221,9 @@ def reconcile(
     services: Services, project_id: int, listed: Iterable[int], *, every_task: bool, version: str | None = None
 ) -> Reconciled:
     """Bring the store to the tasks Label Studio ``listed``: with ``every_task`` (the listing is
-    the whole project) tasks it lacks are dropped with their patterns; pattern jobs, and a
-    selection after them, for the listed tasks the store has not seen and, given the patterns
-    ``version``, for those with neither patterns nor a failure of it."""
+    the whole project) tasks it lacks are dropped with their patterns; pattern jobs (rankings
+    follow them) for the listed tasks the store has not seen and, given the patterns
+    ``version``, for those with neither patterns nor a failure of it, nor a pattern job at work on them."""
     store = services.store
     listed = set(listed)
     known = store.task_ids(project_id)
@@ -206,6 +232,7 @@ def reconcile(
     settled = known
     if version:
         settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
+        settled |= tasks_in_the_works(services, project_id)
     missing = listed - settled
     if missing:  # imported without a webhook, or Redis lost its data: compute them, rank again after
         log.info("project %s: %d listed tasks have no patterns yet, enqueueing them", project_id, len(missing))
@@ -222,6 +249,7 @@ def sync_project(project_id: int) -> dict[str, int]:
     store.use_patterns_version(project_id, version)
     task_ids = {int(task["id"]) for task in services.client.iter_tasks(project_id)}
     reconciled = reconcile(services, project_id, task_ids, every_task=True, version=version)
+    restore_pattern_jobs(services, project_id)
     if not reconciled.enqueued:
         store.add_tasks(project_id, task_ids)
         if reconciled.gone or store.get_state(project_id).get("ranked_version") != version:
@@ -237,7 +265,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
     """Rank the project's unlabelled tasks (labelled ones are seeds) and store the ranking as the
     target of the write-out (enqueued here): the head filled with the last ranking's picks that no
     label covered (drawn where they fall short), the rest in the last ranking's order (every pick
-    drawn, then the rest by distance, on a first ranking), a top-up of the picks enqueued once
+    drawn, then the rest by distance, on a first ranking and after a ranking of a sample of the
+    patterns, made while they came in), a top-up of the picks enqueued once
     labels used up half of them. Skipped when
     neither the tasks, the labels, the patterns nor the settings changed since the last ranking.
 
@@ -266,6 +295,7 @@ def run_selection(project_id: int) -> dict[str, Any]:
     # recorded (Redis lost its data): one full listing.
     tasks = store.task_ids(project_id) or {int(task["id"]) for task in services.client.iter_tasks(project_id)}
     reconcile(services, project_id, tasks | labelled_in_label_studio, every_task=False)
+    coming_in = store.patterns_outstanding(project_id)  # asked first: a chunk may finish while patterns load
     stored = store.load_patterns(project_id, version, tasks) if version else {}
     if not stored:  # connected to a project before its tasks' patterns: nothing to rank or switch to
         return {"skipped": "no task has patterns yet"}
@@ -292,6 +322,8 @@ def run_selection(project_id: int) -> dict[str, Any]:
         n_picked=ranked.n_picked,
         n_ranked=len(ranked.order),
         ranked_version=version,
+        ranked_patterns=len(stored),
+        ranked_from_sample=int(coming_in and len(stored) + len(failures) < len(tasks)),
         ranked_fingerprint=fingerprint,
         ranking_seconds=round(time.monotonic() - started, 2),
         ranking_requests=services.client.requests_sent - requests_before,
@@ -352,8 +384,12 @@ def earlier_analysis(
 
 def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
     """The last target, whose order the tail of a new ranking keeps; none after a settings or
-    patterns change (its order then means nothing for the new ranking)."""
+    patterns change, nor after a ranking of a sample of the patterns, made while they came in (its
+    order then means nothing for the new ranking, drawn afresh: the last ranking of an import is
+    the one a ranking made once all patterns were in would be)."""
     previous = store.get_target(project_id) or {}
+    if store.get_state(project_id).get("ranked_from_sample") == "1":
+        return {}
     return previous if previous.get("settings_key") == fingerprint_of_settings(settings, version) else {}
 
 

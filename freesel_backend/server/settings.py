@@ -33,7 +33,9 @@ FEATURES_QUEUE = "freesel-features"
 SELECTION_QUEUE = "freesel-selection"  # rankings and project syncs
 WRITEOUT_QUEUE = "freesel-writeout"  # predictions and flags written to Label Studio, in bounded steps
 CLEANUP_QUEUE = "freesel-cleanup"  # old prediction versions deleted, flags removed after disable
-QUEUES = (FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, CLEANUP_QUEUE)
+# A worker on several queues takes a ranking or a write-out step before the next pattern chunk: the
+# picks of a first sample reach the queue while the rest of an import's patterns are computed.
+QUEUES = (SELECTION_QUEUE, WRITEOUT_QUEUE, FEATURES_QUEUE, CLEANUP_QUEUE)
 # What ``serve`` without REDIS_URL starts: one worker process per queue, so that a long write-out
 # or pattern extraction never holds up another project's ranking, and old versions are deleted
 # beside the write-outs (taking turns on the project's write lock), not after all of them.
@@ -165,6 +167,11 @@ class Settings:
     # most writeout_step_requests requests, then yields its worker; bulk imports and version
     # deletes may take label_studio_write_timeout_s before Label Studio is asked what it did.
     head_size: int = setting(300, "FREESEL_HEAD_SIZE", _whole_number(1))
+    # While an import's patterns come in (in random order), the first ranking runs once
+    # first_ranking_tasks have patterns or after first_ranking_s of pattern work, whichever comes
+    # first; the next ones each time the patterns double, and once all are in.
+    first_ranking_tasks: int = setting(300, "FREESEL_FIRST_RANKING_TASKS", _whole_number(1))
+    first_ranking_s: float = setting(60.0, "FREESEL_FIRST_RANKING_AFTER", _seconds)
     top_before_imports: int = setting(100, "FREESEL_TOP_BEFORE_IMPORTS", _whole_number(1))
     rerank_interval_s: int = setting(10, "FREESEL_RERANK_INTERVAL", _whole_number(0))
     writeout_step_requests: int = setting(200, "FREESEL_WRITEOUT_STEP", _whole_number(1))

@@ -6,6 +6,8 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:settings                 JSON of ProjectSettings
     <p>:<id>:state                    hash: image field, previous sampling, current model version, ...
     <p>:<id>:tasks                    set of task ids known to the backend
+    <p>:<id>:pending                  sorted set: tasks waiting for patterns, by a hash of their id
+    <p>:<id>:claimed                  hash pattern job id -> JSON list of the pending tasks it drew
     <p>:<id>:patterns:<v>             hash task id -> encoded float16 patterns
     <p>:<id>:failed:<v>               hash task id -> reason
     <p>:<id>:predictions              hash task id -> JSON prediction in Label Studio's live version
@@ -43,6 +45,24 @@ from ..engine.ranking import ranking_from_json, ranking_to_json
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600
 PROGRESS_FIELDS = ("progress_since", "progress_base")
+# A pattern job's draw from the pending tasks, atomic and repeatable: a retried job (same id)
+# gets the tasks it drew before, never others. KEYS: pending, claimed; ARGV: job id, count.
+CLAIM_SCRIPT = """
+local drawn = redis.call('HGET', KEYS[2], ARGV[1])
+if drawn then return drawn end
+local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
+local tasks = {}
+for i = 1, #popped, 2 do tasks[#tasks + 1] = tonumber(popped[i]) end
+drawn = cjson.encode(tasks)
+redis.call('HSET', KEYS[2], ARGV[1], drawn)
+return drawn
+"""
+
+
+def draw_position(task_id: int) -> int:
+    """Where a task waits among the pending ones: a hash of its id (52 bits, exact as a Redis
+    score), so that every prefix of the pending tasks is a uniform random sample of them."""
+    return int.from_bytes(hashlib.sha1(str(int(task_id)).encode()).digest()[:7], "big") >> 4
 
 
 def encode_patterns(patterns: np.ndarray) -> bytes:
@@ -205,6 +225,8 @@ class Store:
                 self._key(project_id, "state"),
                 "ranked_version",
                 "ranked_fingerprint",
+                "ranked_patterns",
+                "ranked_from_sample",
                 "model_version",
                 "target_generation",
                 *PROGRESS_FIELDS,
@@ -242,11 +264,46 @@ class Store:
             return
         with self.redis.pipeline() as pipe:
             pipe.srem(self._key(project_id, "tasks"), *ids)
+            pipe.zrem(self._key(project_id, "pending"), *ids)
             pipe.hdel(self._key(project_id, "predictions"), *ids)
             pipe.execute()
 
     def task_ids(self, project_id: int) -> set[int]:
         return {int(t) for t in self.redis.smembers(self._key(project_id, "tasks"))}
+
+    # ---- tasks waiting for patterns -----------------------------------------------------------
+
+    def add_pending(self, project_id: int, task_ids: Iterable[int]) -> int:
+        """Put these tasks among those waiting for patterns; returns how many were not waiting yet."""
+        positions = {int(t): draw_position(t) for t in task_ids}
+        return int(self.redis.zadd(self._key(project_id, "pending"), positions, nx=True)) if positions else 0
+
+    def claim_pending(self, project_id: int, job_id: str, count: int) -> list[int]:
+        """Up to ``count`` waiting tasks for the pattern job ``job_id``, in draw order (whichever
+        import they came with), taken out of the waiting ones; the same tasks again when the job
+        asks again (a retry) until :meth:`release_claim`."""
+        script = self.redis.register_script(CLAIM_SCRIPT)
+        drawn = script(keys=[self._key(project_id, "pending"), self._key(project_id, "claimed")], args=[job_id, count])
+        return [int(t) for t in json.loads(drawn)]
+
+    def pending_tasks(self, project_id: int) -> set[int]:
+        return {int(t) for t in self.redis.zrange(self._key(project_id, "pending"), 0, -1)}
+
+    def claims(self, project_id: int) -> dict[str, list[int]]:
+        """Pattern job id -> the pending tasks it drew."""
+        raw = self.redis.hgetall(self._key(project_id, "claimed"))
+        return {job_id.decode(): [int(t) for t in json.loads(drawn)] for job_id, drawn in raw.items()}
+
+    def release_claim(self, project_id: int, job_id: str) -> None:
+        """The job ``job_id`` is done with the tasks it drew (patterns or failures saved)."""
+        self.redis.hdel(self._key(project_id, "claimed"), job_id)
+
+    def patterns_outstanding(self, project_id: int) -> bool:
+        """Whether tasks still wait for a pattern job, or a pattern job still works on tasks it drew."""
+        with self.redis.pipeline() as pipe:
+            pipe.exists(self._key(project_id, "pending"))
+            pipe.exists(self._key(project_id, "claimed"))
+            return any(pipe.execute())
 
     # ---- patterns and failures ----------------------------------------------------------------
 
