@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import redis
@@ -50,6 +52,24 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> N
     if process.poll() is None:
         os.killpg(process.pid, sig)
     process.wait(timeout=30)
+
+
+@contextmanager
+def stopped_afterwards(
+    backend: BackendProcesses, proxy: LabelStudioStandIn, workers: list[subprocess.Popen[bytes]]
+) -> Iterator[None]:
+    """The block runs; on a failure the backend's logs are printed. Then the workers (those in the
+    list at the end), the backend and the proxy are stopped."""
+    try:
+        yield
+    except BaseException:
+        print(backend.logs())
+        raise
+    finally:
+        for worker in workers:
+            stop_group(worker)
+        backend.stop()
+        proxy.stop()
 
 
 def one_prediction_per_task(ls, project_id: int) -> dict[int, int]:

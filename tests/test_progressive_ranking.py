@@ -27,7 +27,7 @@ from harness.backend import BackendProcesses, backend_env, idle
 from harness.label_studio import LABEL_CONFIG
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, Request, encoded
 from tests.helpers import noise_image
-from tests.test_faults import FAST_RECOVERY, start_worker, stop_group
+from tests.test_faults import FAST_RECOVERY, start_worker, stopped_afterwards
 from tests.test_write_out_at_scale import freesel_predictions, queue_by_score
 
 PROJECT = 5
@@ -251,7 +251,7 @@ def test_a_thousand_tasks_are_ranked_from_a_first_random_sample_then_at_each_dou
             start_worker(backend.env, tmp_path / "features.log", (FEATURES_QUEUE,)),
             start_worker(backend.env, tmp_path / "worker.log", (SELECTION_QUEUE, WRITEOUT_QUEUE, CLEANUP_QUEUE)),
         ]
-        try:
+        with stopped_afterwards(backend, proxy, workers):
             pid = ls.create_project("FreeSel while patterns come in", LABEL_CONFIG)["id"]
             ids = ls.import_tasks(pid, [{"image": f"{image_host.url}/img/{n}.png"} for n in range(TASKS)])
             connected = time.monotonic()
@@ -260,14 +260,6 @@ def test_a_thousand_tasks_are_ranked_from_a_first_random_sample_then_at_each_dou
             })
             assert response.status_code == 201, response.text
             seen, all_in_at = rankings_seen(backend, pid)
-        except BaseException:
-            print(backend.logs())
-            raise
-        finally:
-            for worker in workers:
-                stop_group(worker)
-            backend.stop()
-            proxy.stop()
 
     # patterns in random order: the first chunks are a sample of the whole import
     fetched = list(dict.fromkeys(requested))  # image numbers (= task order of the import), as fetched

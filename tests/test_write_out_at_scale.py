@@ -19,7 +19,7 @@ from tests.helpers import noise_image
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, content
 from harness.local_http import encoded
 from harness.label_studio import LABEL_CONFIG, annotate
-from tests.test_faults import FAST_RECOVERY, start_worker, stop_group
+from tests.test_faults import FAST_RECOVERY, start_worker, stop_group, stopped_afterwards
 
 TASKS = 1000
 HEAD = 40
@@ -97,16 +97,8 @@ def scale_setup(request, label_studio, redis_connection, redis_url, tmp_path):
         env = {**backend_env(redis_url, proxy.url, ls.pat, tmp_path / "model_dir"), **SCALE_ENV}
         backend = BackendProcesses(env, tmp_path).start(workers=0)
         workers = [start_worker(backend.env, tmp_path / "worker.log")]
-        try:
+        with stopped_afterwards(backend, proxy, workers):
             yield ls, proxy, backend, image_host, workers
-        except BaseException:
-            print(backend.logs())
-            raise
-        finally:
-            for worker in workers:
-                stop_group(worker)
-            backend.stop()
-            proxy.stop()
 
 
 @pytest.mark.slow
