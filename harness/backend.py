@@ -76,7 +76,11 @@ class BackendProcesses:
         self._start("serve", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--web-workers", "1")
         for number in range(workers):
             self._start(f"worker{number or ''}", "worker")
-        wait_for(lambda: _healthy(self.url, basic_auth_of(self.env)), 60, "backend /health")
+        try:
+            wait_for(lambda: _healthy(self.url, basic_auth_of(self.env)), 60, "backend /health")
+        except BaseException:
+            self.stop()  # a backend that did not come up is not left running
+            raise
         return self
 
     def logs(self) -> str:
