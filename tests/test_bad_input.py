@@ -13,7 +13,8 @@ import requests
 from PIL import Image
 from rq import Queue
 
-from freesel_backend.server.settings import FEATURES_QUEUE, SELECTION_QUEUE
+from freesel_backend.server.settings import FEATURES_QUEUE
+from freesel_backend.server.store import Store
 from freesel_backend.engine.ranking import FAILURE_FLAG
 from harness.backend import BackendProcesses, backend_env, idle, run_worker_burst, wait_for
 from harness.label_studio import LABEL_CONFIG
@@ -143,7 +144,9 @@ def test_a_label_config_without_an_image_is_refused_at_connect_with_the_fix(
         backend.stop()
 
 
-def test_predict_with_thousands_of_tasks_answers_at_once_and_enqueues_chunks(redis_connection, redis_url, tmp_path):
+def test_predict_with_thousands_of_tasks_answers_at_once_and_queues_pattern_jobs_for_them_all(
+    redis_connection, redis_url, tmp_path
+):
     env = backend_env(redis_url, "http://127.0.0.1:9", "key-" + "k" * 20, tmp_path / "model_dir")
     env["FREESEL_CHUNK_SIZE"] = "64"
     backend = BackendProcesses(env, tmp_path).start(workers=0)
@@ -153,9 +156,10 @@ def test_predict_with_thousands_of_tasks_answers_at_once_and_enqueues_chunks(red
     finally:
         backend.stop()
     assert response.status_code == 200 and response.json()["results"] == [[] for _ in tasks]
+    # every task waits for patterns; each job draws its 64 when it starts; rankings follow the patterns
     jobs = Queue(FEATURES_QUEUE, connection=redis_connection).get_jobs()
-    assert len(jobs) == math.ceil(5000 / 64) and sorted(t for job in jobs for t in job.args[1]) == list(range(1, 5001))
-    assert len(Queue(SELECTION_QUEUE, connection=redis_connection).deferred_job_registry.get_job_ids()) == 1
+    assert [job.args for job in jobs] == [(3, 64)] * math.ceil(5000 / 64)
+    assert Store(redis_connection).pending_tasks(3) == set(range(1, 5001))
 
 
 def test_tasks_of_a_project_that_does_not_exist_are_dropped_its_status_and_enable_are_404(
