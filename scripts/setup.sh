@@ -11,15 +11,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${FREESEL_VENV:-.venv}
-lock=${FREESEL_LOCKS:-locks}/backend.txt
+runtime_lock=${FREESEL_LOCKS:-locks}/backend.txt
+test_lock=${FREESEL_LOCKS:-locks}/backend-test.txt
+lock=$runtime_lock
 # The test suite also runs the quality benchmark at CI size (tests/test_quality_bench.py).
-[[ "${1:-}" == "--test" ]] && lock=${FREESEL_LOCKS:-locks}/backend-test.txt
+[[ "${1:-}" == "--test" ]] && lock=$test_lock
 # their declared dependencies are not used (see each file)
 no_deps=(requirements-label-studio-ml.txt requirements-offline-model.txt)
+stamp_of() { echo "$venv/.freesel-installed-$(cat "$1" "${no_deps[@]}" pyproject.toml | sha256sum | cut -c1-16)"; }
 
 python=${PYTHON:-python3}
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-stamp=$venv/.freesel-installed-$(cat "$lock" "${no_deps[@]}" pyproject.toml | sha256sum | cut -c1-16)
+stamp=$(stamp_of "$lock")
+# The test lock holds the runtime lock's versions and more: an environment set up for the tests
+# serves the backend as it is (scripts/run.sh from a test must not uninstall the test packages).
+if [[ "$lock" == "$runtime_lock" && -f "$(stamp_of "$test_lock")" ]]; then
+    exit 0
+fi
 if [[ ! -f "$stamp" ]]; then
     echo "setup: installing $lock into $venv (first run: a few minutes)" >&2
     "$venv/bin/python" -m pip install --quiet --no-deps --require-hashes -r "$lock" "${no_deps[@]/#/--requirement=}"

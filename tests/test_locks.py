@@ -4,6 +4,7 @@ their minimum safe versions (locks/minimum-safe-versions.txt). Fast, no network.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -137,3 +138,14 @@ def test_an_installed_label_studio_is_known_by_its_version_and_lock_hash(tmp_pat
 def test_a_label_studio_version_without_a_lock_names_the_refresh_command(tmp_path):
     done = run_ensure_label_studio(tmp_path / "venv-ls", "1.10.1")
     assert done.returncode == 1 and "scripts/refresh_locks.sh 1.10.1" in done.stderr
+
+
+def test_the_runtime_setup_keeps_an_environment_set_up_for_the_tests(tmp_path):
+    """`scripts/run.sh` (the runtime setup) run from the test suite must not take the test packages away."""
+    venv = tmp_path / "venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    installed = b"".join(path.read_bytes() for path in (TEST_LOCK, *NO_DEPS_FILES, REPO_ROOT / "pyproject.toml"))
+    (venv / f".freesel-installed-{hashlib.sha256(installed).hexdigest()[:16]}").touch()
+    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO_ROOT, env={**os.environ, "FREESEL_VENV": str(venv)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "installing" not in done.stderr, done.stderr
