@@ -86,11 +86,7 @@ BAD_REQUESTS = [
 def test_a_bad_request_gets_a_4xx_json_error_naming_the_problem(backend_and_project, method, path, kwargs, status,
                                                                  words):
     backend, project_id = backend_and_project
-    kwargs = dict(kwargs)
-    if "json" in kwargs:
-        kwargs["json"] = _with_project(kwargs["json"], project_id)
-    response = requests.request(method, backend.url + path.replace("{pid}", str(project_id)), auth=AUTH,
-                                timeout=60, **kwargs)
+    response = send(backend, project_id, method, path, kwargs)
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"] == "application/json"
     assert words.lower() in response.json()["error"].lower(), response.text
@@ -100,16 +96,18 @@ def test_the_server_keeps_serving_and_the_projects_settings_are_unchanged_after_
     backend, project_id = backend_and_project
     before = backend.admin("GET", project_id, "settings").json()
     for method, path, kwargs, _, _ in BAD_REQUESTS:
-        requests.request(method, backend.url + path.replace("{pid}", str(project_id)), auth=AUTH, timeout=60,
-                         **{**kwargs, **({"json": _with_project(kwargs["json"], project_id)} if "json" in kwargs
-                                         else {})})
+        send(backend, project_id, method, path, kwargs)
     health = requests.get(f"{backend.url}/health", auth=AUTH, timeout=30)
     assert health.status_code == 200 and health.json() == {"status": "UP", "model_class": "FreeSelModel"}
     assert backend.admin("GET", project_id, "settings").json() == before
     assert "Traceback" not in backend.logs()
 
 
-def _with_project(body: Any, project_id: int) -> Any:
+def send(backend: BackendProcesses, project_id: int, method: str, path: str, kwargs: dict[str, Any]
+         ) -> requests.Response:
+    """One of BAD_REQUESTS with the operator's credential, "{pid}" standing for the known project."""
+    body = kwargs.get("json")
     if isinstance(body, dict) and body.get("project") == "{pid}.1":
-        return {**body, "project": f"{project_id}.1"}
-    return body
+        kwargs = {**kwargs, "json": {**body, "project": f"{project_id}.1"}}
+    return requests.request(method, backend.url + path.replace("{pid}", str(project_id)), auth=AUTH, timeout=60,
+                            **kwargs)
