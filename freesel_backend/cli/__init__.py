@@ -406,6 +406,7 @@ def describe_status(status: dict[str, Any]) -> str:
         *([f"preset: {status['preset']['description']}"] if "preset" in status else []),
         f"patterns: {progress['tasks_done']} of {progress['tasks_total']} tasks ({progress['percent']:.0f}%), "
         f"{status['failed']} failed" + _rate_and_eta(progress),
+        *([describe_pattern_stages(status["pattern_stages"])] if status.get("pattern_stages") else []),
     ]
     selection = progress["selection"]
     if selection:
@@ -441,6 +442,18 @@ def describe_status(status: dict[str, Any]) -> str:
         )
     lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
     return "\n".join(lines)
+
+
+def describe_pattern_stages(stages: dict[str, Any]) -> str:
+    """The pattern jobs' rate and each stage's share of their wall time. Downloads and decoding run
+    in background threads during the forward: their shares say how busy those threads were."""
+    stage_names = ("download", "decode", "forward", "store")
+    share = {stage: 100 * stages[f"{stage}_s"] / stages["wall_s"] for stage in stage_names}
+    return (
+        f"pattern jobs: {stages['rate']:.1f} images/s over {stages['tasks']} tasks; forward {share['forward']:.0f}%, "
+        f"store {share['store']:.0f}% of their wall time; download {share['download']:.0f}%, decode "
+        f"{share['decode']:.0f}% (thread time, overlapped with the forward)"
+    )
 
 
 def describe_label_studio_side(status: dict[str, Any]) -> list[str]:

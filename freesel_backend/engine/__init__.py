@@ -10,6 +10,7 @@ from .patterns import (
     DEFAULT_ATTENTION_RATIO,
     DEFAULT_PATTERNS_PER_IMAGE,
     PRECISIONS,
+    ExtractionTimings,
     ExtractorSettings,
     PatternExtractor,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "STRATEGIES",
     "TASKS",
     "BackboneSpec",
+    "ExtractionTimings",
     "ExtractorSettings",
     "ImageLoadError",
     "PatternExtractor",

@@ -8,6 +8,7 @@ block's [CLS]->patch attention averaged over heads, the patches holding the top
 from __future__ import annotations
 
 import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from dataclasses import dataclass
@@ -85,6 +86,21 @@ class Extracted(Generic[Source]):
     error: str | None = None
 
 
+@dataclass
+class ExtractionTimings:
+    """Where :meth:`PatternExtractor.extract_sources` spent its time, added up over its runs.
+
+    ``open_s``: the background threads opening images (``open_image``, whatever it does: read a
+    file, download) and resizing them to tensors, summed over the threads; it overlaps the
+    forward. ``forward_s``: the model and the patterns (attention filter, K-means), in the
+    calling thread. ``images``: the sources handled, failed ones included.
+    """
+
+    images: int = 0
+    open_s: float = 0.0
+    forward_s: float = 0.0
+
+
 class PatternExtractor:
     """Turns images into FreeSel semantic patterns with a frozen timm ViT.
 
@@ -148,37 +164,45 @@ class PatternExtractor:
         open_image: Callable[[Source], Image.Image] = load_image,  # type: ignore[assignment]
         *,
         on_batch: Callable[[int], None] | None = None,
+        timings: ExtractionTimings | None = None,
     ) -> Iterator[Extracted[Source]]:
-        """Decode ``sources`` in background threads while the model runs, in input order.
+        """Open ``sources`` in ``decode_workers`` background threads while the model runs, up
+        to two batches ahead, in input order.
 
         Each source yields one :class:`Extracted`; one that cannot be opened carries its error
-        and never stops the others. ``on_batch(n)`` is told how many sources each batch covered.
+        and never stops the others. ``on_batch(n)`` is told how many sources each batch covered;
+        ``timings`` (when given) gets the time spent opening and in the forward added to it.
         """
+        timings = timings if timings is not None else ExtractionTimings()
 
-        def prepare(item: tuple[int, Source]) -> tuple[int, Source, torch.Tensor | str]:
+        def prepare(item: tuple[int, Source]) -> tuple[int, Source, torch.Tensor | str, float]:
             index, source = item
+            started = time.perf_counter()
             try:
-                return index, source, self.to_tensor(open_image(source))
+                opened: torch.Tensor | str = self.to_tensor(open_image(source))
             except ImageLoadError as error:
-                return index, source, str(error)
+                opened = str(error)
+            return index, source, opened, time.perf_counter() - started
 
         report = on_batch or (lambda covered: None)
         with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
             prepared = _prefetching_map(pool, prepare, enumerate(sources), lookahead=2 * self.batch_size)
             pending: list[tuple[int, Source, torch.Tensor]] = []
             covered = 0
-            for index, source, tensor_or_error in prepared:
+            for index, source, tensor_or_error, open_seconds in prepared:
                 covered += 1
+                timings.images += 1
+                timings.open_s += open_seconds
                 if isinstance(tensor_or_error, str):
                     yield Extracted(index, source, error=tensor_or_error)
                     continue
                 pending.append((index, source, tensor_or_error))
                 if len(pending) == self.batch_size:
-                    yield from self._run_pending(pending)
+                    yield from self._run_pending(pending, timings)
                     report(covered)
                     pending, covered = [], 0
             if pending:
-                yield from self._run_pending(pending)
+                yield from self._run_pending(pending, timings)
             if covered:
                 report(covered)
 
@@ -293,9 +317,14 @@ class PatternExtractor:
             owners.append(owner.numpy())
         return patterns, owners
 
-    def _run_pending(self, pending: list[tuple[int, Source, torch.Tensor]]) -> Iterator[Extracted[Source]]:
+    def _run_pending(
+        self, pending: list[tuple[int, Source, torch.Tensor]], timings: ExtractionTimings
+    ) -> Iterator[Extracted[Source]]:
+        started = time.perf_counter()
         batch = torch.stack([tensor for _, _, tensor in pending])
-        for (index, source, _), patterns in zip(pending, self.patterns_of_batch(batch)):
+        patterns_of_batch = self.patterns_of_batch(batch)
+        timings.forward_s += time.perf_counter() - started
+        for (index, source, _), patterns in zip(pending, patterns_of_batch):
             yield Extracted(index, source, patterns=patterns)
 
 

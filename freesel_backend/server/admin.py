@@ -16,6 +16,7 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegi
 from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings
 from ..engine import preset
 from .enqueue import enqueue_cleanup, enqueue_sync, next_ranking_at, schedule_selection
+from .pattern_stages import stages_summary
 from .publish import remember_previous_sampling
 from .services import Services
 from .store import Store
@@ -114,6 +115,7 @@ def status(services: Services, project_id: int) -> dict[str, Any]:
         "failed": failed,
         "failures": [{"task": t, "reason": r} for t, r in sorted(failures.items())[:MAX_LISTED_FAILURES]],
         "progress": progress(state, tasks, done + failed, jobs),
+        "pattern_stages": stages_summary(store.pattern_stages(project_id, version)) if version else None,
         "picks": int(state.get("n_picked", 0)),
         "ranked": int(state.get("n_ranked", 0)),
         "model_version": state.get("model_version"),

@@ -12,6 +12,7 @@ flag. ``top_up_picks``, on the patterns queue, draws more picks once labels used
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -19,17 +20,18 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from rq import get_current_job
 
 from .settings import ProjectSettings, Settings
-from ..engine import DuplicateGroups, ImageLoadError, PatternExtractor, load_image
+from ..engine import DuplicateGroups, ExtractionTimings, ImageLoadError, PatternExtractor, load_image
 from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
+from .pattern_stages import DownloadClock, job_stages
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
@@ -59,6 +61,7 @@ def _cached_extractor(
         device=settings.device,
         precision=settings.precision,  # type: ignore[arg-type]
         batch_size=settings.batch_size,
+        decode_workers=settings.download_workers,
         random_init=settings.test_random_init,
         image_size=settings.test_image_size,
         cache_dir=settings.model_dir / "models",
@@ -124,8 +127,8 @@ def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> di
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
     its reason. Tasks that already have patterns of the current version are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
-    started = time.monotonic()
     extractor = extractor_for(services.settings, services.store.get_settings(project_id))
+    started = time.monotonic()  # after the worker's first job loaded the model
     version = version_of(extractor)
     services.store.use_patterns_version(project_id, version)
     todo = sorted(set(map(int, task_ids)) - set(services.store.load_patterns(project_id, version, task_ids)))
@@ -150,18 +153,9 @@ def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> di
         len(task_ids) - len(todo),
         version,
     )
-    patterns: dict[int, np.ndarray] = {}
-    failures: dict[int, str] = {}
-    opened = extractor.extract_sources(
-        tasks, lambda task: open_task_image(services.downloader, task, image_field), on_batch=progress.advance
+    patterns, failures = extract_and_store(
+        services, project_id, extractor, tasks, image_field, started=started, on_batch=progress.advance
     )
-    for result in opened:
-        task_id = int(result.source["id"])
-        if result.patterns is None:
-            failures[task_id] = result.error or "unknown error"
-        else:
-            patterns[task_id] = result.patterns
-    services.store.save_results(project_id, version, patterns, failures)
     for task_id, reason in failures.items():
         log.warning("project %s task %s: no patterns: %s", project_id, task_id, reason)
     seconds = time.monotonic() - started
@@ -170,6 +164,42 @@ def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> di
         project_id, len(todo), seconds, len(todo) / max(seconds, 1e-9), len(patterns), len(failures),
     )
     return {"patterns": len(patterns), "failed": len(failures), "skipped": len(task_ids) - len(todo)}
+
+
+def extract_and_store(
+    services: Services,
+    project_id: int,
+    extractor: PatternExtractor,
+    tasks: Sequence[Mapping[str, Any]],
+    image_field: str,
+    *,
+    started: float,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Patterns and failures of ``tasks`` (Label Studio's task dicts), saved in one round trip:
+    the images are downloaded and decoded in the extractor's background threads while the model
+    runs. The job's time per stage since ``started`` (``time.monotonic()`` at its start) is added
+    to the project's pattern stages."""
+    version = version_of(extractor)
+    downloads, timings = DownloadClock(), ExtractionTimings()
+    opened = extractor.extract_sources(
+        tasks, lambda task: open_task_image(services.downloader, task, image_field, downloads),
+        on_batch=on_batch, timings=timings,
+    )
+    patterns: dict[int, np.ndarray] = {}
+    failures: dict[int, str] = {}
+    for result in opened:
+        task_id = int(result.source["id"])
+        if result.patterns is None:
+            failures[task_id] = result.error or "unknown error"
+        else:
+            patterns[task_id] = result.patterns
+    store_started = time.monotonic()
+    services.store.save_results(project_id, version, patterns, failures)
+    finished = time.monotonic()
+    stages = job_stages(finished - started, downloads, timings, finished - store_started)
+    services.store.add_pattern_stages(project_id, version, len(patterns) + len(failures), stages)
+    return patterns, failures
 
 
 def project_image_field(services: Services, project_id: int) -> str:
@@ -181,9 +211,12 @@ def project_image_field(services: Services, project_id: int) -> str:
     return field
 
 
-def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field: str) -> Any:
-    """The task's image, downloaded and decoded; a reason of its own as an ImageLoadError when it cannot be had,
-    and Label Studio's own unavailability re-raised (the job is retried later)."""
+def open_task_image(
+    downloader: Downloader, task: Mapping[str, Any], image_field: str, downloads: DownloadClock | None = None
+) -> Any:
+    """The task's image, downloaded (timed on ``downloads``) and decoded; a reason of its own as an
+    ImageLoadError when it cannot be had, and Label Studio's own unavailability re-raised (the job
+    is retried later)."""
     data = task.get("data") or {}
     if image_field not in data:
         raise ImageLoadError(
@@ -192,7 +225,8 @@ def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field
     if not isinstance(data[image_field], str):
         raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
-        image_bytes = downloader.task_file(task, image_field)
+        with downloads.timing() if downloads else contextlib.nullcontext():
+            image_bytes = downloader.task_file(task, image_field)
     except LabelStudioError as error:
         label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
         if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):

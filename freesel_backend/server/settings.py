@@ -156,6 +156,9 @@ class Settings:
     worker_maintenance_s: int = setting(60, "FREESEL_WORKER_MAINTENANCE", _whole_number(1))
     download_max_bytes: int = setting(64 * 1024 * 1024, "FREESEL_DOWNLOAD_MAX_BYTES", _whole_number(1))
     download_timeout_s: int = setting(30, "FREESEL_DOWNLOAD_TIMEOUT", _whole_number(1))
+    # Images downloaded (and decoded) at once per worker while the model runs: enough to keep it
+    # busy at 150-300 ms per download (benchmarks/extraction.py), few enough to spare the image host.
+    download_workers: int = setting(8, "FREESEL_DOWNLOAD_WORKERS", _whole_number(1))
     # Image URLs (and redirects) to loopback/private/link-local addresses are refused unless set;
     # the configured Label Studio host is always allowed.
     allow_private_downloads: bool = setting(False, "FREESEL_ALLOW_PRIVATE_DOWNLOADS", _true_or_false)

@@ -10,6 +10,7 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:claimed                  hash pattern job id -> JSON list of the pending tasks it drew
     <p>:<id>:patterns:<v>             hash task id -> encoded float16 patterns
     <p>:<id>:failed:<v>               hash task id -> reason
+    <p>:<id>:stages:<v>               hash: tasks and seconds per stage of the pattern jobs (PATTERN_STAGES)
     <p>:<id>:predictions              hash task id -> JSON prediction in Label Studio's live version
                                       (with its Label Studio id; what /predict answers)
     <p>:<id>:staged:<m>               hash task id -> JSON prediction imported under model version <m>
@@ -45,6 +46,9 @@ from ..engine.ranking import ranking_from_json, ranking_to_json
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600
 PROGRESS_FIELDS = ("progress_since", "progress_base")
+# The pattern jobs' time, summed over their chunks: wall (each chunk's job, end to end), the
+# model's forward, the Redis write, and the background threads' downloads and decoding.
+PATTERN_STAGES = ("wall_s", "download_s", "decode_s", "forward_s", "store_s")
 # A pattern job's draw from the pending tasks, atomic and repeatable: a retried job (same id)
 # gets the tasks it drew before, never others. KEYS: pending, claimed; ARGV: job id, count.
 CLAIM_SCRIPT = """
@@ -205,7 +209,7 @@ class Store:
             pipe.sadd(f"{self.prefix}:projects", int(project_id))
             pipe.hset(state, "patterns_version", version)
             pipe.hdel(state, *PROGRESS_FIELDS)
-            for kind in ("patterns", "failed"):
+            for kind in ("patterns", "failed", "stages"):
                 pipe.persist(self._key(project_id, kind, version))
                 if previous is not None:
                     pipe.expire(self._key(project_id, kind, previous.decode()), OLD_VERSION_TTL_S)
@@ -345,6 +349,20 @@ class Store:
             pipe.hlen(self._key(project_id, "failed", version))
             done, failed = pipe.execute()
         return int(done), int(failed)
+
+    def add_pattern_stages(self, project_id: int, version: str, tasks: int, seconds: Mapping[str, float]) -> None:
+        """Add one pattern job's ``tasks`` and ``seconds`` per stage (PATTERN_STAGES) to the version's sums."""
+        key = self._key(project_id, "stages", version)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "tasks", int(tasks))
+            for stage in PATTERN_STAGES:
+                pipe.hincrbyfloat(key, stage, float(seconds.get(stage, 0.0)))
+            pipe.execute()
+
+    def pattern_stages(self, project_id: int, version: str) -> dict[str, float]:
+        """The sums of :meth:`add_pattern_stages` for the version: ``tasks`` and PATTERN_STAGES (empty if none)."""
+        raw = self.redis.hgetall(self._key(project_id, "stages", version))
+        return {field.decode(): float(value) for field, value in raw.items()}
 
     # ---- selection results --------------------------------------------------------------------
 
