@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from freesel_backend.engine.images import ImageLoadError
 from freesel_backend.engine.kmeans import batched_kmeans
-from freesel_backend.engine.patterns import attention_mask, cls_attention
+from freesel_backend.engine.patterns import ExtractionTimings, attention_mask, cls_attention
 from tests.helpers import noise_image, tiny_extractor
 
 
@@ -132,6 +133,20 @@ def test_extract_gives_each_image_at_most_k_unit_length_patterns() -> None:
         assert 1 <= image_patterns.shape[0] <= 3
         assert image_patterns.shape[1] == extractor.model.embed_dim
         np.testing.assert_allclose(np.linalg.norm(image_patterns, axis=1), 1.0, atol=1e-5)
+
+
+def test_extract_sources_adds_its_opening_and_forward_time_to_the_timings_it_is_given() -> None:
+    def open_image(seed: int):
+        if seed == 2:
+            raise ImageLoadError("not an image")
+        return noise_image(seed)
+
+    timings = ExtractionTimings()
+    outcomes = list(tiny_extractor().extract_sources(range(6), open_image, timings=timings))
+    assert [outcome.error for outcome in outcomes].count("not an image") == 1
+    assert timings.images == 6 and timings.open_s > 0 and timings.forward_s > 0
+    list(tiny_extractor().extract_sources(range(3), open_image, timings=timings))
+    assert timings.images == 9  # summed over runs
 
 
 def test_one_pattern_per_image_is_the_mean_of_the_kept_patches() -> None:
