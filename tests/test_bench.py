@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks import extraction
 from benchmarks import performance as bench
 from freesel_backend import select
 
@@ -43,3 +44,20 @@ def test_reference_and_product_fds_pick_the_same_images() -> None:
     reference = bench.reference_select(patterns, 20, "fds", seed=0)
     ours = select(patterns, 19, strategy="fds", seeds=[reference[0]])
     assert ours.picks.tolist() == reference[1:]
+
+
+def test_the_extraction_bench_prints_the_bare_and_end_to_end_rates_and_each_stage_share(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    for name, value in {
+        "FREESEL_MODEL": "vit_tiny_patch16_224", "FREESEL_TEST_RANDOM_INIT": "true", "FREESEL_TEST_IMAGE_SIZE": "64",
+        "FREESEL_DEVICE": "cpu", "FREESEL_BATCH_SIZE": "4", "FREESEL_CHUNK_SIZE": "8", "MODEL_DIR": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    extraction.main(["--images", "12", "--rounds", "1", "--latency-ms", "0", "30", "--download-workers", "2", "8"])
+    printed = capsys.readouterr().out
+    assert "bare forward: " in printed
+    for latency, workers in (("  0", " 2"), ("  0", " 8"), (" 30", " 2"), (" 30", " 8")):
+        assert f"end to end, {latency} ms per download, {workers} download workers: " in printed
+    assert printed.count("download ") >= 4 and printed.count("forward ") >= 4 and printed.count("store ") >= 4
+    assert printed.count("% of bare (target >= 90%, not the default)") == 2  # 2 workers is not the default 8
