@@ -19,9 +19,10 @@ import redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from .services import Services
-from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
+from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
 from .store import Store
 
 WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
@@ -314,3 +315,50 @@ class JobProgress:
                 {"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()}
             )
             self.job.save_meta()
+
+
+# ---- a project's jobs, as status reports them -------------------------------------------------
+
+
+def project_jobs(connection: redis.Redis, project_id: int) -> dict[str, dict[str, list[Job]]]:
+    """Per queue: this project's jobs waiting, deferred (on other jobs), scheduled (retries), running."""
+    found: dict[str, dict[str, list[Job]]] = {}
+    for name in QUEUES:
+        queue = Queue(name, connection=connection)
+        groups = {
+            "queued": queue.get_job_ids(),
+            "deferred": DeferredJobRegistry(queue=queue).get_job_ids(),
+            "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
+            "running": StartedJobRegistry(queue=queue).get_job_ids(),
+        }
+        found[name] = {
+            group: [
+                job
+                for job in Job.fetch_many(ids, connection=connection)
+                if job and job.meta.get("project") == project_id
+            ]
+            for group, ids in groups.items()
+        }
+    return found
+
+
+def failed_jobs(connection: redis.Redis, project_id: int, limit: int) -> list[Job]:
+    """The project's latest failed jobs (at most ``limit``), from every queue's failed registry."""
+    found: list[Job] = []
+    for name in QUEUES:
+        ids = FailedJobRegistry(queue=Queue(name, connection=connection)).get_job_ids()
+        found += [
+            job
+            for job in Job.fetch_many(ids[-limit:], connection=connection)
+            if job and job.meta.get("project") == project_id
+        ]
+    return found[-limit:]
+
+
+def next_try_at(connection: redis.Redis, job: Job) -> str | None:
+    """When a job waiting for its retry runs again (ISO time); None when it is being enqueued now."""
+    registry = ScheduledJobRegistry(queue=Queue(job.origin, connection=connection))
+    try:
+        return registry.get_scheduled_time(job).isoformat()
+    except NoSuchJobError:  # enqueued for its retry this very moment
+        return None

@@ -541,7 +541,7 @@ def _fill_ids(step: Step, version: str, staged: str | None = None) -> None:
     )
     lost = without - set(listed)
     if lost:  # imported but not listed: forget them (a later pass looks again before importing)
-        step.store.redis.hdel(step.store.predictions_key(step.project_id, staged), *lost)
+        step.store.forget_predictions(step.project_id, lost, staged=staged)
         log.warning(
             "project %s: %d imported predictions of %s are not listed by Label Studio",
             step.project_id,
@@ -625,7 +625,7 @@ def _write_score(step: Step, task_id: int, prediction: Mapping[str, Any], score:
     try:
         step.client.update_prediction(prediction["id"], score=score)
     except LabelStudioNotFound:  # the task (and its prediction) was deleted meanwhile
-        step.store.redis.hdel(step.store.predictions_key(step.project_id), task_id)
+        step.store.forget_predictions(step.project_id, [task_id])
         return
     step.writes += 1
     step.store.update_predictions(step.project_id, {task_id: {**prediction, "score": score}})
