@@ -6,6 +6,7 @@
 * ``engine`` imports nothing of ours outside ``engine``, and none of Label Studio's SDK, Flask,
   Redis or RQ: it stays usable on its own;
 * ``labelstudio`` imports nothing of ``server`` nor of ``engine`` (the two are siblings);
+* the write-out's plan (``server/writeout/plan.py``) imports nothing of ours, Redis or RQ: it is pure;
 * only the store touches Redis itself (no ``.redis`` attribute elsewhere), and only ``server/enqueue.py``
   looks into RQ's job registries;
 * nothing imports ``label_studio_ml`` (its 1.0.9 release pins Flask 1.1.2 and Werkzeug 2.0.2): the
@@ -23,6 +24,7 @@ import pytest
 PACKAGE = "freesel_backend"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 SERVICE_LIBRARIES = ("label_studio_ml", "flask", "redis", "rq")
+WRITEOUT_PLAN = f"{PACKAGE}.server.writeout.plan"
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -204,6 +206,9 @@ def forbidden_imports(package: dict[str, Imports]) -> list[str]:
                       for module in imports.modules if module.startswith(f"{PACKAGE}.server")]
             found += [f"{name} imports {module}: labelstudio and engine are siblings"
                       for module in imports.modules if module.startswith(f"{PACKAGE}.engine")]
+        if name == WRITEOUT_PLAN:
+            found += [f"{name} imports {module}: the write-out's plan is pure" for module in imports.modules
+                      if module.startswith(PACKAGE) or module.split(".")[0] in SERVICE_LIBRARIES]
         found += [f"{name} imports {module}: the web service serves the protocol itself, on maintained Flask releases"
                   for module in imports.modules if module.split(".")[0] == "label_studio_ml"]
     return sorted(found)
@@ -260,6 +265,8 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
             "def retries(queue):\n    return queue.scheduled_job_registry\n"
         ),
         "server/enqueue.py": "from rq.registry import StartedJobRegistry\n",
+        "server/writeout/__init__.py": "",
+        "server/writeout/plan.py": "import bisect\n\nfrom ..store import Store\n",
         "server/web.py": "from label_studio_ml.api import init_app\n",
     }
     for name, text in files.items():
@@ -276,6 +283,7 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
         f"{PACKAGE}.labelstudio.client imports {server}.store: labelstudio sits below server",
         f"{server}.web imports label_studio_ml.api: the web service serves the protocol itself, on maintained "
         "Flask releases",
+        f"{server}.writeout.plan imports {server}.store: the write-out's plan is pure",
     ]
     assert service_reaches(package) == [
         f"{server}.admin:1: from rq.registry import FailedJobRegistry: only enqueue looks into RQ's registries",

@@ -15,7 +15,9 @@ from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Set
 from freesel_backend.server.enqueue import (
     JOB_FUNCTIONS, defer_selection, enqueue_patterns, enqueue_writeout, rerank_delay, schedule_selection,
 )
-from freesel_backend.server.publish import Step, Superseded, full_scores, give_way_to_writeout, write_lock
+from freesel_backend.server.writeout.cleanup import give_way_to_writeout
+from freesel_backend.server.writeout.context import Step, Superseded, write_lock
+from freesel_backend.server.writeout.plan import full_scores
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
@@ -87,9 +89,10 @@ def test_a_cleanup_batch_lets_the_projects_waiting_write_out_step_take_the_write
 
 
 @pytest.mark.slow
-def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path):
-    """Jobs queued before the package took its current layout name freesel_backend.writeout.write_out etc."""
-    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue("freesel_backend.writeout.write_out", 7)
+@pytest.mark.parametrize("former", ["freesel_backend.writeout.write_out", "freesel_backend.server.publish.write_out"])
+def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path, former):
+    """Jobs queued before the package took its current layout name their functions by former paths."""
+    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue(former, 7)
     run_worker_burst(backend_env(redis_url, "http://127.0.0.1:9", "unused-key", tmp_path / "model_dir"))
     assert Job.fetch(job.id, connection=redis_connection).get_status() == JobStatus.FINISHED
 

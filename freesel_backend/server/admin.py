@@ -15,7 +15,7 @@ from ..engine import preset
 from .enqueue import (
     enqueue_cleanup, enqueue_sync, failed_jobs, next_ranking_at, next_try_at, project_jobs, schedule_selection,
 )
-from .publish import remember_previous_sampling
+from .writeout.versions import remember_previous_sampling
 from .services import Services
 from .store import Store
 

@@ -3,7 +3,7 @@
 Flow: ``enqueue_patterns`` -> ``jobs.compute_patterns`` chunks, each drawing a random sample
 of the project's pending tasks -> ``jobs.run_selection`` as the patterns come in (``rank_if_due``:
 a first sample, each doubling, all in; at most one waiting per project, at most one started per
-``rerank_interval_s``) -> a target ranking in Redis -> ``publish.write_out`` steps bring Label
+``rerank_interval_s``) -> a target ranking in Redis -> ``writeout.steps.write_out`` steps bring Label
 Studio to it. Jobs are named by their import path: the web service enqueues them without
 importing the code that runs them (RQ imports it in the worker).
 """
@@ -33,8 +33,8 @@ SYNC_PROJECT = f"{__package__}.jobs.sync_project"
 REMOVE_SELECTION = f"{__package__}.jobs.remove_selection"
 BUILD_REPORT = f"{__package__}.report_job.build_project_report"
 TOP_UP_PICKS = f"{__package__}.jobs.top_up_picks"
-WRITE_OUT = f"{__package__}.publish.write_out"
-DELETE_OLD_VERSIONS = f"{__package__}.publish.delete_old_versions"
+WRITE_OUT = f"{__package__}.writeout.steps.write_out"
+DELETE_OLD_VERSIONS = f"{__package__}.writeout.cleanup.delete_old_versions"
 JOB_FUNCTIONS = (
     COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, TOP_UP_PICKS, BUILD_REPORT, WRITE_OUT,
     DELETE_OLD_VERSIONS,

@@ -35,7 +35,9 @@ from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
     restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
-from .publish import delete_freesel_predictions, flagged, new_model_version
+from .writeout.cleanup import delete_freesel_predictions
+from .writeout.flags import flagged
+from .writeout.versions import new_model_version
 from .services import Services, job_services
 
 log = logging.getLogger(__name__)
@@ -493,7 +495,7 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
 
 
 def remove_selection(project_id: int) -> dict[str, int]:
-    """After disable: delete FreeSel's predictions (one request each, see ``publish``) and flags."""
+    """After disable: delete FreeSel's predictions (one request each, see ``writeout.cleanup``) and flags."""
     services = job_services()
     store = services.store
     flags = store.get_flags(project_id)
