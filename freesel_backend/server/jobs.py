@@ -402,7 +402,7 @@ def publish_ranking(
     status read), then ``state`` in the project's state, then make sure a write-out step is waiting."""
     store = services.store
     with selection_lock(store, project_id):
-        target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
+        target = _target(store, project_id, fingerprint, ranked, services.settings.head_size)
         _save_ranking(store, project_id, target, version, ranked)
     store.update_state(project_id, **state)
     enqueue_writeout(services, project_id)
@@ -466,11 +466,11 @@ def _fingerprint(
     return hashlib.sha1(described.encode()).hexdigest()
 
 
-def _target(
-    store: Store, project_id: int, fingerprint: str, order: list[int], picked: list[int], flags: dict[int, str]
-) -> dict[str, Any]:
+def _target(store: Store, project_id: int, fingerprint: str, ranked: RankedTasks, head_size: int) -> dict[str, Any]:
     """The write-out's target. A new model version only on the first ranking or after a settings
-    or patterns change (an unfinished new version is reused); otherwise the live one, changed in place."""
+    or patterns change (an unfinished new version is reused); otherwise the live one, changed in place.
+    ``head_size``: the head ``ranked`` was ranked with, which the write-out keeps in exact order and
+    flags, whatever its own worker's setting."""
     state, previous = store.get_state(project_id), store.get_target(project_id) or {}
     settings_key = fingerprint_of_settings(store.get_settings(project_id), state.get("patterns_version", ""))
     live = state.get("model_version", "")
@@ -484,9 +484,10 @@ def _target(
         "model_version": model_version,
         "full": bool(full),
         "settings_key": settings_key,
-        "order": order,
-        "n_picked": len(picked),
-        "flags": flags,
+        "order": ranked.order,
+        "n_picked": ranked.n_picked,
+        "flags": ranked.flags,
+        "head_size": head_size,
     }
 
 

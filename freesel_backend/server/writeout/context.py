@@ -4,12 +4,13 @@ project's write lock it holds, and the exceptions that end a step early."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from ...labelstudio.client import LabelStudioClient
 from ..services import Services
 from ..settings import Settings
 from ..store import Store
+from .plan import head_size_of
 
 # The project's write lock outlives the longest single request by this much; it is renewed before
 # every request, so a killed worker's lock frees itself soon.
@@ -51,6 +52,10 @@ class Step:
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+    def head_size(self, target: Mapping[str, Any]) -> int:
+        """The head the target was ranked with (this worker's setting for a target that does not say)."""
+        return head_size_of(target, self.settings.head_size)
 
     @property
     def requests(self) -> int:

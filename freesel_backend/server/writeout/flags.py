@@ -30,7 +30,7 @@ def flag_changes(step: Step, target: Mapping[str, Any], additions: bool) -> dict
     """Task -> its flag text where it differs from what the task carries: new or changed texts
     (``additions``), or removals (None). Only unlabelled ranked tasks and flagged failures are touched."""
     current = step.store.get_flags(step.project_id)
-    wanted = wanted_flags(target, step.settings.head_size, current)
+    wanted = wanted_flags(target, step.head_size(target), current)
     touched = set(wanted) | (set(current) & set(target["order"]))
     return {
         t: wanted.get(t)

@@ -130,6 +130,12 @@ def full_scores(order: Sequence[int]) -> dict[int, float]:
     return {task: low + (high - low) * position / max(1, len(order)) for position, task in enumerate(order)}
 
 
+def head_size_of(target: Mapping[str, Any], fallback: int) -> int:
+    """The head size the target was ranked with; ``fallback`` for a target stored before targets
+    recorded it."""
+    return int(target.get("head_size", fallback))
+
+
 def wanted_flags(target: Mapping[str, Any], head_size: int, current: Mapping[int, str] | None = None) -> dict[int, str]:
     """Flag text per task: the picks within the head, and picks behind it that carry the pick
     flag already (``current``: it stays true, so a task that leaves the head costs no write);

@@ -79,7 +79,7 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     """Import the head's predictions under the target's new version, flag its top and switch the
     queue; the rest of the ranked tasks get theirs in place afterwards (``_in_place``): Label
     Studio's /next serves only tasks with a prediction of the version while there are any."""
-    version, head = target["model_version"], target["order"][: step.settings.head_size]
+    version, head = target["model_version"], target["order"][: step.head_size(target)]
     staged = step.store.all_predictions(step.project_id, staged=version)
     scores = full_scores(target["order"])
     missing = [t for t in head if t not in staged]
@@ -146,7 +146,7 @@ def _keep_queue_switched(step: Step, version: str) -> None:
 
 def _plan(step: Step, target: Mapping[str, Any]) -> ScorePlan:
     live = step.store.all_predictions(step.project_id)
-    return plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.settings.head_size)
+    return plan_scores(target["order"], {t: float(p["score"]) for t, p in live.items()}, step.head_size(target))
 
 
 def _start_full_import(store: Store, project_id: int, target: dict[str, Any]) -> None:
