@@ -353,7 +353,7 @@ class Store:
     def add_pattern_stages(self, project_id: int, version: str, tasks: int, seconds: Mapping[str, float]) -> None:
         """Add one pattern job's ``tasks`` and ``seconds`` per stage (PATTERN_STAGES) to the version's sums."""
         key = self._key(project_id, "stages", version)
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.hincrby(key, "tasks", int(tasks))
             for stage in PATTERN_STAGES:
                 pipe.hincrbyfloat(key, stage, float(seconds.get(stage, 0.0)))
@@ -361,7 +361,7 @@ class Store:
 
     def pattern_stages(self, project_id: int, version: str) -> dict[str, float]:
         """The sums of :meth:`add_pattern_stages` for the version: ``tasks`` and PATTERN_STAGES (empty if none)."""
-        raw = self.redis.hgetall(self._key(project_id, "stages", version))
+        raw = self._redis.hgetall(self._key(project_id, "stages", version))
         return {field.decode(): float(value) for field, value in raw.items()}
 
     # ---- selection results --------------------------------------------------------------------
