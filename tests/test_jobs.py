@@ -22,6 +22,7 @@ from freesel_backend.server.writeout.plan import PICK_FLAG, full_scores
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
+from freesel_backend.server.admin import status
 from freesel_backend.server.jobs import earlier_analysis
 from freesel_backend.server.store import SelectionRecord, Store
 from harness.backend import backend_env, run_worker_burst
@@ -116,6 +117,8 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(
     assert sorted(store.load_patterns(project["id"], state["patterns_version"])) == [t["id"] for t in tasks]
     failures = store.failures(project["id"], state["patterns_version"])
     assert list(failures) == broken and "image download failed" in failures[broken[0]]
+    stages = status(Services(Settings.from_env(env), redis_connection), project["id"])["pattern_stages"]
+    assert stages["tasks"] == len(tasks) + len(broken) and stages["forward_s"] > 0 and stages["rate"] > 0
     listed = label_studio.api("GET", f"/api/projects/{project['id']}/").json()
     assert listed["sampling"] == "Uncertainty sampling" and listed["model_version"] == state["model_version"]
     scores = sorted(
