@@ -1,0 +1,284 @@
+"""Copies: images that are the same photograph after a re-encode, resize, small crop, brightness or
+contrast change, small rotation, or a burst shot a few pixels apart.
+
+Each image keeps a small signature: its grey levels squeezed to a 32 x 32 thumbnail (1 KiB) and
+its aspect ratio. Two stages find the copies among many signatures:
+
+1. candidates: each image's nearest neighbours by an 8 x 8 blur of the thumbnail (a crop of 10 %
+   moves its content by less than one of those pixels), above a loose similarity;
+2. verification: the best normalised correlation of the two thumbnails over a search of
+   per-axis scales (0.85-1.18) and shifts (up to 15 %) whose overlap covers at least 85 % of
+   each image along each axis, coarse at 16 x 16 then refined at 32 x 32. The correlation
+   ignores brightness and contrast; the overlap rule keeps crops of one large photo shifted by
+   30 % apart even though their overlapping parts are the same pixels.
+
+Byte-identical files are grouped apart from all this, by :func:`content_digest`, before any image
+is decoded. Groups are cliques (every two members are copies); see
+:func:`freesel_backend.engine.duplicates.cliques_of_pairs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from .duplicates import DuplicateGroups, cliques_of_pairs
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 32
+COARSE_SIDE = 16
+BLUR_SIDE = 8
+# Smaller images carry too little of the picture to tell a copy from a look-alike.
+MIN_SIDE = 16
+# A thumbnail whose grey levels vary less than this (standard deviation, 0-255) shows nothing to
+# compare: a blank page, a uniform colour.
+MIN_DETAIL = 4.0
+# Correlation of two thumbnails above which they are copies (the default setting); measured
+# operating points in docs/near-duplicates.md.
+DEFAULT_COPY_THRESHOLD = 0.95
+# Along each axis, the overlap of two copies covers at least this share of each image.
+MIN_OVERLAP = 0.85
+# Aspect ratios further apart than the largest per-axis scale cannot be copies.
+MAX_ASPECT_CHANGE = 1 / MIN_OVERLAP
+# Candidate stage: neighbours per image, and the blurred thumbnails' least cosine similarity.
+CANDIDATES_PER_IMAGE = 8
+MIN_CANDIDATE_SIMILARITY = 0.6
+# Scales and shifts searched (fractions of the image), coarse grid then a refinement around the best.
+COARSE_SCALE_STEP = 0.05
+COARSE_SHIFT_STEP = 0.05
+FINE_STEP = 0.025
+MAX_SHIFT = 0.15
+# Rows of the candidate search's similarity blocks (a block is rows x images float32).
+BLOCK_ROWS = 1024
+
+
+class CopySignatureError(ValueError):
+    """An image that cannot get a copy signature; the message says why. Such an image is never
+    grouped as a copy (byte-identical files still are, by their digest)."""
+
+
+@dataclass(frozen=True)
+class CopySignature:
+    """An image's copy signature: 32 x 32 grey levels (the whole picture, squeezed) and its
+    width / height ratio."""
+
+    thumbnail: np.ndarray
+    aspect: float
+
+    def to_bytes(self) -> bytes:
+        """1,028 bytes: the thumbnail's grey levels, then the aspect ratio (float32)."""
+        return self.thumbnail.astype(np.uint8).tobytes() + np.float32(self.aspect).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CopySignature:
+        side = THUMBNAIL_SIDE
+        if len(data) != side * side + 4:
+            raise ValueError(f"a copy signature has {side * side + 4} bytes, got {len(data)}")
+        thumbnail = np.frombuffer(data[: side * side], dtype=np.uint8).reshape(side, side)
+        return cls(thumbnail=thumbnail, aspect=float(np.frombuffer(data[side * side :], dtype=np.float32)[0]))
+
+
+def content_digest(data: bytes) -> str:
+    """The SHA-256 of a file's bytes: equal digests are exact copies, whatever the file's name."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def copy_signature(image: Image.Image) -> CopySignature:
+    """The signature of a decoded (or lazily opened) PIL image; raises :class:`CopySignatureError`
+    for an animated, truncated, too small or blank image."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise CopySignatureError(f"animated image ({frames} frames): copies are judged on still images only")
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise CopySignatureError(
+            f"image too small to compare as a copy: {width} x {height} (needs {MIN_SIDE} px on each side)"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise CopySignatureError(f"corrupt or truncated image: {error}") from error
+    grey = image.convert("RGB") if image.mode in ("P", "PA", "RGBA", "LA", "I;16", "I", "F", "1", "CMYK") else image
+    thumbnail = grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    levels = np.asarray(thumbnail.convert("L"), dtype=np.uint8)
+    if float(levels.std()) < MIN_DETAIL:
+        raise CopySignatureError("image shows no detail to compare (a uniform or nearly uniform picture)")
+    return CopySignature(thumbnail=levels.copy(), aspect=width / height)
+
+
+def copy_score(first: CopySignature, second: CopySignature) -> float:
+    """How well two signatures match as copies: the best correlation of their thumbnails over the
+    scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
+    return _verified_scores(_stack([first, second]), np.array([[0, 1]], dtype=np.int64))[0]
+
+
+def find_copies(
+    signatures: list[CopySignature | None], threshold: float = DEFAULT_COPY_THRESHOLD
+) -> DuplicateGroups:
+    """Group images whose signatures match above ``threshold``; ``None`` (an image without a
+    signature) is never grouped."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"copy threshold is a correlation in (0, 1], got {threshold}")
+    present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
+    thumbnails = _stack([signatures[index] for index in present])  # type: ignore[misc]
+    aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
+    candidates = candidate_pairs(thumbnails, aspects)
+    scores = _verified_scores(thumbnails, candidates)
+    pairs = present[candidates[scores >= threshold]] if len(candidates) else np.zeros((0, 2), np.int64)
+    groups = cliques_of_pairs(len(signatures), pairs)
+    group_of = np.full(len(signatures), -1, dtype=np.int64)
+    for position, group in enumerate(groups):
+        group_of[group] = position
+    log.info("copies: %d candidate pairs, %d groups (threshold %.3g)", len(candidates), len(groups), threshold)
+    return DuplicateGroups(groups=groups, group_of=group_of, threshold=threshold)
+
+
+def candidate_pairs(thumbnails: np.ndarray, aspects: np.ndarray) -> np.ndarray:
+    """(a, b) pairs, a < b: each image's nearest neighbours by blurred thumbnail, above the least
+    similarity, with aspect ratios a crop or resize can explain."""
+    n = len(thumbnails)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    blur = _normalised(_area_mean(thumbnails, BLUR_SIDE).reshape(n, -1)).astype(np.float32)
+    neighbours = min(CANDIDATES_PER_IMAGE, n - 1)
+    found: list[np.ndarray] = []
+    for start in range(0, n, BLOCK_ROWS):
+        similarity = blur[start : start + BLOCK_ROWS] @ blur.T
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = -np.inf
+        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
+        close = np.take_along_axis(similarity, nearest, axis=1) >= MIN_CANDIDATE_SIMILARITY
+        found.append(np.stack([np.repeat(rows + start, neighbours)[close.ravel()], nearest[close]], axis=1))
+    pairs = np.sort(np.concatenate(found), axis=1)
+    pairs = np.unique(pairs, axis=0)
+    aspect_change = np.abs(np.log(aspects[pairs[:, 0]] / aspects[pairs[:, 1]]))
+    return pairs[aspect_change <= np.log(MAX_ASPECT_CHANGE)]
+
+
+def _stack(signatures: list[CopySignature]) -> np.ndarray:
+    if not signatures:
+        return np.zeros((0, THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.float32)
+    return np.stack([signature.thumbnail for signature in signatures]).astype(np.float32)
+
+
+def _area_mean(thumbnails: np.ndarray, side: int) -> np.ndarray:
+    factor = thumbnails.shape[-1] // side
+    return thumbnails.reshape(len(thumbnails), side, factor, side, factor).mean(axis=(2, 4))
+
+
+def _smoothed(thumbnails: np.ndarray) -> np.ndarray:
+    """A [1, 2, 1] blur along both axes: a pixel's worth of misalignment (a small rotation, a
+    crop between grid steps) then costs little correlation."""
+    padded = np.pad(thumbnails, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    along_rows = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]
+    return (along_rows[:, :, :-2] + 2 * along_rows[:, :, 1:-1] + along_rows[:, :, 2:]) / 16.0
+
+
+def _normalised(rows: np.ndarray) -> np.ndarray:
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-6)
+
+
+@dataclass(frozen=True)
+class _AxisWarps:
+    """Per-axis maps of one image's coordinates into the other's, u -> scale * u + shift, as
+    linear-interpolation matrices (warps, n, n) and the validity of each output pixel."""
+
+    scales: np.ndarray
+    shifts: np.ndarray
+    matrices: np.ndarray
+    valid: np.ndarray
+
+
+def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps:
+    centres = (np.arange(side) + 0.5) / side
+    mapped = scales[:, None] * centres[None, :] + shifts[:, None]  # (warps, side) in the other's [0, 1]
+    inside = (mapped >= 0.0) & (mapped <= 1.0)
+    covered_here = inside.mean(axis=1)
+    lo, hi = np.clip(shifts, 0, 1), np.clip(scales + shifts, 0, 1)
+    covered_there = np.clip(hi - lo, 0, None)
+    keep = (covered_here >= MIN_OVERLAP) & (covered_there >= MIN_OVERLAP)
+    position = np.clip(mapped[keep] * side - 0.5, 0, side - 1)
+    left = np.floor(position).astype(np.int64)
+    right = np.minimum(left + 1, side - 1)
+    weight = position - left
+    matrices = np.zeros((int(keep.sum()), side, side), np.float32)
+    warp, row = np.indices(left.shape)
+    np.add.at(matrices, (warp, row, left), 1.0 - weight)
+    np.add.at(matrices, (warp, row, right), weight)
+    return _AxisWarps(scales[keep], shifts[keep], matrices, inside[keep].astype(np.float32))
+
+
+@lru_cache(maxsize=1)
+def _coarse_warps() -> _AxisWarps:
+    steps = np.arange(-3, 4)
+    scales = np.concatenate([1.0 + COARSE_SCALE_STEP * steps[steps <= 0], 1.0 / (1.0 - COARSE_SCALE_STEP * steps[steps > 0])])
+    shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1e-9, COARSE_SHIFT_STEP)
+    grid_scales, grid_shifts = np.meshgrid(scales, shifts, indexing="ij")
+    return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+
+
+def _fine_warps(scale: float, shift: float) -> _AxisWarps:
+    around = FINE_STEP * np.arange(-1, 2)
+    grid_scales, grid_shifts = np.meshgrid(scale + around, shift + around, indexing="ij")
+    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+
+
+def _best_correlation(fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> tuple[float, int, int]:
+    """The best correlation of ``moving`` against ``fixed`` warped by every (row warp, column
+    warp), over the pixels both cover, and the two warps that give it.
+
+    With R_a, C_b the interpolation matrices and r_a, c_b the masks, the warped image is
+    R_a F C_b^T; every masked sum below is expanded into products of per-warp matrices, so the
+    warped images themselves are never formed."""
+    side = fixed.shape[0]
+    row_matrices = rows.matrices * rows.valid[:, :, None]  # masked rows: diag(r_a) R_a
+    column_matrices = columns.matrices * columns.valid[:, :, None]
+    count = np.outer(rows.valid.sum(axis=1), columns.valid.sum(axis=1))
+    sum_fixed = (rows.valid[:, None, :] @ row_matrices)[:, 0] @ fixed @ (columns.valid[:, None, :] @ column_matrices)[:, 0].T
+    row_cross = row_matrices.transpose(0, 2, 1) @ moving  # (A, n, n): R_a'^T M
+    column_cross = column_matrices @ fixed.T  # (B, n, n): C_b' F^T
+    sum_cross = row_cross.reshape(len(row_cross), -1) @ column_cross.transpose(0, 2, 1).reshape(len(column_cross), -1).T
+    row_gram = (row_matrices.transpose(0, 2, 1) @ rows.matrices).reshape(len(row_matrices), side * side)
+    column_gram = column_matrices.transpose(0, 2, 1) @ columns.matrices  # C_b'^T C_b
+    fixed_gram = (fixed[None] @ column_gram @ fixed.T[None]).reshape(len(column_gram), side * side)
+    sum_fixed_sq = row_gram @ fixed_gram.T
+    sum_moving = rows.valid @ moving @ columns.valid.T
+    sum_moving_sq = rows.valid @ (moving * moving) @ columns.valid.T
+    covariance = sum_cross - sum_fixed * sum_moving / count
+    variance = (sum_fixed_sq - sum_fixed**2 / count) * (sum_moving_sq - sum_moving**2 / count)
+    correlation = covariance / np.sqrt(np.maximum(variance, 1e-6))
+    best_row, best_column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+    return float(correlation[best_row, best_column]), int(best_row), int(best_column)
+
+
+def _verified_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The copy score of each pair: coarse search at 16 x 16, then refined at 32 x 32."""
+    thumbnails = _smoothed(thumbnails)
+    coarse = _area_mean(thumbnails, COARSE_SIDE) if len(thumbnails) else thumbnails
+    warps = _coarse_warps()
+    scores = np.zeros(len(pairs), np.float64)
+    for index, (first, second) in enumerate(pairs.tolist()):
+        _, row, column = _best_correlation(coarse[first], coarse[second], warps, warps)
+        fine_rows = _fine_warps(float(warps.scales[row]), float(warps.shifts[row]))
+        fine_columns = _fine_warps(float(warps.scales[column]), float(warps.shifts[column]))
+        scores[index] = _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
+    return scores
+
+
+__all__ = [
+    "DEFAULT_COPY_THRESHOLD",
+    "CopySignature",
+    "CopySignatureError",
+    "candidate_pairs",
+    "content_digest",
+    "copy_score",
+    "copy_signature",
+    "find_copies",
+]
