@@ -39,14 +39,15 @@ from freesel_backend.cli.samples import PHOTOS, SCIKIT_IMAGE, scene_image  # noq
 from freesel_backend.engine.copies import (  # noqa: E402
     DEFAULT_COPY_THRESHOLD,
     CopySignature,
-    candidate_pairs,
+    copy_groups,
     copy_signature,
-    find_copies,
+    scored_candidates,
 )
 
 THRESHOLDS = (0.9, 0.93, DEFAULT_COPY_THRESHOLD, 0.97, 0.98)
 HASH_DISTANCE = 10  # imagededup's default max_distance_threshold for its hashes
 POOL_AT_SCALE = 50_000
+SIGNATURE_BYTES = len(copy_signature(scene_image(0)).to_bytes())
 
 
 @dataclass
@@ -130,15 +131,14 @@ def related(a: Item, b: Item) -> bool:
     return not shifted_against_burst
 
 
-def evaluate(pool: list[Item], matched: Callable[[int, int], bool], n_pairs_matched: int) -> tuple[dict[str, float], int, int]:
-    """Recall per kind of copy (each copy against its source's original), and the false merges
-    among distinct pairs (``n_pairs_matched`` all matched pairs, related ones removed)."""
+def recall_per_kind(pool: list[Item], matched: Callable[[int, int], bool]) -> dict[str, float]:
+    """Recall per kind of copy: the share of copies matched with their source's original."""
     originals = {item.source: index for index, item in enumerate(pool) if item.kind == "original"}
     recall: dict[str, list[bool]] = {}
     for index, item in enumerate(pool):
         if item.kind not in ("original", "shifted"):
             recall.setdefault(item.kind, []).append(matched(originals[item.source], index))
-    return {kind: float(np.mean(found)) for kind, found in recall.items()}, n_pairs_matched, 0
+    return {kind: float(np.mean(found)) for kind, found in recall.items()}
 
 
 def distinct_pair_count(pool: list[Item]) -> int:
@@ -189,36 +189,35 @@ def main() -> None:
     signatures, signature_seconds = timed(signature_or_none, images)
     refused = [pool[i].kind + " " + pool[i].source for i, s in enumerate(signatures) if s is None]
     print(f"signatures: {1000 * signature_seconds:.2f} ms/image; no signature: {len(refused)} {refused[:5]}")
+    started = time.perf_counter()
+    scored_pairs, scores = scored_candidates(signatures)  # type: ignore[arg-type]
+    grouping_seconds = time.perf_counter() - started
     rows = []
     for threshold in THRESHOLDS:
-        started = time.perf_counter()
-        groups = find_copies(signatures, threshold)  # type: ignore[arg-type]
-        grouping_seconds = time.perf_counter() - started
+        groups = copy_groups(len(signatures), scored_pairs, scores, threshold)
         together = set(itertools.chain.from_iterable(itertools.combinations(g, 2) for g in groups.groups))
-        recall, _, _ = evaluate(pool, lambda a, b: (min(a, b), max(a, b)) in together, len(together))
-        rows.append((f"copies >= {threshold}", recall, false_merges(pool, sorted(together)), grouping_seconds))
+        recall = recall_per_kind(pool, lambda a, b: (min(a, b), max(a, b)) in together)
+        rows.append((f"copies >= {threshold}", recall, false_merges(pool, sorted(together))))
     for name, hasher in (("pHash <= 10", imagehash.phash), ("dHash <= 10", imagehash.dhash)):
         hashes, hash_seconds = timed(lambda image: int(str(hasher(image)), 16), images)
         pairs = hash_pairs(np.array(hashes, dtype=np.uint64))
-        recall, _, _ = evaluate(pool, lambda a, b: (min(a, b), max(a, b)) in pairs, len(pairs))
-        rows.append((f"{name} ({1000 * hash_seconds:.2f} ms/image)", recall, false_merges(pool, sorted(pairs)), 0.0))
+        recall = recall_per_kind(pool, lambda a, b: (min(a, b), max(a, b)) in pairs)
+        rows.append((f"{name} ({1000 * hash_seconds:.2f} ms/image)", recall, false_merges(pool, sorted(pairs))))
 
     kinds = list(rows[0][1])
     print("\n| detector | " + " | ".join(kinds) + " | false merges (per 10,000 distinct pairs) |")
     print("|---" * (len(kinds) + 2) + "|")
-    for name, recall, merges, _ in rows:
+    for name, recall, merges in rows:
         cells = " | ".join(f"{recall[kind]:.2f}" for kind in kinds)
         print(f"| {name} | {cells} | {merges} ({10_000 * merges / n_distinct:.2f}) |")
 
-    present = [s for s in signatures if s is not None]
-    candidates = candidate_pairs(np.stack([s.thumbnail for s in present]).astype(np.float32),  # type: ignore[union-attr]
-                                 np.array([s.aspect for s in present]))  # type: ignore[union-attr]
-    default_seconds = next(seconds for name, _, _, seconds in rows if name.endswith(str(DEFAULT_COPY_THRESHOLD)))
-    per_pair = default_seconds / max(1, len(candidates))
-    print(f"\ngrouping {len(present)} signatures: {default_seconds:.1f} s, {len(candidates)} candidate pairs, "
+    per_pair = grouping_seconds / max(1, len(scored_pairs))
+    pairs_per_image = len(scored_pairs) / len(pool)
+    print(f"\ngrouping {len(pool)} signatures: {grouping_seconds:.1f} s, {len(scored_pairs)} candidate pairs, "
           f"{1000 * per_pair:.2f} ms per pair")
-    print(f"at {POOL_AT_SCALE:,} images: signatures {POOL_AT_SCALE * 1028 / 2**20:.0f} MiB, candidate pairs <= "
-          f"{POOL_AT_SCALE * 8:,} -> verification <= {POOL_AT_SCALE * 8 * per_pair / 60:.0f} min; "
+    print(f"at {POOL_AT_SCALE:,} images: signatures {POOL_AT_SCALE * SIGNATURE_BYTES / 2**20:.0f} MiB, "
+          f"~{POOL_AT_SCALE * pairs_per_image:,.0f} candidate pairs -> grouping ~"
+          f"{POOL_AT_SCALE * pairs_per_image * per_pair / 60:.0f} min on these cores; "
           f"signing {POOL_AT_SCALE * signature_seconds / 60:.1f} min")
 
     from freesel_backend import PatternExtractor

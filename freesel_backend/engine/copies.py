@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from PIL import Image
@@ -123,19 +123,28 @@ def find_copies(
 ) -> DuplicateGroups:
     """Group images whose signatures match above ``threshold``; ``None`` (an image without a
     signature) is never grouped."""
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"copy threshold is a correlation in (0, 1], got {threshold}")
+    pairs, scores = scored_candidates(signatures)
+    return copy_groups(len(signatures), pairs, scores, threshold)
+
+
+def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score."""
     present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
     thumbnails = _stack([signatures[index] for index in present])  # type: ignore[misc]
     aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
     candidates = candidate_pairs(thumbnails, aspects)
-    scores = _verified_scores(thumbnails, candidates)
-    pairs = present[candidates[scores >= threshold]] if len(candidates) else np.zeros((0, 2), np.int64)
-    groups = cliques_of_pairs(len(signatures), pairs)
-    group_of = np.full(len(signatures), -1, dtype=np.int64)
+    return present[candidates].reshape(-1, 2), _verified_scores(thumbnails, candidates)
+
+
+def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> DuplicateGroups:
+    """Groups (cliques) of the ``n_images`` from scored pairs: those at or above ``threshold``."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"copy threshold is a correlation in (0, 1], got {threshold}")
+    groups = cliques_of_pairs(n_images, pairs[scores >= threshold])
+    group_of = np.full(n_images, -1, dtype=np.int64)
     for position, group in enumerate(groups):
         group_of[group] = position
-    log.info("copies: %d candidate pairs, %d groups (threshold %.3g)", len(candidates), len(groups), threshold)
+    log.info("copies: %d candidate pairs, %d groups (threshold %.3g)", len(pairs), len(groups), threshold)
     return DuplicateGroups(groups=groups, group_of=group_of, threshold=threshold)
 
 
@@ -188,12 +197,32 @@ def _normalised(rows: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _AxisWarps:
     """Per-axis maps of one image's coordinates into the other's, u -> scale * u + shift, as
-    linear-interpolation matrices (warps, n, n) and the validity of each output pixel."""
+    linear-interpolation matrices (warps, n, n) and the validity of each output pixel, with the
+    products of them that every comparison uses."""
 
     scales: np.ndarray
     shifts: np.ndarray
     matrices: np.ndarray
     valid: np.ndarray
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.valid.sum(axis=1)
+
+    @cached_property
+    def masked(self) -> np.ndarray:
+        """diag(valid) @ matrix: rows of pixels outside the other image zeroed."""
+        return self.matrices * self.valid[:, :, None]
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """valid @ matrix: how much each source pixel counts in the warped image's masked sum."""
+        return (self.valid[:, None, :] @ self.matrices)[:, 0]
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """masked^T @ matrix, for the masked sum of squares of the warped image."""
+        return self.masked.transpose(0, 2, 1) @ self.matrices
 
 
 def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps:
@@ -218,19 +247,25 @@ def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps
 @lru_cache(maxsize=1)
 def _coarse_warps() -> _AxisWarps:
     steps = np.arange(-3, 4)
-    scales = np.concatenate([1.0 + COARSE_SCALE_STEP * steps[steps <= 0], 1.0 / (1.0 - COARSE_SCALE_STEP * steps[steps > 0])])
+    shrink, grow = steps[steps <= 0], steps[steps > 0]
+    scales = np.concatenate([1.0 + COARSE_SCALE_STEP * shrink, 1.0 / (1.0 - COARSE_SCALE_STEP * grow)])
     shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1e-9, COARSE_SHIFT_STEP)
     grid_scales, grid_shifts = np.meshgrid(scales, shifts, indexing="ij")
     return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel())
 
 
-def _fine_warps(scale: float, shift: float) -> _AxisWarps:
+@lru_cache(maxsize=None)
+def _fine_warps(coarse_index: int) -> _AxisWarps:
+    """The refinement grid at full size around the coarse warp ``coarse_index``."""
+    scale, shift = float(_coarse_warps().scales[coarse_index]), float(_coarse_warps().shifts[coarse_index])
     around = FINE_STEP * np.arange(-1, 2)
     grid_scales, grid_shifts = np.meshgrid(scale + around, shift + around, indexing="ij")
     return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel())
 
 
-def _best_correlation(fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> tuple[float, int, int]:
+def _best_correlation(
+    fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps
+) -> tuple[float, int, int]:
     """The best correlation of ``moving`` against ``fixed`` warped by every (row warp, column
     warp), over the pixels both cover, and the two warps that give it.
 
@@ -238,17 +273,13 @@ def _best_correlation(fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, c
     R_a F C_b^T; every masked sum below is expanded into products of per-warp matrices, so the
     warped images themselves are never formed."""
     side = fixed.shape[0]
-    row_matrices = rows.matrices * rows.valid[:, :, None]  # masked rows: diag(r_a) R_a
-    column_matrices = columns.matrices * columns.valid[:, :, None]
-    count = np.outer(rows.valid.sum(axis=1), columns.valid.sum(axis=1))
-    sum_fixed = (rows.valid[:, None, :] @ row_matrices)[:, 0] @ fixed @ (columns.valid[:, None, :] @ column_matrices)[:, 0].T
-    row_cross = row_matrices.transpose(0, 2, 1) @ moving  # (A, n, n): R_a'^T M
-    column_cross = column_matrices @ fixed.T  # (B, n, n): C_b' F^T
-    sum_cross = row_cross.reshape(len(row_cross), -1) @ column_cross.transpose(0, 2, 1).reshape(len(column_cross), -1).T
-    row_gram = (row_matrices.transpose(0, 2, 1) @ rows.matrices).reshape(len(row_matrices), side * side)
-    column_gram = column_matrices.transpose(0, 2, 1) @ columns.matrices  # C_b'^T C_b
-    fixed_gram = (fixed[None] @ column_gram @ fixed.T[None]).reshape(len(column_gram), side * side)
-    sum_fixed_sq = row_gram @ fixed_gram.T
+    count = np.outer(rows.count, columns.count)
+    sum_fixed = rows.weights @ fixed @ columns.weights.T
+    row_cross = (rows.masked.transpose(0, 2, 1) @ moving).reshape(len(rows.scales), -1)  # R_a'^T M
+    column_cross = (columns.masked @ fixed.T).transpose(0, 2, 1).reshape(len(columns.scales), -1)  # (C_b' F^T)^T
+    sum_cross = row_cross @ column_cross.T
+    fixed_gram = (fixed[None] @ columns.gram @ fixed.T[None]).reshape(len(columns.scales), side * side)
+    sum_fixed_sq = rows.gram.reshape(len(rows.scales), side * side) @ fixed_gram.T
     sum_moving = rows.valid @ moving @ columns.valid.T
     sum_moving_sq = rows.valid @ (moving * moving) @ columns.valid.T
     covariance = sum_cross - sum_fixed * sum_moving / count
@@ -266,8 +297,7 @@ def _verified_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     scores = np.zeros(len(pairs), np.float64)
     for index, (first, second) in enumerate(pairs.tolist()):
         _, row, column = _best_correlation(coarse[first], coarse[second], warps, warps)
-        fine_rows = _fine_warps(float(warps.scales[row]), float(warps.shifts[row]))
-        fine_columns = _fine_warps(float(warps.scales[column]), float(warps.shifts[column]))
+        fine_rows, fine_columns = _fine_warps(row), _fine_warps(column)
         scores[index] = _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
     return scores
 
@@ -279,6 +309,8 @@ __all__ = [
     "candidate_pairs",
     "content_digest",
     "copy_score",
+    "copy_groups",
     "copy_signature",
     "find_copies",
+    "scored_candidates",
 ]
