@@ -41,14 +41,18 @@ MIN_SIDE = 16
 MIN_DETAIL = 4.0
 # Correlation of two thumbnails above which they are copies (the default setting); measured
 # operating points in docs/near-duplicates.md.
-DEFAULT_COPY_THRESHOLD = 0.95
+DEFAULT_COPY_THRESHOLD = 0.97
+# Images whose shorter side is below this are compared strictly (see scored_candidates).
+SMALL_SIDE = 2 * THUMBNAIL_SIDE
+SMALL_IMAGE_STRICTNESS = 5.0
 # Along each axis, the overlap of two copies covers at least this share of each image.
 MIN_OVERLAP = 0.85
 # Aspect ratios further apart than the largest per-axis scale cannot be copies.
 MAX_ASPECT_CHANGE = 1 / MIN_OVERLAP
-# Candidate stage: neighbours per image, and the blurred thumbnails' least cosine similarity.
-CANDIDATES_PER_IMAGE = 8
-MIN_CANDIDATE_SIMILARITY = 0.6
+# Candidate stage: neighbours per image (groups are cliques: every two members must be a
+# candidate pair), and the blurred thumbnails' least cosine similarity.
+CANDIDATES_PER_IMAGE = 32
+MIN_CANDIDATE_SIMILARITY = 0.8
 # Scales and shifts searched (fractions of the image), coarse grid then a refinement around the best.
 COARSE_SCALE_STEP = 0.05
 COARSE_SHIFT_STEP = 0.05
@@ -65,15 +69,26 @@ class CopySignatureError(ValueError):
 
 @dataclass(frozen=True)
 class CopySignature:
-    """An image's copy signature: 32 x 32 grey levels (the whole picture, squeezed) and its
-    width / height ratio."""
+    """An image's copy signature: 32 x 32 grey levels (the whole picture, squeezed) and the
+    image's width and height in pixels."""
 
     thumbnail: np.ndarray
-    aspect: float
+    width: int
+    height: int
+
+    @property
+    def aspect(self) -> float:
+        return self.width / self.height
+
+    @property
+    def small(self) -> bool:
+        """Fewer pixels than twice the thumbnail's side: no more detail than the thumbnail holds."""
+        return min(self.width, self.height) < SMALL_SIDE
 
     def to_bytes(self) -> bytes:
-        """1,028 bytes: the thumbnail's grey levels, then the aspect ratio (float32)."""
-        return self.thumbnail.astype(np.uint8).tobytes() + np.float32(self.aspect).tobytes()
+        """1,028 bytes: the thumbnail's grey levels, then width and height (uint16 each)."""
+        size = np.array([min(self.width, 65535), min(self.height, 65535)], dtype="<u2")
+        return self.thumbnail.astype(np.uint8).tobytes() + size.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CopySignature:
@@ -81,7 +96,8 @@ class CopySignature:
         if len(data) != side * side + 4:
             raise ValueError(f"a copy signature has {side * side + 4} bytes, got {len(data)}")
         thumbnail = np.frombuffer(data[: side * side], dtype=np.uint8).reshape(side, side)
-        return cls(thumbnail=thumbnail, aspect=float(np.frombuffer(data[side * side :], dtype=np.float32)[0]))
+        width, height = np.frombuffer(data[side * side :], dtype="<u2").tolist()
+        return cls(thumbnail=thumbnail, width=width, height=height)
 
 
 def content_digest(data: bytes) -> str:
@@ -109,13 +125,14 @@ def copy_signature(image: Image.Image) -> CopySignature:
     levels = np.asarray(thumbnail.convert("L"), dtype=np.uint8)
     if float(levels.std()) < MIN_DETAIL:
         raise CopySignatureError("image shows no detail to compare (a uniform or nearly uniform picture)")
-    return CopySignature(thumbnail=levels.copy(), aspect=width / height)
+    return CopySignature(thumbnail=levels.copy(), width=width, height=height)
 
 
 def copy_score(first: CopySignature, second: CopySignature) -> float:
     """How well two signatures match as copies: the best correlation of their thumbnails over the
     scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
-    return _verified_scores(_stack([first, second]), np.array([[0, 1]], dtype=np.int64))[0]
+    score = _verified_scores(_stack([first, second]), np.array([[0, 1]], dtype=np.int64))
+    return float(_strict_for_small(score, np.array([first.small or second.small]))[0])
 
 
 def find_copies(
@@ -128,12 +145,24 @@ def find_copies(
 
 
 def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score."""
+    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score.
+
+    A pair with a small image (see :attr:`CopySignature.small`) has its shortfall from 1.0
+    counted ``SMALL_IMAGE_STRICTNESS`` times: the search over crops fits any two similar
+    silhouettes of a thumbnail-sized picture (same-class Fashion-MNIST items reach 0.98), so such
+    copies must match almost pixel for pixel."""
     present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
     thumbnails = _stack([signatures[index] for index in present])  # type: ignore[misc]
     aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
     candidates = candidate_pairs(thumbnails, aspects)
-    return present[candidates].reshape(-1, 2), _verified_scores(thumbnails, candidates)
+    small = np.array([signatures[index].small for index in present], dtype=bool)  # type: ignore[union-attr]
+    scores = _verified_scores(thumbnails, candidates)
+    either_small = small[candidates].any(axis=1) if len(candidates) else np.zeros(0, dtype=bool)
+    return present[candidates].reshape(-1, 2), _strict_for_small(scores, either_small)
+
+
+def _strict_for_small(scores: np.ndarray, small: np.ndarray) -> np.ndarray:
+    return np.where(small, 1.0 - SMALL_IMAGE_STRICTNESS * (1.0 - scores), scores)
 
 
 def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> DuplicateGroups:
