@@ -140,8 +140,8 @@ def _confirmed_pairs(pool: PatternPool, candidates: np.ndarray, threshold: float
 
 
 def cliques_of_pairs(n_images: int, pairs: np.ndarray) -> list[list[int]]:
-    """Groups from (a, b) pairs of matching images, greedy cliques: each unassigned image, lowest index first, takes those of its
-    near-duplicates that are near-duplicates of every member taken so far."""
+    """Groups from (a, b) pairs of matching images, as greedy cliques: each unassigned image,
+    lowest index first, takes those of its matches that match every member taken so far."""
     neighbours: dict[int, set[int]] = {}
     for a, b in pairs.tolist():
         neighbours.setdefault(a, set()).add(b)
