@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance
 
 from freesel_backend.cli.samples import scene_image
 from freesel_backend.engine.copies import (
@@ -116,3 +116,24 @@ def test_a_blank_picture_gets_a_reason_so_two_blank_pages_are_not_copies() -> No
 def test_the_threshold_is_a_correlation() -> None:
     with pytest.raises(ValueError, match="correlation"):
         find_copies([], 1.5)
+
+
+def garment(seed: int) -> Image.Image:
+    """A 28 x 28 Fashion-MNIST-like item: one silhouette, with a few patches placed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    item = Image.new("L", (28, 28), 0)
+    draw = ImageDraw.Draw(item)
+    draw.rectangle((6, 3, 21, 25), fill=160)
+    for _ in range(4):
+        x, y = rng.integers(7, 18, 2)
+        draw.rectangle((int(x), int(y), int(x) + 3, int(y) + 3), fill=int(rng.integers(60, 255)))
+    return item
+
+
+def test_a_thumbnail_sized_picture_is_a_copy_only_when_it_matches_almost_pixel_for_pixel() -> None:
+    item, same_silhouette = garment(1), garment(2)
+    buffer = BytesIO()
+    item.save(buffer, format="JPEG", quality=50)
+    re_encoded = Image.open(BytesIO(buffer.getvalue()))
+    found = find_copies([copy_signature(item), copy_signature(same_silhouette), copy_signature(re_encoded)])
+    assert found.groups == [[0, 2]]
