@@ -19,8 +19,8 @@ from freesel_backend.labelstudio.client import (
     LabelStudioError,
     LabelStudioNotFound,
     LabelStudioUnavailable,
-    is_jwt,
 )
+from freesel_backend.labelstudio.connection import is_jwt
 from freesel_backend.labelstudio.download import Downloader, LabelStudioDownloadError
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from ..labelstudio.client import is_jwt
+from ..labelstudio.connection import is_jwt
 from ..labelstudio.local import load_credentials
 from ..server.settings import Settings, SettingsError
 
