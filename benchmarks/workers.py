@@ -205,9 +205,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 rates = {(count, threads): rate_run(bench, count, threads) for count, threads in configurations}
                 print(f"{bench.model}: two 1-thread workers vs one: x{rates[(2, 1)] / rates[(1, 1)]:.2f}; vs one "
                       f"{cores}-thread worker: x{rates[(2, 1)] / rates[(1, cores)]:.2f}", flush=True)
-            bench.model = args.models[0]
-            for recovery in args.recovery:
-                recovery_run(bench, 1, recovery)
+                for recovery in args.recovery if bench.model == args.models[0] else ():
+                    recovery_run(bench, 1, recovery)
         finally:
             ls.stop()
 
@@ -223,7 +222,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", choices=("tiny", "offline"), nargs="+", default=["tiny"],
                         help="tiny: random-init ViT-Tiny at --image-size; offline: the default model "
-                        "(DINOv2 ViT-S/14); the kill runs use the first")
+                        "(DINOv2 ViT-S/14); the kill runs follow the first one's")
     parser.add_argument("--tasks", type=int, default=320, help="measured tasks (320)")
     parser.add_argument("--chunk", type=int, default=32, help="FREESEL_CHUNK_SIZE (32)")
     parser.add_argument("--image-size", type=int, default=112, help="tiny model's input size (112)")
