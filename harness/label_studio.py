@@ -36,6 +36,8 @@ LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()  # the classificatio
 
 DEFAULT_USERNAME = "freesel-test@example.com"
 DEFAULT_PASSWORD = "freesel-test-password-123"
+# Label Studio (Django) refuses an upload of more files than DATA_UPLOAD_MAX_NUMBER_FILES (100) in one request
+UPLOAD_FILES_PER_REQUEST = 100
 
 IMAGE_CLASSIFICATION_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -386,6 +388,11 @@ class LabelStudioServer:
 
         Each file becomes one task whose ``data.image`` is ``/data/upload/<project>/<name>``.
         """
+        step = UPLOAD_FILES_PER_REQUEST
+        batches = (paths[start:start + step] for start in range(0, len(paths), step))
+        return [task for batch in batches for task in self._upload(project_id, batch)]
+
+    def _upload(self, project_id: int, paths: Sequence[str | os.PathLike[str]]) -> list[dict]:
         files = []
         handles = []
         try:

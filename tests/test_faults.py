@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +22,8 @@ from freesel_backend.server.enqueue import enqueue_patterns
 from freesel_backend.server.services import Services
 from freesel_backend.server.redis_server import RedisServer
 from freesel_backend.server.store import Store
-from harness.backend import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
+from harness.backend import BackendProcesses, backend_env, idle, wait_for
+from harness.workers import start_worker, stop_group
 from tests.helpers import noise_image, write_noise_images
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, Request
 from harness.label_studio import LABEL_CONFIG, annotate
@@ -39,19 +38,6 @@ FAST_RECOVERY = {
     "FREESEL_WORKER_MAINTENANCE": "2",
     "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true",
 }
-
-
-def start_worker(env: dict[str, str], log_path, queues: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
-    """A long-running worker (on ``queues``, else all) in its own process group (its scheduler child dies with it)."""
-    only = ["--queues", ",".join(queues)] if queues else []
-    return subprocess.Popen([sys.executable, "-m", "freesel_backend", "worker", *only], cwd=REPO_ROOT, env=env,
-                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-    process.wait(timeout=30)
 
 
 @contextmanager

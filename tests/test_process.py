@@ -1,11 +1,14 @@
-"""Stopping the embedded workers: RQ's warm then cold shutdown, for every worker at once."""
+"""Stopping the embedded workers: RQ's warm then cold shutdown, for every worker at once; the
+scheduler locks a dead worker leaves behind."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from freesel_backend.server.process import stop_workers
+from rq.scheduler import RQScheduler
+
+from freesel_backend.server.process import SCHEDULER_SILENT_S, free_dead_scheduler_locks, stop_workers
 
 ENDS_ON_SIGTERM = "import time; time.sleep(60)"
 # Ignores the first SIGTERM (a warm shutdown waiting for its job), ends on the second.
@@ -41,3 +44,12 @@ def test_workers_that_already_ended_are_left_alone() -> None:
     ended.wait()
     stop_workers([ended], warm_s=1.0, cold_s=1.0)
     assert ended.returncode == 0
+
+
+def test_a_scheduler_lock_left_unrenewed_is_freed_and_a_renewed_one_kept(redis_connection) -> None:
+    lock = RQScheduler.get_locking_key
+    redis_connection.set(lock("renewed"), "a living scheduler", ex=61 - 1)
+    redis_connection.set(lock("silent"), "a killed worker's scheduler", ex=61 - SCHEDULER_SILENT_S - 5)
+    freed = free_dead_scheduler_locks(redis_connection, ["renewed", "silent", "never locked"], renewal_s=61)
+    assert freed == ["silent"]
+    assert redis_connection.exists(lock("renewed")) and not redis_connection.exists(lock("silent"))

@@ -27,7 +27,8 @@ from harness.backend import BackendProcesses, backend_env, idle
 from harness.label_studio import LABEL_CONFIG
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, Request, encoded
 from tests.helpers import noise_image
-from tests.test_faults import FAST_RECOVERY, start_worker, stopped_afterwards
+from harness.workers import start_worker
+from tests.test_faults import FAST_RECOVERY, stopped_afterwards
 from tests.test_write_out_at_scale import freesel_predictions, queue_by_score
 
 PROJECT = 5

@@ -19,7 +19,8 @@ from tests.helpers import noise_image
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, content
 from harness.local_http import encoded
 from harness.label_studio import LABEL_CONFIG, annotate
-from tests.test_faults import FAST_RECOVERY, start_worker, stop_group, stopped_afterwards
+from harness.workers import start_worker, stop_group
+from tests.test_faults import FAST_RECOVERY, stopped_afterwards
 
 TASKS = 1000
 HEAD = 40

@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.utils import import_attribute
 from rq.worker import SimpleWorker, WorkerStatus
 
@@ -171,6 +172,26 @@ def work(*, burst: bool = False, queues: tuple[str, ...] = QUEUES, exit_with: in
     return 0
 
 
+# RQ's scheduler renews its lock on a queue every second for 60 s more; a lock not renewed for this
+# long belongs to a scheduler that died with its worker (kill -9, a machine gone).
+SCHEDULER_SILENT_S = 10
+# Deletes the lock KEYS[1] when less than ARGV[1] ms of it are left, atomically against a renewal.
+_FREE_SILENT_LOCK = """
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 and left < tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def free_dead_scheduler_locks(connection: redis.Redis, queues: Sequence[str], renewal_s: float) -> list[str]:
+    """Delete the scheduler locks on ``queues`` that their holder stopped renewing (each renewal
+    sets ``renewal_s`` s), so that a living worker's scheduler takes them at once instead of after
+    they expire. Returns the queues freed."""
+    free = connection.register_script(_FREE_SILENT_LOCK)
+    below_ms = int((renewal_s - SCHEDULER_SILENT_S) * 1000)
+    return [name for name in queues if free(keys=[RQScheduler.get_locking_key(name)], args=[below_ms])]
+
+
 class HeartbeatWorker(SimpleWorker):
     """A SimpleWorker whose running job holds a short lease, renewed every ``lease_s`` by a
     thread. SimpleWorker's own lease is the job timeout (an hour), so a worker killed mid-job
@@ -193,6 +214,17 @@ class HeartbeatWorker(SimpleWorker):
             finished.set()
             renewer.join()
         self.set_state(WorkerStatus.IDLE)
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance, after freeing the scheduler locks of a dead worker: RQ keeps them for
+        60 s after the last renewal, and meanwhile no scheduler runs the delayed jobs (the retry of
+        the chunk that worker was killed in, debounced rankings) of those queues."""
+        if self.scheduler is not None:
+            renewal_s = self.scheduler.interval + 60  # as RQScheduler.heartbeat renews them
+            freed = free_dead_scheduler_locks(self.connection, [queue.name for queue in self.queues], renewal_s)
+            if freed:
+                log.warning("scheduler locks of a dead worker freed: %s", ", ".join(freed))
+        super().run_maintenance_tasks()
 
     def _renew_lease(self, job: Job, execution: Execution, finished: threading.Event) -> None:
         while not finished.wait(self.lease_s):
