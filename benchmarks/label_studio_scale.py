@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
 from freesel_backend.cli.samples import write_scenes  # noqa: E402
-from freesel_backend.server.publish import VERSION_PREFIX  # noqa: E402
+from freesel_backend.server.writeout.versions import VERSION_PREFIX  # noqa: E402
 from freesel_backend.labelstudio.local import FAST_PREDICTION_IMPORT  # noqa: E402
 from harness.backend import BackendProcesses, backend_env, idle  # noqa: E402
 from harness.label_studio import LabelStudioServer  # noqa: E402
