@@ -19,7 +19,7 @@ import torch
 
 from freesel_backend.engine import DEFAULT_ATTENTION_RATIO, DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_PATTERNS_PER_IMAGE
 from freesel_backend.engine.selection import DEFAULT_STRATEGY
-from .data import DEFAULT_ROOT, DatasetMissingError, load_split
+from .data import DEFAULT_ROOT, DatasetMissingError, LabelledImages, load_split
 from .evaluate import Probe, score_methods
 from .features import DEFAULT_CACHE_DIR, ExtractionSettings, Features, cached_features
 from .methods import (
@@ -123,11 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetMissingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = ExtractionSettings(
-        model=args.model, image_size=args.image_size, precision=args.precision, random_init=args.random_init
-    )
-    pool = train.subset(np.arange(min(args.pool_size, len(train))))
-    pool_features = cached_features(pool.images, "pool", settings, args.cache_dir)
+    pool, pool_features = pool_and_features(args, train)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     if args.mode == "tune":
@@ -149,11 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         assert test is not None
-        test = test.subset(np.arange(min(args.test_size, len(test))))
-        test_features = cached_features(
-            test.images, "test", ExtractionSettings(**{**settings.__dict__, "configs": ()}), args.cache_dir
-        )
-        probe = Probe.build(pool_features.embeddings, pool.labels, test_features.embeddings, test.labels)
+        test, probe = test_probe(args, pool, pool_features, test)
         scores = score_methods(
             chosen_methods(report_methods(), args.only),
             pool_features,
@@ -173,6 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(scores, args.out_dir / f"{name}.png", title)
     print(header + tables)
     return 0
+
+
+def extraction_settings(args: argparse.Namespace) -> ExtractionSettings:
+    return ExtractionSettings(
+        model=args.model, image_size=args.image_size, precision=args.precision, random_init=args.random_init
+    )
+
+
+def pool_and_features(args: argparse.Namespace, train: LabelledImages) -> tuple[LabelledImages, Features]:
+    """The pool (the first ``--pool-size`` training images) and its features, from the cache when there."""
+    pool = train.subset(np.arange(min(args.pool_size, len(train))))
+    return pool, cached_features(pool.images, "pool", extraction_settings(args), args.cache_dir)
+
+
+def test_probe(
+    args: argparse.Namespace, pool: LabelledImages, pool_features: Features, test: LabelledImages
+) -> tuple[LabelledImages, Probe]:
+    """The first ``--test-size`` test images and the probe that scores picks of ``pool`` on them."""
+    test = test.subset(np.arange(min(args.test_size, len(test))))
+    settings = ExtractionSettings(**{**extraction_settings(args).__dict__, "configs": ()})
+    test_features = cached_features(test.images, "test", settings, args.cache_dir)
+    return test, Probe.build(pool_features.embeddings, pool.labels, test_features.embeddings, test.labels)
 
 
 def chosen_methods(methods: list[Method], names: Sequence[str] | None) -> list[Method]:
