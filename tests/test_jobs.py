@@ -228,3 +228,20 @@ def test_a_write_out_step_stops_before_its_next_request_once_a_newer_ranking_rep
     step.writes = 1
     with pytest.raises(Superseded):
         step.spend()
+
+
+def test_a_full_import_heading_for_its_queue_switch_finishes_the_switch_before_a_newer_ranking_takes_over(
+    redis_connection,
+):
+    settings = Settings(label_studio_url="http://127.0.0.1:9", label_studio_api_key="unused")
+    services = Services(settings, redis_connection)
+    target = {"generation": 7, "model_version": "freesel-0001", "full": True, "order": [1, 2], "n_picked": 1}
+    services.store.save_target(5, target)
+    lock = write_lock(services, 5)
+    assert lock.acquire(blocking=False)
+    step = Step(services, 5, budget=100, lock=lock, generation="7", writes=3, switching=True)
+    services.store.save_target(5, {**target, "generation": 8})
+    step.spend()  # the head's predictions and first flags go in, then the queue switches
+    step.switching = False
+    with pytest.raises(Superseded):
+        step.spend()

@@ -243,6 +243,7 @@ class Step:
     generation: str = ""
     started_requests: int = 0
     writes: int = 0
+    switching: bool = False  # writing a full import up to its queue switch: a newer ranking waits
 
     def __post_init__(self) -> None:
         self.started_requests = self.client.requests_sent
@@ -265,10 +266,11 @@ class Step:
 
     def spend(self) -> None:
         """Before a request: stop when the budget is used or, once this step wrote something, when
-        a newer ranking replaced its target; else renew the write lock."""
+        a newer ranking replaced its target (not while a full import heads for its queue switch);
+        else renew the write lock."""
         if self.requests >= self.budget:
             raise OutOfRequests()
-        if self.writes and self.store.target_generation(self.project_id) != self.generation:
+        if self.writes and not self.switching and self.store.target_generation(self.project_id) != self.generation:
             raise Superseded()
         self.lock.reacquire()
 
@@ -359,7 +361,13 @@ def _advance(step: Step, target: dict[str, Any], progress: Any) -> bool:
 def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     """Import the head's predictions under the target's new version, flag its top and switch the
     queue; the rest of the ranked tasks get theirs in place afterwards (``_in_place``): Label
-    Studio's /next serves only tasks with a prediction of the version while there are any."""
+    Studio's /next serves only tasks with a prediction of the version while there are any.
+
+    A newer ranking does not stop it before the switch: while patterns come in, the next milestone
+    often arrives before the switch, and starting over with its head would keep the queue in Label
+    Studio's order until the milestones come slower than a switch's writes. The newer ranking
+    follows in place."""
+    step.switching = True
     version, head = target["model_version"], target["order"][: step.settings.head_size]
     staged = step.store.all_predictions(step.project_id, staged=version)
     scores = full_scores(target["order"])
@@ -378,6 +386,7 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     step.writes += 1
     step.store.promote_staged(step.project_id, version)
+    step.switching = False
     log.info("project %s: queue switched to %s (%d of %d predictions)", step.project_id, version, len(head),
              len(target["order"]))
     enqueue_version_cleanup(step.services, step.project_id)
