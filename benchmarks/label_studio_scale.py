@@ -8,6 +8,15 @@ reach a state says so ("not within N s") and goes on. The tiny random model
 figures. The backend talks to Label Studio through a counting proxy, so every request it makes is
 counted by kind.
 
+After the import it prints: import -> queue switched to FreeSel (flagged picks at the head),
+whether the first ``--early-tasks`` tasks ``/next`` serves an annotator right after the switch
+carry a pick flag, import -> every pattern in and -> the final ranking live, each ranking written
+(milestone: the patterns it was ranked from, when it was live, Label Studio requests by kind and
+writes, predictions imported), FreeSel prediction rows at most and at rest, and the patterns rate
+end to end against the bare forward of the same model, measured in the same run (with the
+backend's per-stage figures where its status has them). ``--stop-after-final-ranking`` ends there;
+otherwise annotators and a restart follow.
+
     .venv/bin/python benchmarks/label_studio_scale.py --tasks 5000 --database sqlite
     .venv/bin/python benchmarks/label_studio_scale.py --tasks 5000 --database postgresql
 
@@ -420,28 +429,31 @@ def early_next(run: Run, session: requests.Session, count: int) -> None:
 
 @dataclass
 class Milestone:
-    """One ranking written to Label Studio, as the status showed it when its write-out was done."""
+    """One ranking, as the status showed it: first while its write-out ran, last when it was done
+    or a newer ranking replaced it."""
 
     generation: int
-    live: Sample
+    first: Sample
+    last: Sample
     ranked_from: int
-    requests: int  # the write-out's own count
-    writes: int
+
+    @property
+    def done(self) -> bool:
+        return (self.last.status.get("writeout") or {}).get("state") == "done"
 
 
 def milestones(samples: list[Sample], since: float) -> list[Milestone]:
     found: dict[int, Milestone] = {}
     for sample in samples:
-        writeout = sample.status.get("writeout") or {}
-        generation = writeout.get("ranking")
-        if sample.at < since or generation is None or writeout.get("state") != "done" or int(generation) in found:
+        generation = (sample.status.get("writeout") or {}).get("ranking")
+        if sample.at < since or generation is None:
+            continue
+        if int(generation) in found:
+            found[int(generation)].last = sample
             continue
         ranked_from = (sample.status.get("ranked_from") or {}).get("patterns") or 0
-        found[int(generation)] = Milestone(
-            int(generation), sample, int(ranked_from),
-            int(writeout.get("label_studio_requests", 0)), int(writeout.get("writes", 0)),
-        )
-    return sorted(found.values(), key=lambda milestone: milestone.live.at)
+        found[int(generation)] = Milestone(int(generation), sample, sample, int(ranked_from))
+    return sorted(found.values(), key=lambda milestone: milestone.first.at)
 
 
 def planned_writeouts(log_path: Path) -> dict[int, tuple[int, int]]:
@@ -464,25 +476,28 @@ def imported_predictions(requests_made: list[Request]) -> int:
 
 
 def show_milestones(run: Run, imported_at: float, until: Sample, requests_before: int) -> None:
-    """Per ranking written between the import and ``until``: the patterns it was ranked from, when
-    it was live, Label Studio requests by kind (the proxy's, since the previous one was live), and
-    the predictions it imported."""
+    """Per ranking the status showed between the import and ``until``: the patterns it was ranked
+    from, when it was seen and when its write-out was done (or replaced by a newer ranking), the
+    Label Studio requests by kind from it to the next one (the proxy's), its writes, the
+    predictions imported, and what its write-out planned (score changes + predictions)."""
     assert run.monitor is not None
     planned = planned_writeouts(run.work / "logs" / "serve.log")
-    previous = requests_before
-    print("  milestones (ranking: patterns ranked from, import -> live, requests [write-out's own count],"
-          " writes, new predictions, planned score changes + predictions):")
-    for milestone in milestones([s for s in run.monitor.samples if s.at <= until.at], imported_at):
-        window = run.proxy.received[previous:milestone.live.requests_made]
-        previous = milestone.live.requests_made
+    found = milestones([s for s in run.monitor.samples if s.at <= until.at], imported_at)
+    print("  rankings (patterns ranked from; import -> seen, -> written or replaced; requests until the next"
+          " ranking [write-out's own count]; writes; new predictions; planned score changes + predictions):")
+    for number, milestone in enumerate(found):
+        start = requests_before if number == 0 else milestone.first.requests_made
+        end = found[number + 1].first.requests_made if number + 1 < len(found) else until.requests_made
+        window = run.proxy.received[start:end]
         counts = collections.Counter(request_kind(r.method, r.path) for r in window)
+        writeout = milestone.last.status.get("writeout") or {}
         scores, creates = planned.get(milestone.generation, (None, None))
-        live_after = milestone.live.at - imported_at
-        print(f"    #{milestone.generation:<3} {milestone.ranked_from:>7} patterns, {live_after:6.0f} s:"
-              f" {sum(counts.values())} requests [{milestone.requests}], {writes(counts)} writes [{milestone.writes}],"
+        print(f"    #{milestone.generation:<3} {milestone.ranked_from:>7} patterns;"
+              f" {milestone.first.at - imported_at:5.0f} s -> {milestone.last.at - imported_at:5.0f} s"
+              f" {'written' if milestone.done else 'replaced'}; {sum(counts.values())} requests"
+              f" [{writeout.get('label_studio_requests')}]; {writes(counts)} writes [{writeout.get('writes')}];"
               f" {imported_predictions(window)} new predictions; planned {scores} + {creates}")
-        for kind, count in counts.most_common(6):
-            print(f"          {count:>7}  {kind}")
+        print("          " + ", ".join(f"{count} {kind}" for kind, count in counts.most_common(5)))
 
 
 def show_pattern_rate(run: Run, patterns: Optional[Sample], imported_at: float) -> None:
