@@ -59,7 +59,7 @@ from benchmarks.performance import _bare_throughput  # noqa: E402
 from freesel_backend.server.jobs import extractor_for  # noqa: E402
 from freesel_backend.server.settings import FEATURES_QUEUE, ProjectSettings, Settings  # noqa: E402
 from freesel_backend.cli.samples import write_scenes  # noqa: E402
-from freesel_backend.server.publish import VERSION_PREFIX  # noqa: E402
+from freesel_backend.server.writeout.versions import VERSION_PREFIX  # noqa: E402
 from freesel_backend.labelstudio.local import FAST_PREDICTION_IMPORT  # noqa: E402
 from harness.backend import BackendProcesses, backend_env, idle  # noqa: E402
 from harness.label_studio import LabelStudioServer  # noqa: E402

@@ -5,7 +5,10 @@
   that the module itself does not define (``store._key(...)`` outside the store);
 * ``engine`` imports nothing of ours outside ``engine``, and none of Label Studio's SDK, Flask,
   Redis or RQ: it stays usable on its own;
-* ``labelstudio`` imports nothing of ``server``;
+* ``labelstudio`` imports nothing of ``server`` nor of ``engine`` (the two are siblings);
+* the write-out's plan (``server/writeout/plan.py``) imports nothing of ours, Redis or RQ: it is pure;
+* only the store touches Redis itself (no ``.redis`` attribute elsewhere), and only ``server/enqueue.py``
+  looks into RQ's job registries;
 * nothing imports ``label_studio_ml`` (its 1.0.9 release pins Flask 1.1.2 and Werkzeug 2.0.2): the
   web service serves Label Studio's ML backend protocol itself.
 """
@@ -21,6 +24,7 @@ import pytest
 PACKAGE = "freesel_backend"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 SERVICE_LIBRARIES = ("label_studio_ml", "flask", "redis", "rq")
+WRITEOUT_PLAN = f"{PACKAGE}.server.writeout.plan"
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -73,6 +77,17 @@ class Imports:
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
                 self.attributes.append((aliases[node.value.id], node.attr))
         defined = set(defined_names(tree))
+        self.redis_uses = sorted(
+            {(node.lineno, ast.unparse(node)) for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr == "redis"}
+        )
+        self.registry_uses = sorted(
+            {(node.lineno, f"from {node.module} import {alias.name}") for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "rq"
+             for alias in node.names if alias.name.endswith("Registry") or node.module == "rq.registry"}
+            | {(node.lineno, ast.unparse(node)) for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and node.attr.endswith("_registry")}
+        )
         self.foreign_privates = sorted(
             {(node.lineno, ast.unparse(node)) for node in ast.walk(tree)
              if isinstance(node, ast.Attribute) and is_private(node.attr) and node.attr not in defined}
@@ -189,8 +204,26 @@ def forbidden_imports(package: dict[str, Imports]) -> list[str]:
         if name.startswith(f"{PACKAGE}.labelstudio"):
             found += [f"{name} imports {module}: labelstudio sits below server"
                       for module in imports.modules if module.startswith(f"{PACKAGE}.server")]
+            found += [f"{name} imports {module}: labelstudio and engine are siblings"
+                      for module in imports.modules if module.startswith(f"{PACKAGE}.engine")]
+        if name == WRITEOUT_PLAN:
+            found += [f"{name} imports {module}: the write-out's plan is pure" for module in imports.modules
+                      if module.startswith(PACKAGE) or module.split(".")[0] in SERVICE_LIBRARIES]
         found += [f"{name} imports {module}: the web service serves the protocol itself, on maintained Flask releases"
                   for module in imports.modules if module.split(".")[0] == "label_studio_ml"]
+    return sorted(found)
+
+
+STORE = f"{PACKAGE}.server.store"
+ENQUEUE = f"{PACKAGE}.server.enqueue"
+
+
+def service_reaches(package: dict[str, Imports]) -> list[str]:
+    """Redis used outside the store, and RQ's job registries looked into outside enqueue."""
+    found = [f"{name}:{line}: {expression}: only the store touches Redis"
+             for name, imports in package.items() if name != STORE for line, expression in imports.redis_uses]
+    found += [f"{name}:{line}: {expression}: only enqueue looks into RQ's registries"
+              for name, imports in package.items() if name != ENQUEUE for line, expression in imports.registry_uses]
     return sorted(found)
 
 
@@ -211,6 +244,10 @@ def test_the_engine_and_the_label_studio_layer_import_only_downwards(package):
     assert forbidden_imports(package) == []
 
 
+def test_only_the_store_touches_redis_and_only_enqueue_reads_rq_registries(package):
+    assert service_reaches(package) == []
+
+
 def test_the_checks_find_each_kind_of_violation(tmp_path):
     """A small package with one violation of each rule: every one is reported."""
     files = {
@@ -218,11 +255,18 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
         "engine/__init__.py": "",
         "engine/pure.py": "import redis\nfrom ..server import jobs\n",
         "labelstudio/__init__.py": "",
-        "labelstudio/client.py": "from ..server.store import Store\n",
+        "labelstudio/client.py": "from ..server.store import Store\nfrom ..engine import pure\n",
         "server/__init__.py": "",
-        "server/store.py": "class Store:\n    def _key(self):\n        return 'k'\n",
+        "server/store.py": "class Store:\n    def _key(self):\n        return self.redis.get('k')\n",
         "server/jobs.py": "from . import publish\nfrom .store import Store\nkey = Store()._key()\n",
-        "server/publish.py": "from .jobs import _context\n",
+        "server/publish.py": "from .jobs import _context\n\n\ndef forget(step):\n    step.store.redis.hdel('k')\n",
+        "server/admin.py": (
+            "from rq.registry import FailedJobRegistry\n\n\n"
+            "def retries(queue):\n    return queue.scheduled_job_registry\n"
+        ),
+        "server/enqueue.py": "from rq.registry import StartedJobRegistry\n",
+        "server/writeout/__init__.py": "",
+        "server/writeout/plan.py": "import bisect\n\nfrom ..store import Store\n",
         "server/web.py": "from label_studio_ml.api import init_app\n",
     }
     for name, text in files.items():
@@ -235,7 +279,14 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
     assert forbidden_imports(package) == [
         f"{PACKAGE}.engine.pure imports {server}.jobs: the engine imports nothing of ours outside engine",
         f"{PACKAGE}.engine.pure imports redis: the engine runs without Label Studio, Flask, Redis or RQ",
+        f"{PACKAGE}.labelstudio.client imports {PACKAGE}.engine.pure: labelstudio and engine are siblings",
         f"{PACKAGE}.labelstudio.client imports {server}.store: labelstudio sits below server",
         f"{server}.web imports label_studio_ml.api: the web service serves the protocol itself, on maintained "
         "Flask releases",
+        f"{server}.writeout.plan imports {server}.store: the write-out's plan is pure",
+    ]
+    assert service_reaches(package) == [
+        f"{server}.admin:1: from rq.registry import FailedJobRegistry: only enqueue looks into RQ's registries",
+        f"{server}.admin:5: queue.scheduled_job_registry: only enqueue looks into RQ's registries",
+        f"{server}.publish:5: step.store.redis: only the store touches Redis",
     ]

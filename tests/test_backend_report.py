@@ -18,7 +18,7 @@ import requests
 
 from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
 from freesel_backend.engine.ranking import NOT_PICKED
-from freesel_backend.server.publish import PICK_FLAG
+from freesel_backend.server.writeout.plan import PICK_FLAG
 from harness.backend import REPO_ROOT, BackendProcesses, backend_env, wait_for
 from freesel_backend.cli.samples import scene_image
 from harness.label_studio import LABEL_CONFIG

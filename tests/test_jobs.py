@@ -15,7 +15,10 @@ from freesel_backend.server.settings import SELECTION_QUEUE, WRITEOUT_QUEUE, Set
 from freesel_backend.server.enqueue import (
     JOB_FUNCTIONS, defer_selection, enqueue_patterns, enqueue_writeout, rerank_delay, schedule_selection,
 )
-from freesel_backend.server.publish import Step, Superseded, full_scores, give_way_to_writeout, write_lock
+from freesel_backend.server.writeout.cleanup import give_way_to_writeout
+from freesel_backend.server.writeout.context import Step, Superseded, write_lock
+from freesel_backend.server.writeout.flags import flag_changes
+from freesel_backend.server.writeout.plan import PICK_FLAG, full_scores
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
@@ -87,9 +90,10 @@ def test_a_cleanup_batch_lets_the_projects_waiting_write_out_step_take_the_write
 
 
 @pytest.mark.slow
-def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path):
-    """Jobs queued before the package took its current layout name freesel_backend.writeout.write_out etc."""
-    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue("freesel_backend.writeout.write_out", 7)
+@pytest.mark.parametrize("former", ["freesel_backend.writeout.write_out", "freesel_backend.server.publish.write_out"])
+def test_a_job_queued_under_its_former_module_path_still_runs(redis_connection, redis_url, tmp_path, former):
+    """Jobs queued before the package took its current layout name their functions by former paths."""
+    job = Queue(WRITEOUT_QUEUE, connection=redis_connection).enqueue(former, 7)
     run_worker_burst(backend_env(redis_url, "http://127.0.0.1:9", "unused-key", tmp_path / "model_dir"))
     assert Job.fetch(job.id, connection=redis_connection).get_status() == JobStatus.FINISHED
 
@@ -118,6 +122,7 @@ def test_worker_stores_patterns_records_failures_and_publishes_a_ranking(
         p["score"] for p in label_studio.api("GET", "/api/predictions/", params={"project": project["id"]}).json()
     )
     assert scores == sorted(full_scores(range(5)).values())  # evenly spaced, one per ranked task
+    assert store.get_target(project["id"])["head_size"] == Settings.from_env(env).head_size  # the write-out's head
     for chunk in chunks:  # progress in the job meta, per model batch: every task of the chunk counted
         chunk.refresh()
         assert chunk.meta["done"] == chunk.meta["total"]
@@ -245,3 +250,15 @@ def test_a_full_import_heading_for_its_queue_switch_finishes_the_switch_before_a
     step.switching = False
     with pytest.raises(Superseded):
         step.spend()
+
+
+def test_the_write_out_keeps_the_head_the_ranking_was_made_with_whatever_its_own_worker_is_set_to(redis_connection):
+    writer = Settings(label_studio_url="http://127.0.0.1:9", label_studio_api_key="unused", head_size=300)
+    services = Services(writer, redis_connection)
+    lock = write_lock(services, 5)
+    step = Step(services, 5, budget=100, lock=lock)
+    target = {"generation": 7, "model_version": "freesel-0001", "full": False, "order": [1, 2, 3], "n_picked": 3,
+              "flags": {}}
+    assert flag_changes(step, {**target, "head_size": 2}, additions=True) == {1: PICK_FLAG, 2: PICK_FLAG}
+    assert step.head_size({**target, "head_size": 2}) == 2
+    assert step.head_size(target) == 300  # a target stored before targets recorded their head

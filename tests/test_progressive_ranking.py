@@ -17,7 +17,7 @@ from freesel_backend.cli import describe_status
 from freesel_backend.engine.ranking import rank_tasks
 from freesel_backend.server.enqueue import enqueue_patterns, next_ranking_at, rank_if_due, restore_pattern_jobs
 from freesel_backend.server.jobs import reconcile
-from freesel_backend.server.publish import PICK_FLAG
+from freesel_backend.server.writeout.plan import PICK_FLAG
 from freesel_backend.server.services import Services
 from freesel_backend.server.settings import (
     CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings, Settings,

@@ -86,6 +86,17 @@ def test_staged_predictions_become_the_live_ones_when_the_queue_is_switched(redi
     assert store.all_predictions(2) == {} and store.get_state(2)["model_version"] == "freesel-0003"
 
 
+def test_forgotten_predictions_leave_the_others_of_their_version(redis_connection):
+    store = Store(redis_connection)
+    store.update_predictions(2, {1: {"score": 0.1}, 2: {"score": 0.2}})
+    store.update_predictions(2, {1: {"score": 0.3}, 2: {"score": 0.4}}, staged="freesel-0002")
+    store.forget_predictions(2, [1], staged="freesel-0002")
+    store.forget_predictions(2, [2])
+    store.forget_predictions(2, [])
+    assert store.all_predictions(2) == {1: {"score": 0.1}}
+    assert store.all_predictions(2, staged="freesel-0002") == {2: {"score": 0.4}}
+
+
 def test_a_selection_record_gives_back_the_ranking_groups_and_draw_prior_it_was_made_from(redis_connection):
     store = Store(redis_connection)
     ranking = Ranking(order=np.array([2, 0, 3]), distance=np.array([np.inf, 0.5, 0.25]), n_picked=2, seeds=(1,))

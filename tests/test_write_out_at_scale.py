@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from freesel_backend.server.store import Store
-from freesel_backend.server.publish import PICK_FLAG
+from freesel_backend.server.writeout.plan import PICK_FLAG
 from harness.backend import BackendProcesses, backend_env, idle, wait_for
 from tests.helpers import noise_image
 from harness.local_http import LabelStudioStandIn, LocalHttpServer, content

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from freesel_backend.server.publish import PICK_FLAG, full_scores, longest_increasing, plan_scores, wanted_flags
+from freesel_backend.server.writeout.plan import PICK_FLAG, full_scores, longest_increasing, plan_scores, wanted_flags
 
 
 def served_after(order: list[int], scores: dict[int, float], head: int) -> list[int]:

@@ -72,7 +72,7 @@ def tuning_methods() -> list[Method]:
             )
         methods.append(freesel_method(f"fds+typ^2 K={k} r={ratio}", (k, ratio), "fds", strength=2.0))
         methods.append(freesel_method(f"typical K={k} r={ratio}", (k, ratio), "typical"))
-    # Issue 7 part 2 (docs/tuning/4-6): TypiClust's and ProbCover's own rules, k-means restarts,
+    # The tuning runs of docs/tuning/4-6: TypiClust's and ProbCover's own rules, k-means restarts,
     # and k-means on the PCA-whitened mean patterns (now the engine's typical).
     product = (5, 0.5)
     methods += [

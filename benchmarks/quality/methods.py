@@ -99,7 +99,7 @@ def _normalised(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-# --- Candidates for the 100-label gap (issue 7 part 2); held-out `tune` only -----------------
+# --- Candidates for the 100-label gap; held-out `tune` only ------------------------------------
 
 # "pattern" (normalised mean pattern of a config), "cls" (normalised global embedding),
 # "whitenN" (the pattern descriptor PCA-whitened to at most N components, as the engine does).

@@ -8,15 +8,14 @@ import time
 from typing import Any, Mapping
 
 import redis
-from rq import Queue
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from .settings import FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings
+from .settings import FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, ProjectSettings
 from ..engine import preset
-from .enqueue import enqueue_cleanup, enqueue_sync, next_ranking_at, schedule_selection
-from .publish import remember_previous_sampling
+from .enqueue import (
+    enqueue_cleanup, enqueue_sync, failed_jobs, next_ranking_at, next_try_at, project_jobs, schedule_selection,
+)
+from .writeout.versions import remember_previous_sampling
 from .services import Services
 from .store import Store
 
@@ -129,7 +128,7 @@ def status(services: Services, project_id: int) -> dict[str, Any]:
         "live": live_ranking(state),
         "writeout": writeout_status(store, project_id, jobs),
         "jobs": {queue: {group: len(found) for group, found in groups.items()} for queue, groups in jobs.items()},
-        "failed_jobs": [_job_problem(job) for job in _failed_jobs(services.connection, project_id)],
+        "failed_jobs": [_job_problem(job) for job in failed_jobs(services.connection, project_id, MAX_LISTED_JOBS)],
         "retrying": [
             _job_problem(job, services.connection)
             for groups in jobs.values()
@@ -220,29 +219,13 @@ def _attempts(job: Job) -> bool:
     return job.latest_result() is not None
 
 
-def _failed_jobs(connection: redis.Redis, project_id: int) -> list[Job]:
-    found: list[Job] = []
-    for name in QUEUES:
-        ids = FailedJobRegistry(queue=Queue(name, connection=connection)).get_job_ids()
-        found += [
-            job
-            for job in Job.fetch_many(ids[-MAX_LISTED_JOBS:], connection=connection)
-            if job and job.meta.get("project") == project_id
-        ]
-    return found[-MAX_LISTED_JOBS:]
-
-
 def _job_problem(job: Job, connection: redis.Redis | None = None) -> dict[str, Any]:
     """A failed or retrying job: what it is, its last error line, and when it retries."""
     result = job.latest_result()
     error = (result.exc_string if result is not None and result.exc_string else job.exc_info or "").strip().splitlines()
     answer: dict[str, Any] = {"job": job.id, "description": job.description, "error": error[-1] if error else None}
     if connection is not None:
-        registry = ScheduledJobRegistry(queue=Queue(job.origin, connection=connection))
-        try:
-            answer["next_try_at"] = registry.get_scheduled_time(job).isoformat()
-        except NoSuchJobError:  # enqueued for its retry this very moment
-            answer["next_try_at"] = None
+        answer["next_try_at"] = next_try_at(connection, job)
         answer["retries_left"] = job.retries_left
     return answer
 
@@ -287,25 +270,3 @@ def progress(
         if selection is None
         else {key: selection.meta.get(key) for key in ("stage", "done", "total")},
     }
-
-
-def project_jobs(connection: redis.Redis, project_id: int) -> dict[str, dict[str, list[Job]]]:
-    """Per queue: this project's jobs waiting, deferred (on other jobs), scheduled (retries), running."""
-    found: dict[str, dict[str, list[Job]]] = {}
-    for name in QUEUES:
-        queue = Queue(name, connection=connection)
-        groups = {
-            "queued": queue.get_job_ids(),
-            "deferred": DeferredJobRegistry(queue=queue).get_job_ids(),
-            "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
-            "running": StartedJobRegistry(queue=queue).get_job_ids(),
-        }
-        found[name] = {
-            group: [
-                job
-                for job in Job.fetch_many(ids, connection=connection)
-                if job and job.meta.get("project") == project_id
-            ]
-            for group, ids in groups.items()
-        }
-    return found

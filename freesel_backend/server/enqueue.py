@@ -3,7 +3,7 @@
 Flow: ``enqueue_patterns`` -> ``jobs.compute_patterns`` chunks, each drawing a random sample
 of the project's pending tasks -> ``jobs.run_selection`` as the patterns come in (``rank_if_due``:
 a first sample, each doubling, all in; at most one waiting per project, at most one started per
-``rerank_interval_s``) -> a target ranking in Redis -> ``publish.write_out`` steps bring Label
+``rerank_interval_s``) -> a target ranking in Redis -> ``writeout.steps.write_out`` steps bring Label
 Studio to it. Jobs are named by their import path: the web service enqueues them without
 importing the code that runs them (RQ imports it in the worker).
 """
@@ -19,9 +19,10 @@ import redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from .services import Services
-from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
+from .settings import CLEANUP_QUEUE, FEATURES_QUEUE, QUEUES, SELECTION_QUEUE, WRITEOUT_QUEUE, Settings
 from .store import Store
 
 WAITING = (JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.CREATED)
@@ -32,8 +33,8 @@ SYNC_PROJECT = f"{__package__}.jobs.sync_project"
 REMOVE_SELECTION = f"{__package__}.jobs.remove_selection"
 BUILD_REPORT = f"{__package__}.report_job.build_project_report"
 TOP_UP_PICKS = f"{__package__}.jobs.top_up_picks"
-WRITE_OUT = f"{__package__}.publish.write_out"
-DELETE_OLD_VERSIONS = f"{__package__}.publish.delete_old_versions"
+WRITE_OUT = f"{__package__}.writeout.steps.write_out"
+DELETE_OLD_VERSIONS = f"{__package__}.writeout.cleanup.delete_old_versions"
 JOB_FUNCTIONS = (
     COMPUTE_PATTERNS, RUN_SELECTION, SYNC_PROJECT, REMOVE_SELECTION, TOP_UP_PICKS, BUILD_REPORT, WRITE_OUT,
     DELETE_OLD_VERSIONS,
@@ -314,3 +315,50 @@ class JobProgress:
                 {"done": self.done, "total": self.total, "stage": self.stage, "updated_at": time.time()}
             )
             self.job.save_meta()
+
+
+# ---- a project's jobs, as status reports them -------------------------------------------------
+
+
+def project_jobs(connection: redis.Redis, project_id: int) -> dict[str, dict[str, list[Job]]]:
+    """Per queue: this project's jobs waiting, deferred (on other jobs), scheduled (retries), running."""
+    found: dict[str, dict[str, list[Job]]] = {}
+    for name in QUEUES:
+        queue = Queue(name, connection=connection)
+        groups = {
+            "queued": queue.get_job_ids(),
+            "deferred": DeferredJobRegistry(queue=queue).get_job_ids(),
+            "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
+            "running": StartedJobRegistry(queue=queue).get_job_ids(),
+        }
+        found[name] = {
+            group: [
+                job
+                for job in Job.fetch_many(ids, connection=connection)
+                if job and job.meta.get("project") == project_id
+            ]
+            for group, ids in groups.items()
+        }
+    return found
+
+
+def failed_jobs(connection: redis.Redis, project_id: int, limit: int) -> list[Job]:
+    """The project's latest failed jobs (at most ``limit``), from every queue's failed registry."""
+    found: list[Job] = []
+    for name in QUEUES:
+        ids = FailedJobRegistry(queue=Queue(name, connection=connection)).get_job_ids()
+        found += [
+            job
+            for job in Job.fetch_many(ids[-limit:], connection=connection)
+            if job and job.meta.get("project") == project_id
+        ]
+    return found[-limit:]
+
+
+def next_try_at(connection: redis.Redis, job: Job) -> str | None:
+    """When a job waiting for its retry runs again (ISO time); None when it is being enqueued now."""
+    registry = ScheduledJobRegistry(queue=Queue(job.origin, connection=connection))
+    try:
+        return registry.get_scheduled_time(job).isoformat()
+    except NoSuchJobError:  # enqueued for its retry this very moment
+        return None

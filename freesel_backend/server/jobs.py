@@ -35,7 +35,9 @@ from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
     restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
-from .publish import delete_freesel_predictions, flagged, new_model_version
+from .writeout.cleanup import delete_freesel_predictions
+from .writeout.flags import flagged
+from .writeout.versions import new_model_version
 from .services import Services, job_services
 
 log = logging.getLogger(__name__)
@@ -400,7 +402,7 @@ def publish_ranking(
     status read), then ``state`` in the project's state, then make sure a write-out step is waiting."""
     store = services.store
     with selection_lock(store, project_id):
-        target = _target(store, project_id, fingerprint, ranked.order, ranked.picked, ranked.flags)
+        target = _target(store, project_id, fingerprint, ranked, services.settings.head_size)
         _save_ranking(store, project_id, target, version, ranked)
     store.update_state(project_id, **state)
     enqueue_writeout(services, project_id)
@@ -464,11 +466,11 @@ def _fingerprint(
     return hashlib.sha1(described.encode()).hexdigest()
 
 
-def _target(
-    store: Store, project_id: int, fingerprint: str, order: list[int], picked: list[int], flags: dict[int, str]
-) -> dict[str, Any]:
+def _target(store: Store, project_id: int, fingerprint: str, ranked: RankedTasks, head_size: int) -> dict[str, Any]:
     """The write-out's target. A new model version only on the first ranking or after a settings
-    or patterns change (an unfinished new version is reused); otherwise the live one, changed in place."""
+    or patterns change (an unfinished new version is reused); otherwise the live one, changed in place.
+    ``head_size``: the head ``ranked`` was ranked with, which the write-out keeps in exact order and
+    flags, whatever its own worker's setting."""
     state, previous = store.get_state(project_id), store.get_target(project_id) or {}
     settings_key = fingerprint_of_settings(store.get_settings(project_id), state.get("patterns_version", ""))
     live = state.get("model_version", "")
@@ -482,9 +484,10 @@ def _target(
         "model_version": model_version,
         "full": bool(full),
         "settings_key": settings_key,
-        "order": order,
-        "n_picked": len(picked),
-        "flags": flags,
+        "order": ranked.order,
+        "n_picked": ranked.n_picked,
+        "flags": ranked.flags,
+        "head_size": head_size,
     }
 
 
@@ -493,7 +496,7 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
 
 
 def remove_selection(project_id: int) -> dict[str, int]:
-    """After disable: delete FreeSel's predictions (one request each, see ``publish``) and flags."""
+    """After disable: delete FreeSel's predictions (one request each, see ``writeout.cleanup``) and flags."""
     services = job_services()
     store = services.store
     flags = store.get_flags(project_id)

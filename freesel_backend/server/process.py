@@ -128,7 +128,10 @@ def stop_workers(workers: Sequence["subprocess.Popen[bytes]"], warm_s: float = 3
 FORMER_JOB_MODULES = {
     "freesel_backend.server.jobs.refresh_tail": "freesel_backend.server.jobs.top_up_picks",
     "freesel_backend.jobs.": "freesel_backend.server.jobs.",
-    "freesel_backend.writeout.": "freesel_backend.server.publish.",
+    "freesel_backend.writeout.write_out": "freesel_backend.server.writeout.steps.write_out",
+    "freesel_backend.writeout.delete_old_versions": "freesel_backend.server.writeout.cleanup.delete_old_versions",
+    "freesel_backend.server.publish.write_out": "freesel_backend.server.writeout.steps.write_out",
+    "freesel_backend.server.publish.delete_old_versions": "freesel_backend.server.writeout.cleanup.delete_old_versions",
     "freesel_backend.report_job.": "freesel_backend.server.report_job.",
 }
 

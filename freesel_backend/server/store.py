@@ -151,58 +151,58 @@ class Store:
     """Typed access to FreeSel's data in one Redis database."""
 
     def __init__(self, connection: redis.Redis, prefix: str = "freesel") -> None:
-        self.redis = connection
-        self.prefix = prefix
+        self._redis = connection
+        self._prefix = prefix
 
     def _key(self, project_id: int, *parts: str) -> str:
-        return ":".join((self.prefix, str(int(project_id)), *parts))
+        return ":".join((self._prefix, str(int(project_id)), *parts))
 
     # ---- projects, settings, state -----------------------------------------------------------
 
     def project_ids(self) -> list[int]:
-        return sorted(int(member) for member in self.redis.smembers(f"{self.prefix}:projects"))
+        return sorted(int(member) for member in self._redis.smembers(f"{self._prefix}:projects"))
 
     def get_settings(self, project_id: int) -> ProjectSettings:
-        raw = self.redis.get(self._key(project_id, "settings"))
+        raw = self._redis.get(self._key(project_id, "settings"))
         return ProjectSettings.from_stored(json.loads(raw)) if raw else ProjectSettings()
 
     def save_settings(self, project_id: int, settings: ProjectSettings) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+        with self._redis.pipeline() as pipe:
+            pipe.sadd(f"{self._prefix}:projects", int(project_id))
             pipe.set(self._key(project_id, "settings"), json.dumps(settings.to_dict()))
             pipe.execute()
 
     def get_state(self, project_id: int) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(project_id, "state")).items()}
+        return {k.decode(): v.decode() for k, v in self._redis.hgetall(self._key(project_id, "state")).items()}
 
     def update_state(self, project_id: int, **fields: str | int | float) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+        with self._redis.pipeline() as pipe:
+            pipe.sadd(f"{self._prefix}:projects", int(project_id))
             pipe.hset(self._key(project_id, "state"), mapping={k: str(v) for k, v in fields.items()})
             pipe.execute()
 
     def forget_state(self, project_id: int, *fields: str) -> None:
         """Remove these fields from the project's state."""
-        self.redis.hdel(self._key(project_id, "state"), *fields)
+        self._redis.hdel(self._key(project_id, "state"), *fields)
 
     def remember_once(self, project_id: int, **fields: str) -> bool:
         """Store ``fields`` in the state only if ``fields``' first key is not there yet (atomic)."""
         key = self._key(project_id, "state")
         first, *_ = fields
-        if not self.redis.hsetnx(key, first, fields[first]):
+        if not self._redis.hsetnx(key, first, fields[first]):
             return False
-        self.redis.hset(key, mapping=fields)
+        self._redis.hset(key, mapping=fields)
         return True
 
     def use_patterns_version(self, project_id: int, version: str) -> bool:
         """Make ``version`` the project's patterns version. On a change, the previous version's
         patterns and failures start to expire and the progress window restarts. True if it changed."""
         state = self._key(project_id, "state")
-        previous = self.redis.hget(state, "patterns_version")
+        previous = self._redis.hget(state, "patterns_version")
         if previous is not None and previous.decode() == version:
             return False
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(f"{self.prefix}:projects", int(project_id))
+        with self._redis.pipeline() as pipe:
+            pipe.sadd(f"{self._prefix}:projects", int(project_id))
             pipe.hset(state, "patterns_version", version)
             pipe.hdel(state, *PROGRESS_FIELDS)
             for kind in ("patterns", "failed"):
@@ -217,10 +217,10 @@ class Store:
         self.remember_once(project_id, progress_since=str(time.time()), progress_base=str(settled))
 
     def end_progress(self, project_id: int) -> None:
-        self.redis.hdel(self._key(project_id, "state"), *PROGRESS_FIELDS)
+        self._redis.hdel(self._key(project_id, "state"), *PROGRESS_FIELDS)
 
     def forget_ranking(self, project_id: int) -> None:
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.hdel(
                 self._key(project_id, "state"),
                 "ranked_version",
@@ -237,70 +237,70 @@ class Store:
             pipe.execute()
 
     def next_run(self, project_id: int) -> int:
-        return int(self.redis.hincrby(self._key(project_id, "state"), "runs", 1))
+        return int(self._redis.hincrby(self._key(project_id, "state"), "runs", 1))
 
     def next_version_number(self, project_id: int) -> int:
         """1, 2, 3, ... per project: the number in FreeSel's next model version name."""
-        return int(self.redis.hincrby(self._key(project_id, "state"), "versions", 1))
+        return int(self._redis.hincrby(self._key(project_id, "state"), "versions", 1))
 
     def lock(self, project_id: int, name: str, **options: Any) -> Lock:
         """The project's Redis lock ``name`` ("selection", "report", "writeout"); ``options`` as redis-py's."""
-        return self.redis.lock(self._key(project_id, f"{name}-lock"), **options)
+        return self._redis.lock(self._key(project_id, f"{name}-lock"), **options)
 
     def due(self, project_id: int, name: str, interval_s: int) -> bool:
         """True at most once per ``interval_s`` for the project's ``name`` (a True starts the interval)."""
-        return bool(self.redis.set(self._key(project_id, name), time.time(), nx=True, ex=interval_s))
+        return bool(self._redis.set(self._key(project_id, name), time.time(), nx=True, ex=interval_s))
 
     # ---- tasks --------------------------------------------------------------------------------
 
     def add_tasks(self, project_id: int, task_ids: Iterable[int]) -> None:
         ids = [int(t) for t in task_ids]
         if ids:
-            self.redis.sadd(self._key(project_id, "tasks"), *ids)
+            self._redis.sadd(self._key(project_id, "tasks"), *ids)
 
     def remove_tasks(self, project_id: int, task_ids: Iterable[int]) -> None:
         ids = [int(t) for t in task_ids]
         if not ids:
             return
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.srem(self._key(project_id, "tasks"), *ids)
             pipe.zrem(self._key(project_id, "pending"), *ids)
             pipe.hdel(self._key(project_id, "predictions"), *ids)
             pipe.execute()
 
     def task_ids(self, project_id: int) -> set[int]:
-        return {int(t) for t in self.redis.smembers(self._key(project_id, "tasks"))}
+        return {int(t) for t in self._redis.smembers(self._key(project_id, "tasks"))}
 
     # ---- tasks waiting for patterns -----------------------------------------------------------
 
     def add_pending(self, project_id: int, task_ids: Iterable[int]) -> int:
         """Put these tasks among those waiting for patterns; returns how many were not waiting yet."""
         positions = {int(t): draw_position(t) for t in task_ids}
-        return int(self.redis.zadd(self._key(project_id, "pending"), positions, nx=True)) if positions else 0
+        return int(self._redis.zadd(self._key(project_id, "pending"), positions, nx=True)) if positions else 0
 
     def claim_pending(self, project_id: int, job_id: str, count: int) -> list[int]:
         """Up to ``count`` waiting tasks for the pattern job ``job_id``, in draw order (whichever
         import they came with), taken out of the waiting ones; the same tasks again when the job
         asks again (a retry) until :meth:`release_claim`."""
-        script = self.redis.register_script(CLAIM_SCRIPT)
+        script = self._redis.register_script(CLAIM_SCRIPT)
         drawn = script(keys=[self._key(project_id, "pending"), self._key(project_id, "claimed")], args=[job_id, count])
         return [int(t) for t in json.loads(drawn)]
 
     def pending_tasks(self, project_id: int) -> set[int]:
-        return {int(t) for t in self.redis.zrange(self._key(project_id, "pending"), 0, -1)}
+        return {int(t) for t in self._redis.zrange(self._key(project_id, "pending"), 0, -1)}
 
     def claims(self, project_id: int) -> dict[str, list[int]]:
         """Pattern job id -> the pending tasks it drew."""
-        raw = self.redis.hgetall(self._key(project_id, "claimed"))
+        raw = self._redis.hgetall(self._key(project_id, "claimed"))
         return {job_id.decode(): [int(t) for t in json.loads(drawn)] for job_id, drawn in raw.items()}
 
     def release_claim(self, project_id: int, job_id: str) -> None:
         """The job ``job_id`` is done with the tasks it drew (patterns or failures saved)."""
-        self.redis.hdel(self._key(project_id, "claimed"), job_id)
+        self._redis.hdel(self._key(project_id, "claimed"), job_id)
 
     def patterns_outstanding(self, project_id: int) -> bool:
         """Whether tasks still wait for a pattern job, or a pattern job still works on tasks it drew."""
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.exists(self._key(project_id, "pending"))
             pipe.exists(self._key(project_id, "claimed"))
             return any(pipe.execute())
@@ -312,7 +312,7 @@ class Store:
     ) -> None:
         """One round trip: patterns and failures of a chunk (a success clears an old failure)."""
         patterns_key, failed_key = self._key(project_id, "patterns", version), self._key(project_id, "failed", version)
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             if patterns:
                 pipe.hset(patterns_key, mapping={int(t): encode_patterns(p) for t, p in patterns.items()})
                 pipe.hdel(failed_key, *[int(t) for t in patterns])
@@ -326,21 +326,21 @@ class Store:
         """Stored patterns by task id (all of the version, or those of ``task_ids`` that exist)."""
         key = self._key(project_id, "patterns", version)
         if task_ids is None:
-            return {int(t): decode_patterns(blob) for t, blob in self.redis.hgetall(key).items()}
+            return {int(t): decode_patterns(blob) for t, blob in self._redis.hgetall(key).items()}
         ids = [int(t) for t in task_ids]
-        blobs = self.redis.hmget(key, ids) if ids else []
+        blobs = self._redis.hmget(key, ids) if ids else []
         return {t: decode_patterns(blob) for t, blob in zip(ids, blobs) if blob is not None}
 
     def tasks_with_patterns(self, project_id: int, version: str) -> set[int]:
-        return {int(t) for t in self.redis.hkeys(self._key(project_id, "patterns", version))}
+        return {int(t) for t in self._redis.hkeys(self._key(project_id, "patterns", version))}
 
     def failures(self, project_id: int, version: str) -> dict[int, str]:
-        raw = self.redis.hgetall(self._key(project_id, "failed", version))
+        raw = self._redis.hgetall(self._key(project_id, "failed", version))
         return {int(t): reason.decode() for t, reason in raw.items()}
 
     def count_done(self, project_id: int, version: str) -> tuple[int, int]:
         """(tasks with patterns, failed tasks) for this version."""
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.hlen(self._key(project_id, "patterns", version))
             pipe.hlen(self._key(project_id, "failed", version))
             done, failed = pipe.execute()
@@ -352,7 +352,7 @@ class Store:
         """Atomically swap the stored predictions for these (write aside, then rename)."""
         key = self._key(project_id, "predictions")
         staging = key + ":next"
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.delete(staging)
             if predictions:
                 pipe.hset(staging, mapping={int(t): json.dumps(p) for t, p in predictions.items()})
@@ -366,27 +366,34 @@ class Store:
     ) -> None:
         """Record these predictions as written (to the live version, or to the ``staged`` one)."""
         if predictions:
-            self.redis.hset(
-                self.predictions_key(project_id, staged),
+            self._redis.hset(
+                self._predictions_key(project_id, staged),
                 mapping={int(t): json.dumps(p) for t, p in predictions.items()},
             )
 
     def all_predictions(self, project_id: int, staged: str | None = None) -> dict[int, dict[str, Any]]:
         return {
             int(t): json.loads(value)
-            for t, value in self.redis.hgetall(self.predictions_key(project_id, staged)).items()
+            for t, value in self._redis.hgetall(self._predictions_key(project_id, staged)).items()
         }
 
-    def predictions_key(self, project_id: int, staged: str | None = None) -> str:
+    def forget_predictions(self, project_id: int, task_ids: Iterable[int], staged: str | None = None) -> None:
+        """Forget what was recorded of these tasks' predictions in the live version (or the ``staged``
+        one): Label Studio no longer holds them."""
+        ids = [int(t) for t in task_ids]
+        if ids:
+            self._redis.hdel(self._predictions_key(project_id, staged), *ids)
+
+    def _predictions_key(self, project_id: int, staged: str | None = None) -> str:
         """The hash of the predictions written to the live version, or to the ``staged`` one."""
         return self._key(project_id, "staged", staged) if staged else self._key(project_id, "predictions")
 
     def promote_staged(self, project_id: int, model_version: str) -> None:
         """The staged version became the live one: its predictions replace the live ones."""
         key, staged = self._key(project_id, "predictions"), self._key(project_id, "staged", model_version)
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.delete(key)
-            if self.redis.exists(staged):  # nothing is staged when nothing was ranked
+            if self._redis.exists(staged):  # nothing is staged when nothing was ranked
                 pipe.rename(staged, key)
             pipe.hset(
                 self._key(project_id, "state"),
@@ -399,10 +406,10 @@ class Store:
     ) -> None:
         """An import answered (or what Label Studio shows of one that was not): its predictions are
         recorded and no import is in flight any more, in one transaction."""
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             if predictions:
                 pipe.hset(
-                    self.predictions_key(project_id, staged),
+                    self._predictions_key(project_id, staged),
                     mapping={int(t): json.dumps(p) for t, p in predictions.items()},
                 )
             pipe.hdel(self._key(project_id, "state"), "import_in_flight")
@@ -414,10 +421,10 @@ class Store:
         """Add a write-out step's requests, writes and seconds to its ranking's record (a ranking's
         write-out may take several steps); the step that finishes makes the ranking live."""
         key = self._key(project_id, "writeout")
-        if self.redis.hget(key, "generation") != generation.encode():
-            self.redis.delete(key)
-            self.redis.hset(key, mapping={"generation": generation, "started_at": time.time() - seconds})
-        with self.redis.pipeline() as pipe:
+        if self._redis.hget(key, "generation") != generation.encode():
+            self._redis.delete(key)
+            self._redis.hset(key, mapping={"generation": generation, "started_at": time.time() - seconds})
+        with self._redis.pipeline() as pipe:
             pipe.hincrby(key, "requests", requests)
             pipe.hincrby(key, "writes", writes)
             pipe.hincrbyfloat(key, "seconds", seconds)
@@ -430,48 +437,48 @@ class Store:
 
     def writeout_record(self, project_id: int) -> dict[str, str]:
         """The last ranking's write-out record (see :meth:`record_writeout_step`)."""
-        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(project_id, "writeout")).items()}
+        return {k.decode(): v.decode() for k, v in self._redis.hgetall(self._key(project_id, "writeout")).items()}
 
     def drop_staged(self, project_id: int, model_version: str) -> None:
-        self.redis.delete(self._key(project_id, "staged", model_version))
+        self._redis.delete(self._key(project_id, "staged", model_version))
 
     def save_target(self, project_id: int, target: Mapping[str, Any]) -> None:
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.set(self._key(project_id, "target"), json.dumps(target))
             pipe.hset(self._key(project_id, "state"), "target_generation", str(target["generation"]))
             pipe.execute()
 
     def target_generation(self, project_id: int) -> str | None:
         """The generation of the project's target, read without the target itself (which holds every task)."""
-        raw = self.redis.hget(self._key(project_id, "state"), "target_generation")
+        raw = self._redis.hget(self._key(project_id, "state"), "target_generation")
         return raw.decode() if raw is not None else None
 
     def get_target(self, project_id: int) -> dict[str, Any] | None:
-        raw = self.redis.get(self._key(project_id, "target"))
+        raw = self._redis.get(self._key(project_id, "target"))
         return json.loads(raw) if raw else None
 
     def get_predictions(self, project_id: int, task_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = [int(t) for t in task_ids]
-        raw = self.redis.hmget(self._key(project_id, "predictions"), ids) if ids else []
+        raw = self._redis.hmget(self._key(project_id, "predictions"), ids) if ids else []
         return {t: json.loads(value) for t, value in zip(ids, raw) if value is not None}
 
     def count_predictions(self, project_id: int) -> int:
-        return int(self.redis.hlen(self._key(project_id, "predictions")))
+        return int(self._redis.hlen(self._key(project_id, "predictions")))
 
     def get_flags(self, project_id: int) -> dict[int, str]:
-        return {int(t): v.decode() for t, v in self.redis.hgetall(self._key(project_id, "flags")).items()}
+        return {int(t): v.decode() for t, v in self._redis.hgetall(self._key(project_id, "flags")).items()}
 
     def set_flag(self, project_id: int, task_id: int, text: str | None) -> None:
         """Record the flag now in the task's data (None: none)."""
         key = self._key(project_id, "flags")
         if text is None:
-            self.redis.hdel(key, int(task_id))
+            self._redis.hdel(key, int(task_id))
         else:
-            self.redis.hset(key, int(task_id), text)
+            self._redis.hset(key, int(task_id), text)
 
     def replace_flags(self, project_id: int, flags: Mapping[int, str]) -> None:
         key = self._key(project_id, "flags")
-        with self.redis.pipeline() as pipe:
+        with self._redis.pipeline() as pipe:
             pipe.delete(key)
             if flags:
                 pipe.hset(key, mapping={int(t): text for t, text in flags.items()})
@@ -480,18 +487,18 @@ class Store:
     # ---- the last selection run and its report ------------------------------------------------
 
     def save_selection(self, project_id: int, record: SelectionRecord) -> None:
-        self.redis.set(self._key(project_id, "selection"), json.dumps(asdict(record)))
+        self._redis.set(self._key(project_id, "selection"), json.dumps(asdict(record)))
 
     def get_selection(self, project_id: int) -> SelectionRecord | None:
-        raw = self.redis.get(self._key(project_id, "selection"))
+        raw = self._redis.get(self._key(project_id, "selection"))
         return SelectionRecord(**json.loads(raw)) if raw else None
 
     def save_report(self, project_id: int, model_version: str, html: str) -> None:
-        self.redis.hset(self._key(project_id, "report"), mapping={"model_version": model_version, "html": html})
+        self._redis.hset(self._key(project_id, "report"), mapping={"model_version": model_version, "html": html})
 
     def get_report(self, project_id: int, model_version: str) -> str | None:
         """The stored report HTML if it describes the selection run ``model_version``."""
-        stored_version, html = self.redis.hmget(self._key(project_id, "report"), ["model_version", "html"])
+        stored_version, html = self._redis.hmget(self._key(project_id, "report"), ["model_version", "html"])
         if stored_version is None or html is None or stored_version.decode() != model_version:
             return None
         return html.decode()
