@@ -375,10 +375,8 @@ def phase_import(run: Run, images: LocalHttpServer, names: list[str]) -> None:
         if patterns and reached and reached.at > patterns.at:
             figure("  of which after the patterns", f"{reached.at - patterns.at:.0f} s")
     if switched:
-        live = switched.status.get("live") or {}
         ranked_from = switched.status.get("ranked_from") or {}
-        figure("  the queue switched to ranking (see the rankings below)", f"#{live.get('ranking')}, the last one"
-               f" then ranked from {ranked_from.get('patterns')} of {args.tasks} patterns")
+        figure("  the last ranking at the switch ranked from", f"{ranked_from.get('patterns')} of {args.tasks}")
     show_milestones(run, imported_at, final or monitor.latest(), requests_before)
     quiet = monitor.wait(lambda s: s.idle, final.at if final else imported_at, args.idle_timeout)
     figure("final ranking live -> every job idle",
