@@ -68,7 +68,7 @@ def find_near_duplicates(
     pool = PatternPool(patterns)
     candidates = _candidate_pairs(pool, threshold, native_bfloat16() if bfloat16 is None else bfloat16)
     pairs = _confirmed_pairs(pool, candidates, threshold)
-    groups = _pairwise_groups(pool.n_images, pairs)
+    groups = cliques_of_pairs(pool.n_images, pairs)
     group_of = np.full(pool.n_images, -1, dtype=np.int64)
     for position, group in enumerate(groups):
         group_of[group] = position
@@ -139,9 +139,9 @@ def _confirmed_pairs(pool: PatternPool, candidates: np.ndarray, threshold: float
     return np.concatenate(confirmed)
 
 
-def _pairwise_groups(n_images: int, pairs: np.ndarray) -> list[list[int]]:
-    """Greedy cliques: each unassigned image, lowest index first, takes those of its
-    near-duplicates that are near-duplicates of every member taken so far."""
+def cliques_of_pairs(n_images: int, pairs: np.ndarray) -> list[list[int]]:
+    """Groups from (a, b) pairs of matching images, as greedy cliques: each unassigned image,
+    lowest index first, takes those of its matches that match every member taken so far."""
     neighbours: dict[int, set[int]] = {}
     for a, b in pairs.tolist():
         neighbours.setdefault(a, set()).add(b)
@@ -172,6 +172,7 @@ def duplicate_pair_distance(a: np.ndarray, b: np.ndarray) -> float:
 __all__ = [
     "DEFAULT_DUPLICATE_THRESHOLD",
     "DuplicateGroups",
+    "cliques_of_pairs",
     "duplicate_pair_distance",
     "find_near_duplicates",
 ]

@@ -1,0 +1,345 @@
+"""Copies: images that are the same photograph after a re-encode, resize, small crop, brightness or
+contrast change, small rotation, or a burst shot a few pixels apart.
+
+Each image keeps a small signature: its grey levels squeezed to a 32 x 32 thumbnail (1 KiB) and
+its aspect ratio. Two stages find the copies among many signatures:
+
+1. candidates: each image's nearest neighbours by an 8 x 8 blur of the thumbnail (a crop of 10 %
+   moves its content by less than one of those pixels), above a loose similarity;
+2. verification: the best normalised correlation of the two thumbnails over a search of
+   per-axis scales (0.85-1.18) and shifts (up to 15 %) whose overlap covers at least 85 % of
+   each image along each axis, coarse at 16 x 16 then refined at 32 x 32. The correlation
+   ignores brightness and contrast; the overlap rule keeps crops of one large photo shifted by
+   30 % apart even though their overlapping parts are the same pixels.
+
+Byte-identical files are grouped apart from all this, by :func:`content_digest`, before any image
+is decoded. Groups are cliques (every two members are copies); see
+:func:`freesel_backend.engine.duplicates.cliques_of_pairs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+import numpy as np
+from PIL import Image
+
+from .duplicates import DuplicateGroups, cliques_of_pairs
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 32
+COARSE_SIDE = 16
+BLUR_SIDE = 8
+# Smaller images carry too little of the picture to tell a copy from a look-alike.
+MIN_SIDE = 16
+# A thumbnail whose grey levels vary less than this (standard deviation, 0-255) shows nothing to
+# compare: a blank page, a uniform colour.
+MIN_DETAIL = 4.0
+# Correlation of two thumbnails above which they are copies (the default setting); measured
+# operating points in docs/near-duplicates.md.
+DEFAULT_COPY_THRESHOLD = 0.97
+# Images whose shorter side is below this are compared strictly (see scored_candidates).
+SMALL_SIDE = 2 * THUMBNAIL_SIDE
+SMALL_IMAGE_STRICTNESS = 5.0
+# Along each axis, the overlap of two copies covers at least this share of each image.
+MIN_OVERLAP = 0.85
+# Aspect ratios further apart than the largest per-axis scale cannot be copies.
+MAX_ASPECT_CHANGE = 1 / MIN_OVERLAP
+# Candidate stage: neighbours per image (groups are cliques: every two members must be a
+# candidate pair), and the blurred thumbnails' least cosine similarity.
+CANDIDATES_PER_IMAGE = 32
+MIN_CANDIDATE_SIMILARITY = 0.8
+# Scales and shifts searched (fractions of the image), coarse grid then a refinement around the best.
+COARSE_SCALE_STEP = 0.05
+COARSE_SHIFT_STEP = 0.05
+FINE_STEP = 0.025
+MAX_SHIFT = 0.15
+# Rows of the candidate search's similarity blocks (a block is rows x images float32).
+BLOCK_ROWS = 1024
+
+
+class CopySignatureError(ValueError):
+    """An image that cannot get a copy signature; the message says why. Such an image is never
+    grouped as a copy (byte-identical files still are, by their digest)."""
+
+
+@dataclass(frozen=True)
+class CopySignature:
+    """An image's copy signature: 32 x 32 grey levels (the whole picture, squeezed) and the
+    image's width and height in pixels."""
+
+    thumbnail: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def aspect(self) -> float:
+        return self.width / self.height
+
+    @property
+    def small(self) -> bool:
+        """Fewer pixels than twice the thumbnail's side: no more detail than the thumbnail holds."""
+        return min(self.width, self.height) < SMALL_SIDE
+
+    def to_bytes(self) -> bytes:
+        """1,028 bytes: the thumbnail's grey levels, then width and height (uint16 each)."""
+        size = np.array([min(self.width, 65535), min(self.height, 65535)], dtype="<u2")
+        return self.thumbnail.astype(np.uint8).tobytes() + size.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CopySignature:
+        side = THUMBNAIL_SIDE
+        if len(data) != side * side + 4:
+            raise ValueError(f"a copy signature has {side * side + 4} bytes, got {len(data)}")
+        thumbnail = np.frombuffer(data[: side * side], dtype=np.uint8).reshape(side, side)
+        width, height = np.frombuffer(data[side * side :], dtype="<u2").tolist()
+        return cls(thumbnail=thumbnail, width=width, height=height)
+
+
+def content_digest(data: bytes) -> str:
+    """The SHA-256 of a file's bytes: equal digests are exact copies, whatever the file's name."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def copy_signature(image: Image.Image) -> CopySignature:
+    """The signature of a decoded (or lazily opened) PIL image; raises :class:`CopySignatureError`
+    for an animated, truncated, too small or blank image."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise CopySignatureError(f"animated image ({frames} frames): copies are judged on still images only")
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise CopySignatureError(
+            f"image too small to compare as a copy: {width} x {height} (needs {MIN_SIDE} px on each side)"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise CopySignatureError(f"corrupt or truncated image: {error}") from error
+    grey = image.convert("RGB") if image.mode in ("P", "PA", "RGBA", "LA", "I;16", "I", "F", "1", "CMYK") else image
+    thumbnail = grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    levels = np.asarray(thumbnail.convert("L"), dtype=np.uint8)
+    if float(levels.std()) < MIN_DETAIL:
+        raise CopySignatureError("image shows no detail to compare (a uniform or nearly uniform picture)")
+    return CopySignature(thumbnail=levels.copy(), width=width, height=height)
+
+
+def copy_score(first: CopySignature, second: CopySignature) -> float:
+    """How well two signatures match as copies: the best correlation of their thumbnails over the
+    scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
+    score = _verified_scores(_stack([first, second]), np.array([[0, 1]], dtype=np.int64))
+    return float(_strict_for_small(score, np.array([first.small or second.small]))[0])
+
+
+def find_copies(
+    signatures: list[CopySignature | None], threshold: float = DEFAULT_COPY_THRESHOLD
+) -> DuplicateGroups:
+    """Group images whose signatures match above ``threshold``; ``None`` (an image without a
+    signature) is never grouped."""
+    pairs, scores = scored_candidates(signatures)
+    return copy_groups(len(signatures), pairs, scores, threshold)
+
+
+def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score.
+
+    A pair with a small image (see :attr:`CopySignature.small`) has its shortfall from 1.0
+    counted ``SMALL_IMAGE_STRICTNESS`` times: the search over crops fits any two similar
+    silhouettes of a thumbnail-sized picture (same-class Fashion-MNIST items reach 0.98), so such
+    copies must match almost pixel for pixel."""
+    present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
+    thumbnails = _stack([signatures[index] for index in present])  # type: ignore[misc]
+    aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
+    candidates = candidate_pairs(thumbnails, aspects)
+    small = np.array([signatures[index].small for index in present], dtype=bool)  # type: ignore[union-attr]
+    scores = _verified_scores(thumbnails, candidates)
+    either_small = small[candidates].any(axis=1) if len(candidates) else np.zeros(0, dtype=bool)
+    return present[candidates].reshape(-1, 2), _strict_for_small(scores, either_small)
+
+
+def _strict_for_small(scores: np.ndarray, small: np.ndarray) -> np.ndarray:
+    return np.where(small, 1.0 - SMALL_IMAGE_STRICTNESS * (1.0 - scores), scores)
+
+
+def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> DuplicateGroups:
+    """Groups (cliques) of the ``n_images`` from scored pairs: those at or above ``threshold``."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"copy threshold is a correlation in (0, 1], got {threshold}")
+    groups = cliques_of_pairs(n_images, pairs[scores >= threshold])
+    group_of = np.full(n_images, -1, dtype=np.int64)
+    for position, group in enumerate(groups):
+        group_of[group] = position
+    log.info("copies: %d candidate pairs, %d groups (threshold %.3g)", len(pairs), len(groups), threshold)
+    return DuplicateGroups(groups=groups, group_of=group_of, threshold=threshold)
+
+
+def candidate_pairs(thumbnails: np.ndarray, aspects: np.ndarray) -> np.ndarray:
+    """(a, b) pairs, a < b: each image's nearest neighbours by blurred thumbnail, above the least
+    similarity, with aspect ratios a crop or resize can explain."""
+    n = len(thumbnails)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    blur = _normalised(_area_mean(thumbnails, BLUR_SIDE).reshape(n, -1)).astype(np.float32)
+    neighbours = min(CANDIDATES_PER_IMAGE, n - 1)
+    found: list[np.ndarray] = []
+    for start in range(0, n, BLOCK_ROWS):
+        similarity = blur[start : start + BLOCK_ROWS] @ blur.T
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = -np.inf
+        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
+        close = np.take_along_axis(similarity, nearest, axis=1) >= MIN_CANDIDATE_SIMILARITY
+        found.append(np.stack([np.repeat(rows + start, neighbours)[close.ravel()], nearest[close]], axis=1))
+    pairs = np.sort(np.concatenate(found), axis=1)
+    pairs = np.unique(pairs, axis=0)
+    aspect_change = np.abs(np.log(aspects[pairs[:, 0]] / aspects[pairs[:, 1]]))
+    return pairs[aspect_change <= np.log(MAX_ASPECT_CHANGE)]
+
+
+def _stack(signatures: list[CopySignature]) -> np.ndarray:
+    if not signatures:
+        return np.zeros((0, THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.float32)
+    return np.stack([signature.thumbnail for signature in signatures]).astype(np.float32)
+
+
+def _area_mean(thumbnails: np.ndarray, side: int) -> np.ndarray:
+    factor = thumbnails.shape[-1] // side
+    return thumbnails.reshape(len(thumbnails), side, factor, side, factor).mean(axis=(2, 4))
+
+
+def _smoothed(thumbnails: np.ndarray) -> np.ndarray:
+    """A [1, 2, 1] blur along both axes: a pixel's worth of misalignment (a small rotation, a
+    crop between grid steps) then costs little correlation."""
+    padded = np.pad(thumbnails, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    along_rows = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]
+    return (along_rows[:, :, :-2] + 2 * along_rows[:, :, 1:-1] + along_rows[:, :, 2:]) / 16.0
+
+
+def _normalised(rows: np.ndarray) -> np.ndarray:
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-6)
+
+
+@dataclass(frozen=True)
+class _AxisWarps:
+    """Per-axis maps of one image's coordinates into the other's, u -> scale * u + shift, as
+    linear-interpolation matrices (warps, n, n) and the validity of each output pixel, with the
+    products of them that every comparison uses."""
+
+    scales: np.ndarray
+    shifts: np.ndarray
+    matrices: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.valid.sum(axis=1)
+
+    @cached_property
+    def masked(self) -> np.ndarray:
+        """diag(valid) @ matrix: rows of pixels outside the other image zeroed."""
+        return self.matrices * self.valid[:, :, None]
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """valid @ matrix: how much each source pixel counts in the warped image's masked sum."""
+        return (self.valid[:, None, :] @ self.matrices)[:, 0]
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """masked^T @ matrix, for the masked sum of squares of the warped image."""
+        return self.masked.transpose(0, 2, 1) @ self.matrices
+
+
+def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps:
+    centres = (np.arange(side) + 0.5) / side
+    mapped = scales[:, None] * centres[None, :] + shifts[:, None]  # (warps, side) in the other's [0, 1]
+    inside = (mapped >= 0.0) & (mapped <= 1.0)
+    covered_here = inside.mean(axis=1)
+    lo, hi = np.clip(shifts, 0, 1), np.clip(scales + shifts, 0, 1)
+    covered_there = np.clip(hi - lo, 0, None)
+    keep = (covered_here >= MIN_OVERLAP) & (covered_there >= MIN_OVERLAP)
+    position = np.clip(mapped[keep] * side - 0.5, 0, side - 1)
+    left = np.floor(position).astype(np.int64)
+    right = np.minimum(left + 1, side - 1)
+    weight = position - left
+    matrices = np.zeros((int(keep.sum()), side, side), np.float32)
+    warp, row = np.indices(left.shape)
+    np.add.at(matrices, (warp, row, left), 1.0 - weight)
+    np.add.at(matrices, (warp, row, right), weight)
+    return _AxisWarps(scales[keep], shifts[keep], matrices, inside[keep].astype(np.float32))
+
+
+@lru_cache(maxsize=1)
+def _coarse_warps() -> _AxisWarps:
+    steps = np.arange(-3, 4)
+    shrink, grow = steps[steps <= 0], steps[steps > 0]
+    scales = np.concatenate([1.0 + COARSE_SCALE_STEP * shrink, 1.0 / (1.0 - COARSE_SCALE_STEP * grow)])
+    shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1e-9, COARSE_SHIFT_STEP)
+    grid_scales, grid_shifts = np.meshgrid(scales, shifts, indexing="ij")
+    return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+
+
+@lru_cache(maxsize=None)
+def _fine_warps(coarse_index: int) -> _AxisWarps:
+    """The refinement grid at full size around the coarse warp ``coarse_index``."""
+    scale, shift = float(_coarse_warps().scales[coarse_index]), float(_coarse_warps().shifts[coarse_index])
+    around = FINE_STEP * np.arange(-1, 2)
+    grid_scales, grid_shifts = np.meshgrid(scale + around, shift + around, indexing="ij")
+    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+
+
+def _best_correlation(
+    fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps
+) -> tuple[float, int, int]:
+    """The best correlation of ``moving`` against ``fixed`` warped by every (row warp, column
+    warp), over the pixels both cover, and the two warps that give it.
+
+    With R_a, C_b the interpolation matrices and r_a, c_b the masks, the warped image is
+    R_a F C_b^T; every masked sum below is expanded into products of per-warp matrices, so the
+    warped images themselves are never formed."""
+    side = fixed.shape[0]
+    count = np.outer(rows.count, columns.count)
+    sum_fixed = rows.weights @ fixed @ columns.weights.T
+    row_cross = (rows.masked.transpose(0, 2, 1) @ moving).reshape(len(rows.scales), -1)  # R_a'^T M
+    column_cross = (columns.masked @ fixed.T).transpose(0, 2, 1).reshape(len(columns.scales), -1)  # (C_b' F^T)^T
+    sum_cross = row_cross @ column_cross.T
+    fixed_gram = (fixed[None] @ columns.gram @ fixed.T[None]).reshape(len(columns.scales), side * side)
+    sum_fixed_sq = rows.gram.reshape(len(rows.scales), side * side) @ fixed_gram.T
+    sum_moving = rows.valid @ moving @ columns.valid.T
+    sum_moving_sq = rows.valid @ (moving * moving) @ columns.valid.T
+    covariance = sum_cross - sum_fixed * sum_moving / count
+    variance = (sum_fixed_sq - sum_fixed**2 / count) * (sum_moving_sq - sum_moving**2 / count)
+    correlation = covariance / np.sqrt(np.maximum(variance, 1e-6))
+    best_row, best_column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+    return float(correlation[best_row, best_column]), int(best_row), int(best_column)
+
+
+def _verified_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The copy score of each pair: coarse search at 16 x 16, then refined at 32 x 32."""
+    thumbnails = _smoothed(thumbnails)
+    coarse = _area_mean(thumbnails, COARSE_SIDE) if len(thumbnails) else thumbnails
+    warps = _coarse_warps()
+    scores = np.zeros(len(pairs), np.float64)
+    for index, (first, second) in enumerate(pairs.tolist()):
+        _, row, column = _best_correlation(coarse[first], coarse[second], warps, warps)
+        fine_rows, fine_columns = _fine_warps(row), _fine_warps(column)
+        scores[index] = _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
+    return scores
+
+
+__all__ = [
+    "DEFAULT_COPY_THRESHOLD",
+    "CopySignature",
+    "CopySignatureError",
+    "candidate_pairs",
+    "content_digest",
+    "copy_score",
+    "copy_groups",
+    "copy_signature",
+    "find_copies",
+    "scored_candidates",
+]
