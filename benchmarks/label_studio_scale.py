@@ -8,6 +8,15 @@ reach a state says so ("not within N s") and goes on. The tiny random model
 figures. The backend talks to Label Studio through a counting proxy, so every request it makes is
 counted by kind.
 
+After the import it prints: import -> queue switched to FreeSel (flagged picks at the head),
+whether the first ``--early-tasks`` tasks ``/next`` serves an annotator right after the switch
+carry a pick flag, import -> every pattern in and -> the final ranking live, each ranking written
+(milestone: the patterns it was ranked from, when it was live, Label Studio requests by kind and
+writes, predictions imported), FreeSel prediction rows at most and at rest, and the patterns rate
+end to end against the bare forward of the same model, measured in the same run (with the
+backend's per-stage figures where its status has them). ``--stop-after-final-ranking`` ends there;
+otherwise annotators and a restart follow.
+
     .venv/bin/python benchmarks/label_studio_scale.py --tasks 5000 --database sqlite
     .venv/bin/python benchmarks/label_studio_scale.py --tasks 5000 --database postgresql
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -45,14 +55,16 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from freesel_backend.server.settings import FEATURES_QUEUE  # noqa: E402
+from benchmarks.performance import _bare_throughput  # noqa: E402
+from freesel_backend.server.jobs import extractor_for  # noqa: E402
+from freesel_backend.server.settings import FEATURES_QUEUE, ProjectSettings, Settings  # noqa: E402
 from freesel_backend.cli.samples import write_scenes  # noqa: E402
 from freesel_backend.server.writeout.versions import VERSION_PREFIX  # noqa: E402
 from freesel_backend.labelstudio.local import FAST_PREDICTION_IMPORT  # noqa: E402
 from harness.backend import BackendProcesses, backend_env, idle  # noqa: E402
 from harness.label_studio import LabelStudioServer  # noqa: E402
 from harness.postgresql import DEFAULT_HOST, DEFAULT_PORT, postgres_database  # noqa: E402
-from harness.local_http import LabelStudioStandIn, LocalHttpServer, content  # noqa: E402
+from harness.local_http import LabelStudioStandIn, LocalHttpServer, Request, content  # noqa: E402
 
 LABEL_CONFIG = (REPO_ROOT / "label_config.xml").read_text()
 ANNOTATION = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
@@ -106,6 +118,7 @@ class Sample:
     project_version: str
     sampling: str
     rows_by_version: dict[str, int]
+    requests_made: int  # requests the backend had sent through the proxy when the sample was taken
 
     @property
     def freesel_rows(self) -> int:
@@ -127,12 +140,14 @@ class Monitor:
     ls: LabelStudioServer
     project_id: int
     status_of: Callable[[], dict[str, Any]]
+    requests_made: Callable[[], int]
     interval_s: float = 2.0
     samples: list[Sample] = field(default_factory=list)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample(self) -> Optional[Sample]:
+        requests_made = self.requests_made()
         try:
             status = self.status_of()
             project = self.ls.api("GET", f"/api/projects/{self.project_id}/").json()
@@ -141,7 +156,7 @@ class Monitor:
             self.errors[type(error).__name__] += 1
             return None
         taken = Sample(time.time(), status, project.get("model_version") or "", project.get("sampling") or "",
-                       {str(k): int(v) for k, v in rows.items()} if isinstance(rows, dict) else {})
+                       {str(k): int(v) for k, v in rows.items()} if isinstance(rows, dict) else {}, requests_made)
         self.samples.append(taken)
         return taken
 
@@ -304,6 +319,7 @@ class Run:
     backend: Optional[BackendProcesses] = None
     monitor: Optional[Monitor] = None
     labelled_tasks: int = 0
+    early_labels: list[int] = field(default_factory=list)  # tasks labelled right after the switch
 
     def start_backend(self, log_dir: Path, port: Optional[int] = None) -> BackendProcesses:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -335,31 +351,174 @@ def import_tasks(run: Run, images: LocalHttpServer, names: list[str]) -> None:
 def phase_import(run: Run, images: LocalHttpServer, names: list[str]) -> None:
     args, monitor = run.args, run.monitor
     assert monitor is not None
+    early_annotator = run.ls.sign_up(f"early-{uuid.uuid4().hex[:6]}@example.com")
     log(f"importing {len(names)} tasks")
     imported_at = time.time()
     requests_before = len(run.proxy.requests)
     import_tasks(run, images, names)
     figure("import request(s)", f"{time.time() - imported_at:.0f} s")
-    patterns = monitor.wait(
-        lambda s: s.status.get("patterns_done", 0) + s.status.get("failed", 0) >= args.tasks,
-        imported_at,
-        args.switch_timeout,
-    )
     switched = monitor.wait(serves_freesel, imported_at, args.switch_timeout)
-    complete = monitor.wait(lambda s: serves_freesel(s) and s.current_rows >= args.tasks, imported_at,
-                            args.switch_timeout)
-    figure("import -> patterns of every task", after(patterns and patterns.at - imported_at, args.switch_timeout))
-    for label, reached in (("queue switched to FreeSel's version", switched), ("one prediction per task", complete)):
+    if switched:
+        early_next(run, early_annotator, args.early_tasks)
+    final = monitor.wait(lambda s: final_ranking_live(s, args.tasks), imported_at, args.switch_timeout)
+    patterns = monitor.wait(lambda s: all_patterns_in(s, args.tasks), imported_at, 1)
+    complete = monitor.wait(lambda s: serves_freesel(s) and s.current_rows >= args.tasks - len(run.early_labels),
+                            imported_at, 1 if final is None else args.idle_timeout)
+    figure("import -> patterns of every task (patterns time)",
+           after(patterns and patterns.at - imported_at, args.switch_timeout))
+    for label, reached in (
+        ("queue switched to FreeSel, flagged picks at the head", switched),
+        ("the final ranking live", final),
+        ("one prediction per unlabelled task", complete),
+    ):
         figure(f"import -> {label}", after(reached and reached.at - imported_at, args.switch_timeout))
-        if patterns and reached:
+        if patterns and reached and reached.at > patterns.at:
             figure("  of which after the patterns", f"{reached.at - patterns.at:.0f} s")
-    quiet = monitor.wait(lambda s: s.idle, complete.at if complete else imported_at, args.idle_timeout)
-    figure(
-        "one prediction per task -> every job idle",
-        after(quiet and quiet.at - (complete.at if complete else imported_at), args.idle_timeout),
+    if switched:
+        ranked_from = switched.status.get("ranked_from") or {}
+        figure("  the last ranking at the switch ranked from", f"{ranked_from.get('patterns')} of {args.tasks}")
+    show_milestones(run, imported_at, final or monitor.latest(), requests_before)
+    quiet = monitor.wait(lambda s: s.idle, final.at if final else imported_at, args.idle_timeout)
+    figure("final ranking live -> every job idle",
+           after(quiet and quiet.at - (final.at if final else imported_at), args.idle_timeout))
+    figure("FreeSel prediction rows: max at any moment / tasks", f"{monitor.max_freesel_rows()} / {args.tasks}")
+    rows, single, duplicated, current = predictions_per_task(run.ls, run.project_id)
+    figure("FreeSel rows at rest / tasks", f"{rows} / {args.tasks} ({single} tasks with one, {duplicated} with more)")
+    figure("rows of the project's current version", current)
+    show_counts("Label Studio requests by the backend, import to rest", run.proxy.counts_since(requests_before))
+    show_pattern_rate(run, patterns, imported_at)
+
+
+def all_patterns_in(sample: Sample, tasks: int) -> bool:
+    return int(sample.status.get("patterns_done", 0)) + int(sample.status.get("failed", 0)) >= tasks
+
+
+def final_ranking_live(sample: Sample, tasks: int) -> bool:
+    """Every pattern is in, the last ranking saw all of them, and its write-out is done."""
+    ranked_from = sample.status.get("ranked_from") or {}
+    writeout = sample.status.get("writeout") or {}
+    return (
+        all_patterns_in(sample, tasks)
+        and int(ranked_from.get("patterns", 0)) >= int(sample.status.get("patterns_done", 0))
+        and writeout.get("state") == "done"
+        and serves_freesel(sample)
     )
-    figure("FreeSel prediction rows: max so far / tasks", f"{monitor.max_freesel_rows()} / {args.tasks}")
-    show_counts("Label Studio requests by the backend", run.proxy.counts_since(requests_before))
+
+
+def early_next(run: Run, session: requests.Session, count: int) -> None:
+    """An annotator who asks for tasks as soon as the queue switched: ``/next``, annotate, ``count``
+    times; whether each served task carries a pick flag."""
+    flags: list[str] = []
+    started = time.time()
+    for _ in range(count):
+        response = session.get(f"{run.ls.url}/api/projects/{run.project_id}/next", timeout=120)
+        if response.status_code != 200:
+            flags.append(f"HTTP {response.status_code}")
+            continue
+        task = response.json()
+        flags.append(str(task["data"].get("freesel") or ""))
+        answer = session.post(
+            f"{run.ls.url}/api/tasks/{task['id']}/annotations/", json={"result": ANNOTATION}, timeout=120
+        )
+        if answer.status_code == 201:
+            run.early_labels.append(int(task["id"]))
+    flagged = sum(1 for flag in flags if flag.startswith(PICK_FLAG))
+    figure(f"first {count} tasks /next served after the switch: with a pick flag",
+           f"{flagged} of {len(flags)} (in {time.time() - started:.0f} s; {collections.Counter(flags).most_common(3)})")
+
+
+@dataclass
+class Milestone:
+    """One ranking, as the status showed it: first while its write-out ran, last when it was done
+    or a newer ranking replaced it."""
+
+    generation: int
+    first: Sample
+    last: Sample
+    ranked_from: int
+
+    @property
+    def done(self) -> bool:
+        return (self.last.status.get("writeout") or {}).get("state") == "done"
+
+
+def milestones(samples: list[Sample], since: float) -> list[Milestone]:
+    found: dict[int, Milestone] = {}
+    for sample in samples:
+        generation = (sample.status.get("writeout") or {}).get("ranking")
+        if sample.at < since or generation is None:
+            continue
+        if int(generation) in found:
+            found[int(generation)].last = sample
+            continue
+        ranked_from = (sample.status.get("ranked_from") or {}).get("patterns") or 0
+        found[int(generation)] = Milestone(int(generation), sample, sample, int(ranked_from))
+    return sorted(found.values(), key=lambda milestone: milestone.first.at)
+
+
+def planned_writeouts(log_path: Path) -> dict[int, tuple[int, int]]:
+    """Ranking -> (scores to change, predictions to import), as its first write-out step planned them."""
+    planned: dict[int, tuple[int, int]] = {}
+    pattern = r"write-out of ranking (\d+): (\d+) scores to change, (\d+) predictions to import"
+    for found in re.finditer(pattern, log_path.read_text(errors="replace")):
+        planned.setdefault(int(found.group(1)), (int(found.group(2)), int(found.group(3))))
+    return planned
+
+
+def imported_predictions(requests_made: list[Request]) -> int:
+    """Prediction rows the backend imported with these requests."""
+    rows = 0
+    for request in requests_made:
+        if request.method == "POST" and request_kind(request.method, request.path) == PREDICTION_IMPORT:
+            body = json.loads(request.body or b"[]")
+            rows += len(body) if isinstance(body, list) else 0
+    return rows
+
+
+def show_milestones(run: Run, imported_at: float, until: Sample, requests_before: int) -> None:
+    """Per ranking the status showed between the import and ``until``: the patterns it was ranked
+    from, when it was seen and when its write-out was done (or replaced by a newer ranking), the
+    Label Studio requests by kind from it to the next one (the proxy's), its writes, the
+    predictions imported, and what its write-out planned (score changes + predictions)."""
+    assert run.monitor is not None
+    planned = planned_writeouts(run.work / "logs" / "serve.log")
+    found = milestones([s for s in run.monitor.samples if s.at <= until.at], imported_at)
+    print("  rankings (patterns ranked from; import -> seen, -> written or replaced; requests until the next"
+          " ranking [write-out's own count]; writes; new predictions; planned score changes + predictions):")
+    for number, milestone in enumerate(found):
+        start = requests_before if number == 0 else milestone.first.requests_made
+        end = found[number + 1].first.requests_made if number + 1 < len(found) else until.requests_made
+        window = run.proxy.received[start:end]
+        counts = collections.Counter(request_kind(r.method, r.path) for r in window)
+        writeout = milestone.last.status.get("writeout") or {}
+        scores, creates = planned.get(milestone.generation, (None, None))
+        print(f"    #{milestone.generation:<3} {milestone.ranked_from:>7} patterns;"
+              f" {milestone.first.at - imported_at:5.0f} s -> {milestone.last.at - imported_at:5.0f} s"
+              f" {'written' if milestone.done else 'replaced'}; {sum(counts.values())} requests"
+              f" [{writeout.get('label_studio_requests')}]; {writes(counts)} writes [{writeout.get('writes')}];"
+              f" {imported_predictions(window)} new predictions; planned {scores} + {creates}")
+        print("          " + ", ".join(f"{count} {kind}" for kind, count in counts.most_common(5)))
+
+
+def show_pattern_rate(run: Run, patterns: Optional[Sample], imported_at: float) -> None:
+    """Patterns per second end to end (import -> every pattern in), the backend's own per-stage
+    figures where its status has them, and the bare forward of the same model in this process."""
+    args = run.args
+    if patterns:
+        figure("patterns rate end to end (import -> every pattern)",
+               f"{args.tasks / max(patterns.at - imported_at, 1e-9):.1f} tasks/s")
+    stages = run.monitor.latest().status.get("pattern_stages") if run.monitor else None
+    if stages:
+        figure("pattern stages (status)", ", ".join(f"{key} {value}" for key, value in stages.items()))
+    settings = Settings.from_env(run.env)
+    extractor = extractor_for(settings, ProjectSettings())
+    bare = _bare_throughput(extractor, max(args.bare_images, extractor.batch_size))
+    figure(f"bare forward of the same model ({settings.model}, batch {extractor.batch_size})",
+           f"{bare:.1f} images/s; {machine()}")
+    if patterns:
+        figure("  end to end / bare forward", f"{100 * args.tasks / (patterns.at - imported_at) / bare:.0f}%")
+    if stages and stages.get("rate"):
+        figure("  backend's rate (status) / bare forward", f"{100 * float(stages['rate']) / bare:.0f}%")
 
 
 def serves_freesel(sample: Sample) -> bool:
@@ -429,7 +588,7 @@ def phase_annotate(run: Run) -> None:
         thread.join()
     ended = time.time()
     labelled_tasks = len({task_id for _, task_id in labelled})
-    run.labelled_tasks = labelled_tasks
+    run.labelled_tasks = len({task_id for _, task_id in labelled} | set(run.early_labels))
     settled = monitor.wait(lambda s: s.idle and reflects(s, ranked_before - labelled_tasks), ended, args.idle_timeout)
     latencies = reflected_latencies(run, labelled, ranked_before, time.time())
     reached = [value for value in latencies if value is not None]
@@ -529,11 +688,17 @@ def connect_backend(run: Run) -> None:
 
 def backend_environment(args: argparse.Namespace, proxy: CountingProxy, pat: str, model_dir: Path) -> dict[str, str]:
     """The backend as a user runs it: no REDIS_URL (embedded Redis and worker), default chunk
-    size, retries and re-ranking interval; the tiny random model; images from the local image host allowed."""
+    size, retries and re-ranking interval; the tiny random model (or the default one); images from the local image
+    host allowed."""
     env = backend_env("", proxy.url, pat, model_dir)
     for name in ("REDIS_URL", "FREESEL_CHUNK_SIZE", "FREESEL_JOB_RETRIES", "FREESEL_RERANK_INTERVAL"):
         env.pop(name, None)
-    env.update({"FREESEL_TEST_IMAGE_SIZE": str(args.image_size), "FREESEL_ALLOW_PRIVATE_DOWNLOADS": "true"})
+    env["FREESEL_ALLOW_PRIVATE_DOWNLOADS"] = "true"
+    if args.default_model:
+        for name in ("FREESEL_MODEL", "FREESEL_TEST_RANDOM_INIT", "FREESEL_TEST_IMAGE_SIZE"):
+            env.pop(name, None)
+    else:
+        env["FREESEL_TEST_IMAGE_SIZE"] = str(args.image_size)
     return env
 
 
@@ -571,14 +736,14 @@ def run_benchmark(args: argparse.Namespace) -> None:
         run.start_backend(work / "logs")
         stack.callback(lambda: run.backend and run.backend.stop())
         connect_backend(run)
-        run.monitor = Monitor(ls, run.project_id, run.status, args.poll_interval).start()
+        run.monitor = Monitor(ls, run.project_id, run.status, lambda: len(proxy.received), args.poll_interval).start()
         stack.callback(run.monitor.stop)
         run.monitor.wait(lambda s: s.idle, time.time(), 120)
         try:
             phase_import(run, images, names)
-            if args.annotate_seconds > 0:
+            if args.annotate_seconds > 0 and not args.stop_after_final_ranking:
                 phase_annotate(run)
-            if args.restart:
+            if args.restart and not args.stop_after_final_ranking:
                 phase_restart(run, work / "logs")
         finally:
             log(f"done; {machine()}; monitor errors: {dict(run.monitor.errors) or 'none'}")
@@ -608,6 +773,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-restart", dest="restart", action="store_false", help="skip the SIGTERM and restart")
     parser.add_argument(
+        "--stop-after-final-ranking", action="store_true",
+        help="end once the import's final ranking is live and at rest (no annotators, no restart)",
+    )
+    parser.add_argument(
+        "--early-tasks", type=int, default=10, help="tasks one annotator asks /next for right after the switch (10)"
+    )
+    parser.add_argument(
+        "--bare-images", type=int, default=256, help="images through the bare forward of the model (256)"
+    )
+    parser.add_argument(
         "--kill-after-imports",
         type=int,
         default=3,
@@ -617,6 +792,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--kill-timeout", type=float, default=300, help="SIGTERM after this long if fewer imports came (300 s)"
     )
     parser.add_argument("--image-size", type=int, default=32, help="the tiny model's input size (32)")
+    parser.add_argument(
+        "--default-model", action="store_true",
+        help="the backend's default model (offline DINOv2 ViT-S/14) instead of the tiny random one",
+    )
     parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between status samples (2)")
     parser.add_argument(
         "--label-studio", default=os.environ.get("LS_BIN", str(REPO_ROOT / ".venv-ls" / "bin" / "label-studio"))

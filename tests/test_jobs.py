@@ -222,18 +222,35 @@ def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_and_draw_prio
     assert other_strategy[0] is not None and other_strategy[1] is None
 
 
-def test_a_write_out_step_stops_before_its_next_request_once_a_newer_ranking_replaced_its_target(redis_connection):
+def step_of_ranking_7(redis_connection, full: bool) -> tuple[Services, dict, Step]:
+    """A write-out step of ranking 7 of project 5, holding the project's write lock."""
     settings = Settings(label_studio_url="http://127.0.0.1:9", label_studio_api_key="unused")
     services = Services(settings, redis_connection)
-    target = {"generation": 7, "model_version": "freesel-0001", "full": False, "order": [1, 2], "n_picked": 1}
+    target = {"generation": 7, "model_version": "freesel-0001", "full": full, "order": [1, 2], "n_picked": 1}
     services.store.save_target(5, target)
     lock = write_lock(services, 5)
     assert lock.acquire(blocking=False)
-    step = Step(services, 5, budget=100, lock=lock, generation="7")
+    return services, target, Step(services, 5, budget=100, lock=lock, generation="7")
+
+
+def test_a_write_out_step_stops_before_its_next_request_once_a_newer_ranking_replaced_its_target(redis_connection):
+    services, target, step = step_of_ranking_7(redis_connection, full=False)
     step.spend()
     services.store.save_target(5, {**target, "generation": 8})
     step.spend()  # nothing written yet: a step always gets its first write in
     step.writes = 1
+    with pytest.raises(Superseded):
+        step.spend()
+
+
+def test_a_full_import_heading_for_its_queue_switch_finishes_the_switch_before_a_newer_ranking_takes_over(
+    redis_connection,
+):
+    services, target, step = step_of_ranking_7(redis_connection, full=True)
+    step.writes, step.switching = 3, True
+    services.store.save_target(5, {**target, "generation": 8})
+    step.spend()  # the head's predictions and first flags go in, then the queue switches
+    step.switching = False
     with pytest.raises(Superseded):
         step.spend()
 

@@ -37,6 +37,7 @@ class Step:
     generation: str = ""
     started_requests: int = 0
     writes: int = 0
+    switching: bool = False  # writing a full import up to its queue switch: a newer ranking waits
 
     def __post_init__(self) -> None:
         self.started_requests = self.client.requests_sent
@@ -63,10 +64,11 @@ class Step:
 
     def spend(self) -> None:
         """Before a request: stop when the budget is used or, once this step wrote something, when
-        a newer ranking replaced its target; else renew the write lock."""
+        a newer ranking replaced its target (not while a full import heads for its queue switch);
+        else renew the write lock."""
         if self.requests >= self.budget:
             raise OutOfRequests()
-        if self.writes and self.store.target_generation(self.project_id) != self.generation:
+        if self.writes and not self.switching and self.store.target_generation(self.project_id) != self.generation:
             raise Superseded()
         self.lock.reacquire()
 

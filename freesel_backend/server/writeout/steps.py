@@ -78,7 +78,13 @@ def _advance(step: Step, target: dict[str, Any], progress: Any) -> bool:
 def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     """Import the head's predictions under the target's new version, flag its top and switch the
     queue; the rest of the ranked tasks get theirs in place afterwards (``_in_place``): Label
-    Studio's /next serves only tasks with a prediction of the version while there are any."""
+    Studio's /next serves only tasks with a prediction of the version while there are any.
+
+    A newer ranking does not stop it before the switch: while patterns come in, the next milestone
+    often arrives before the switch, and starting over with its head would keep the queue in Label
+    Studio's order until the milestones come slower than a switch's writes. The newer ranking
+    follows in place."""
+    step.switching = True
     version, head = target["model_version"], target["order"][: step.head_size(target)]
     staged = step.store.all_predictions(step.project_id, staged=version)
     scores = full_scores(target["order"])
@@ -97,6 +103,7 @@ def _full_import(step: Step, target: dict[str, Any], progress: Any) -> None:
     step.client.update_project(step.project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     step.writes += 1
     step.store.promote_staged(step.project_id, version)
+    step.switching = False
     log.info("project %s: queue switched to %s (%d of %d predictions)", step.project_id, version, len(head),
              len(target["order"]))
     enqueue_version_cleanup(step.services, step.project_id)
