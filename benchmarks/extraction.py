@@ -28,7 +28,8 @@ import torch
 
 from benchmarks.performance import PHOTO_SIZE, _bare_throughput
 from freesel_backend.cli.samples import write_scenes
-from freesel_backend.server.jobs import extract_and_store, extractor_for, version_of
+from freesel_backend.server.jobs import extract_and_store
+from freesel_backend.server.task_images import extractor_for, version_of
 from freesel_backend.server.pattern_stages import stages_summary
 from freesel_backend.server.redis_server import RedisServer
 from freesel_backend.server.services import Services

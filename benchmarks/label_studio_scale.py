@@ -56,7 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.performance import _bare_throughput  # noqa: E402
-from freesel_backend.server.jobs import extractor_for  # noqa: E402
+from freesel_backend.server.task_images import extractor_for  # noqa: E402
 from freesel_backend.server.settings import FEATURES_QUEUE, ProjectSettings, Settings  # noqa: E402
 from freesel_backend.cli.samples import write_scenes  # noqa: E402
 from freesel_backend.server.writeout.versions import VERSION_PREFIX  # noqa: E402

@@ -11,7 +11,8 @@ import pytest
 
 from freesel_backend.cli import describe_status
 from freesel_backend.server.admin import status
-from freesel_backend.server.jobs import extract_and_store, extractor_for, version_of
+from freesel_backend.server.jobs import extract_and_store
+from freesel_backend.server.task_images import extractor_for, version_of
 from freesel_backend.server.services import Services
 from freesel_backend.server.settings import ProjectSettings, Settings
 from harness.local_http import LocalHttpServer, Reply, Request, Route

@@ -7,7 +7,7 @@ import pytest
 
 from freesel_backend.server.settings import Settings, SettingsError
 from freesel_backend.engine.bfloat16 import native_bfloat16
-from freesel_backend.server.jobs import version_of
+from freesel_backend.server.task_images import version_of
 from tests.helpers import tiny_extractor
 
 

@@ -12,8 +12,6 @@ flag. ``top_up_picks``, on the patterns queue, draws more picks once labels used
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -25,18 +23,18 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from rq import get_current_job
 
-from .settings import ProjectSettings, Settings
-from ..engine import DuplicateGroups, ExtractionTimings, ImageLoadError, PatternExtractor, load_image
+from .settings import ProjectSettings
+from ..engine import DuplicateGroups, ExtractionTimings, PatternExtractor
 from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
-from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
-from ..labelstudio.download import Downloader
-from ..labelstudio.label_config import LabelConfigError, image_field_of
+from ..labelstudio.client import LabelStudioNotFound
+from ..labelstudio.label_config import LabelConfigError
 from .pattern_stages import DownloadClock, job_stages
-from .store import SelectionRecord, Store, patterns_version
+from .store import SelectionRecord, Store
 from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
     restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
+from .task_images import extractor_for, open_task_image, project_image_field, version_of
 from .writeout.cleanup import delete_freesel_predictions
 from .writeout.flags import flagged
 from .writeout.versions import new_model_version
@@ -44,60 +42,8 @@ from .services import Services, job_services
 
 log = logging.getLogger(__name__)
 
-# Answers meaning "Label Studio is down or overloaded" (None: no answer): retry the chunk later.
-# Any other error (a 500 for one missing upload, say) belongs to that one task.
-LABEL_STUDIO_DOWN = frozenset({None, 429, 502, 503, 504})
 # Picks are topped up once labels left fewer than this share of the budget.
 TOP_UP_BELOW = 0.5
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_extractor(
-    model: str, patterns_per_image: int, attention_ratio: float, seed: int, settings: Settings
-) -> PatternExtractor:
-    return PatternExtractor(
-        model,
-        patterns_per_image=patterns_per_image,
-        attention_ratio=attention_ratio,
-        seed=seed,
-        device=settings.device,
-        precision=settings.precision,  # type: ignore[arg-type]
-        batch_size=settings.batch_size,
-        decode_workers=settings.download_workers,
-        random_init=settings.test_random_init,
-        image_size=settings.test_image_size,
-        cache_dir=settings.model_dir / "models",
-    )
-
-
-def extractor_for(settings: Settings, project: ProjectSettings) -> PatternExtractor:
-    """The worker's extractor for these project settings (created once, then reused)."""
-    return _cached_extractor(
-        project.model_name(settings.model),
-        project.patterns_per_image,
-        float(project.attention_ratio),
-        project.seed,
-        settings,
-    )
-
-
-def version_of(extractor: PatternExtractor) -> str:
-    options = extractor.settings
-    return patterns_version(
-        extractor.model_id,
-        patterns_per_image=options.patterns_per_image,
-        attention_ratio=options.attention_ratio,
-        image_size=extractor.input_size,
-        kmeans_iterations=options.kmeans_iterations,
-        seed=options.seed,
-        random_init=extractor.backbone_spec.random_init,
-        # bf16 patterns differ from fp32 ones by rounding: never mixed in one ranking. fp32 stays
-        # out of the name so that patterns stored before precision was part of it stay valid.
-        **({"precision": extractor.precision} if extractor.precision != "fp32" else {}),
-    )
-
-
-# ---- jobs ---------------------------------------------------------------------------------------
 
 
 def compute_patterns(project_id: int, claim: int | list[int]) -> dict[str, int]:
@@ -202,46 +148,6 @@ def extract_and_store(
     stages = job_stages(finished - started, downloads, timings, finished - store_started)
     services.store.add_pattern_stages(project_id, version, len(patterns) + len(failures), stages)
     return patterns, failures
-
-
-def project_image_field(services: Services, project_id: int) -> str:
-    """The task data field holding the image, read from the label config once and kept in the project state."""
-    field = services.store.get_state(project_id).get("image_field")
-    if not field:
-        field = image_field_of(services.client.get_label_config(project_id))
-        services.store.update_state(project_id, image_field=field)
-    return field
-
-
-def open_task_image(
-    downloader: Downloader, task: Mapping[str, Any], image_field: str, downloads: DownloadClock | None = None
-) -> Any:
-    """The task's image, downloaded (timed on ``downloads``) and decoded; a reason of its own as an
-    ImageLoadError when it cannot be had, and Label Studio's own unavailability re-raised (the job
-    is retried later)."""
-    data = task.get("data") or {}
-    if image_field not in data:
-        raise ImageLoadError(
-            f"task has no {image_field!r} field in its data (fields: {', '.join(map(str, data)) or 'none'})"
-        )
-    if not isinstance(data[image_field], str):
-        raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
-    try:
-        with downloads.timing() if downloads else contextlib.nullcontext():
-            image_bytes = downloader.task_file(task, image_field)
-    except LabelStudioError as error:
-        label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
-        if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):
-            raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
-        raise ImageLoadError(f"image download failed: {error}") from None
-    return load_image(image_bytes)
-
-
-def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> bool:
-    try:
-        return downloader.resolve_url(uri, task_id)[1]
-    except LabelStudioError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from rq.job import Job
 
 from ..engine import ImageLoadError
 from .enqueue import JobProgress, enqueue_report
-from .jobs import extractor_for, open_task_image, project_image_field, version_of
+from .task_images import extractor_for, open_task_image, project_image_field, version_of
 from .services import Services, job_services
 from ..labelstudio.client import LabelStudioError
 from ..report.html import ReportOptions, build_report, report_data
