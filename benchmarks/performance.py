@@ -25,6 +25,7 @@ from freesel_backend.engine import PatternExtractor, select
 from freesel_backend.engine.bfloat16 import native_bfloat16
 from freesel_backend.engine.duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_near_duplicates
 from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.engine.selection import DrawSettings
 from freesel_backend.server.redis_server import RedisServer
 from freesel_backend.server.store import encode_patterns
 
@@ -465,8 +466,8 @@ def bench_first_ranking(scale: str) -> list[Result]:
         for k, strategy in ((1, "typical"), (5, "fds")):
             patterns = {task + 1: image[:k] for task, image in enumerate(semantic_patterns(n_images))}
             seconds = timed(lambda: rank_tasks(
-                patterns, set(), {}, min(2_000, n_images), head_size=300, strategy=strategy, seed=0,
-                duplicate_threshold=DEFAULT_DUPLICATE_THRESHOLD,
+                patterns, set(), {}, min(2_000, n_images), head_size=300,
+                draw=DrawSettings(strategy, 0, DEFAULT_DUPLICATE_THRESHOLD),  # type: ignore[arg-type]
             ))
             by_precision = {
                 name: timed(lambda: find_near_duplicates(

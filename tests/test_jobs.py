@@ -22,6 +22,7 @@ from freesel_backend.server.writeout.plan import PICK_FLAG, full_scores
 from freesel_backend.server.services import Services
 from freesel_backend.server.model import FreeSelModel
 from freesel_backend.engine import DuplicateGroups, Ranking
+from freesel_backend.engine.selection import DrawSettings
 from freesel_backend.server.admin import status
 from freesel_backend.server.jobs import earlier_analysis
 from freesel_backend.server.store import SelectionRecord, Store
@@ -210,16 +211,21 @@ def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_and_draw_prio
     prior = np.array([1.0, 0.25, 0.5])
     record = SelectionRecord.of("freesel-0001 ranking 3", "p1", [10, 11, 12], ranking, groups, "typical", prior)
 
-    duplicates, reused_prior = earlier_analysis(record, "p1", [10, 11, 12], 0.05, "typical")
+    typical = DrawSettings("typical", 0, 0.05)
+    duplicates, draw = earlier_analysis(record, "p1", [10, 11, 12], typical)
     assert duplicates is not None and duplicates.groups == [[0, 2]] and duplicates.group_of.tolist() == [0, -1, 0]
-    assert reused_prior is not None and reused_prior.tolist() == [1.0, 0.25, 0.5]
-    assert earlier_analysis(record, "p1", [10, 11, 12, 13], 0.05, "typical") == (None, None)  # a task was added
-    assert earlier_analysis(record, "p2", [10, 11, 12], 0.05, "typical") == (None, None)  # other patterns
-    assert earlier_analysis(None, "p1", [10, 11, 12], 0.05, "typical") == (None, None)
-    other_threshold = earlier_analysis(record, "p1", [10, 11, 12], 0.1, "typical")
-    assert other_threshold[0] is None and other_threshold[1] is not None
-    other_strategy = earlier_analysis(record, "p1", [10, 11, 12], 0.05, "prob")
-    assert other_strategy[0] is not None and other_strategy[1] is None
+    assert draw == typical and draw.prior is not None and draw.prior.tolist() == [1.0, 0.25, 0.5]
+    assert reused(earlier_analysis(record, "p1", [10, 11, 12, 13], typical)) == (False, False)  # a task was added
+    assert reused(earlier_analysis(record, "p2", [10, 11, 12], typical)) == (False, False)  # other patterns
+    assert reused(earlier_analysis(None, "p1", [10, 11, 12], typical)) == (False, False)
+    assert reused(earlier_analysis(record, "p1", [10, 11, 12], DrawSettings("typical", 0, 0.1))) == (False, True)
+    assert reused(earlier_analysis(record, "p1", [10, 11, 12], DrawSettings("prob", 0, 0.05))) == (True, False)
+
+
+def reused(analysis: tuple[DuplicateGroups | None, DrawSettings]) -> tuple[bool, bool]:
+    """Whether an earlier analysis handed over the near-duplicate groups, and the draw prior."""
+    duplicates, draw = analysis
+    return duplicates is not None, draw.prior is not None
 
 
 def step_of_ranking_7(redis_connection, full: bool) -> tuple[Services, dict, Step]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from freesel_backend.cli import describe_status
+from freesel_backend.cli.project import describe_status
 from freesel_backend.server.admin import status
 from freesel_backend.server.jobs import extract_and_store
 from freesel_backend.server.task_images import extractor_for, version_of

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import freesel_backend
-from freesel_backend.cli import describe_status
+from freesel_backend.cli.project import describe_status
 from freesel_backend.server.settings import ProjectSettings, SettingsError
 from freesel_backend.labelstudio.label_config import LabelConfigError, task_of_label_config
 from tests.test_cli import TINY, image_folder, run_cli  # noqa: F401 (image_folder is a fixture)

@@ -12,6 +12,7 @@ import pytest
 from benchmarks.quality.features import Features
 from benchmarks.quality.progressive import PRESETS, backend_ranking, main, sample, task_ids
 from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.engine.selection import DrawSettings
 from freesel_backend.server.settings import ProjectSettings, Settings
 from freesel_backend.server.jobs import earlier_analysis
 from freesel_backend.server.store import SelectionRecord, Store
@@ -62,7 +63,7 @@ def test_the_whole_pool_is_ranked_as_the_backend_ranks_it_once_all_patterns_are_
                                                                          settings.attention_ratio)])), {})
     once = rank_tasks(
         store.load_patterns(PROJECT, "v1"), set(), {}, settings.picks_for(400), head_size=Settings().head_size,
-        strategy=settings.strategy, seed=2, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+        draw=settings.draw_settings(),
     )
     order = backend_ranking(features, sample(400, 1.0, seed=2), kind, seed=2)
     assert order.tolist() == once.order
@@ -110,11 +111,13 @@ def test_a_ranking_once_all_patterns_are_in_reuses_nothing_of_a_ranking_made_fro
     settings = ProjectSettings().with_preset("classification")
     patterns = dict(enumerate(features.patterns[(1, 1.0)]))
     drawn = sample(400, 0.25, seed=0).tolist()
+    typical = DrawSettings("typical", 0, settings.duplicate_threshold)
     ranked = rank_tasks(
-        {t: patterns[t] for t in drawn}, set(), {}, settings.picks_for(len(drawn)), head_size=300,
-        strategy="typical", seed=0, duplicate_threshold=settings.duplicate_threshold,
+        {t: patterns[t] for t in drawn}, set(), {}, settings.picks_for(len(drawn)), head_size=300, draw=typical,
     )
-    record = SelectionRecord.of("v", "p1", ranked.task_ids, ranked.ranking, ranked.duplicates, "typical", ranked.prior)
-    assert earlier_analysis(record, "p1", sorted(patterns), settings.duplicate_threshold, "typical") == (None, None)
-    duplicates, prior = earlier_analysis(record, "p1", drawn, settings.duplicate_threshold, "typical")
-    assert duplicates is not None and prior is not None  # the same tasks again (after labels): reused
+    prior = ranked.draw.prior
+    record = SelectionRecord.of("v", "p1", ranked.task_ids, ranked.ranking, ranked.duplicates, "typical", prior)
+    duplicates, draw = earlier_analysis(record, "p1", sorted(patterns), typical)
+    assert duplicates is None and draw.prior is None
+    duplicates, draw = earlier_analysis(record, "p1", drawn, typical)
+    assert duplicates is not None and draw.prior is not None  # the same tasks again (after labels): reused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from freesel_backend.engine.ranking import (
     ranking_rows,
     ranking_to_json,
 )
+from freesel_backend.engine.selection import DrawSettings
 
 
 def groups(*members: list[int], size: int = 6) -> DuplicateGroups:
@@ -62,7 +64,7 @@ def test_a_group_without_a_chosen_member_flags_nobody():
 def test_a_ranking_picks_the_budget_among_unlabelled_tasks_and_keeps_labelled_ones_as_seeds():
     rng = np.random.default_rng(0)
     patterns = {task_id: rng.normal(size=(2, 8)).astype(np.float32) for task_id in (101, 102, 103, 104, 105)}
-    ranked = rank_tasks(patterns, {102}, {}, 2, head_size=300, strategy="prob", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks(patterns, {102}, {}, 2, head_size=300, draw=DrawSettings("prob", 0, 0.001))
     assert ranked.task_ids == [101, 102, 103, 104, 105]
     assert sorted(ranked.order) == [101, 103, 104, 105] and ranked.n_picked == 2
     assert ranked.picked == ranked.order[:2]
@@ -73,7 +75,7 @@ def test_an_exact_copy_of_a_pick_is_flagged_as_its_near_duplicate_and_failures_a
     rng = np.random.default_rng(1)
     patterns = {task_id: rng.normal(size=(1, 8)).astype(np.float32) for task_id in (1, 2, 3)}
     patterns[4] = patterns[1].copy()
-    options = {"head_size": 300, "strategy": "fds", "seed": 0, "duplicate_threshold": 0.001}
+    options = {"head_size": 300, "draw": DrawSettings("fds", 0, 0.001)}
     ranked = rank_tasks(patterns, {1}, {9: "no image"}, 1, **options)
     assert ranked.flags == {4: f"{NOT_PICKED} (near-duplicate of task 1)", 9: f"{FAILURE_FLAG}no image"}
 
@@ -81,7 +83,7 @@ def test_an_exact_copy_of_a_pick_is_flagged_as_its_near_duplicate_and_failures_a
 def test_near_duplicate_groups_found_by_an_earlier_ranking_are_used_as_given():
     rng = np.random.default_rng(1)
     patterns = {task_id: rng.normal(size=(1, 8)).astype(np.float32) for task_id in (1, 2, 3)}
-    options = {"head_size": 300, "strategy": "fds", "seed": 0, "duplicate_threshold": 0.001}
+    options = {"head_size": 300, "draw": DrawSettings("fds", 0, 0.001)}
     earlier = groups([0, 2], size=3)  # tasks 1 and 3, as an earlier ranking found them
     ranked = rank_tasks(patterns, {1}, {}, 1, duplicates=earlier, **options)
     assert ranked.duplicates is earlier
@@ -90,35 +92,39 @@ def test_near_duplicate_groups_found_by_an_earlier_ranking_are_used_as_given():
 
 def test_a_re_ranking_given_the_draw_prior_of_an_earlier_ranking_ranks_as_one_that_computes_it():
     patterns = random_patterns(60)
-    options = {"head_size": 5, "strategy": "typical", "seed": 0, "duplicate_threshold": 0.001}
+    options = {"head_size": 5, "draw": DrawSettings("typical", 0, 0.001)}
     first = rank_tasks(patterns, set(), {}, 20, **options)
-    assert first.strategy == "typical" and first.prior is not None and first.prior.shape == (60,)
+    assert first.draw.strategy == "typical" and first.draw.prior is not None and first.draw.prior.shape == (60,)
     labelled = set(first.order[:3])
     earlier = {"previous": first.order, "previous_n_picked": first.n_picked}
     computed = rank_tasks(patterns, labelled, {}, 20, **earlier, **options)
-    reused = rank_tasks(patterns, labelled, {}, 20, prior=first.prior.copy(), **earlier, **options)
+    reused = rank_tasks(patterns, labelled, {}, 20, **earlier, **with_prior(options, first.draw.prior.copy()))
     assert reused.order == computed.order and reused.n_picked == computed.n_picked
-    assert np.array_equal(reused.prior, computed.prior)
+    assert np.array_equal(reused.draw.prior, computed.draw.prior)
     # the prior weighs the draws: another one draws other picks
-    flat = rank_tasks(patterns, set(), {}, 20, prior=np.ones(60) + np.arange(60) * 10.0, **options)
+    flat = rank_tasks(patterns, set(), {}, 20, **with_prior(options, np.ones(60) + np.arange(60) * 10.0))
     assert flat.order[:20] != first.order[:20]
 
 
 def test_strategies_without_a_draw_prior_rank_without_one():
-    options = {"head_size": 4, "strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
+    options = {"head_size": 4, "draw": DrawSettings("prob", 0, 0.001)}
     ranked = rank_tasks(random_patterns(10), set(), {}, 4, **options)
-    assert ranked.strategy == "prob" and ranked.prior is None
+    assert ranked.draw.strategy == "prob" and ranked.draw.prior is None
 
 
 def test_when_every_task_is_labelled_nothing_is_ranked():
     patterns = {1: np.ones((1, 4), np.float32), 2: -np.ones((1, 4), np.float32)}
-    ranked = rank_tasks(patterns, {1, 2}, {}, 5, head_size=300, strategy="typical", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks(patterns, {1, 2}, {}, 5, head_size=300, draw=DrawSettings("typical", 0, 0.001))
     assert ranked.ranking is None and ranked.order == [] and ranked.n_picked == 0
 
 
 def test_no_tasks_rank_to_nothing_without_error():
-    ranked = rank_tasks({}, set(), {}, 0, head_size=300, strategy="typical", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks({}, set(), {}, 0, head_size=300, draw=DrawSettings("typical", 0, 0.001))
     assert ranked.ranking is None and ranked.order == [] and ranked.duplicates.groups == []
+
+
+def with_prior(options: dict[str, Any], prior: np.ndarray) -> dict[str, Any]:
+    return {**options, "draw": options["draw"].with_prior(prior)}
 
 
 def random_patterns(count: int, seed: int = 3) -> dict[int, np.ndarray]:
@@ -128,7 +134,7 @@ def random_patterns(count: int, seed: int = 3) -> dict[int, np.ndarray]:
 
 def test_a_re_ranking_after_a_label_moves_the_next_earlier_pick_into_the_head_and_keeps_the_rest_in_order():
     patterns = random_patterns(40)
-    options = {"head_size": 5, "strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
+    options = {"head_size": 5, "draw": DrawSettings("prob", 0, 0.001)}
     first = rank_tasks(patterns, set(), {}, 20, **options)
     assert first.n_picked == 20  # the first ranking draws every pick
     labelled = {first.order[0]}
@@ -139,7 +145,7 @@ def test_a_re_ranking_after_a_label_moves_the_next_earlier_pick_into_the_head_an
 
 def test_without_a_previous_ranking_the_tasks_after_the_picks_follow_by_distance():
     patterns = random_patterns(30)
-    ranked = rank_tasks(patterns, set(), {}, 10, head_size=4, strategy="fds", seed=0, duplicate_threshold=0.001)
+    ranked = rank_tasks(patterns, set(), {}, 10, head_size=4, draw=DrawSettings("fds", 0, 0.001))
     assert ranked.n_picked == 10 and sorted(ranked.order) == sorted(patterns)
     rest = ranked.ranking.distance[10:]
     assert list(rest) == sorted(rest, reverse=True)
@@ -147,7 +153,7 @@ def test_without_a_previous_ranking_the_tasks_after_the_picks_follow_by_distance
 
 def test_the_tail_drawn_afresh_keeps_the_head_and_picks_up_to_the_budget():
     patterns = random_patterns(30)
-    options = {"strategy": "prob", "seed": 0, "duplicate_threshold": 0.001}
+    options = {"draw": DrawSettings("prob", 0, 0.001)}
     first = rank_tasks(patterns, {100}, {7: "broken"}, 12, head_size=4, **options)
     images = [patterns[task] for task in first.task_ids]
     tail = rank_tail(images, first.task_ids, first.ranking, first.duplicates, {7: "broken"}, 12, head_size=4, **options)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from freesel_backend import STRATEGIES, select
-from freesel_backend.engine.selection import DUPLICATE_TOLERANCE, extend_head, rerank_head, resolve_budget
+from freesel_backend.engine.selection import (
+    DUPLICATE_TOLERANCE, DrawSettings, extend_head, rerank_head, resolve_budget,
+)
 from tests.helpers import random_patterns
 
 
@@ -216,11 +218,11 @@ def test_budget_is_a_count_or_a_fraction_of_the_pool() -> None:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_first_ranking_draws_every_pick_as_select_does_and_orders_every_other_image_by_distance(strategy) -> None:
     patterns = random_patterns(40, seed=21)
-    ranking = rerank_head(patterns, 6, 25, strategy=strategy, seeds=[3, 9], seed=4)
+    ranking = rerank_head(patterns, 6, 25, seeds=[3, 9], draw=DrawSettings(strategy, seed=4))
     drawn = select(patterns, 25, strategy=strategy, seeds=[3, 9], seed=4)
     assert ranking.order.tolist() == drawn.order.tolist() and ranking.n_picked == 25
     assert np.array_equal(ranking.distance, drawn.distance) and ranking.seeds == (3, 9)
-    again = rerank_head(patterns, 6, 25, strategy=strategy, seeds=[3, 9], seed=4)
+    again = rerank_head(patterns, 6, 25, seeds=[3, 9], draw=DrawSettings(strategy, seed=4))
     assert again.order.tolist() == ranking.order.tolist()
 
 
@@ -229,7 +231,8 @@ def test_a_head_reranking_keeps_the_earlier_order_and_picks_of_the_tail() -> Non
     earlier = select(patterns, 12, seeds=[0], seed=1)
     labelled = [0, int(earlier.order[0]), int(earlier.order[20])]  # a pick and a task of the tail got labels
     ranking = rerank_head(
-        patterns, 4, 12, previous_order=earlier.order, previous_n_picked=earlier.n_picked, seeds=labelled, seed=2
+        patterns, 4, 12, previous_order=earlier.order, previous_n_picked=earlier.n_picked, seeds=labelled,
+        draw=DrawSettings(seed=2),
     )
     head = ranking.order[:4].tolist()
     tail = [int(i) for i in earlier.order if int(i) not in head and int(i) not in labelled]
@@ -242,11 +245,11 @@ def test_a_head_reranking_keeps_the_earlier_order_and_picks_of_the_tail() -> Non
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_labels_from_the_top_of_the_head_move_the_next_earlier_picks_up_and_draw_nothing(strategy) -> None:
     patterns = random_patterns(60, seed=25)
-    earlier = rerank_head(patterns, 10, 30, strategy=strategy, seeds=[0], seed=1)
+    earlier = rerank_head(patterns, 10, 30, seeds=[0], draw=DrawSettings(strategy, seed=1))
     labelled = [0, *earlier.order[:3].tolist()]  # annotators took the first three picks
     ranking = rerank_head(
-        patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy=strategy,
-        seeds=labelled, seed=2,
+        patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked,
+        seeds=labelled, draw=DrawSettings(strategy, seed=2),
     )
     assert ranking.order.tolist() == earlier.order[3:].tolist()
     assert ranking.n_picked == 27
@@ -255,11 +258,11 @@ def test_labels_from_the_top_of_the_head_move_the_next_earlier_picks_up_and_draw
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_once_the_earlier_picks_run_out_the_end_of_the_head_is_drawn_afresh(strategy) -> None:
     patterns = random_patterns(60, seed=25)
-    earlier = rerank_head(patterns, 10, 10, strategy=strategy, seeds=[0], seed=1)
+    earlier = rerank_head(patterns, 10, 10, seeds=[0], draw=DrawSettings(strategy, seed=1))
     labelled = [0, *earlier.order[:3].tolist()]
     ranking = rerank_head(
-        patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy=strategy,
-        seeds=labelled, seed=2,
+        patterns, 10, 30, previous_order=earlier.order, previous_n_picked=earlier.n_picked,
+        seeds=labelled, draw=DrawSettings(strategy, seed=2),
     )
     assert ranking.order[:7].tolist() == earlier.order[3:10].tolist()
     drawn = select(patterns, 3, strategy=strategy, seeds=[*labelled, *earlier.order[3:10].tolist()], seed=2)
@@ -268,11 +271,11 @@ def test_once_the_earlier_picks_run_out_the_end_of_the_head_is_drawn_afresh(stra
 
 def test_a_label_on_the_second_pick_keeps_a_first_pick_drawn_without_labels_at_the_top() -> None:
     patterns = random_patterns(40, seed=27)
-    earlier = rerank_head(patterns, 6, 20, strategy="fds", seed=1)  # no label yet: the first pick is random
+    earlier = rerank_head(patterns, 6, 20, draw=DrawSettings("fds", seed=1))  # no label yet: the first pick is random
     second = int(earlier.order[1])
     ranking = rerank_head(
-        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
-        seeds=[second], seed=2,
+        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked,
+        seeds=[second], draw=DrawSettings("fds", seed=2),
     )
     assert ranking.order[:5].tolist() == [int(i) for i in earlier.order[:6] if int(i) != second]
 
@@ -280,12 +283,12 @@ def test_a_label_on_the_second_pick_keeps_a_first_pick_drawn_without_labels_at_t
 def test_an_image_new_since_the_earlier_ranking_and_unlike_every_label_comes_before_the_kept_picks() -> None:
     patterns = random_patterns(40, seed=28)
     unlike = -np.mean([p.mean(axis=0) for p in patterns], axis=0, keepdims=True)  # opposite to all of them
-    earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)
+    earlier = rerank_head(patterns, 6, 20, seeds=[0], draw=DrawSettings("fds", seed=1))
     with_new = [*patterns, unlike / np.linalg.norm(unlike)]
     labelled = [0, int(earlier.order[0])]
     ranking = rerank_head(
-        with_new, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
-        seeds=labelled, seed=2,
+        with_new, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked,
+        seeds=labelled, draw=DrawSettings("fds", seed=2),
     )
     assert 40 in ranking.order[:6].tolist()
     assert ranking.order[:6].tolist() == select(with_new, 6, strategy="fds", seeds=labelled, seed=2).picks.tolist()
@@ -293,12 +296,12 @@ def test_an_image_new_since_the_earlier_ranking_and_unlike_every_label_comes_bef
 
 def test_a_label_that_covers_a_pick_of_the_head_takes_it_out_of_the_head() -> None:
     patterns = random_patterns(40, seed=26)
-    earlier = rerank_head(patterns, 6, 20, strategy="fds", seeds=[0], seed=1)
+    earlier = rerank_head(patterns, 6, 20, seeds=[0], draw=DrawSettings("fds", seed=1))
     covered, copy = int(earlier.order[3]), int(earlier.order[-1])
     patterns[copy] = patterns[covered].copy()  # a task far down the queue shows the same as a pick, and gets a label
     ranking = rerank_head(
-        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked, strategy="fds",
-        seeds=[0, copy], seed=2,
+        patterns, 6, 20, previous_order=earlier.order, previous_n_picked=earlier.n_picked,
+        seeds=[0, copy], draw=DrawSettings("fds", seed=2),
     )
     others = [int(i) for i in earlier.order[:6] if int(i) != covered]
     assert ranking.order[:5].tolist() == others and covered not in ranking.order[:6].tolist()
@@ -307,15 +310,15 @@ def test_a_label_that_covers_a_pick_of_the_head_takes_it_out_of_the_head() -> No
 def test_an_image_new_to_the_ranking_comes_after_the_tail_it_did_not_belong_to() -> None:
     patterns = random_patterns(20, seed=23)
     earlier_order = [image for image in select(patterns, 5, seed=1).order.tolist() if image not in (7, 11)]
-    ranking = rerank_head(patterns, 3, 5, previous_order=earlier_order, previous_n_picked=5, seed=1)
+    ranking = rerank_head(patterns, 3, 5, previous_order=earlier_order, previous_n_picked=5, draw=DrawSettings(seed=1))
     newcomers = [image for image in (7, 11) if image not in ranking.order[:3].tolist()]
     assert sorted(ranking.order[-len(newcomers) :].tolist()) == sorted(newcomers)
 
 
 def test_the_tail_drawn_afresh_keeps_the_head_and_draws_the_rest_with_it_as_seeds() -> None:
     patterns = random_patterns(40, seed=24)
-    head = rerank_head(patterns, 5, 15, seeds=[2], seed=3)
-    ranking = extend_head(patterns, head.order[:5], head.distance[:5], 15, seeds=[2], seed=3)
+    head = rerank_head(patterns, 5, 15, seeds=[2], draw=DrawSettings(seed=3))
+    ranking = extend_head(patterns, head.order[:5], head.distance[:5], 15, seeds=[2], draw=DrawSettings(seed=3))
     tail = select(patterns, 10, seeds=[2, *head.order[:5].tolist()], seed=3)
     assert ranking.order.tolist() == head.order[:5].tolist() + tail.order.tolist()
     assert np.array_equal(ranking.distance[:5], head.distance[:5])

@@ -69,8 +69,7 @@ def backend_ranking(features: Features, images: np.ndarray, kind: str, seed: int
     stored = {int(image): decode_patterns(encode_patterns(patterns[image])) for image in images}
     ranked = rank_tasks(
         stored, set(), {}, settings.picks_for(len(stored)), head_size=Settings().head_size,
-        strategy=settings.strategy,  # type: ignore[arg-type]
-        seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,
+        draw=settings.draw_settings(),
     )
     return np.asarray(ranked.order, dtype=np.int64)
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .duplicates import DuplicateGroups, find_near_duplicates
-from .selection import Ranking, Strategy, draw_prior, extend_head, rerank_head
+from .selection import DrawSettings, Ranking, extend_head, rerank_head
 
 FAILURE_FLAG = "FreeSel could not use this image: "
 NOT_PICKED = "FreeSel: not picked"
@@ -49,8 +49,8 @@ def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroup
 @dataclass(frozen=True)
 class RankedTasks:
     """One ranking of a project's tasks. ``task_ids[i]`` owns image ``i`` of ``ranking``,
-    ``duplicates`` and ``prior`` (the draw prior of ``strategy``, None for one without); ``order`` lists
-    the unlabelled tasks, picks first; ``flags`` by task id."""
+    ``duplicates`` and of the prior of ``draw`` (the settings it was drawn with; its prior None for a
+    strategy without one); ``order`` lists the unlabelled tasks, picks first; ``flags`` by task id."""
 
     task_ids: list[int]
     ranking: Ranking | None
@@ -58,8 +58,7 @@ class RankedTasks:
     order: list[int]
     n_picked: int
     flags: dict[int, str]
-    strategy: Strategy
-    prior: np.ndarray | None = None
+    draw: DrawSettings
 
     @property
     def picked(self) -> list[int]:
@@ -75,11 +74,8 @@ def rank_tasks(
     head_size: int,
     previous: Sequence[int] = (),
     previous_n_picked: int = 0,
-    strategy: Strategy,
-    seed: int,
-    duplicate_threshold: float,
+    draw: DrawSettings,
     duplicates: DuplicateGroups | None = None,
-    prior: np.ndarray | None = None,
 ) -> RankedTasks:
     """Rank the unlabelled tasks of ``patterns`` (the labelled ones are seeds): the first
     ``head_size`` picks (the previous ranking's picks that no label covered, then picks drawn
@@ -87,13 +83,12 @@ def rank_tasks(
     (task ids; its first ``previous_n_picked`` were picks and stay picks, up to ``budget``), then
     tasks it did not hold by distance; see ``selection.rerank_head``. Failures and the
     near-duplicates of picked or labelled tasks are flagged. ``duplicates``: the near-duplicate
-    groups of these very patterns (in task id order) at ``duplicate_threshold``, found by an
-    earlier ranking (labels do not change them); found afresh when not given. ``prior``: likewise,
-    the draw prior of these patterns for ``strategy`` (``selection.draw_prior``)."""
+    groups of these very patterns (in task id order) at ``draw.duplicate_threshold``, found by an
+    earlier ranking (labels do not change them); found afresh when not given. ``draw.prior``:
+    likewise, the draw prior of these patterns for ``draw.strategy`` (``selection.draw_prior``)."""
     task_ids = sorted(patterns)
     images = [patterns[task_id] for task_id in task_ids]
-    if prior is None and images:
-        prior = draw_prior(images, strategy)
+    draw = draw.with_prior_of(images)
     seeds = [image for image, task_id in enumerate(task_ids) if task_id in labelled]
     image_of = {task_id: image for image, task_id in enumerate(task_ids)}
     previous_order = [image_of[task_id] for task_id in previous if task_id in image_of]
@@ -101,13 +96,14 @@ def rank_tasks(
     ranking = (
         rerank_head(
             images, head_size, budget, previous_order=previous_order, previous_n_picked=len(previous_picks),
-            strategy=strategy, seeds=seeds, seed=seed, duplicate_threshold=duplicate_threshold, prior=prior,
+            seeds=seeds, draw=draw,
         )
         if len(seeds) < len(task_ids) else None
     )
     if duplicates is None:
-        duplicates = find_near_duplicates(images, duplicate_threshold) if images else no_duplicates(duplicate_threshold)
-    return _ranked(task_ids, ranking, duplicates, labelled, failures, strategy, prior)
+        threshold = draw.duplicate_threshold
+        duplicates = find_near_duplicates(images, threshold) if images else no_duplicates(threshold)
+    return _ranked(task_ids, ranking, duplicates, labelled, failures, draw)
 
 
 def rank_tail(
@@ -119,23 +115,18 @@ def rank_tail(
     budget: int,
     *,
     head_size: int,
-    strategy: Strategy,
-    seed: int,
-    duplicate_threshold: float,
-    prior: np.ndarray | None = None,
+    draw: DrawSettings,
 ) -> RankedTasks:
     """``ranking`` (of the tasks ``task_ids``, ``patterns`` in the same order) with its first
     ``head_size`` picks kept and the picks after them drawn afresh (``selection.extend_head``),
-    flagged as :func:`rank_tasks` flags; ``prior`` as :func:`rank_tasks` takes it."""
+    flagged as :func:`rank_tasks` flags; ``draw`` as :func:`rank_tasks` takes it."""
     n_head = min(head_size, ranking.n_picked)
-    if prior is None:
-        prior = draw_prior(patterns, strategy)
+    draw = draw.with_prior_of(patterns)
     refreshed = extend_head(
-        patterns, ranking.order[:n_head], ranking.distance[:n_head], budget, strategy=strategy,
-        seeds=ranking.seeds, seed=seed, duplicate_threshold=duplicate_threshold, prior=prior,
+        patterns, ranking.order[:n_head], ranking.distance[:n_head], budget, seeds=ranking.seeds, draw=draw
     )
     labelled = {int(task_ids[image]) for image in ranking.seeds}
-    return _ranked([int(t) for t in task_ids], refreshed, duplicates, labelled, failures, strategy, prior)
+    return _ranked([int(t) for t in task_ids], refreshed, duplicates, labelled, failures, draw)
 
 
 def no_duplicates(threshold: float) -> DuplicateGroups:
@@ -145,13 +136,13 @@ def no_duplicates(threshold: float) -> DuplicateGroups:
 
 def _ranked(
     task_ids: list[int], ranking: Ranking | None, duplicates: DuplicateGroups, labelled: set[int],
-    failures: Mapping[int, str], strategy: Strategy, prior: np.ndarray | None,
+    failures: Mapping[int, str], draw: DrawSettings,
 ) -> RankedTasks:
     order = [task_ids[image] for image in ranking.order] if ranking else []
     n_picked = ranking.n_picked if ranking else 0
     chosen = set(order[:n_picked]) | (labelled & set(task_ids))
     flags = flags_for(failures, near_duplicate_of_chosen(task_ids, duplicates, chosen))
-    return RankedTasks(task_ids, ranking, duplicates, order, n_picked, flags, strategy, prior)
+    return RankedTasks(task_ids, ranking, duplicates, order, n_picked, flags, draw)
 
 
 # ---- a ranking as JSON --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ compute-bound products instead of one memory-bound pass over all patterns per pi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
@@ -38,7 +38,7 @@ TYPICALITY_STRENGTH = 1.0
 HEAD_KEEP_SHARE = 0.5
 
 __all__ = [
-    "DUPLICATE_TOLERANCE", "STRATEGIES", "PatternPool", "Ranking",
+    "DUPLICATE_TOLERANCE", "STRATEGIES", "DrawSettings", "PatternPool", "Ranking",
     "draw_prior", "extend_head", "rerank_head", "resolve_budget", "select",
 ]
 
@@ -53,6 +53,28 @@ MAX_REJECTIONS = 200
 # prob: proposals drawn at once, their true d computed in one product (not one per proposal);
 # typical: representatives brought up to date at once, likewise.
 PROPOSAL_BATCH = 32
+
+
+@dataclass(frozen=True)
+class DrawSettings:
+    """How a ranking draws its picks, as :func:`select` takes them: the ``strategy``, the random
+    ``seed``, the cosine distance below which patterns count as near-duplicates
+    (``duplicate_threshold``), and the image ``prior`` of the ranked patterns (None: computed from
+    them for ``strategy``, see :func:`draw_prior`). The prior belongs to one set of patterns: it is
+    left out of comparisons."""
+
+    strategy: Strategy = DEFAULT_STRATEGY
+    seed: int | None = None
+    duplicate_threshold: float = DUPLICATE_TOLERANCE
+    prior: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def with_prior(self, prior: np.ndarray | None) -> "DrawSettings":
+        return replace(self, prior=prior)
+
+    def with_prior_of(self, patterns: Sequence[np.ndarray]) -> "DrawSettings":
+        """These settings with the draw prior of ``patterns`` where they hold none: rankings of the
+        same patterns then share it instead of computing it again."""
+        return self if self.prior is not None else self.with_prior(draw_prior(patterns, self.strategy))
 
 
 @dataclass(frozen=True)
@@ -224,11 +246,8 @@ def rerank_head(
     *,
     previous_order: Sequence[int] = (),
     previous_n_picked: int = 0,
-    strategy: Strategy = DEFAULT_STRATEGY,
     seeds: Iterable[int] = (),
-    seed: int | None = None,
-    duplicate_threshold: float = DUPLICATE_TOLERANCE,
-    prior: np.ndarray | None = None,
+    draw: DrawSettings = DrawSettings(),
 ) -> Ranking:
     """A ranking whose head keeps an earlier ranking's picks that no label covered since, in
     their order, whose other head picks are drawn afresh, and whose tail keeps the earlier order.
@@ -244,18 +263,16 @@ def rerank_head(
     decreasing distance. The picks are the head's, then the earlier picks left in the tail, at
     most ``budget`` in all. Every distance is the image's distance to the head and the seeds (a
     pick's: when drawn, or for a kept pick, now). :func:`extend_head` draws more picks after them.
-    ``prior``: as :func:`select` takes it (:func:`draw_prior` of the same patterns gives the same ranking).
+    ``draw``: as :func:`select` takes its settings (:func:`draw_prior` of the same patterns as the
+    prior gives the same ranking as none).
     """
-    pool = PatternPool(patterns, duplicate_threshold)
+    pool = PatternPool(patterns, draw.duplicate_threshold)
     seed_ids = _validated_seeds(seeds, pool.n_images)
     n_head = min(head_size, budget)
     # Earlier picks looked at for the head: twice its size leaves room for picks that labels covered.
     earlier_picks = [int(i) for i in previous_order[: min(previous_n_picked, 2 * n_head)]]
     kept, kept_distance = still_valid_picks(pool, earlier_picks, seed_ids, previous_order, limit=n_head)
-    head = select(
-        patterns, n_head - len(kept) if earlier_picks else budget, strategy=strategy, seeds=[*seed_ids, *kept],
-        seed=seed, duplicate_threshold=duplicate_threshold, prior=prior,
-    )
+    head = _draw(patterns, n_head - len(kept) if earlier_picks else budget, [*seed_ids, *kept], draw)
     distance_of = {**dict(zip(head.order.tolist(), head.distance.tolist())), **dict(zip(kept, kept_distance))}
     rest = set(head.order[head.n_picked :].tolist())
     tail = [image for image in dict.fromkeys(int(i) for i in previous_order) if image in rest]
@@ -339,26 +356,27 @@ def extend_head(
     head_distance: Sequence[float],
     budget: int,
     *,
-    strategy: Strategy = DEFAULT_STRATEGY,
     seeds: Iterable[int] = (),
-    seed: int | None = None,
-    duplicate_threshold: float = DUPLICATE_TOLERANCE,
-    prior: np.ndarray | None = None,
+    draw: DrawSettings = DrawSettings(),
 ) -> Ranking:
     """``head`` (picks, in this order, with their distances) kept, then ``budget - len(head)``
     picks drawn with the head and ``seeds`` as seeds, then the rest by distance: the tail of a
-    :func:`rerank_head` ranking drawn afresh. ``prior``: as :func:`select` takes it."""
+    :func:`rerank_head` ranking drawn afresh. ``draw``: as :func:`rerank_head` takes it."""
     seed_ids = _validated_seeds(seeds, len(patterns))
     head_ids = [int(image) for image in head]
-    tail = select(
-        patterns, max(0, budget - len(head_ids)), strategy=strategy, seeds=[*seed_ids, *head_ids], seed=seed,
-        duplicate_threshold=duplicate_threshold, prior=prior,
-    )
+    tail = _draw(patterns, max(0, budget - len(head_ids)), [*seed_ids, *head_ids], draw)
     return Ranking(
         order=np.concatenate([np.asarray(head_ids, dtype=np.int64), tail.order]),
         distance=np.concatenate([np.asarray(head_distance, dtype=np.float64), tail.distance]),
         n_picked=len(head_ids) + tail.n_picked,
         seeds=seed_ids,
+    )
+
+
+def _draw(patterns: Sequence[np.ndarray], budget: int, seeds: Sequence[int], draw: DrawSettings) -> Ranking:
+    return select(
+        patterns, budget, strategy=draw.strategy, seeds=seeds, seed=draw.seed,
+        duplicate_threshold=draw.duplicate_threshold, prior=draw.prior,
     )
 
 

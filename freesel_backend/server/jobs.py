@@ -26,6 +26,7 @@ from rq import get_current_job
 from .settings import ProjectSettings
 from ..engine import DuplicateGroups, ExtractionTimings, PatternExtractor
 from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
+from ..engine.selection import DrawSettings
 from ..labelstudio.client import LabelStudioNotFound
 from ..labelstudio.label_config import LabelConfigError
 from .pattern_stages import DownloadClock, job_stages
@@ -250,13 +251,11 @@ def run_selection(project_id: int) -> dict[str, Any]:
     unlabelled = len(stored) - len(labelled)
     progress.start_stage("ranking", unlabelled)
     previous = _previous_target(store, project_id, settings, version)
-    threshold = settings.duplicate_threshold
-    duplicates, prior = earlier_analysis(record, version, sorted(stored), threshold, settings.strategy)
+    duplicates, draw = earlier_analysis(record, version, sorted(stored), settings.draw_settings())
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
-        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=threshold,  # type: ignore[arg-type]
-        duplicates=duplicates, prior=prior,
+        draw=draw, duplicates=duplicates,
     )
     target = publish_ranking(
         services, project_id, ranked, fingerprint, version,
@@ -312,16 +311,16 @@ def labelled_tasks(services: Services, project_id: int, labelled_earlier: set[in
 
 
 def earlier_analysis(
-    record: SelectionRecord | None, version: str, task_ids: Sequence[int], threshold: float, strategy: str
-) -> tuple[DuplicateGroups | None, np.ndarray | None]:
-    """The last ranking's near-duplicate groups (if found with ``threshold``) and draw prior (if
-    drawn with ``strategy``) when it ranked the same tasks with the same patterns (a re-ranking
-    after labels): at thousands of tasks, finding them afresh costs more than the rest of the
-    ranking (N x N pattern products; the typicality prior's neighbours)."""
+    record: SelectionRecord | None, version: str, task_ids: Sequence[int], draw: DrawSettings
+) -> tuple[DuplicateGroups | None, DrawSettings]:
+    """The last ranking's near-duplicate groups (if found with ``draw``'s threshold) and ``draw``
+    with its draw prior (if drawn with ``draw``'s strategy) when it ranked the same tasks with the
+    same patterns (a re-ranking after labels): at thousands of tasks, finding them afresh costs
+    more than the rest of the ranking (N x N pattern products; the typicality prior's neighbours)."""
     if record is None or record.patterns_version != version or record.task_ids != list(task_ids):
-        return None, None
-    duplicates = record.duplicates() if record.duplicate_threshold == threshold else None
-    return duplicates, record.draw_prior(strategy)
+        return None, draw
+    duplicates = record.duplicates() if record.duplicate_threshold == draw.duplicate_threshold else None
+    return duplicates, draw.with_prior(record.draw_prior(draw.strategy))
 
 
 def _previous_target(store: Store, project_id: int, settings: ProjectSettings, version: str) -> dict[str, Any]:
@@ -354,7 +353,7 @@ def _save_ranking(store: Store, project_id: int, target: dict[str, Any], version
     if ranked.ranking is not None:
         name = f"{target['model_version']} ranking {target['generation']}"
         record = SelectionRecord.of(
-            name, version, ranked.task_ids, ranked.ranking, ranked.duplicates, ranked.strategy, ranked.prior
+            name, version, ranked.task_ids, ranked.ranking, ranked.duplicates, ranked.draw.strategy, ranked.draw.prior
         )
         store.save_selection(project_id, record)
     store.save_target(project_id, target)
@@ -380,8 +379,7 @@ def top_up_picks(project_id: int) -> dict[str, Any]:
         [stored[t] for t in record.task_ids], record.task_ids, ranking, record.duplicates(),
         failures_in(target["flags"]),
         settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=ranking.n_picked,
-        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
-        prior=record.draw_prior(settings.strategy),
+        draw=settings.draw_settings().with_prior(record.draw_prior(settings.strategy)),
     )
     with selection_lock(store, project_id):
         if store.get_target(project_id) != target:

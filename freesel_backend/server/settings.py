@@ -27,7 +27,7 @@ from ..engine import (
     TASKS,
     preset,
 )
-from ..engine.selection import DEFAULT_STRATEGY, resolve_budget
+from ..engine.selection import DEFAULT_STRATEGY, DrawSettings, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
 SELECTION_QUEUE = "freesel-selection"  # rankings and project syncs
@@ -353,6 +353,10 @@ class ProjectSettings:
         """Number of picks for an unlabelled pool of ``pool_size``: the budget, capped at ``max_picks``."""
         wanted = pool_size if self.budget is None else resolve_budget(self.budget, pool_size)
         return min(wanted, self.max_picks, pool_size)
+
+    def draw_settings(self) -> DrawSettings:
+        """How this project's rankings draw their picks (the prior: computed from the patterns)."""
+        return DrawSettings(self.strategy, self.seed, self.duplicate_threshold)  # type: ignore[arg-type]
 
     def model_name(self, default: str) -> str:
         return self.model or default
