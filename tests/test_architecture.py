@@ -6,6 +6,7 @@
 * ``engine`` imports nothing of ours outside ``engine``, and none of Label Studio's SDK, Flask,
   Redis or RQ: it stays usable on its own;
 * ``labelstudio`` imports nothing of ``server`` nor of ``engine`` (the two are siblings);
+* nothing below the command line imports ``cli`` (only ``python -m freesel_backend`` runs it);
 * the write-out's plan (``server/writeout/plan.py``) imports nothing of ours, Redis or RQ: it is pure;
 * only the store touches Redis itself (no ``.redis`` attribute elsewhere), and only ``server/enqueue.py``
   looks into RQ's job registries;
@@ -25,6 +26,7 @@ PACKAGE = "freesel_backend"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 SERVICE_LIBRARIES = ("label_studio_ml", "flask", "redis", "rq")
 WRITEOUT_PLAN = f"{PACKAGE}.server.writeout.plan"
+CLI = f"{PACKAGE}.cli"
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -206,12 +208,19 @@ def forbidden_imports(package: dict[str, Imports]) -> list[str]:
                       for module in imports.modules if module.startswith(f"{PACKAGE}.server")]
             found += [f"{name} imports {module}: labelstudio and engine are siblings"
                       for module in imports.modules if module.startswith(f"{PACKAGE}.engine")]
+        if not in_package(name, CLI) and name != f"{PACKAGE}.__main__":
+            found += [f"{name} imports {module}: only the command line imports cli"
+                      for module in imports.modules if in_package(module, CLI)]
         if name == WRITEOUT_PLAN:
             found += [f"{name} imports {module}: the write-out's plan is pure" for module in imports.modules
                       if module.startswith(PACKAGE) or module.split(".")[0] in SERVICE_LIBRARIES]
         found += [f"{name} imports {module}: the web service serves the protocol itself, on maintained Flask releases"
                   for module in imports.modules if module.split(".")[0] == "label_studio_ml"]
     return sorted(found)
+
+
+def in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
 
 
 STORE = f"{PACKAGE}.server.store"
@@ -268,6 +277,9 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
         "server/writeout/__init__.py": "",
         "server/writeout/plan.py": "import bisect\n\nfrom ..store import Store\n",
         "server/web.py": "from label_studio_ml.api import init_app\n",
+        "server/process.py": "from ..cli.backend_client import BackendClient\n",
+        "cli/__init__.py": "from .serve import add_serve_command\n",
+        "cli/serve.py": "from ..server import process\n",
     }
     for name, text in files.items():
         (tmp_path / PACKAGE / name).parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +293,7 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
         f"{PACKAGE}.engine.pure imports redis: the engine runs without Label Studio, Flask, Redis or RQ",
         f"{PACKAGE}.labelstudio.client imports {PACKAGE}.engine.pure: labelstudio and engine are siblings",
         f"{PACKAGE}.labelstudio.client imports {server}.store: labelstudio sits below server",
+        f"{server}.process imports {PACKAGE}.cli.backend_client: only the command line imports cli",
         f"{server}.web imports label_studio_ml.api: the web service serves the protocol itself, on maintained "
         "Flask releases",
         f"{server}.writeout.plan imports {server}.store: the write-out's plan is pure",
