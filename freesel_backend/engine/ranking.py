@@ -48,9 +48,9 @@ def near_duplicate_of_chosen(task_ids: Sequence[int], duplicates: DuplicateGroup
 
 @dataclass(frozen=True)
 class RankedTasks:
-    """One ranking of a project's tasks. ``task_ids[i]`` owns image ``i`` of ``ranking``,
-    ``duplicates`` and of the prior of ``draw`` (the settings it was drawn with; its prior None for a
-    strategy without one); ``order`` lists the unlabelled tasks, picks first; ``flags`` by task id."""
+    """One ranking of a project's tasks. ``task_ids[i]`` owns image ``i`` of ``ranking``, of
+    ``duplicates`` and of ``draw.prior`` (``draw``: the settings it was drawn with, its prior None
+    for a strategy without one); ``order`` lists the unlabelled tasks, picks first; ``flags`` by task id."""
 
     task_ids: list[int]
     ranking: Ranking | None
