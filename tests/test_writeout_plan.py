@@ -190,7 +190,7 @@ def test_milestones_of_an_import_and_labels_between_them_never_ask_for_a_fresh_v
     often replaces a write-out part-way. Every plan is written in place with at most two writes
     per head task (one that enters, one that leaves) plus the new predictions, within [0, 1]; the
     head is served in rank order once a write-out is complete."""
-    rng = random.Random(tasks)
+    rng = random.Random(tasks + 1)
     head = 300
     patterns_order = rng.sample(range(tasks), tasks)
     milestones = [320 * 2**k for k in range(20) if 320 * 2**k < tasks] + [tasks]
@@ -211,3 +211,18 @@ def test_milestones_of_an_import_and_labels_between_them_never_ask_for_a_fresh_v
                 assert_served_as_ranked(order, scores, head, set(patterns_order[patterns:]))
             labelled.update(order[:3])
             order = order[3:]
+
+
+def test_three_hundred_rankings_that_each_draw_a_new_head_from_the_whole_pool_keep_finding_room():
+    rng = random.Random(11)
+    order = list(range(5000))
+    scores = full_scores(order)
+    for _ in range(300):
+        order = order[10:]
+        order = rng.sample(order, 300) + order
+        order = list(dict.fromkeys(order))
+        plan = plan_scores(order, scores, 300)
+        assert not plan.renormalise and len(plan.patch) <= 2 * 300 and plan.create == []
+        scores.update(plan.patch)
+        assert sorted(order, key=lambda task: scores[task])[:300] == order[:300]
+        assert all(LOWEST_SCORE <= scores[task] <= HIGHEST_SCORE for task in order)
