@@ -53,8 +53,8 @@ def longest_increasing(values: Sequence[float]) -> list[int]:
 
 def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: int) -> ScorePlan:
     """Scores that make Label Studio serve ``order[:head_size]`` exactly in this order before any
-    other task of ``order``, with as few writes as it can: the fewer of two plans (the second on
-    a tie), a fresh version only when neither has room.
+    other task of ``order``, with as few writes as it can: the fewer of two plans (the fresh head
+    on a tie), a fresh version only when neither has room.
 
     In place (:func:`_in_place`) keeps the current scores of the head's tasks that already
     increase along the order and fits the others between them: a re-ranking after labels moves a
@@ -62,7 +62,7 @@ def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: in
     anew below every current score and leaves the rest where it is: one write per head task. A
     ranking of a bigger sample of the patterns replaces most of the head, and fitting a new head
     between the few tasks kept from the last one, milestone after milestone, splits the same
-    narrow gaps again and again until they run out (a sixth milestone did at 5,000 tasks); the
+    narrow gaps again and again until they run out (at 5,000 tasks, by the seventh ranking); the
     fresh head costs about as many writes there and starts from gaps ``EDGE_STEP`` wide.
     """
     in_place = _in_place(order, scores, head_size, keep_leaving=True)
