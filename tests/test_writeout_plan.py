@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import random
 
-from freesel_backend.server.writeout.plan import PICK_FLAG, full_scores, longest_increasing, plan_scores, wanted_flags
+import pytest
+
+from freesel_backend.server.writeout.plan import (
+    HIGHEST_SCORE,
+    LOWEST_SCORE,
+    PICK_FLAG,
+    ScorePlan,
+    full_scores,
+    longest_increasing,
+    plan_scores,
+    wanted_flags,
+)
 
 
 def served_after(order: list[int], scores: dict[int, float], head: int) -> list[int]:
@@ -138,3 +149,80 @@ def test_scores_outside_zero_to_one_left_by_an_earlier_release_ask_for_a_fresh_v
     order = list(range(100))
     scores = {task: float(task) - 50.0 for task in order}  # -50 .. 49
     assert plan_scores([1000, *order], scores, 20).renormalise
+
+
+def in_write_order(plan: ScorePlan, order: list[int], before_imports: int = 100) -> list[tuple[int, float]]:
+    """The plan's writes in the order the write-out makes them: the top of the head, the new
+    predictions, the rest of the head."""
+    rank = {task: position for position, task in enumerate(order)}
+    patches = sorted(plan.patch, key=lambda write: rank.get(write[0], len(rank)))
+    top = [write for write in patches if rank.get(write[0], len(rank)) < before_imports]
+    return top + plan.create + patches[len(top) :]
+
+
+def assert_served_as_ranked(order: list[int], scores: dict[int, float], head: int, unranked: set[int]) -> None:
+    """The head first, exactly in rank order, then the rest of the ranked tasks; tasks without
+    patterns have no prediction (Label Studio serves them once no ranked task is left)."""
+    assert all(LOWEST_SCORE <= scores[task] <= HIGHEST_SCORE for task in order)
+    assert sorted(order, key=lambda task: scores[task])[:head] == order[:head]
+    assert not unranked & set(scores)
+
+
+def drawn_afresh(previous: list[int], ranked: list[int], rng: random.Random, head: int) -> list[int]:
+    return rng.sample(ranked, len(ranked))
+
+
+def keeping_part_of_the_last_head(previous: list[int], ranked: list[int], rng: random.Random, head: int) -> list[int]:
+    """A ranking of a bigger sample that keeps a third of the last head's picks in their order,
+    with a new pick after each of them."""
+    still_ranked = set(ranked)
+    kept = [task for task in previous[:head] if task in still_ranked and rng.random() < 1 / 3]
+    others = [task for task in rng.sample(ranked, len(ranked)) if task not in set(kept)]
+    new_head = [task for pair in zip(kept, others) for task in pair]
+    return new_head + others[len(kept) :]
+
+
+@pytest.mark.parametrize("tasks", [5000, 50_000])
+@pytest.mark.parametrize("ranking", [drawn_afresh, keeping_part_of_the_last_head])
+def test_milestones_of_an_import_and_labels_between_them_never_ask_for_a_fresh_version(tasks, ranking):
+    """Rankings of growing random samples of the patterns (a first sample of 320, then each
+    doubling, then all), with labels from the top of the head between them; a newer ranking
+    often replaces a write-out part-way. Every plan is written in place with at most two writes
+    per head task (one that enters, one that leaves) plus the new predictions, within [0, 1]; the
+    head is served in rank order once a write-out is complete."""
+    rng = random.Random(tasks + 1)
+    head = 300
+    patterns_order = rng.sample(range(tasks), tasks)
+    milestones = [320 * 2**k for k in range(20) if 320 * 2**k < tasks] + [tasks]
+    labelled: set[int] = set()
+    order = rng.sample(patterns_order[: milestones[0]], milestones[0])
+    scores = {task: score for task, score in full_scores(order).items() if task in order[:head]}
+    for patterns in milestones:
+        ranked = [task for task in patterns_order[:patterns] if task not in labelled]
+        order = ranking(order, ranked, rng, head)
+        for round_ in range(3):
+            plan = plan_scores(order, scores, head)
+            assert not plan.renormalise
+            assert len(plan.patch) <= 2 * head and [t for t, _ in plan.create] == [t for t in order if t not in scores]
+            writes = in_write_order(plan, order)
+            replaced = round_ < 2 and rng.random() < 0.5
+            scores.update(writes[: rng.randrange(len(writes) + 1)] if replaced else writes)
+            if not replaced:
+                assert_served_as_ranked(order, scores, head, set(patterns_order[patterns:]))
+            labelled.update(order[:3])
+            order = order[3:]
+
+
+def test_three_hundred_rankings_that_each_draw_a_new_head_from_the_whole_pool_keep_finding_room():
+    rng = random.Random(11)
+    order = list(range(5000))
+    scores = full_scores(order)
+    for _ in range(300):
+        order = order[10:]
+        order = rng.sample(order, 300) + order
+        order = list(dict.fromkeys(order))
+        plan = plan_scores(order, scores, 300)
+        assert not plan.renormalise and len(plan.patch) <= 2 * 300 and plan.create == []
+        scores.update(plan.patch)
+        assert sorted(order, key=lambda task: scores[task])[:300] == order[:300]
+        assert all(LOWEST_SCORE <= scores[task] <= HIGHEST_SCORE for task in order)

@@ -53,25 +53,36 @@ def longest_increasing(values: Sequence[float]) -> list[int]:
 
 def plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: int) -> ScorePlan:
     """Scores that make Label Studio serve ``order[:head_size]`` exactly in this order before any
-    other task of ``order``, changing as few of the current ``scores`` as it can.
+    other task of ``order``, with as few writes as it can: the fewer of two plans (the fresh head
+    on a tie), a fresh version only when neither has room.
 
-    The current head is the ``head_size`` lowest current scores. Tasks that leave it are moved
+    In place (:func:`_in_place`) keeps the current scores of the head's tasks that already
+    increase along the order and fits the others between them: a re-ranking after labels moves a
+    few tasks and writes a few scores. A fresh head (:func:`_fresh_head`) scores every head task
+    anew below every current score and leaves the rest where it is: one write per head task. A
+    ranking of a bigger sample of the patterns replaces most of the head, and fitting a new head
+    between the few tasks kept from the last one, milestone after milestone, splits the same
+    narrow gaps again and again until they run out (at 5,000 tasks, by the seventh ranking); the
+    fresh head costs about as many writes there and starts from gaps ``EDGE_STEP`` wide.
+    """
+    in_place = _in_place(order, scores, head_size, keep_leaving=True)
+    if in_place.renormalise:
+        in_place = _in_place(order, scores, head_size, keep_leaving=False)
+    usable = [plan for plan in (_fresh_head(order, scores, head_size), in_place) if not plan.renormalise]
+    return min(usable, key=lambda plan: len(plan.patch) + len(plan.create)) if usable else in_place
+
+
+def _in_place(order: Sequence[int], scores: Mapping[int, float], head_size: int, keep_leaving: bool) -> ScorePlan:
+    """The current head is the ``head_size`` lowest current scores. Tasks that leave it are moved
     just behind the new head; tasks of the new head whose scores are in the current head and
     already increase along the order keep them; the others fill the gaps. Tasks of the tail
     without a prediction go behind everything, in rank order. When a gap has no room left
     (tasks appended to the head round after round squeeze into the one gap before the tasks
     that leave it), the tasks that leave go behind everything instead (the tail's order is not
-    kept exact), which opens the gap up to the first task of the tail.
-    """
-    plan = _plan_scores(order, scores, head_size, keep_leaving=True)
-    return _plan_scores(order, scores, head_size, keep_leaving=False) if plan.renormalise else plan
-
-
-def _plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: int, keep_leaving: bool) -> ScorePlan:
+    kept exact), which opens the gap up to the first task of the tail."""
     head, tail = list(order[:head_size]), list(order[head_size:])
     current = sorted(scores[t] for t in order if t in scores)
     threshold = current[min(head_size, len(current)) - 1] if current else 0.0
-    in_head = set(head)
     leaving = sorted((t for t in tail if t in scores and scores[t] <= threshold), key=lambda t: scores[t])
     lineup = head + leaving if keep_leaving else head
     candidates = [i for i, t in enumerate(lineup) if t in scores and scores[t] <= threshold]
@@ -82,14 +93,45 @@ def _plan_scores(order: Sequence[int], scores: Mapping[int, float], head_size: i
     assigned = _fill_gaps([scores.get(t) if i in kept else None for i, t in enumerate(lineup)], ceiling, plan)
     for task, score, was_kept in zip(lineup, assigned, (i in kept for i in range(len(lineup)))):
         if not was_kept:
-            (plan.patch if task in scores else plan.create).append((task, score))
-    behind = ([] if keep_leaving else leaving) + [t for t in tail if t not in scores and t not in in_head]
-    top = max([*current, *assigned], default=FRESH_SCORES[0])
+            _assign(plan, scores, task, score)
+    behind = ([] if keep_leaving else leaving) + _without_prediction(tail, scores, set(head))
+    _place_behind(plan, scores, behind, top=max([*current, *assigned], default=FRESH_SCORES[0]))
+    return _checked(plan)
+
+
+def _fresh_head(order: Sequence[int], scores: Mapping[int, float], head_size: int) -> ScorePlan:
+    """The head scored anew, ``EDGE_STEP`` apart (less where the room below asks for it), below
+    the lowest current score of ``order``; tasks that leave the head keep their scores, behind it
+    already; tasks of the tail without a prediction go behind everything, in rank order."""
+    head, tail = list(order[:head_size]), list(order[head_size:])
+    current = [scores[t] for t in order if t in scores]
+    lowest = min(current, default=FRESH_SCORES[0])
+    step = min(EDGE_STEP, (lowest - LOWEST_SCORE) / (len(head) + 1))
+    plan = ScorePlan(renormalise=bool(head) and step < MIN_SCORE_GAP)
+    for rank, task in enumerate(head):
+        _assign(plan, scores, task, lowest - step * (len(head) - rank))
+    _place_behind(plan, scores, _without_prediction(tail, scores, set(head)), top=max(current, default=lowest))
+    return _checked(plan)
+
+
+def _without_prediction(tail: Sequence[int], scores: Mapping[int, float], head: set[int]) -> list[int]:
+    return [t for t in tail if t not in scores and t not in head]
+
+
+def _assign(plan: ScorePlan, scores: Mapping[int, float], task: int, score: float) -> None:
+    (plan.patch if task in scores else plan.create).append((task, score))
+
+
+def _place_behind(plan: ScorePlan, scores: Mapping[int, float], behind: Sequence[int], top: float) -> None:
+    """``behind`` after ``top``, in this order, ``EDGE_STEP`` apart (less where the room above asks for it)."""
     step = min(EDGE_STEP, (HIGHEST_SCORE - top) / (len(behind) + 1))
     if behind and step < MIN_SCORE_GAP:
         plan.renormalise = True
     for rank, task in enumerate(behind):
-        (plan.patch if task in scores else plan.create).append((task, top + step * (rank + 1)))
+        _assign(plan, scores, task, top + step * (rank + 1))
+
+
+def _checked(plan: ScorePlan) -> ScorePlan:
     if any(not LOWEST_SCORE <= score <= HIGHEST_SCORE for _, score in plan.patch + plan.create):
         plan.renormalise = True  # scores of an earlier release, outside what Label Studio imports
     return plan
