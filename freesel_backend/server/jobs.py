@@ -31,6 +31,7 @@ from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
+from .copy_pass import CopyPass
 from .pattern_stages import DownloadClock, job_stages
 from .store import SelectionRecord, Store, patterns_version
 from .enqueue import (
@@ -184,20 +185,24 @@ def extract_and_store(
     to the project's pattern stages."""
     version = version_of(extractor)
     downloads, timings = DownloadClock(), ExtractionTimings()
+    copy_pass = CopyPass(services.store, project_id, version)
     opened = extractor.extract_sources(
-        tasks, lambda task: open_task_image(services.downloader, task, image_field, downloads),
+        tasks, copy_pass.opener(lambda task: task_image_bytes(services.downloader, task, image_field, downloads)),
         on_batch=on_batch, timings=timings,
     )
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
     for result in opened:
         task_id = int(result.source["id"])
-        if result.patterns is None:
-            failures[task_id] = result.error or "unknown error"
-        else:
+        if result.patterns is not None:
             patterns[task_id] = result.patterns
+        elif task_id in copy_pass.reused:
+            patterns[task_id] = copy_pass.reused[task_id]
+        else:
+            failures[task_id] = result.error or "unknown error"
     store_started = time.monotonic()
     services.store.save_results(project_id, version, patterns, failures)
+    copy_pass.save(patterns)
     finished = time.monotonic()
     stages = job_stages(finished - started, downloads, timings, finished - store_started)
     services.store.add_pattern_stages(project_id, version, len(patterns) + len(failures), stages)
@@ -213,10 +218,15 @@ def project_image_field(services: Services, project_id: int) -> str:
     return field
 
 
-def open_task_image(
+def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field: str) -> Any:
+    """The task's image, downloaded and decoded (errors as :func:`task_image_bytes` raises them)."""
+    return load_image(task_image_bytes(downloader, task, image_field))
+
+
+def task_image_bytes(
     downloader: Downloader, task: Mapping[str, Any], image_field: str, downloads: DownloadClock | None = None
-) -> Any:
-    """The task's image, downloaded (timed on ``downloads``) and decoded; a reason of its own as an
+) -> bytes:
+    """The task's image file, downloaded (timed on ``downloads``); a reason of its own as an
     ImageLoadError when it cannot be had, and Label Studio's own unavailability re-raised (the job
     is retried later)."""
     data = task.get("data") or {}
@@ -234,7 +244,7 @@ def open_task_image(
         if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
-    return load_image(image_bytes)
+    return image_bytes
 
 
 def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> bool:
