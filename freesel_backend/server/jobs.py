@@ -28,9 +28,11 @@ from rq import get_current_job
 from .settings import ProjectSettings, Settings
 from ..engine import DuplicateGroups, ExtractionTimings, ImageLoadError, PatternExtractor, load_image
 from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
+from ..engine.selection import DUPLICATE_TOLERANCE
 from ..labelstudio.client import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from ..labelstudio.download import Downloader
 from ..labelstudio.label_config import LabelConfigError, image_field_of
+from .copy_groups import project_copies
 from .copy_pass import CopyPass
 from .pattern_stages import DownloadClock, job_stages
 from .store import SelectionRecord, Store, patterns_version
@@ -39,7 +41,7 @@ from .enqueue import (
     restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
 from .writeout.cleanup import delete_freesel_predictions
-from .writeout.flags import flagged
+from .writeout.flags import flagged, with_copy_of
 from .writeout.versions import new_model_version
 from .services import Services, job_services
 
@@ -354,13 +356,13 @@ def run_selection(project_id: int) -> dict[str, Any]:
     unlabelled = len(stored) - len(labelled)
     progress.start_stage("ranking", unlabelled)
     previous = _previous_target(store, project_id, settings, version)
-    threshold = settings.duplicate_threshold
+    threshold = settings.copy_threshold
     duplicates, prior = earlier_analysis(record, version, sorted(stored), threshold, settings.strategy)
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
-        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=threshold,  # type: ignore[arg-type]
-        duplicates=duplicates, prior=prior,
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=DUPLICATE_TOLERANCE,  # type: ignore[arg-type]
+        duplicates=duplicates or project_copies(store, project_id, sorted(stored), threshold), prior=prior,
     )
     target = publish_ranking(
         services, project_id, ranked, fingerprint, version,
@@ -418,10 +420,10 @@ def labelled_tasks(services: Services, project_id: int, labelled_earlier: set[in
 def earlier_analysis(
     record: SelectionRecord | None, version: str, task_ids: Sequence[int], threshold: float, strategy: str
 ) -> tuple[DuplicateGroups | None, np.ndarray | None]:
-    """The last ranking's near-duplicate groups (if found with ``threshold``) and draw prior (if
+    """The last ranking's copy groups (if found with the copy ``threshold``) and draw prior (if
     drawn with ``strategy``) when it ranked the same tasks with the same patterns (a re-ranking
     after labels): at thousands of tasks, finding them afresh costs more than the rest of the
-    ranking (N x N pattern products; the typicality prior's neighbours)."""
+    ranking (the copy detector's N x N candidate search; the typicality prior's neighbours)."""
     if record is None or record.patterns_version != version or record.task_ids != list(task_ids):
         return None, None
     duplicates = record.duplicates() if record.duplicate_threshold == threshold else None
@@ -484,7 +486,7 @@ def top_up_picks(project_id: int) -> dict[str, Any]:
         [stored[t] for t in record.task_ids], record.task_ids, ranking, record.duplicates(),
         failures_in(target["flags"]),
         settings.picks_for(len(record.task_ids) - len(ranking.seeds)), head_size=ranking.n_picked,
-        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+        strategy=settings.strategy, seed=settings.seed, duplicate_threshold=DUPLICATE_TOLERANCE,  # type: ignore[arg-type]
         prior=record.draw_prior(settings.strategy),
     )
     with selection_lock(store, project_id):
@@ -492,7 +494,7 @@ def top_up_picks(project_id: int) -> dict[str, Any]:
             return {"skipped": "a newer ranking replaced the target"}
         topped_up = {
             **target, "generation": store.next_run(project_id), "order": ranked.order, "n_picked": ranked.n_picked,
-            "flags": ranked.flags,
+            "flags": ranked.flags, "copy_of": ranked.copy_of,
         }
         _save_ranking(store, project_id, topped_up, record.patterns_version, ranked)
     store.update_state(project_id, n_picked=ranked.n_picked)
@@ -531,6 +533,7 @@ def _target(store: Store, project_id: int, fingerprint: str, ranked: RankedTasks
         "order": ranked.order,
         "n_picked": ranked.n_picked,
         "flags": ranked.flags,
+        "copy_of": ranked.copy_of,
         "head_size": head_size,
     }
 
@@ -540,20 +543,25 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
 
 
 def remove_selection(project_id: int) -> dict[str, int]:
-    """After disable: delete FreeSel's predictions (one request each, see ``writeout.cleanup``) and flags."""
+    """After disable: delete FreeSel's predictions (one request each, see ``writeout.cleanup``),
+    flags and ``freesel_copy_of`` fields."""
     services = job_services()
     store = services.store
     flags = store.get_flags(project_id)
     deleted = delete_freesel_predictions(services, project_id)
-    tasks = {int(task["id"]): task for task in services.client.get_tasks(project_id, sorted(flags))} if flags else {}
-    for task_id in flags:
+    copies = store.copy_fields(project_id)
+    marked = sorted(set(flags) | set(copies))
+    tasks = {int(task["id"]): task for task in services.client.get_tasks(project_id, marked)} if marked else {}
+    for task_id in marked:
         if task_id in tasks:
-            services.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
+            data = with_copy_of(flagged(tasks[task_id].get("data") or {}, None), None)
+            services.client.update_task_data(task_id, data)
         store.set_flag(project_id, task_id, None)
+        store.set_copy_field(project_id, task_id, None)
     store.replace_predictions(project_id, {})
     store.forget_ranking(project_id)
     log.info(
-        "project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks",
-        project_id, deleted, len(flags),
+        "project %s: FreeSel disabled: %d predictions deleted, flags or copy fields removed from %d tasks",
+        project_id, deleted, len(marked),
     )
     return {"deleted_predictions": deleted}

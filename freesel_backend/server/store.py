@@ -20,6 +20,7 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
                                       before the project's queue is switched to it
     <p>:<id>:target                   JSON of the last ranking that the write-out brings Label Studio to
     <p>:<id>:flags                    hash task id -> flag text written into the task's data
+    <p>:<id>:copy_of                  hash task id -> representative written as the task's freesel_copy_of
     <p>:<id>:selection                JSON of the last selection run (SelectionRecord)
     <p>:<id>:report                   hash: model_version, html (the report of that selection run)
 
@@ -549,6 +550,19 @@ class Store:
             if flags:
                 pipe.hset(key, mapping={int(t): text for t, text in flags.items()})
             pipe.execute()
+
+    def copy_fields(self, project_id: int) -> dict[int, int]:
+        """Task id -> the representative written as its ``freesel_copy_of`` in Label Studio."""
+        raw = self._redis.hgetall(self._key(project_id, "copy_of"))
+        return {int(t): int(representative) for t, representative in raw.items()}
+
+    def set_copy_field(self, project_id: int, task_id: int, representative: int | None) -> None:
+        """Record the task's ``freesel_copy_of`` as written (None: none)."""
+        key = self._key(project_id, "copy_of")
+        if representative is None:
+            self._redis.hdel(key, int(task_id))
+        else:
+            self._redis.hset(key, int(task_id), int(representative))
 
     # ---- the last selection run and its report ------------------------------------------------
 
