@@ -280,8 +280,8 @@ class ProjectSettings:
             0 < self.copy_threshold <= 1
         ):
             raise SettingsError(
-                "copy_threshold must be a copy score in (0, 1] (1: byte-identical files and pixel-identical "
-                f"images only; default {DEFAULT_COPY_THRESHOLD}), got {self.copy_threshold!r}"
+                "copy_threshold must be a copy score in (0, 1] (1: byte-identical files only; default "
+                f"{DEFAULT_COPY_THRESHOLD}), got {self.copy_threshold!r}"
             )
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise SettingsError(f"model must be a model name or null, got {self.model!r}")
@@ -325,7 +325,7 @@ class ProjectSettings:
         """Settings as saved by :meth:`to_dict`. Saved before presets existed (no ``explicit``), a
         preset setting counts as the admin's where it differs from the default of that time. A
         stored ``duplicate_threshold`` (retired) becomes the copy threshold: 0 (near-duplicates
-        turned off) the strictest, 1.0 (identical images only); any other value the default."""
+        turned off) the strictest, 1.0 (byte-identical files only); any other value the default."""
         stored = dict(stored)
         if RETIRED_DUPLICATE_THRESHOLD in stored:
             retired = stored.pop(RETIRED_DUPLICATE_THRESHOLD)
