@@ -11,7 +11,8 @@ import pytest
 
 from benchmarks.quality.features import Features
 from benchmarks.quality.progressive import PRESETS, backend_ranking, main, sample, task_ids
-from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.engine.ranking import no_duplicates, rank_tasks
+from freesel_backend.engine.selection import DUPLICATE_TOLERANCE
 from freesel_backend.server.settings import ProjectSettings, Settings
 from freesel_backend.server.jobs import earlier_analysis
 from freesel_backend.server.store import SelectionRecord, Store
@@ -62,7 +63,8 @@ def test_the_whole_pool_is_ranked_as_the_backend_ranks_it_once_all_patterns_are_
                                                                          settings.attention_ratio)])), {})
     once = rank_tasks(
         store.load_patterns(PROJECT, "v1"), set(), {}, settings.picks_for(400), head_size=Settings().head_size,
-        strategy=settings.strategy, seed=2, duplicate_threshold=settings.duplicate_threshold,  # type: ignore[arg-type]
+        strategy=settings.strategy, seed=2, duplicate_threshold=DUPLICATE_TOLERANCE,  # type: ignore[arg-type]
+        duplicates=no_duplicates(settings.copy_threshold),
     )
     order = backend_ranking(features, sample(400, 1.0, seed=2), kind, seed=2)
     assert order.tolist() == once.order
@@ -112,9 +114,10 @@ def test_a_ranking_once_all_patterns_are_in_reuses_nothing_of_a_ranking_made_fro
     drawn = sample(400, 0.25, seed=0).tolist()
     ranked = rank_tasks(
         {t: patterns[t] for t in drawn}, set(), {}, settings.picks_for(len(drawn)), head_size=300,
-        strategy="typical", seed=0, duplicate_threshold=settings.duplicate_threshold,
+        strategy="typical", seed=0, duplicate_threshold=DUPLICATE_TOLERANCE,
+        duplicates=no_duplicates(settings.copy_threshold),
     )
     record = SelectionRecord.of("v", "p1", ranked.task_ids, ranked.ranking, ranked.duplicates, "typical", ranked.prior)
-    assert earlier_analysis(record, "p1", sorted(patterns), settings.duplicate_threshold, "typical") == (None, None)
-    duplicates, prior = earlier_analysis(record, "p1", drawn, settings.duplicate_threshold, "typical")
+    assert earlier_analysis(record, "p1", sorted(patterns), settings.copy_threshold, "typical") == (None, None)
+    duplicates, prior = earlier_analysis(record, "p1", drawn, settings.copy_threshold, "typical")
     assert duplicates is not None and prior is not None  # the same tasks again (after labels): reused
