@@ -358,11 +358,13 @@ def run_selection(project_id: int) -> dict[str, Any]:
     previous = _previous_target(store, project_id, settings, version)
     threshold = settings.copy_threshold
     duplicates, prior = earlier_analysis(record, version, sorted(stored), threshold, settings.strategy)
+    if duplicates is None:
+        duplicates = project_copies(store, project_id, sorted(stored), threshold)
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
         strategy=settings.strategy, seed=settings.seed, duplicate_threshold=DUPLICATE_TOLERANCE,  # type: ignore[arg-type]
-        duplicates=duplicates or project_copies(store, project_id, sorted(stored), threshold), prior=prior,
+        duplicates=duplicates, prior=prior,
     )
     target = publish_ranking(
         services, project_id, ranked, fingerprint, version,
