@@ -1,17 +1,25 @@
 """Copies in the pattern jobs: a file the project already has patterns for costs no forward (a
 re-imported folder costs no extraction at all); every other file gets its copy signature from the
-pixels decoded for the model, or the detector's reason; all kept in a real Redis."""
+pixels decoded for the model, or the detector's reason; all kept in a real Redis, and the groups
+of a ranking shown by status and the CLI."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from freesel_backend.cli import describe_status
 from freesel_backend.cli.samples import scene_image
+from freesel_backend.engine import Ranking
+from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
+from freesel_backend.server.admin import status
+from freesel_backend.server.copy_groups import project_copies
 from freesel_backend.server.jobs import extractor_for
 from freesel_backend.server.settings import ProjectSettings
+from freesel_backend.server.store import SelectionRecord
 from harness.local_http import LocalHttpServer, content
 from tests.test_pattern_stages import PROJECT, run_pattern_job, tiny_model_services
 
@@ -56,7 +64,9 @@ def forwards(monkeypatch, redis_connection, tmp_path):
     return services, counted
 
 
-def test_a_reimported_folder_costs_no_forward_and_takes_the_patterns_of_the_first_import(image_files, forwards):
+def test_a_reimported_folder_costs_no_forward_takes_the_first_imports_patterns_and_is_grouped_with_it(
+    image_files, forwards
+):
     server, names = image_files
     services, counted = forwards
     first = {task_id: f"{server.url}/{name}" for task_id, name in enumerate(names[:4])}
@@ -73,6 +83,8 @@ def test_a_reimported_folder_costs_no_forward_and_takes_the_patterns_of_the_firs
     records = services.store.copy_records(PROJECT, [*first, *again])
     assert all(records[100 + task_id] == records[task_id] for task_id in first)
     assert all(records[task_id].signature is not None for task_id in first)
+    groups = project_copies(services.store, PROJECT, [*first, *again], DEFAULT_COPY_THRESHOLD).groups
+    assert groups == [[index, index + 4] for index in range(4)]  # positions of task t and task 100 + t
 
 
 def test_copies_within_one_job_are_all_extracted_and_recorded_with_one_digest(image_files, forwards):
@@ -112,3 +124,21 @@ def test_a_truncated_file_is_a_failure_with_no_copy_record(tmp_path, forwards):
 
     assert patterns == {} and "truncated" in failures[1]
     assert services.store.copy_records(PROJECT, [1]) == {}
+
+
+def test_status_and_the_cli_show_the_last_rankings_copy_groups_and_copies(image_files, forwards):
+    server, names = image_files
+    services, _ = forwards
+    urls = {task_id: f"{server.url}/{names[task_id % 4]}" for task_id in range(1, 7)}  # tasks 5, 6 repeat 1, 2
+    run_pattern_job(services, urls)
+    task_ids = sorted(urls)
+    groups = project_copies(services.store, PROJECT, task_ids, DEFAULT_COPY_THRESHOLD)
+    ranking = Ranking(np.arange(6), np.zeros(6), 6)
+    services.store.save_selection(PROJECT, SelectionRecord.of("v", "p", task_ids, ranking, groups))
+
+    shown = status(services, PROJECT)["copies"]
+
+    assert shown == {"threshold": DEFAULT_COPY_THRESHOLD, "groups": 2, "copies": 2, "listed": [[1, 5], [2, 6]]}
+    assert "copies (copy threshold 0.97): 2 groups, 2 copies: task 1, task 5; task 2, task 6" in describe_status(
+        status(services, PROJECT)
+    )
