@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from freesel_backend.cli.samples import scene_image  # noqa: E402
-from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD, content_digest, copy_signature  # noqa: E402
+from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD, CopySignature, content_digest  # noqa: E402
 from freesel_backend.engine.file_copies import copies_of_files  # noqa: E402
 from freesel_backend.engine.images import load_image  # noqa: E402
 from freesel_backend.engine.ranking import rank_tasks  # noqa: E402
@@ -66,8 +66,9 @@ def job_share(n_images: int) -> None:
 
 def ranking_share(n_tasks: int) -> None:
     files = pool(n_tasks)
-    signatures = [copy_signature(load_image(data)) for data in files]
     digests = [content_digest(data) for data in files]
+    records = [record_of(digest, data, load_image(data)) for digest, data in zip(digests, files)]
+    signatures = [CopySignature.from_bytes(record.signature) if record.signature else None for record in records]
     started = time.perf_counter()
     groups = copies_of_files(digests, signatures, DEFAULT_COPY_THRESHOLD)
     grouping = time.perf_counter() - started
