@@ -19,7 +19,7 @@ import requests
 from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
 from freesel_backend.engine.ranking import NOT_PICKED
 from freesel_backend.server.writeout.plan import PICK_FLAG
-from harness.backend import REPO_ROOT, BackendProcesses, backend_env, wait_for
+from harness.backend import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
 from freesel_backend.cli.samples import scene_image
 from harness.label_studio import LABEL_CONFIG
 from tests.test_end_to_end import current_ranking, settled
@@ -159,3 +159,14 @@ def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_th
     backend.post(pid, "reselect")
     settled(backend, pid, before)
     assert report(backend, pid).status_code == 202  # a new selection run: its own report is built
+
+
+def test_disable_removes_the_flags_and_freesel_copy_of_from_every_task(label_studio, project) -> None:
+    backend, pid = project["backend"], project["id"]
+    assert any("freesel_copy_of" in fields for fields in flags(label_studio, pid).values())
+
+    backend.post(pid, "disable")
+    wait_for(lambda: idle(backend.status(pid)), 120, "cleanup after disable")
+
+    left = {task_id: sorted(set(fields) - {"image"}) for task_id, fields in flags(label_studio, pid).items()}
+    assert left == {task_id: [] for task_id in left}

@@ -17,7 +17,7 @@ from freesel_backend.engine import Ranking
 from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
 from freesel_backend.server.admin import status
 from freesel_backend.server.copy_groups import project_copies
-from freesel_backend.server.jobs import extractor_for
+from freesel_backend.server.jobs import done_with_copies, extractor_for
 from freesel_backend.server.settings import ProjectSettings
 from freesel_backend.server.store import SelectionRecord
 from harness.local_http import LocalHttpServer, content
@@ -85,6 +85,24 @@ def test_a_reimported_folder_costs_no_forward_takes_the_first_imports_patterns_a
     assert all(records[task_id].signature is not None for task_id in first)
     groups = project_copies(services.store, PROJECT, [*first, *again], DEFAULT_COPY_THRESHOLD).groups
     assert groups == [[index, index + 4] for index in range(4)]  # positions of task t and task 100 + t
+
+
+def test_tasks_whose_patterns_were_stored_before_copy_records_get_their_records_with_no_forward(
+    image_files, forwards, redis_connection
+):
+    server, names = image_files
+    services, counted = forwards
+    urls = {task_id: f"{server.url}/{name}" for task_id, name in enumerate(names[:4])}
+    run_pattern_job(services, urls)
+    version = services.store.get_state(PROJECT)["patterns_version"]
+    redis_connection.delete(f"freesel:{PROJECT}:copies", f"freesel:{PROJECT}:digests")  # as stored before
+    assert done_with_copies(services.store, PROJECT, version) == set()  # a sync sends them to a pattern job
+
+    patterns, failures = run_pattern_job(services, urls)
+
+    assert counted["images"] == 4 and sorted(patterns) == sorted(urls) and failures == {}
+    assert done_with_copies(services.store, PROJECT, version) == set(urls)
+    assert all(record.signature is not None for record in services.store.copy_records(PROJECT, urls).values())
 
 
 def test_copies_within_one_job_are_all_extracted_and_recorded_with_one_digest(image_files, forwards):

@@ -3,7 +3,8 @@
 Each downloaded file is hashed first: a file the project already has patterns for (a re-imported
 folder, the same upload twice) takes those patterns and is never decoded nor run through the
 model. Every other file, once decoded for the model, gets its copy signature (or the detector's
-reason for having none). Both go to the store as the task's :class:`~.store.CopyRecord`, from which
+reason for having none); so does a task whose patterns were stored before copy records were kept,
+with no forward. Both go to the store as the task's :class:`~.store.CopyRecord`, from which
 rankings build the project's copy groups (``copy_groups.py``).
 """
 
@@ -58,7 +59,10 @@ class CopyPass:
                 )
                 raise KnownFile(f"the same file as task {known}")
         image = load_image(data)
-        self._keep(task_id, record_of(digest, data, image))
+        own = self._store.load_patterns(self._project_id, self._version, [task_id]).get(task_id)
+        self._keep(task_id, record_of(digest, data, image), own)
+        if own is not None:  # patterns stored before copy records were kept: the record only
+            raise KnownFile("its patterns are stored already")
         return image
 
     def _keep(self, task_id: int, record: CopyRecord | None, patterns: np.ndarray | None = None) -> None:

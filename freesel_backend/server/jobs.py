@@ -130,13 +130,13 @@ def settle_claim(services: Services, project_id: int, job_id: str) -> None:
 
 def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
-    its reason. Tasks that already have patterns of the current version are skipped. The job's
+    its reason. Tasks that already have patterns of the current version and a copy record are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
     extractor = extractor_for(services.settings, services.store.get_settings(project_id))
     started = time.monotonic()  # after the worker's first job loaded the model
     version = version_of(extractor)
     services.store.use_patterns_version(project_id, version)
-    todo = sorted(set(map(int, task_ids)) - set(services.store.load_patterns(project_id, version, task_ids)))
+    todo = sorted(set(map(int, task_ids)) - done_with_copies(services.store, project_id, version))
     progress = JobProgress(len(todo))
     if not todo:
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
@@ -211,6 +211,12 @@ def extract_and_store(
     return patterns, failures
 
 
+def done_with_copies(store: Store, project_id: int, version: str) -> set[int]:
+    """The tasks with patterns of ``version`` and a copy record (a task with patterns stored
+    before copy records were kept gets its record from a pattern job, with no forward)."""
+    return store.tasks_with_patterns(project_id, version) & store.tasks_with_copy_records(project_id)
+
+
 def project_image_field(services: Services, project_id: int) -> str:
     """The task data field holding the image, read from the label config once and kept in the project state."""
     field = services.store.get_state(project_id).get("image_field")
@@ -279,7 +285,7 @@ def reconcile(
     store.remove_tasks(project_id, gone)
     settled = known
     if version:
-        settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
+        settled = done_with_copies(store, project_id, version) | set(store.failures(project_id, version))
         settled |= tasks_in_the_works(services, project_id)
     missing = listed - settled
     if missing:  # imported without a webhook, or Redis lost its data: compute them, rank again after

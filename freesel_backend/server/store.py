@@ -382,6 +382,9 @@ class Store:
         blobs = self._redis.hmget(self._key(project_id, "copies"), ids) if ids else []
         return {t: CopyRecord.decode(blob) for t, blob in zip(ids, blobs) if blob is not None}
 
+    def tasks_with_copy_records(self, project_id: int) -> set[int]:
+        return {int(t) for t in self._redis.hkeys(self._key(project_id, "copies"))}
+
     def task_of_digest(self, project_id: int, digest: str) -> int | None:
         """The first task seen with the file of this digest (deleted since, perhaps), if any."""
         raw = self._redis.hget(self._key(project_id, "digests"), digest)
