@@ -1,4 +1,4 @@
-"""Near-duplicates and the selection report in the backend: a real Label Studio 1.23.2, a real
+"""Copies and the selection report in the backend: a real Label Studio 1.23.2, a real
 Redis, gunicorn and a real RQ worker, the tiny random-init ViT. One project: six distinct scenes,
 two of them uploaded a second time (exact copies), one task whose image cannot be downloaded;
 budget 6, so the picks can cover every distinct scene exactly once."""
@@ -16,10 +16,10 @@ import pytest
 import redis
 import requests
 
-from freesel_backend.engine import DEFAULT_DUPLICATE_THRESHOLD
+from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
 from freesel_backend.engine.ranking import NOT_PICKED
 from freesel_backend.server.writeout.plan import PICK_FLAG
-from harness.backend import REPO_ROOT, BackendProcesses, backend_env, wait_for
+from harness.backend import REPO_ROOT, BackendProcesses, backend_env, idle, wait_for
 from freesel_backend.cli.samples import scene_image
 from harness.label_studio import LABEL_CONFIG
 from tests.test_end_to_end import current_ranking, settled
@@ -63,16 +63,31 @@ def flags(ls, project_id: int) -> dict[int, dict[str, Any]]:
     return {t["id"]: t["data"] for t in tasks}
 
 
-def test_exact_copies_uploaded_twice_are_listed_as_near_duplicate_groups_in_status(project) -> None:
+def test_exact_copies_uploaded_twice_are_listed_as_copy_groups_in_status(project) -> None:
     status = project["backend"].status(project["id"])
     expected = [[project["originals"][scene], copy] for scene, copy in zip(COPIED_SCENES, project["copies"])]
-    assert status["settings"]["duplicate_threshold"] == DEFAULT_DUPLICATE_THRESHOLD
-    assert status["near_duplicates"] == {
-        "threshold": DEFAULT_DUPLICATE_THRESHOLD,
-        "groups": 2,
-        "flagged": 2,
-        "listed": expected,
-    }
+    assert status["settings"]["copy_threshold"] == DEFAULT_COPY_THRESHOLD
+    assert status["copies"] == {"threshold": DEFAULT_COPY_THRESHOLD, "groups": 2, "copies": 2, "listed": expected}
+
+
+def test_the_data_managers_filter_on_freesel_copy_of_finds_every_copy_and_only_copies(label_studio, project) -> None:
+    pid = project["id"]
+    representative = dict(zip(project["copies"], (project["originals"][scene] for scene in COPIED_SCENES)))
+
+    def filtered(operator: str, value: Any, kind: str) -> list[int]:
+        item = {"filter": "filter:tasks:data.freesel_copy_of", "operator": operator, "value": value, "type": kind}
+        query = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+        answer = label_studio.api("GET", "/api/tasks/", params={"project": pid, "query": query, "page_size": 100})
+        assert answer.status_code == 200, answer.text
+        return sorted(task["id"] for task in answer.json()["tasks"])
+
+    columns = label_studio.api("GET", "/api/dm/columns/", params={"project": pid}).json()["columns"]
+    assert any(column["id"] == "freesel_copy_of" and column["parent"] == "data" for column in columns)
+    assert filtered("empty", False, "Number") == sorted(representative)  # "is not empty": every copy
+    first_copy = project["copies"][0]
+    assert filtered("equal", representative[first_copy], "Number") == [first_copy]  # the copies of one task
+    data = flags(label_studio, pid)
+    assert {task_id for task_id, fields in data.items() if "freesel_copy_of" in fields} == set(representative)
 
 
 def test_one_member_of_each_group_is_picked_and_the_other_is_flagged_as_its_near_duplicate(
@@ -114,7 +129,7 @@ def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_th
     assert not re.search(r'(src|href)="(https?:)?//', html) and "<link" not in html and "url(" not in html
     failures = html[html.index('id="failures"') : html.index('id="settings"')]
     assert f"task {project['broken']}" in failures and "image download failed" in failures
-    assert "Near-duplicates (2 groups)" in html and "vit_tiny_patch16_224+random-init" in html
+    assert "Copies (2 groups)" in html and "vit_tiny_patch16_224+random-init" in html
     assert html.count('class="detail"') == 4  # the patch views: the worker's extractor made these patterns
 
     out = tmp_path / "report.html"
@@ -144,3 +159,14 @@ def test_report_is_built_by_a_worker_then_served_as_self_contained_html_until_th
     backend.post(pid, "reselect")
     settled(backend, pid, before)
     assert report(backend, pid).status_code == 202  # a new selection run: its own report is built
+
+
+def test_disable_removes_the_flags_and_freesel_copy_of_from_every_task(label_studio, project) -> None:
+    backend, pid = project["backend"], project["id"]
+    assert any("freesel_copy_of" in fields for fields in flags(label_studio, pid).values())
+
+    backend.post(pid, "disable")
+    wait_for(lambda: idle(backend.status(pid)), 120, "cleanup after disable")
+
+    left = {task_id: sorted(set(fields) - {"image"}) for task_id, fields in flags(label_studio, pid).items()}
+    assert left == {task_id: [] for task_id in left}

@@ -135,8 +135,8 @@ def test_queue_serves_freesel_picks_in_order_new_unlike_images_jump_ahead_and_di
     # the new tasks got their predictions under the live version: nothing else was rewritten
     assert ls.api("GET", f"/api/projects/{pid}/").json()["model_version"] == version
     assert sorted(remaining) == sorted(set(remaining)) and set(new_ids) <= set(remaining)
-    group_of = {task: group for group in status["near_duplicates"]["listed"] for task in group}
-    for task in new_ids:  # ahead of the old looks, unless a near-duplicate of a task served before it
+    group_of = {task: group for group in status["copies"]["listed"] for task in group}
+    for task in new_ids:  # ahead of the old looks, unless a copy of a task served before it
         position = remaining.index(task)
         earlier_twin = any(t in remaining[:position] for t in group_of.get(task, ()))
         assert position < len(remaining) / 2 or earlier_twin, (task, remaining, group_of)

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.quality.features import Features
 from benchmarks.quality.progressive import PRESETS, backend_ranking, main, sample, task_ids
-from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.engine.ranking import no_duplicates, rank_tasks
 from freesel_backend.engine.selection import DrawSettings
 from freesel_backend.server.settings import ProjectSettings, Settings
 from freesel_backend.server.jobs import earlier_analysis
@@ -63,7 +63,7 @@ def test_the_whole_pool_is_ranked_as_the_backend_ranks_it_once_all_patterns_are_
                                                                          settings.attention_ratio)])), {})
     once = rank_tasks(
         store.load_patterns(PROJECT, "v1"), set(), {}, settings.picks_for(400), head_size=Settings().head_size,
-        draw=settings.draw_settings(),
+        draw=settings.draw_settings(), duplicates=no_duplicates(settings.copy_threshold),
     )
     order = backend_ranking(features, sample(400, 1.0, seed=2), kind, seed=2)
     assert order.tolist() == once.order
@@ -111,13 +111,14 @@ def test_a_ranking_once_all_patterns_are_in_reuses_nothing_of_a_ranking_made_fro
     settings = ProjectSettings().with_preset("classification")
     patterns = dict(enumerate(features.patterns[(1, 1.0)]))
     drawn = sample(400, 0.25, seed=0).tolist()
-    typical = DrawSettings("typical", 0, settings.duplicate_threshold)
+    typical = DrawSettings("typical", 0)
     ranked = rank_tasks(
         {t: patterns[t] for t in drawn}, set(), {}, settings.picks_for(len(drawn)), head_size=300, draw=typical,
+        duplicates=no_duplicates(settings.copy_threshold),
     )
     prior = ranked.draw.prior
     record = SelectionRecord.of("v", "p1", ranked.task_ids, ranked.ranking, ranked.duplicates, "typical", prior)
-    duplicates, draw = earlier_analysis(record, "p1", sorted(patterns), typical)
+    duplicates, draw = earlier_analysis(record, "p1", sorted(patterns), typical, settings.copy_threshold)
     assert duplicates is None and draw.prior is None
-    duplicates, draw = earlier_analysis(record, "p1", drawn, typical)
+    duplicates, draw = earlier_analysis(record, "p1", drawn, typical, settings.copy_threshold)
     assert duplicates is not None and draw.prior is not None  # the same tasks again (after labels): reused

@@ -15,6 +15,7 @@ from rq.job import JobStatus
 
 from freesel_backend.cli.project import describe_status
 from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.server.copy_groups import project_copies
 from freesel_backend.server.enqueue import enqueue_patterns, next_ranking_at, rank_if_due, restore_pattern_jobs
 from freesel_backend.server.jobs import reconcile
 from freesel_backend.server.writeout.plan import PICK_FLAG
@@ -295,7 +296,8 @@ def test_a_thousand_tasks_are_ranked_from_a_first_random_sample_then_at_each_dou
     state, target, settings = store.get_state(pid), store.get_target(pid), store.get_settings(pid)
     patterns = store.load_patterns(pid, state["patterns_version"])
     once = rank_tasks(
-        patterns, set(), {}, settings.picks_for(TASKS), head_size=HEAD, draw=settings.draw_settings()
+        patterns, set(), {}, settings.picks_for(TASKS), head_size=HEAD, draw=settings.draw_settings(),
+        duplicates=project_copies(store, pid, sorted(patterns), settings.copy_threshold),
     )
     assert target["order"] == once.order and target["n_picked"] == once.n_picked
     queue = queue_by_score(ls, pid)

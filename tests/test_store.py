@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from freesel_backend.server.settings import ProjectSettings, SettingsError
 from freesel_backend.engine import DuplicateGroups, Ranking
+from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
 from freesel_backend.server.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
 
 
@@ -54,9 +57,20 @@ def test_project_settings_round_trip_and_invalid_values_name_the_setting(redis_c
         ProjectSettings().updated({"colour": "red"})
     with pytest.raises(SettingsError, match="strategy"):
         ProjectSettings(strategy="best")
-    for threshold in (-0.1, 1.0, "0.02", True):
-        with pytest.raises(SettingsError, match="duplicate_threshold"):
-            ProjectSettings(duplicate_threshold=threshold)
+    for threshold in (0, -0.1, 1.5, "0.97", True):
+        with pytest.raises(SettingsError, match="copy_threshold"):
+            ProjectSettings(copy_threshold=threshold)
+
+
+def test_a_stored_duplicate_threshold_becomes_the_copy_threshold_and_can_no_longer_be_set(redis_connection):
+    store = Store(redis_connection)
+    stored = {"budget": 0.1, "duplicate_threshold": 0.001}
+    redis_connection.set("freesel:1:settings", json.dumps(stored))
+    redis_connection.set("freesel:2:settings", json.dumps({**stored, "duplicate_threshold": 0.0}))
+    assert store.get_settings(1) == ProjectSettings(budget=0.1, copy_threshold=DEFAULT_COPY_THRESHOLD)
+    assert store.get_settings(2) == ProjectSettings(budget=0.1, copy_threshold=1.0)  # near-duplicates were off
+    with pytest.raises(SettingsError, match="duplicate_threshold .* is retired: copies are found by copy_threshold"):
+        ProjectSettings().updated({"duplicate_threshold": 0.05})
 
 
 def test_budget_is_capped_per_run():

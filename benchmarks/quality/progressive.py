@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from freesel_backend.engine.ranking import rank_tasks
+from freesel_backend.engine.ranking import no_duplicates, rank_tasks
 from freesel_backend.server.settings import ProjectSettings, Settings
 from freesel_backend.server.store import decode_patterns, draw_position, encode_patterns
 from . import __main__ as single_object, multi_object
@@ -63,13 +63,14 @@ def sample_size(n_images: int, fraction: float) -> int:
 def backend_ranking(features: Features, images: np.ndarray, kind: str, seed: int) -> np.ndarray:
     """``images`` in the order the backend ranks their tasks in a project of preset ``kind``
     (``seed``: the project's seed), nothing labelled: the preset's patterns, round-tripped through
-    the store's encoding, ranked by ``rank_tasks`` with the project's budget and the head size."""
+    the store's encoding, ranked by ``rank_tasks`` with the project's budget and the head size (no
+    copies: the features come without files)."""
     settings = ProjectSettings(seed=seed).with_preset(kind)
     patterns = features.patterns[(settings.patterns_per_image, settings.attention_ratio)]
     stored = {int(image): decode_patterns(encode_patterns(patterns[image])) for image in images}
     ranked = rank_tasks(
         stored, set(), {}, settings.picks_for(len(stored)), head_size=Settings().head_size,
-        draw=settings.draw_settings(),
+        draw=settings.draw_settings(), duplicates=no_duplicates(settings.copy_threshold),
     )
     return np.asarray(ranked.order, dtype=np.int64)
 

@@ -94,12 +94,12 @@ def describe_status(status: dict[str, Any]) -> str:
         f"retrying: {job['description']} at {job['next_try_at']} ({job['retries_left']} retries left): {job['error']}"
         for job in status.get("retrying", [])
     ]
-    duplicates = status.get("near_duplicates")
-    if duplicates and duplicates["groups"]:
-        groups = "; ".join(", ".join(f"task {t}" for t in group) for group in duplicates["listed"][:10])
+    copies = status.get("copies")
+    if copies and copies["groups"]:
+        groups = "; ".join(", ".join(f"task {t}" for t in group) for group in copies["listed"][:10])
         lines.append(
-            f"near-duplicates (threshold {duplicates['threshold']}): {duplicates['groups']} groups, "
-            f"{duplicates['flagged']} tasks flagged: {groups}" + (" ..." if duplicates["groups"] > 10 else "")
+            f"copies (copy threshold {copies['threshold']}): {copies['groups']} groups, "
+            f"{copies['copies']} copies: {groups}" + (" ..." if copies["groups"] > 10 else "")
         )
     lines += [f"failed task {failure['task']}: {failure['reason']}" for failure in status["failures"]]
     return "\n".join(lines)

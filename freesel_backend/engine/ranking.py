@@ -8,7 +8,7 @@ write-out's target; ``select --out`` writes :func:`ranking_rows`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +27,17 @@ def flags_for(failures: Mapping[int, str], duplicate_of: Mapping[int, int]) -> d
     flags = {task_id: f"{NOT_PICKED} (near-duplicate of task {original})" for task_id, original in duplicate_of.items()}
     flags.update({task_id: f"{FAILURE_FLAG}{reason}" for task_id, reason in failures.items()})
     return flags
+
+
+def copy_of_representatives(task_ids: Sequence[int], duplicates: DuplicateGroups, labelled: set[int]) -> dict[int, int]:
+    """Task id -> its group's representative, for every other member of a group: the first
+    labelled member (the one that counts), else the lowest task id. What an admin filters copies on."""
+    copy_of: dict[int, int] = {}
+    for group in duplicates.groups:
+        members = [int(task_ids[image]) for image in group]
+        representative = next((task_id for task_id in members if task_id in labelled), members[0])
+        copy_of.update({task_id: representative for task_id in members if task_id != representative})
+    return copy_of
 
 
 def failures_in(flags: Mapping[Any, str]) -> dict[int, str]:
@@ -59,6 +70,7 @@ class RankedTasks:
     n_picked: int
     flags: dict[int, str]
     draw: DrawSettings
+    copy_of: dict[int, int] = field(default_factory=dict)  # see copy_of_representatives
 
     @property
     def picked(self) -> list[int]:
@@ -82,12 +94,19 @@ def rank_tasks(
     afresh; every pick on a first ranking), the other tasks in the order of the ``previous`` ranking
     (task ids; its first ``previous_n_picked`` were picks and stay picks, up to ``budget``), then
     tasks it did not hold by distance; see ``selection.rerank_head``. Failures and the
-    near-duplicates of picked or labelled tasks are flagged. ``duplicates``: the near-duplicate
-    groups of these very patterns (in task id order) at ``draw.duplicate_threshold``, found by an
-    earlier ranking (labels do not change them); found afresh when not given. ``draw.prior``:
-    likewise, the draw prior of these patterns for ``draw.strategy`` (``selection.draw_prior``)."""
+    near-duplicates of picked or labelled tasks are flagged. ``duplicates``: the groups of these
+    tasks (in task id order): the copy groups of their files, or those of an earlier ranking
+    (labels do not change them); without them, the groups of patterns within
+    ``draw.duplicate_threshold`` (``duplicates.find_near_duplicates``). Every member of a group is
+    ranked with its representative's patterns (:func:`shared_within_groups`), so that once one of
+    a group is picked or labelled the others carry no weight. ``draw.prior``: the draw prior of
+    these (shared) patterns for ``draw.strategy`` (``selection.draw_prior``), computed when not given."""
     task_ids = sorted(patterns)
     images = [patterns[task_id] for task_id in task_ids]
+    if duplicates is None:
+        threshold = draw.duplicate_threshold
+        duplicates = find_near_duplicates(images, threshold) if images else no_duplicates(threshold)
+    images = shared_within_groups(images, duplicates)
     draw = draw.with_prior_of(images)
     seeds = [image for image, task_id in enumerate(task_ids) if task_id in labelled]
     image_of = {task_id: image for image, task_id in enumerate(task_ids)}
@@ -100,9 +119,6 @@ def rank_tasks(
         )
         if len(seeds) < len(task_ids) else None
     )
-    if duplicates is None:
-        threshold = draw.duplicate_threshold
-        duplicates = find_near_duplicates(images, threshold) if images else no_duplicates(threshold)
     return _ranked(task_ids, ranking, duplicates, labelled, failures, draw)
 
 
@@ -119,7 +135,9 @@ def rank_tail(
 ) -> RankedTasks:
     """``ranking`` (of the tasks ``task_ids``, ``patterns`` in the same order) with its first
     ``head_size`` picks kept and the picks after them drawn afresh (``selection.extend_head``),
-    flagged as :func:`rank_tasks` flags; ``draw`` as :func:`rank_tasks` takes it."""
+    flagged as :func:`rank_tasks` flags, the members of each of the ``duplicates`` groups ranked
+    with their representative's patterns; ``draw`` as :func:`rank_tasks` takes it."""
+    patterns = shared_within_groups(patterns, duplicates)
     n_head = min(head_size, ranking.n_picked)
     draw = draw.with_prior_of(patterns)
     refreshed = extend_head(
@@ -127,6 +145,17 @@ def rank_tail(
     )
     labelled = {int(task_ids[image]) for image in ranking.seeds}
     return _ranked([int(t) for t in task_ids], refreshed, duplicates, labelled, failures, draw)
+
+
+def shared_within_groups(patterns: Sequence[np.ndarray], duplicates: DuplicateGroups) -> list[np.ndarray]:
+    """``patterns`` with every member of a group given its representative's: a pick of any
+    member is then at distance 0 from the others, which selection weighs 0 whatever their own
+    patterns (copies' patterns differ after a crop or a re-encode)."""
+    shared = list(patterns)
+    for representative, *members in duplicates.groups:
+        for member in members:
+            shared[member] = patterns[representative]
+    return shared
 
 
 def no_duplicates(threshold: float) -> DuplicateGroups:
@@ -142,7 +171,8 @@ def _ranked(
     n_picked = ranking.n_picked if ranking else 0
     chosen = set(order[:n_picked]) | (labelled & set(task_ids))
     flags = flags_for(failures, near_duplicate_of_chosen(task_ids, duplicates, chosen))
-    return RankedTasks(task_ids, ranking, duplicates, order, n_picked, flags, draw)
+    copy_of = copy_of_representatives(task_ids, duplicates, labelled)
+    return RankedTasks(task_ids, ranking, duplicates, order, n_picked, flags, draw, copy_of)
 
 
 # ---- a ranking as JSON --------------------------------------------------------------------------

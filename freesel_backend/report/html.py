@@ -59,14 +59,19 @@ class ReportData:
     duplicates: DuplicateGroups | None = None
     duplicate_threshold: float = DUPLICATE_TOLERANCE
     title: str = "FreeSel selection report"
+    # The groups are copies of one file or photograph (the copy detector), not images whose
+    # patterns match within duplicate_threshold.
+    copies: bool = False
 
 
 def report_data(
     names: Sequence[str], patterns: Sequence[np.ndarray], ranking: Ranking, duplicates: DuplicateGroups, *,
     model_id: str, settings: Mapping[str, Any], failures: Mapping[str, str], title: str = ReportData.title,
+    copies: bool = False,
 ) -> ReportData:
     """What the report of one ranking shows: ``settings`` as given, except the near-duplicate
-    threshold, which is that of ``duplicates`` and shown with them; ``failures`` by image name."""
+    threshold, which is that of ``duplicates`` and shown with them; ``failures`` by image name.
+    ``copies``: ``duplicates`` are copy groups (their threshold a copy score, shown with the settings)."""
     return ReportData(
         names=list(names),
         patterns=list(patterns),
@@ -75,8 +80,9 @@ def report_data(
         settings={name: value for name, value in settings.items() if name != "duplicate_threshold"},
         failures=[Failure(name, reason) for name, reason in failures.items()],
         duplicates=duplicates,
-        duplicate_threshold=duplicates.threshold,
+        duplicate_threshold=DUPLICATE_TOLERANCE if copies else duplicates.threshold,
         title=title,
+        copies=copies,
     )
 
 
@@ -124,7 +130,8 @@ def build_report(
     context = {
         "title": data.title,
         "model_id": data.model_id,
-        "settings": {**data.settings, "duplicate threshold": data.duplicate_threshold},
+        "settings": {**data.settings, **({} if data.copies else {"duplicate threshold": data.duplicate_threshold})},
+        "copies": data.copies,
         "counts": _counts(data),
         "grid": [_pick_cell(data, position, thumbnails) for position in range(len(shown_picks))],
         "details": _details(data, picks[: options.detail_picks], open_image, extractor, options.detail_px),
@@ -237,8 +244,8 @@ def _counts(data: ReportData) -> list[tuple[str, int]]:
     ]
     if data.duplicates is not None:
         counts += [
-            ("near-duplicate groups", len(data.duplicates.groups)),
-            ("near-duplicates flagged", data.duplicates.n_flagged),
+            ("copy groups" if data.copies else "near-duplicate groups", len(data.duplicates.groups)),
+            ("copies" if data.copies else "near-duplicates flagged", data.duplicates.n_flagged),
         ]
     return counts
 

@@ -137,7 +137,7 @@ def status(services: Services, project_id: int) -> dict[str, Any]:
             for job in groups["scheduled"]
             if _attempts(job)
         ],
-        "near_duplicates": near_duplicates(store, project_id),
+        "copies": copy_groups(store, project_id),
     }
 
 
@@ -232,8 +232,9 @@ def _job_problem(job: Job, connection: redis.Redis | None = None) -> dict[str, A
     return answer
 
 
-def near_duplicates(store: Store, project_id: int) -> dict[str, Any] | None:
-    """The last selection run's near-duplicate groups (task ids, lowest first); None before one."""
+def copy_groups(store: Store, project_id: int) -> dict[str, Any] | None:
+    """The last selection run's copy groups (task ids, lowest first) and the copies in them (the
+    members besides each group's representative); None before one."""
     record = store.get_selection(project_id)
     if record is None:
         return None
@@ -241,7 +242,7 @@ def near_duplicates(store: Store, project_id: int) -> dict[str, Any] | None:
     return {
         "threshold": record.duplicate_threshold,
         "groups": len(groups),
-        "flagged": sum(len(group) - 1 for group in groups),
+        "copies": sum(len(group) - 1 for group in groups),
         "listed": groups[:MAX_LISTED_GROUPS],
     }
 

@@ -29,15 +29,17 @@ from ..engine.ranking import RankedTasks, failures_in, rank_tail, rank_tasks
 from ..engine.selection import DrawSettings
 from ..labelstudio.client import LabelStudioNotFound
 from ..labelstudio.label_config import LabelConfigError
+from .copy_groups import project_copies
+from .copy_pass import CopyPass
 from .pattern_stages import DownloadClock, job_stages
 from .store import SelectionRecord, Store
 from .enqueue import (
     JobProgress, defer_selection, enqueue_patterns, enqueue_top_up, enqueue_writeout, rank_if_due, rerank_delay,
     restore_pattern_jobs, schedule_selection, selection_lock, tasks_in_the_works,
 )
-from .task_images import extractor_for, open_task_image, project_image_field, version_of
+from .task_images import extractor_for, project_image_field, task_image_bytes, version_of
 from .writeout.cleanup import delete_freesel_predictions
-from .writeout.flags import flagged
+from .writeout.flags import flagged, with_copy_of
 from .writeout.versions import new_model_version
 from .services import Services, job_services
 
@@ -74,13 +76,13 @@ def settle_claim(services: Services, project_id: int, job_id: str) -> None:
 
 def patterns_for(services: Services, project_id: int, task_ids: list[int]) -> dict[str, int]:
     """Patterns for these tasks of the project; an image that cannot be had is a failure with
-    its reason. Tasks that already have patterns of the current version are skipped. The job's
+    its reason. Tasks that already have patterns of the current version and a copy record are skipped. The job's
     meta carries ``done``/``total`` (tasks), updated per model batch."""
     extractor = extractor_for(services.settings, services.store.get_settings(project_id))
     started = time.monotonic()  # after the worker's first job loaded the model
     version = version_of(extractor)
     services.store.use_patterns_version(project_id, version)
-    todo = sorted(set(map(int, task_ids)) - set(services.store.load_patterns(project_id, version, task_ids)))
+    todo = sorted(set(map(int, task_ids)) - done_with_copies(services.store, project_id, version))
     progress = JobProgress(len(todo))
     if not todo:
         return {"patterns": 0, "failed": 0, "skipped": len(task_ids)}
@@ -131,24 +133,34 @@ def extract_and_store(
     to the project's pattern stages."""
     version = version_of(extractor)
     downloads, timings = DownloadClock(), ExtractionTimings()
+    copy_pass = CopyPass(services.store, project_id, version)
     opened = extractor.extract_sources(
-        tasks, lambda task: open_task_image(services.downloader, task, image_field, downloads),
+        tasks, copy_pass.opener(lambda task: task_image_bytes(services.downloader, task, image_field, downloads)),
         on_batch=on_batch, timings=timings,
     )
     patterns: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
     for result in opened:
         task_id = int(result.source["id"])
-        if result.patterns is None:
-            failures[task_id] = result.error or "unknown error"
-        else:
+        if result.patterns is not None:
             patterns[task_id] = result.patterns
+        elif task_id in copy_pass.reused:
+            patterns[task_id] = copy_pass.reused[task_id]
+        else:
+            failures[task_id] = result.error or "unknown error"
     store_started = time.monotonic()
     services.store.save_results(project_id, version, patterns, failures)
+    copy_pass.save(patterns)
     finished = time.monotonic()
     stages = job_stages(finished - started, downloads, timings, finished - store_started)
     services.store.add_pattern_stages(project_id, version, len(patterns) + len(failures), stages)
     return patterns, failures
+
+
+def done_with_copies(store: Store, project_id: int, version: str) -> set[int]:
+    """The tasks with patterns of ``version`` and a copy record (a task with patterns stored
+    before copy records were kept gets its record from a pattern job, with no forward)."""
+    return store.tasks_with_patterns(project_id, version) & store.tasks_with_copy_records(project_id)
 
 
 @dataclass(frozen=True)
@@ -174,7 +186,7 @@ def reconcile(
     store.remove_tasks(project_id, gone)
     settled = known
     if version:
-        settled = store.tasks_with_patterns(project_id, version) | set(store.failures(project_id, version))
+        settled = done_with_copies(store, project_id, version) | set(store.failures(project_id, version))
         settled |= tasks_in_the_works(services, project_id)
     missing = listed - settled
     if missing:  # imported without a webhook, or Redis lost its data: compute them, rank again after
@@ -251,7 +263,10 @@ def run_selection(project_id: int) -> dict[str, Any]:
     unlabelled = len(stored) - len(labelled)
     progress.start_stage("ranking", unlabelled)
     previous = _previous_target(store, project_id, settings, version)
-    duplicates, draw = earlier_analysis(record, version, sorted(stored), settings.draw_settings())
+    threshold = settings.copy_threshold
+    duplicates, draw = earlier_analysis(record, version, sorted(stored), settings.draw_settings(), threshold)
+    if duplicates is None:
+        duplicates = project_copies(store, project_id, sorted(stored), threshold)
     ranked = rank_tasks(
         stored, labelled, failures, settings.picks_for(unlabelled), head_size=services.settings.head_size,
         previous=previous.get("order", []), previous_n_picked=int(previous.get("n_picked", 0)),
@@ -311,15 +326,15 @@ def labelled_tasks(services: Services, project_id: int, labelled_earlier: set[in
 
 
 def earlier_analysis(
-    record: SelectionRecord | None, version: str, task_ids: Sequence[int], draw: DrawSettings
+    record: SelectionRecord | None, version: str, task_ids: Sequence[int], draw: DrawSettings, copy_threshold: float
 ) -> tuple[DuplicateGroups | None, DrawSettings]:
-    """The last ranking's near-duplicate groups (if found with ``draw``'s threshold) and ``draw``
-    with its draw prior (if drawn with ``draw``'s strategy) when it ranked the same tasks with the
-    same patterns (a re-ranking after labels): at thousands of tasks, finding them afresh costs
-    more than the rest of the ranking (N x N pattern products; the typicality prior's neighbours)."""
+    """The last ranking's copy groups (if found with ``copy_threshold``) and ``draw`` with its draw
+    prior (if drawn with ``draw``'s strategy) when it ranked the same tasks with the same patterns
+    (a re-ranking after labels): at thousands of tasks, finding them afresh costs more than the
+    rest of the ranking (the copy detector's candidate search; the typicality prior's neighbours)."""
     if record is None or record.patterns_version != version or record.task_ids != list(task_ids):
         return None, draw
-    duplicates = record.duplicates() if record.duplicate_threshold == draw.duplicate_threshold else None
+    duplicates = record.duplicates() if record.duplicate_threshold == copy_threshold else None
     return duplicates, draw.with_prior(record.draw_prior(draw.strategy))
 
 
@@ -386,7 +401,7 @@ def top_up_picks(project_id: int) -> dict[str, Any]:
             return {"skipped": "a newer ranking replaced the target"}
         topped_up = {
             **target, "generation": store.next_run(project_id), "order": ranked.order, "n_picked": ranked.n_picked,
-            "flags": ranked.flags,
+            "flags": ranked.flags, "copy_of": ranked.copy_of,
         }
         _save_ranking(store, project_id, topped_up, record.patterns_version, ranked)
     store.update_state(project_id, n_picked=ranked.n_picked)
@@ -425,6 +440,7 @@ def _target(store: Store, project_id: int, fingerprint: str, ranked: RankedTasks
         "order": ranked.order,
         "n_picked": ranked.n_picked,
         "flags": ranked.flags,
+        "copy_of": ranked.copy_of,
         "head_size": head_size,
     }
 
@@ -434,20 +450,25 @@ def fingerprint_of_settings(settings: ProjectSettings, patterns_version: str) ->
 
 
 def remove_selection(project_id: int) -> dict[str, int]:
-    """After disable: delete FreeSel's predictions (one request each, see ``writeout.cleanup``) and flags."""
+    """After disable: delete FreeSel's predictions (one request each, see ``writeout.cleanup``),
+    flags and ``freesel_copy_of`` fields."""
     services = job_services()
     store = services.store
     flags = store.get_flags(project_id)
     deleted = delete_freesel_predictions(services, project_id)
-    tasks = {int(task["id"]): task for task in services.client.get_tasks(project_id, sorted(flags))} if flags else {}
-    for task_id in flags:
+    copies = store.copy_fields(project_id)
+    marked = sorted(set(flags) | set(copies))
+    tasks = {int(task["id"]): task for task in services.client.get_tasks(project_id, marked)} if marked else {}
+    for task_id in marked:
         if task_id in tasks:
-            services.client.update_task_data(task_id, flagged(tasks[task_id].get("data") or {}, None))
+            data = with_copy_of(flagged(tasks[task_id].get("data") or {}, None), None)
+            services.client.update_task_data(task_id, data)
         store.set_flag(project_id, task_id, None)
+        store.set_copy_field(project_id, task_id, None)
     store.replace_predictions(project_id, {})
     store.forget_ranking(project_id)
     log.info(
-        "project %s: FreeSel disabled: %d predictions deleted, flags removed from %d tasks",
-        project_id, deleted, len(flags),
+        "project %s: FreeSel disabled: %d predictions deleted, flags or copy fields removed from %d tasks",
+        project_id, deleted, len(marked),
     )
     return {"deleted_predictions": deleted}

@@ -3,7 +3,7 @@
 Requests never run the model: the endpoint answers the stored HTML of the project's current
 selection run, or enqueues :func:`build_project_report` (one per project at a time) and says to
 retry. The selection job keeps what it ranked (a :class:`~freesel_backend.server.store.SelectionRecord`:
-task ids, order, distances, picks, seeds, near-duplicate groups), so the report shows exactly
+task ids, order, distances, picks, seeds, copy groups), so the report shows exactly
 that run without drawing again. Thumbnails are downloaded from Label Studio (a failed download
 leaves that thumbnail out, with its reason on the page); the patch views need the worker's
 extractor to be the one that made the stored patterns, and are left out otherwise.
@@ -28,7 +28,7 @@ from .store import SelectionRecord
 log = logging.getLogger(__name__)
 
 REPORT_OPTIONS = ReportOptions(map_thumbnails=200)
-# Project settings of no use in the report (the near-duplicate threshold has its own heading).
+# Project settings of no use in the report.
 HIDDEN_SETTINGS = ("enabled", "explicit")
 
 
@@ -86,6 +86,7 @@ def build_project_report(project_id: int) -> dict[str, Any]:
         settings=_shown_settings(record, project_settings.to_dict(), preset),
         failures={f"task {t}": reason for t, reason in sorted(failures.items())},
         title=f"FreeSel — project {project_id}",
+        copies=True,
     )
     html = build_report(data, open_image, extractor=extractor if made_the_patterns else None, options=REPORT_OPTIONS)
     store.save_report(project_id, record.model_version, html)

@@ -18,7 +18,6 @@ from typing import Any, Callable, Mapping
 
 from ..engine import (
     DEFAULT_ATTENTION_RATIO,
-    DEFAULT_DUPLICATE_THRESHOLD,
     DEFAULT_MODEL,
     DEFAULT_PATTERNS_PER_IMAGE,
     PRECISIONS,
@@ -27,6 +26,7 @@ from ..engine import (
     TASKS,
     preset,
 )
+from ..engine.copies import DEFAULT_COPY_THRESHOLD
 from ..engine.selection import DEFAULT_STRATEGY, DrawSettings, resolve_budget
 
 FEATURES_QUEUE = "freesel-features"
@@ -127,6 +127,8 @@ def setting(
     return dataclasses.field(default=default, repr=not secret, metadata={"env": (variable, *aliases), "parse": parse})
 
 
+# The semantic near-duplicate threshold that copy_threshold replaced (read from stored settings).
+RETIRED_DUPLICATE_THRESHOLD = "duplicate_threshold"
 WEBHOOK_SECRET_HEADER = "X-FreeSel-Webhook-Secret"
 
 
@@ -231,9 +233,9 @@ class ProjectSettings:
     """What a project admin tunes. ``budget``: picks per run as a count (>= 1) or a fraction of
     the unlabelled pool (0 < b < 1); ``None`` = the whole pool. Every run is capped at
     ``max_picks``; the tasks after the picks are ordered by distance. ``model=None`` uses the
-    process default (``FREESEL_MODEL``). Tasks whose patterns all match within
-    ``duplicate_threshold`` (cosine distance) are near-duplicates: grouped, and a picked task's
-    group-mates carry no weight in the selection.
+    process default (``FREESEL_MODEL``). Tasks whose images are copies of each other (the same
+    file, or a copy score of at least ``copy_threshold``: ``engine.copies``) are grouped, and once
+    one of a group is picked or labelled the others carry no weight in the selection.
 
     ``patterns_per_image``, ``attention_ratio`` and ``strategy`` come from the preset of the
     project's kind of task (``task``, or else the one read from its label config) unless a project
@@ -247,7 +249,7 @@ class ProjectSettings:
     model: str | None = None
     max_picks: int = 2000
     seed: int = 0
-    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD
+    copy_threshold: float = DEFAULT_COPY_THRESHOLD
     task: str | None = None
     explicit: tuple[str, ...] = ()
 
@@ -274,12 +276,12 @@ class ProjectSettings:
             raise SettingsError(f"attention_ratio must be a number in (0, 1], got {self.attention_ratio!r}")
         if self.strategy not in STRATEGIES:
             raise SettingsError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if isinstance(self.duplicate_threshold, bool) or not isinstance(self.duplicate_threshold, (int, float)) or not (
-            0 <= self.duplicate_threshold < 1
+        if isinstance(self.copy_threshold, bool) or not isinstance(self.copy_threshold, (int, float)) or not (
+            0 < self.copy_threshold <= 1
         ):
             raise SettingsError(
-                "duplicate_threshold must be a cosine distance in [0, 1) (0 turns it off), got "
-                f"{self.duplicate_threshold!r}"
+                "copy_threshold must be a copy score in (0, 1] (1: byte-identical files only; default "
+                f"{DEFAULT_COPY_THRESHOLD}), got {self.copy_threshold!r}"
             )
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise SettingsError(f"model must be a model name or null, got {self.model!r}")
@@ -305,6 +307,11 @@ class ProjectSettings:
         """A copy with ``changes`` applied; unknown names are an error listing the known ones."""
         if not isinstance(changes, Mapping):
             raise SettingsError(f"settings must be a JSON object, got {type(changes).__name__}")
+        if RETIRED_DUPLICATE_THRESHOLD in changes:
+            raise SettingsError(
+                f"{RETIRED_DUPLICATE_THRESHOLD} (a cosine distance between patterns) is retired: copies are found "
+                "by copy_threshold, a copy score in (0, 1] (docs/near-duplicates.md)"
+            )
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
             raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self.field_names())}")
@@ -316,8 +323,13 @@ class ProjectSettings:
     @classmethod
     def from_stored(cls, stored: Mapping[str, Any]) -> "ProjectSettings":
         """Settings as saved by :meth:`to_dict`. Saved before presets existed (no ``explicit``), a
-        preset setting counts as the admin's where it differs from the default of that time."""
+        preset setting counts as the admin's where it differs from the default of that time. A
+        stored ``duplicate_threshold`` (retired) becomes the copy threshold: 0 (near-duplicates
+        turned off) the strictest, 1.0 (byte-identical files only); any other value the default."""
         stored = dict(stored)
+        if RETIRED_DUPLICATE_THRESHOLD in stored:
+            retired = stored.pop(RETIRED_DUPLICATE_THRESHOLD)
+            stored.setdefault("copy_threshold", 1.0 if retired == 0 else DEFAULT_COPY_THRESHOLD)
         if "explicit" not in stored:
             stored["explicit"] = [
                 name for name in PRESET_FIELDS if name in stored and stored[name] != getattr(cls, name)
@@ -356,7 +368,7 @@ class ProjectSettings:
 
     def draw_settings(self) -> DrawSettings:
         """How this project's rankings draw their picks (the prior: computed from the patterns)."""
-        return DrawSettings(self.strategy, self.seed, self.duplicate_threshold)  # type: ignore[arg-type]
+        return DrawSettings(self.strategy, self.seed)  # type: ignore[arg-type]
 
     def model_name(self, default: str) -> str:
         return self.model or default

@@ -11,12 +11,16 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:patterns:<v>             hash task id -> encoded float16 patterns
     <p>:<id>:failed:<v>               hash task id -> reason
     <p>:<id>:stages:<v>               hash: tasks and seconds per stage of the pattern jobs (PATTERN_STAGES)
+    <p>:<id>:copies                   hash task id -> encoded CopyRecord (file digest, copy signature or
+                                      the reason it has none); whatever the patterns version
+    <p>:<id>:digests                  hash file digest -> the first task with that file
     <p>:<id>:predictions              hash task id -> JSON prediction in Label Studio's live version
                                       (with its Label Studio id; what /predict answers)
     <p>:<id>:staged:<m>               hash task id -> JSON prediction imported under model version <m>
                                       before the project's queue is switched to it
     <p>:<id>:target                   JSON of the last ranking that the write-out brings Label Studio to
     <p>:<id>:flags                    hash task id -> flag text written into the task's data
+    <p>:<id>:copy_of                  hash task id -> representative written as the task's freesel_copy_of
     <p>:<id>:selection                JSON of the last selection run (SelectionRecord)
     <p>:<id>:report                   hash: model_version, html (the report of that selection run)
 
@@ -46,6 +50,7 @@ from ..engine.ranking import ranking_from_json, ranking_to_json
 PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600
 PROGRESS_FIELDS = ("progress_since", "progress_base")
+DIGEST_HEX = 64  # a SHA-256 file digest in hex (engine.copies.content_digest)
 # The pattern jobs' time, summed over their chunks: wall (each chunk's job, end to end), the
 # model's forward, the Redis write, and the background threads' downloads and decoding.
 PATTERN_STAGES = ("wall_s", "download_s", "decode_s", "forward_s", "store_s")
@@ -84,6 +89,27 @@ def decode_patterns(blob: bytes) -> np.ndarray:
     if values.size != rows * columns:
         raise ValueError(f"pattern blob holds {values.size} values, header says {rows}x{columns}")
     return values.reshape(rows, columns).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """What the copy detector keeps of a task's file: its digest (equal digests: the same bytes)
+    and either its copy signature (``engine.copies.CopySignature.to_bytes``, opaque here) or the
+    reason it has none (too small, animated, blank)."""
+
+    digest: str
+    signature: bytes | None = None
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        """The digest (64 hex digits), then ``S`` and the signature or ``R`` and the reason."""
+        tail = b"S" + self.signature if self.signature is not None else b"R" + self.reason.encode()
+        return self.digest.encode() + tail
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "CopyRecord":
+        digest, kind, payload = blob[:DIGEST_HEX].decode(), blob[DIGEST_HEX : DIGEST_HEX + 1], blob[DIGEST_HEX + 1 :]
+        return cls(digest, payload, "") if kind == b"S" else cls(digest, None, payload.decode())
 
 
 def patterns_version(model_id: str, **settings: Any) -> str:
@@ -338,6 +364,32 @@ class Store:
     def tasks_with_patterns(self, project_id: int, version: str) -> set[int]:
         return {int(t) for t in self._redis.hkeys(self._key(project_id, "patterns", version))}
 
+    # ---- copies -------------------------------------------------------------------------------
+
+    def save_copy_records(self, project_id: int, records: Mapping[int, CopyRecord]) -> None:
+        """The tasks' copy records; each digest not seen before points to its task from now on."""
+        if not records:
+            return
+        with self._redis.pipeline() as pipe:
+            pipe.hset(self._key(project_id, "copies"), mapping={int(t): r.encode() for t, r in records.items()})
+            for task_id, record in sorted(records.items()):
+                pipe.hsetnx(self._key(project_id, "digests"), record.digest, int(task_id))
+            pipe.execute()
+
+    def copy_records(self, project_id: int, task_ids: Iterable[int]) -> dict[int, CopyRecord]:
+        """The copy records of those of ``task_ids`` that have one."""
+        ids = [int(t) for t in task_ids]
+        blobs = self._redis.hmget(self._key(project_id, "copies"), ids) if ids else []
+        return {t: CopyRecord.decode(blob) for t, blob in zip(ids, blobs) if blob is not None}
+
+    def tasks_with_copy_records(self, project_id: int) -> set[int]:
+        return {int(t) for t in self._redis.hkeys(self._key(project_id, "copies"))}
+
+    def task_of_digest(self, project_id: int, digest: str) -> int | None:
+        """The first task seen with the file of this digest (deleted since, perhaps), if any."""
+        raw = self._redis.hget(self._key(project_id, "digests"), digest)
+        return int(raw) if raw is not None else None
+
     def failures(self, project_id: int, version: str) -> dict[int, str]:
         raw = self._redis.hgetall(self._key(project_id, "failed", version))
         return {int(t): reason.decode() for t, reason in raw.items()}
@@ -501,6 +553,19 @@ class Store:
             if flags:
                 pipe.hset(key, mapping={int(t): text for t, text in flags.items()})
             pipe.execute()
+
+    def copy_fields(self, project_id: int) -> dict[int, int]:
+        """Task id -> the representative written as its ``freesel_copy_of`` in Label Studio."""
+        raw = self._redis.hgetall(self._key(project_id, "copy_of"))
+        return {int(t): int(representative) for t, representative in raw.items()}
+
+    def set_copy_field(self, project_id: int, task_id: int, representative: int | None) -> None:
+        """Record the task's ``freesel_copy_of`` as written (None: none)."""
+        key = self._key(project_id, "copy_of")
+        if representative is None:
+            self._redis.hdel(key, int(task_id))
+        else:
+            self._redis.hset(key, int(task_id), int(representative))
 
     # ---- the last selection run and its report ------------------------------------------------
 

@@ -81,10 +81,15 @@ def project_image_field(services: Services, project_id: int) -> str:
     return field
 
 
-def open_task_image(
+def open_task_image(downloader: Downloader, task: Mapping[str, Any], image_field: str) -> Any:
+    """The task's image, downloaded and decoded (errors as :func:`task_image_bytes` raises them)."""
+    return load_image(task_image_bytes(downloader, task, image_field))
+
+
+def task_image_bytes(
     downloader: Downloader, task: Mapping[str, Any], image_field: str, downloads: DownloadClock | None = None
-) -> Any:
-    """The task's image, downloaded (timed on ``downloads``) and decoded; a reason of its own as an
+) -> bytes:
+    """The task's image file, downloaded (timed on ``downloads``); a reason of its own as an
     ImageLoadError when it cannot be had, and Label Studio's own unavailability re-raised (the job
     is retried later)."""
     data = task.get("data") or {}
@@ -96,13 +101,12 @@ def open_task_image(
         raise ImageLoadError(f"data[{image_field!r}] is a {type(data[image_field]).__name__}, not an image URL")
     try:
         with downloads.timing() if downloads else contextlib.nullcontext():
-            image_bytes = downloader.task_file(task, image_field)
+            return downloader.task_file(task, image_field)
     except LabelStudioError as error:
         label_studio_down = isinstance(error, LabelStudioUnavailable) and error.status_code in LABEL_STUDIO_DOWN
         if label_studio_down and _hosted_by_label_studio(downloader, data[image_field], int(task["id"])):
             raise  # Label Studio itself is unavailable: the job fails and RQ retries it later
         raise ImageLoadError(f"image download failed: {error}") from None
-    return load_image(image_bytes)
 
 
 def _hosted_by_label_studio(downloader: Downloader, uri: str, task_id: int) -> bool:

@@ -10,6 +10,8 @@ from .plan import wanted_flags
 
 FLAG_FIELD = "freesel"  # text shown on the labelling screen by label_config.xml's <Header value="$freesel"/>
 LEGACY_RANK_FIELD = "freesel_rank"  # written by earlier versions: removed with the flag
+# On each copy (not on its group's representative): the representative's task id, for the Data Manager's filters.
+COPY_OF_FIELD = "freesel_copy_of"
 TASK_DATA_BATCH = 100
 
 
@@ -62,3 +64,26 @@ def flagged(data: Mapping[str, Any], text: str | None) -> dict[str, Any]:
     """The task data with FreeSel's flag set to ``text`` (None: without a flag)."""
     kept = {k: v for k, v in data.items() if k not in (FLAG_FIELD, LEGACY_RANK_FIELD)}
     return kept if text is None else {**kept, FLAG_FIELD: text}
+
+
+def write_copy_fields(step: Step, target: Mapping[str, Any]) -> None:
+    """``freesel_copy_of`` in the data of every copy the target names, with its representative;
+    removed from tasks that are no longer a copy."""
+    wanted = {int(task_id): int(representative) for task_id, representative in target.get("copy_of", {}).items()}
+    written = step.store.copy_fields(step.project_id)
+    changed = sorted(t for t in set(wanted) | set(written) if wanted.get(t) != written.get(t))
+    for start in range(0, len(changed), TASK_DATA_BATCH):
+        batch = changed[start : start + TASK_DATA_BATCH]
+        data = task_data(step, batch)
+        for task_id in batch:
+            if task_id in data:
+                step.spend()
+                step.client.update_task_data(task_id, with_copy_of(data[task_id], wanted.get(task_id)))
+                step.writes += 1
+            step.store.set_copy_field(step.project_id, task_id, wanted.get(task_id) if task_id in data else None)
+
+
+def with_copy_of(data: Mapping[str, Any], representative: int | None) -> dict[str, Any]:
+    """The task data with ``freesel_copy_of`` set to ``representative`` (None: without it)."""
+    kept = {k: v for k, v in data.items() if k != COPY_OF_FIELD}
+    return kept if representative is None else {**kept, COPY_OF_FIELD: representative}

@@ -14,7 +14,7 @@ from ..enqueue import JobProgress, enqueue_version_cleanup, enqueue_writeout
 from ..services import job_services
 from ..store import Store
 from .context import OutOfRequests, Step, Superseded, write_lock
-from .flags import TASK_DATA_BATCH, flag_changes, rank_of, task_data, write_flag, write_flags
+from .flags import TASK_DATA_BATCH, flag_changes, rank_of, task_data, write_copy_fields, write_flag, write_flags
 from .imports import IMPORT_BATCH, adopt, fill_ids, import_batch, prediction, recover_import
 from .plan import ScorePlan, full_scores, plan_scores
 from .versions import UNCERTAINTY_SAMPLING, new_model_version, remember_previous_sampling
@@ -133,6 +133,7 @@ def _in_place(step: Step, target: dict[str, Any], progress: Any) -> bool:
     fill_ids(step, version)
     _write_head(step, target, plan.patch, progress, ranks=range(step.settings.top_before_imports, sys.maxsize))
     write_flags(step, target, additions=False)
+    write_copy_fields(step, target)
     _keep_queue_switched(step, version)
     return True
 
