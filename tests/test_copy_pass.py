@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freesel_backend.cli import describe_status
+from freesel_backend.cli.project import describe_status
 from freesel_backend.cli.samples import scene_image
 from freesel_backend.engine import Ranking
 from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD

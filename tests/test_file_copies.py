@@ -15,6 +15,7 @@ from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD, content_digest
 from freesel_backend.engine.file_copies import copies_of_files
 from freesel_backend.engine.images import load_image
 from freesel_backend.engine.ranking import NOT_PICKED, copy_of_representatives, rank_tasks
+from freesel_backend.engine.selection import DrawSettings
 from tests.helpers import random_patterns
 
 
@@ -60,9 +61,9 @@ def test_a_ranking_never_picks_two_copies_while_distinct_tasks_remain_and_flags_
     patterns = dict(zip(range(100, 140), random_patterns(40, k=3, dim=16, seed=4)))
     duplicates = copies_of_files([f"file {index % 30}" for index in range(40)], [None] * 40, DEFAULT_COPY_THRESHOLD)
     assert len(duplicates.groups) == 10  # tasks 100-109 each with their copy 130-139: different patterns
-    options = {"head_size": 300, "seed": 0, "duplicate_threshold": 1e-4, "duplicates": duplicates}
     for strategy in ("typical", "prob", "fds"):
-        ranked = rank_tasks(patterns, {130}, {}, 29, strategy=strategy, **options)  # type: ignore[arg-type]
+        draw = DrawSettings(strategy, 0)  # type: ignore[arg-type]
+        ranked = rank_tasks(patterns, {130}, {}, 29, head_size=300, draw=draw, duplicates=duplicates)
         picked = set(ranked.picked)
         assert len(picked) == 29 and picked.isdisjoint({100})  # labelled 130 covers its copy
         assert all(not {task, task + 30} <= picked for task in range(100, 110))

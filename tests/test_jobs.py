@@ -211,15 +211,15 @@ def test_a_re_ranking_of_the_same_tasks_reuses_the_near_duplicates_and_draw_prio
     prior = np.array([1.0, 0.25, 0.5])
     record = SelectionRecord.of("freesel-0001 ranking 3", "p1", [10, 11, 12], ranking, groups, "typical", prior)
 
-    typical = DrawSettings("typical", 0, 0.05)
-    duplicates, draw = earlier_analysis(record, "p1", [10, 11, 12], typical)
+    typical = DrawSettings("typical", 0)
+    duplicates, draw = earlier_analysis(record, "p1", [10, 11, 12], typical, 0.05)
     assert duplicates is not None and duplicates.groups == [[0, 2]] and duplicates.group_of.tolist() == [0, -1, 0]
     assert draw == typical and draw.prior is not None and draw.prior.tolist() == [1.0, 0.25, 0.5]
-    assert reused(earlier_analysis(record, "p1", [10, 11, 12, 13], typical)) == (False, False)  # a task was added
-    assert reused(earlier_analysis(record, "p2", [10, 11, 12], typical)) == (False, False)  # other patterns
-    assert reused(earlier_analysis(None, "p1", [10, 11, 12], typical)) == (False, False)
-    assert reused(earlier_analysis(record, "p1", [10, 11, 12], DrawSettings("typical", 0, 0.1))) == (False, True)
-    assert reused(earlier_analysis(record, "p1", [10, 11, 12], DrawSettings("prob", 0, 0.05))) == (True, False)
+    assert reused(earlier_analysis(record, "p1", [10, 11, 12, 13], typical, 0.05)) == (False, False)  # a task was added
+    assert reused(earlier_analysis(record, "p2", [10, 11, 12], typical, 0.05)) == (False, False)  # other patterns
+    assert reused(earlier_analysis(None, "p1", [10, 11, 12], typical, 0.05)) == (False, False)
+    assert reused(earlier_analysis(record, "p1", [10, 11, 12], typical, 0.1)) == (False, True)  # another copy threshold
+    assert reused(earlier_analysis(record, "p1", [10, 11, 12], DrawSettings("prob", 0), 0.05)) == (True, False)
 
 
 def reused(analysis: tuple[DuplicateGroups | None, DrawSettings]) -> tuple[bool, bool]:
