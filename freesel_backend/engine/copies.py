@@ -52,12 +52,17 @@ MAX_ASPECT_CHANGE = 1 / MIN_OVERLAP
 # Candidate stage: neighbours per image (groups are cliques: every two members must be a
 # candidate pair), and the blurred thumbnails' least cosine similarity.
 CANDIDATES_PER_IMAGE = 32
-MIN_CANDIDATE_SIMILARITY = 0.8
+MIN_CANDIDATE_SIMILARITY = 0.7
+CANDIDATE_VIEW_SHARE = 0.9
+CANDIDATE_VIEW_OFFSETS = (0.05,)
 # Scales and shifts searched (fractions of the image), coarse grid then a refinement around the best.
 COARSE_SCALE_STEP = 0.05
 COARSE_SHIFT_STEP = 0.05
 FINE_STEP = 0.025
 MAX_SHIFT = 0.15
+# Turns (degrees) of the second image tried in the refinement: a photo straightened or tilted.
+ROTATIONS = (0.0, -1.5, 1.5, -3.0, 3.0)
+FINE_MARGIN = 2
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
 
@@ -131,7 +136,8 @@ def copy_signature(image: Image.Image) -> CopySignature:
 def copy_score(first: CopySignature, second: CopySignature) -> float:
     """How well two signatures match as copies: the best correlation of their thumbnails over the
     scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
-    score = _verified_scores(_stack([first, second]), np.array([[0, 1]], dtype=np.int64))
+    aspects = np.array([first.aspect, second.aspect])
+    score = _verified_scores(_stack([first, second]), aspects, np.array([[0, 1]], dtype=np.int64))
     return float(_strict_for_small(score, np.array([first.small or second.small]))[0])
 
 
@@ -156,7 +162,7 @@ def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarra
     aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
     candidates = candidate_pairs(thumbnails, aspects)
     small = np.array([signatures[index].small for index in present], dtype=bool)  # type: ignore[union-attr]
-    scores = _verified_scores(thumbnails, candidates)
+    scores = _verified_scores(thumbnails, aspects, candidates)
     either_small = small[candidates].any(axis=1) if len(candidates) else np.zeros(0, dtype=bool)
     return present[candidates].reshape(-1, 2), _strict_for_small(scores, either_small)
 
@@ -179,16 +185,25 @@ def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold:
 
 def candidate_pairs(thumbnails: np.ndarray, aspects: np.ndarray) -> np.ndarray:
     """(a, b) pairs, a < b: each image's nearest neighbours by blurred thumbnail, above the least
-    similarity, with aspect ratios a crop or resize can explain."""
+    similarity, with aspect ratios a crop or resize can explain.
+
+    The similarity of two images is the best cosine of one's whole blurred thumbnail against the
+    other's blurred views (the whole picture and crops of it, see :func:`_view_matrices`): a
+    copy cut down by 10 % matches the view of the original that it shows."""
     n = len(thumbnails)
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    blur = _normalised(_area_mean(thumbnails, BLUR_SIDE).reshape(n, -1)).astype(np.float32)
+    views = _blurred_views(thumbnails)  # (views, n, BLUR_SIDE ** 2), the whole picture first
+    whole = views[0]
     neighbours = min(CANDIDATES_PER_IMAGE, n - 1)
     found: list[np.ndarray] = []
     for start in range(0, n, BLOCK_ROWS):
-        similarity = blur[start : start + BLOCK_ROWS] @ blur.T
-        rows = np.arange(len(similarity))
+        stop = min(start + BLOCK_ROWS, n)
+        rows = np.arange(stop - start)
+        similarity = whole[start:stop] @ whole.T
+        for view in views[1:]:
+            np.maximum(similarity, whole[start:stop] @ view.T, out=similarity)
+            np.maximum(similarity, view[start:stop] @ whole.T, out=similarity)
         similarity[rows, rows + start] = -np.inf
         nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
         close = np.take_along_axis(similarity, nearest, axis=1) >= MIN_CANDIDATE_SIMILARITY
@@ -197,6 +212,31 @@ def candidate_pairs(thumbnails: np.ndarray, aspects: np.ndarray) -> np.ndarray:
     pairs = np.unique(pairs, axis=0)
     aspect_change = np.abs(np.log(aspects[pairs[:, 0]] / aspects[pairs[:, 1]]))
     return pairs[aspect_change <= np.log(MAX_ASPECT_CHANGE)]
+
+
+@lru_cache(maxsize=1)
+def _view_matrices() -> np.ndarray:
+    """Per-axis area-averaging matrices (views, BLUR_SIDE, THUMBNAIL_SIDE): the whole thumbnail,
+    then windows of CANDIDATE_VIEW_SHARE of it at the offsets listed, each squeezed to BLUR_SIDE."""
+    windows = [(0.0, 1.0)] + [(offset, CANDIDATE_VIEW_SHARE) for offset in CANDIDATE_VIEW_OFFSETS]
+    pixel_edges = np.arange(THUMBNAIL_SIDE + 1) / THUMBNAIL_SIDE
+    matrices = np.zeros((len(windows), BLUR_SIDE, THUMBNAIL_SIDE), np.float32)
+    for index, (offset, share) in enumerate(windows):
+        cell_edges = offset + share * np.arange(BLUR_SIDE + 1) / BLUR_SIDE
+        low = np.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
+        high = np.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
+        matrices[index] = np.clip(high - low, 0, None) / (share / BLUR_SIDE)
+    return matrices
+
+
+def _blurred_views(thumbnails: np.ndarray) -> np.ndarray:
+    """Every (row window, column window) view of each thumbnail, squeezed and normalised."""
+    axis = _view_matrices()
+    rows, columns = np.meshgrid(np.arange(len(axis)), np.arange(len(axis)), indexing="ij")
+    # the whole picture, then the windows that crop both axes
+    pairs = np.concatenate([[[0, 0]], np.stack([rows[1:, 1:].ravel(), columns[1:, 1:].ravel()], axis=1)])
+    views = [axis[row] @ thumbnails @ axis[column].T for row, column in pairs]
+    return np.stack([_normalised(view.reshape(len(thumbnails), -1)) for view in views]).astype(np.float32)
 
 
 def _stack(signatures: list[CopySignature]) -> np.ndarray:
@@ -254,7 +294,8 @@ class _AxisWarps:
         return self.masked.transpose(0, 2, 1) @ self.matrices
 
 
-def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps:
+def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray, margin: int = 0) -> _AxisWarps:
+    """``margin``: pixels at either end left out of every comparison (a turned copy's corners)."""
     centres = (np.arange(side) + 0.5) / side
     mapped = scales[:, None] * centres[None, :] + shifts[:, None]  # (warps, side) in the other's [0, 1]
     inside = (mapped >= 0.0) & (mapped <= 1.0)
@@ -270,7 +311,10 @@ def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps
     warp, row = np.indices(left.shape)
     np.add.at(matrices, (warp, row, left), 1.0 - weight)
     np.add.at(matrices, (warp, row, right), weight)
-    return _AxisWarps(scales[keep], shifts[keep], matrices, inside[keep].astype(np.float32))
+    compared = inside[keep]
+    compared[:, :margin] = False
+    compared[:, side - margin :] = False
+    return _AxisWarps(scales[keep], shifts[keep], matrices, compared.astype(np.float32))
 
 
 @lru_cache(maxsize=1)
@@ -289,7 +333,7 @@ def _fine_warps(coarse_index: int) -> _AxisWarps:
     scale, shift = float(_coarse_warps().scales[coarse_index]), float(_coarse_warps().shifts[coarse_index])
     around = FINE_STEP * np.arange(-1, 2)
     grid_scales, grid_shifts = np.meshgrid(scale + around, shift + around, indexing="ij")
-    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel(), FINE_MARGIN)
 
 
 def _best_correlation(
@@ -318,8 +362,30 @@ def _best_correlation(
     return float(correlation[best_row, best_column]), int(best_row), int(best_column)
 
 
-def _verified_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """The copy score of each pair: coarse search at 16 x 16, then refined at 32 x 32."""
+def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray:
+    """The thumbnail of the picture turned by ``degrees`` about its centre (bilinear, edges
+    repeated): in thumbnail coordinates a turn of a picture of ``aspect`` (width / height) shears."""
+    side = thumbnail.shape[0]
+    angle = np.deg2rad(degrees)
+    centred = (np.arange(side) + 0.5) / side - 0.5
+    v, u = np.meshgrid(centred, centred, indexing="ij")  # v down the rows, u along the columns
+    source_u = np.cos(angle) * u - np.sin(angle) * v / aspect
+    source_v = np.sin(angle) * u * aspect + np.cos(angle) * v
+    rows = np.clip((source_v + 0.5) * side - 0.5, 0, side - 1)
+    columns = np.clip((source_u + 0.5) * side - 0.5, 0, side - 1)
+    top, left = np.minimum(rows.astype(np.int64), side - 2), np.minimum(columns.astype(np.int64), side - 2)
+    down, across = rows - top, columns - left
+    return (
+        thumbnail[top, left] * (1 - down) * (1 - across)
+        + thumbnail[top, left + 1] * (1 - down) * across
+        + thumbnail[top + 1, left] * down * (1 - across)
+        + thumbnail[top + 1, left + 1] * down * across
+    ).astype(np.float32)
+
+
+def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The copy score of each pair: coarse search at 16 x 16, then refined at 32 x 32 with the
+    second image turned by each of ROTATIONS."""
     thumbnails = _smoothed(thumbnails)
     coarse = _area_mean(thumbnails, COARSE_SIDE) if len(thumbnails) else thumbnails
     warps = _coarse_warps()
@@ -327,7 +393,17 @@ def _verified_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     for index, (first, second) in enumerate(pairs.tolist()):
         _, row, column = _best_correlation(coarse[first], coarse[second], warps, warps)
         fine_rows, fine_columns = _fine_warps(row), _fine_warps(column)
-        scores[index] = _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
+        scores[index] = max(
+            _best_correlation(
+                _rotated(thumbnails[first], degrees / 2, aspects[first]),
+                _rotated(thumbnails[second], -degrees / 2, aspects[second]),
+                fine_rows,
+                fine_columns,
+            )[0]
+            if degrees
+            else _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
+            for degrees in ROTATIONS
+        )
     return scores
 
 
