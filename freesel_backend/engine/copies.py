@@ -60,9 +60,15 @@ COARSE_SCALE_STEP = 0.05
 COARSE_SHIFT_STEP = 0.05
 FINE_STEP = 0.025
 MAX_SHIFT = 0.15
-# Turns (degrees) of the second image tried in the refinement: a photo straightened or tilted.
-ROTATIONS = (0.0, -1.5, 1.5, -3.0, 3.0)
-FINE_MARGIN = 2
+# Turns (degrees) of one image against the other tried in the refinement (a photo straightened
+# or tilted), for pairs whose upright correlation reaches LEAST_SCORE_TO_TURN.
+TURNS = (-1.5, 1.5, -3.0, 3.0)
+LEAST_SCORE_TO_TURN = 0.7
+MARGIN = 2
+# Texture (see _texture) of a typical photograph, and the least share of a textured pair's
+# shortfall from 1.0 that counts.
+TEXTURE_REFERENCE = 0.06
+MOST_LENIENCY = 0.25
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
 
@@ -136,14 +142,10 @@ def copy_signature(image: Image.Image) -> CopySignature:
 def copy_score(first: CopySignature, second: CopySignature) -> float:
     """How well two signatures match as copies: the best correlation of their thumbnails over the
     scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
-    aspects = np.array([first.aspect, second.aspect])
-    score = _verified_scores(_stack([first, second]), aspects, np.array([[0, 1]], dtype=np.int64))
-    return float(_strict_for_small(score, np.array([first.small or second.small]))[0])
+    return float(_pair_scores([first, second], np.array([[0, 1]], dtype=np.int64))[0])
 
 
-def find_copies(
-    signatures: list[CopySignature | None], threshold: float = DEFAULT_COPY_THRESHOLD
-) -> DuplicateGroups:
+def find_copies(signatures: list[CopySignature | None], threshold: float = DEFAULT_COPY_THRESHOLD) -> DuplicateGroups:
     """Group images whose signatures match above ``threshold``; ``None`` (an image without a
     signature) is never grouped."""
     pairs, scores = scored_candidates(signatures)
@@ -151,24 +153,52 @@ def find_copies(
 
 
 def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score.
-
-    A pair with a small image (see :attr:`CopySignature.small`) has its shortfall from 1.0
-    counted ``SMALL_IMAGE_STRICTNESS`` times: the search over crops fits any two similar
-    silhouettes of a thumbnail-sized picture (same-class Fashion-MNIST items reach 0.98), so such
-    copies must match almost pixel for pixel."""
+    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score
+    (see :func:`copy_score`)."""
     present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
-    thumbnails = _stack([signatures[index] for index in present])  # type: ignore[misc]
-    aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
-    candidates = candidate_pairs(thumbnails, aspects)
-    small = np.array([signatures[index].small for index in present], dtype=bool)  # type: ignore[union-attr]
-    scores = _verified_scores(thumbnails, aspects, candidates)
-    either_small = small[candidates].any(axis=1) if len(candidates) else np.zeros(0, dtype=bool)
-    return present[candidates].reshape(-1, 2), _strict_for_small(scores, either_small)
+    kept: list[CopySignature] = [signatures[index] for index in present]  # type: ignore[misc]
+    candidates = candidate_pairs(_stack(kept), np.array([signature.aspect for signature in kept], np.float64))
+    return present[candidates].reshape(-1, 2), _pair_scores(kept, candidates)
 
 
-def _strict_for_small(scores: np.ndarray, small: np.ndarray) -> np.ndarray:
-    return np.where(small, 1.0 - SMALL_IMAGE_STRICTNESS * (1.0 - scores), scores)
+def _pair_scores(signatures: list[CopySignature], pairs: np.ndarray) -> np.ndarray:
+    """The verified correlation of each pair, its shortfall from 1.0 then scaled to the pictures.
+
+    A pair with a small image (see :attr:`CopySignature.small`) has its shortfall counted
+    ``SMALL_IMAGE_STRICTNESS`` times: the search over crops fits any two similar silhouettes of a
+    thumbnail-sized picture (same-class Fashion-MNIST items reach 0.98), so such copies must
+    match almost pixel for pixel. A fine texture (grass, gravel, brick) loses correlation under
+    the slightest crop or turn, where distinct textures share almost none: its shortfall counts
+    less, down to ``MOST_LENIENCY`` of it."""
+    thumbnails = _stack(signatures)
+    aspects = np.array([signature.aspect for signature in signatures], np.float64)
+    small = np.array([signature.small for signature in signatures], dtype=bool)
+    texture = _texture(_smoothed(thumbnails)) if len(thumbnails) else np.zeros(0)
+    scores = _verified_scores(thumbnails, aspects, pairs)
+    if not len(pairs):
+        return scores
+    return _scaled_shortfall(scores, small[pairs].any(axis=1), texture[pairs].min(axis=1))
+
+
+def _scaled_shortfall(scores: np.ndarray, small: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """Each score's shortfall from 1.0, counted SMALL_IMAGE_STRICTNESS times for a pair with a
+    small image and in proportion to TEXTURE_REFERENCE / the pair's texture otherwise."""
+    leniency = np.clip(TEXTURE_REFERENCE / np.maximum(texture, 1e-6), MOST_LENIENCY, 1.0)
+    return 1.0 - np.where(small, SMALL_IMAGE_STRICTNESS, leniency) * (1.0 - scores)
+
+
+def _texture(thumbnails: np.ndarray) -> np.ndarray:
+    """How much each (smoothed) thumbnail changes between neighbouring pixels: 1 - its
+    correlation with itself moved by one pixel, down and across (about 0.01 for a smooth
+    picture, 0.2-0.5 for grass, gravel or brick)."""
+
+    def correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        n = len(first)
+        return np.sum(_normalised(first.reshape(n, -1)) * _normalised(second.reshape(n, -1)), axis=1)
+
+    down = correlation(thumbnails[:, 1:], thumbnails[:, :-1])
+    across = correlation(thumbnails[:, :, 1:], thumbnails[:, :, :-1])
+    return 1.0 - (down + across) / 2
 
 
 def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> DuplicateGroups:
@@ -324,7 +354,7 @@ def _coarse_warps() -> _AxisWarps:
     scales = np.concatenate([1.0 + COARSE_SCALE_STEP * shrink, 1.0 / (1.0 - COARSE_SCALE_STEP * grow)])
     shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1e-9, COARSE_SHIFT_STEP)
     grid_scales, grid_shifts = np.meshgrid(scales, shifts, indexing="ij")
-    return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+    return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel(), MARGIN * COARSE_SIDE // THUMBNAIL_SIDE)
 
 
 @lru_cache(maxsize=None)
@@ -333,7 +363,7 @@ def _fine_warps(coarse_index: int) -> _AxisWarps:
     scale, shift = float(_coarse_warps().scales[coarse_index]), float(_coarse_warps().shifts[coarse_index])
     around = FINE_STEP * np.arange(-1, 2)
     grid_scales, grid_shifts = np.meshgrid(scale + around, shift + around, indexing="ij")
-    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel(), FINE_MARGIN)
+    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel(), MARGIN)
 
 
 def _best_correlation(
@@ -384,27 +414,33 @@ def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray
 
 
 def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """The copy score of each pair: coarse search at 16 x 16, then refined at 32 x 32 with the
-    second image turned by each of ROTATIONS."""
+    """The copy score of each pair: the best aligned correlation upright and, when that reaches
+    LEAST_SCORE_TO_TURN, with the two images turned against each other by each of TURNS (each by
+    half of it, so both pass through one interpolation)."""
     thumbnails = _smoothed(thumbnails)
-    coarse = _area_mean(thumbnails, COARSE_SIDE) if len(thumbnails) else thumbnails
-    warps = _coarse_warps()
     scores = np.zeros(len(pairs), np.float64)
     for index, (first, second) in enumerate(pairs.tolist()):
-        _, row, column = _best_correlation(coarse[first], coarse[second], warps, warps)
-        fine_rows, fine_columns = _fine_warps(row), _fine_warps(column)
-        scores[index] = max(
-            _best_correlation(
+        scores[index] = _aligned_correlation(thumbnails[first], thumbnails[second])
+        if scores[index] < LEAST_SCORE_TO_TURN:
+            continue
+        for degrees in TURNS:
+            turned = _aligned_correlation(
                 _rotated(thumbnails[first], degrees / 2, aspects[first]),
                 _rotated(thumbnails[second], -degrees / 2, aspects[second]),
-                fine_rows,
-                fine_columns,
-            )[0]
-            if degrees
-            else _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
-            for degrees in ROTATIONS
-        )
+            )
+            scores[index] = max(scores[index], turned)
     return scores
+
+
+def _aligned_correlation(fixed: np.ndarray, moving: np.ndarray) -> float:
+    """The best correlation over the scales and shifts searched: coarse at 16 x 16, then refined
+    at 32 x 32 around the best coarse warps (a turn needs its own coarse search: upright, the
+    best coarse warp of a turned copy is a zoom that hides its corners)."""
+    warps = _coarse_warps()
+    _, row, column = _best_correlation(
+        _area_mean(fixed[None], COARSE_SIDE)[0], _area_mean(moving[None], COARSE_SIDE)[0], warps, warps
+    )
+    return _best_correlation(fixed, moving, _fine_warps(row), _fine_warps(column))[0]
 
 
 __all__ = [
