@@ -4,13 +4,17 @@ contrast change, small rotation, or a burst shot a few pixels apart.
 Each image keeps a small signature: its grey levels squeezed to a 32 x 32 thumbnail (1 KiB) and
 its aspect ratio. Two stages find the copies among many signatures:
 
-1. candidates: each image's nearest neighbours by an 8 x 8 blur of the thumbnail (a crop of 10 %
-   moves its content by less than one of those pixels), above a loose similarity;
+1. candidates: each image's nearest neighbours by an 8 x 8 blur of the thumbnail, whole or of its
+   central 90 % (a copy cut down by 10 % shows that part of the original), above a loose
+   similarity;
 2. verification: the best normalised correlation of the two thumbnails over a search of
    per-axis scales (0.85-1.18) and shifts (up to 15 %) whose overlap covers at least 85 % of
-   each image along each axis, coarse at 16 x 16 then refined at 32 x 32. The correlation
-   ignores brightness and contrast; the overlap rule keeps crops of one large photo shifted by
-   30 % apart even though their overlapping parts are the same pixels.
+   each image along each axis, coarse at 16 x 16 then refined at 32 x 32, upright and turned
+   against each other by 1.5 and 3 degrees either way, leaving out a border of 1/16 of each
+   side (a turned copy's corners). The correlation ignores brightness and contrast; the overlap
+   rule keeps crops of one large photo shifted by 30 % apart even though their overlapping parts
+   are the same pixels. A pair's shortfall from 1.0 is then scaled to its pictures: stricter for
+   thumbnail-sized images, more lenient for fine textures (see :func:`_pair_scores`).
 
 Byte-identical files are grouped apart from all this, by :func:`content_digest`, before any image
 is decoded. Groups are cliques (every two members are copies); see
@@ -42,7 +46,7 @@ MIN_DETAIL = 4.0
 # Correlation of two thumbnails above which they are copies (the default setting); measured
 # operating points in docs/near-duplicates.md.
 DEFAULT_COPY_THRESHOLD = 0.97
-# Images whose shorter side is below this are compared strictly (see scored_candidates).
+# Images whose shorter side is below this are compared strictly (see _pair_scores).
 SMALL_SIDE = 2 * THUMBNAIL_SIDE
 SMALL_IMAGE_STRICTNESS = 5.0
 # Along each axis, the overlap of two copies covers at least this share of each image.
@@ -50,9 +54,10 @@ MIN_OVERLAP = 0.85
 # Aspect ratios further apart than the largest per-axis scale cannot be copies.
 MAX_ASPECT_CHANGE = 1 / MIN_OVERLAP
 # Candidate stage: neighbours per image (groups are cliques: every two members must be a
-# candidate pair), and the blurred thumbnails' least cosine similarity.
+# candidate pair), the blurred thumbnails' least cosine similarity, and the windows (share of
+# each side, offsets along it) of each thumbnail compared besides the whole.
 CANDIDATES_PER_IMAGE = 32
-MIN_CANDIDATE_SIMILARITY = 0.7
+MIN_CANDIDATE_SIMILARITY = 0.6
 CANDIDATE_VIEW_SHARE = 0.9
 CANDIDATE_VIEW_OFFSETS = (0.05,)
 # Scales and shifts searched (fractions of the image), coarse grid then a refinement around the best.
@@ -64,6 +69,7 @@ MAX_SHIFT = 0.15
 # or tilted), for pairs whose upright correlation reaches LEAST_SCORE_TO_TURN.
 TURNS = (-1.5, 1.5, -3.0, 3.0)
 LEAST_SCORE_TO_TURN = 0.7
+# Thumbnail pixels at each border left out of the correlation: the black corners of a turned copy.
 MARGIN = 2
 # Texture (see _texture) of a typical photograph, and the least share of a textured pair's
 # shortfall from 1.0 that counts.
@@ -141,7 +147,8 @@ def copy_signature(image: Image.Image) -> CopySignature:
 
 def copy_score(first: CopySignature, second: CopySignature) -> float:
     """How well two signatures match as copies: the best correlation of their thumbnails over the
-    scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
+    scales, shifts and turns searched, its shortfall from 1.0 scaled to the pictures (1.0: the
+    same picture; below 0.9 for distinct photographs)."""
     return float(_pair_scores([first, second], np.array([[0, 1]], dtype=np.int64))[0])
 
 
