@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
-from freesel_backend.cli.samples import scene_image
+from freesel_backend.cli.samples import ensure_sample_images, scene_image
 from freesel_backend.engine.copies import (
     CopySignature,
     CopySignatureError,
@@ -20,6 +20,23 @@ from freesel_backend.engine.copies import (
     find_copies,
 )
 from freesel_backend.engine.images import load_image
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-image's sample photographs (longest side 320 px, JPEG)."""
+    return ensure_sample_images(tmp_path_factory.mktemp("photos"))
+
+
+def photo(folder: Path, stem: str) -> Image.Image:
+    return load_image(folder / f"{stem}.jpg")
+
+
+def cropped(image: Image.Image, share: float) -> Image.Image:
+    """``share`` of the width and of the height cut off, most of it on the left and top."""
+    width, height = image.size
+    left, top = round(width * share * 0.7), round(height * share * 0.6)
+    return image.crop((left, top, left + round(width * (1 - share)), top + round(height * (1 - share))))
 
 
 def saved(image: Image.Image, path: Path, **options: object) -> Path:
@@ -137,3 +154,40 @@ def test_a_thumbnail_sized_picture_is_a_copy_only_when_it_matches_almost_pixel_f
     re_encoded = Image.open(BytesIO(buffer.getvalue()))
     found = find_copies([copy_signature(item), copy_signature(same_silhouette), copy_signature(re_encoded)])
     assert found.groups == [[0, 2]]
+
+
+@pytest.mark.parametrize("degrees", [1, -2, 3])
+def test_a_turned_photo_is_grouped_with_the_upright_one(photos: Path, degrees: float) -> None:
+    upright = photo(photos, "chelsea")
+    turned = upright.rotate(degrees, Image.Resampling.BICUBIC)  # corners filled black
+    others = [photo(photos, stem) for stem in ("coffee", "astronaut", "rocket")]
+    found = find_copies([copy_signature(image) for image in [upright, *others, turned]])
+    assert found.groups == [[0, 4]]
+
+
+@pytest.mark.parametrize("stem", ["motorcycle_right", "coins", "grass"])
+def test_a_photo_cut_down_by_a_tenth_is_grouped_with_the_whole(photos: Path, stem: str) -> None:
+    whole = photo(photos, stem)
+    others = [photo(photos, other) for other in ("motorcycle_left", "gravel", "camera")]
+    found = find_copies([copy_signature(image) for image in [whole, *others, cropped(whole, 0.10)]])
+    assert found.groups == [[0, 4]]
+
+
+def test_burst_shots_of_a_textured_photo_are_copies_and_crops_a_third_apart_are_not(photos: Path) -> None:
+    gravel = photo(photos, "gravel")
+    width, height = gravel.size
+    window, step = round(width * 0.7), round(width * 0.03)
+    first = gravel.crop((0, 0, window, height))
+    burst = gravel.crop((step, 0, step + window, height))
+    shifted = gravel.crop((width - window, 0, width, height))
+    found = find_copies([copy_signature(image) for image in (first, burst, shifted)])
+    assert found.groups == [[0, 1]]
+
+
+def test_a_fine_texture_is_judged_more_leniently_than_a_smooth_picture(photos: Path) -> None:
+    """The same small crop costs a fine texture more correlation than a smooth picture; the
+    score makes up for it, so both stay copies, while two distinct textures stay apart."""
+    for stem in ("grass", "moon"):
+        texture = photo(photos, stem)
+        assert copy_score(copy_signature(texture), copy_signature(cropped(texture, 0.05))) >= 0.97
+    assert copy_score(copy_signature(photo(photos, "grass")), copy_signature(photo(photos, "gravel"))) < 0.9

@@ -4,13 +4,17 @@ contrast change, small rotation, or a burst shot a few pixels apart.
 Each image keeps a small signature: its grey levels squeezed to a 32 x 32 thumbnail (1 KiB) and
 its aspect ratio. Two stages find the copies among many signatures:
 
-1. candidates: each image's nearest neighbours by an 8 x 8 blur of the thumbnail (a crop of 10 %
-   moves its content by less than one of those pixels), above a loose similarity;
+1. candidates: each image's nearest neighbours by an 8 x 8 blur of the thumbnail, whole or of its
+   central 90 % (a copy cut down by 10 % shows that part of the original), above a loose
+   similarity;
 2. verification: the best normalised correlation of the two thumbnails over a search of
    per-axis scales (0.85-1.18) and shifts (up to 15 %) whose overlap covers at least 85 % of
-   each image along each axis, coarse at 16 x 16 then refined at 32 x 32. The correlation
-   ignores brightness and contrast; the overlap rule keeps crops of one large photo shifted by
-   30 % apart even though their overlapping parts are the same pixels.
+   each image along each axis, coarse at 16 x 16 then refined at 32 x 32, upright and turned
+   against each other by 1.5 and 3 degrees either way, leaving out a border of 1/16 of each
+   side (a turned copy's corners). The correlation ignores brightness and contrast; the overlap
+   rule keeps crops of one large photo shifted by 30 % apart even though their overlapping parts
+   are the same pixels. A pair's shortfall from 1.0 is then scaled to its pictures: stricter for
+   thumbnail-sized images, more lenient for fine textures (see :func:`_pair_scores`).
 
 Byte-identical files are grouped apart from all this, by :func:`content_digest`, before any image
 is decoded. Groups are cliques (every two members are copies); see
@@ -42,7 +46,7 @@ MIN_DETAIL = 4.0
 # Correlation of two thumbnails above which they are copies (the default setting); measured
 # operating points in docs/near-duplicates.md.
 DEFAULT_COPY_THRESHOLD = 0.97
-# Images whose shorter side is below this are compared strictly (see scored_candidates).
+# Images whose shorter side is below this are compared strictly (see _pair_scores).
 SMALL_SIDE = 2 * THUMBNAIL_SIDE
 SMALL_IMAGE_STRICTNESS = 5.0
 # Along each axis, the overlap of two copies covers at least this share of each image.
@@ -50,14 +54,27 @@ MIN_OVERLAP = 0.85
 # Aspect ratios further apart than the largest per-axis scale cannot be copies.
 MAX_ASPECT_CHANGE = 1 / MIN_OVERLAP
 # Candidate stage: neighbours per image (groups are cliques: every two members must be a
-# candidate pair), and the blurred thumbnails' least cosine similarity.
+# candidate pair), the blurred thumbnails' least cosine similarity, and the windows (share of
+# each side, offsets along it) of each thumbnail compared besides the whole.
 CANDIDATES_PER_IMAGE = 32
-MIN_CANDIDATE_SIMILARITY = 0.8
+MIN_CANDIDATE_SIMILARITY = 0.6
+CANDIDATE_VIEW_SHARE = 0.9
+CANDIDATE_VIEW_OFFSETS = (0.05,)
 # Scales and shifts searched (fractions of the image), coarse grid then a refinement around the best.
 COARSE_SCALE_STEP = 0.05
 COARSE_SHIFT_STEP = 0.05
 FINE_STEP = 0.025
 MAX_SHIFT = 0.15
+# Turns (degrees) of one image against the other tried in the refinement (a photo straightened
+# or tilted), for pairs whose upright correlation reaches LEAST_SCORE_TO_TURN.
+TURNS = (-1.5, 1.5, -3.0, 3.0)
+LEAST_SCORE_TO_TURN = 0.7
+# Thumbnail pixels at each border left out of the correlation: the black corners of a turned copy.
+MARGIN = 2
+# Texture (see _texture) of a typical photograph, and the least share of a textured pair's
+# shortfall from 1.0 that counts.
+TEXTURE_REFERENCE = 0.06
+MOST_LENIENCY = 0.25
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
 
@@ -130,14 +147,12 @@ def copy_signature(image: Image.Image) -> CopySignature:
 
 def copy_score(first: CopySignature, second: CopySignature) -> float:
     """How well two signatures match as copies: the best correlation of their thumbnails over the
-    scales and shifts searched (1.0: the same picture; below 0.9 for distinct photographs)."""
-    score = _verified_scores(_stack([first, second]), np.array([[0, 1]], dtype=np.int64))
-    return float(_strict_for_small(score, np.array([first.small or second.small]))[0])
+    scales, shifts and turns searched, its shortfall from 1.0 scaled to the pictures (1.0: the
+    same picture; below 0.9 for distinct photographs)."""
+    return float(_pair_scores([first, second], np.array([[0, 1]], dtype=np.int64))[0])
 
 
-def find_copies(
-    signatures: list[CopySignature | None], threshold: float = DEFAULT_COPY_THRESHOLD
-) -> DuplicateGroups:
+def find_copies(signatures: list[CopySignature | None], threshold: float = DEFAULT_COPY_THRESHOLD) -> DuplicateGroups:
     """Group images whose signatures match above ``threshold``; ``None`` (an image without a
     signature) is never grouped."""
     pairs, scores = scored_candidates(signatures)
@@ -145,24 +160,52 @@ def find_copies(
 
 
 def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score.
-
-    A pair with a small image (see :attr:`CopySignature.small`) has its shortfall from 1.0
-    counted ``SMALL_IMAGE_STRICTNESS`` times: the search over crops fits any two similar
-    silhouettes of a thumbnail-sized picture (same-class Fashion-MNIST items reach 0.98), so such
-    copies must match almost pixel for pixel."""
+    """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score
+    (see :func:`copy_score`)."""
     present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
-    thumbnails = _stack([signatures[index] for index in present])  # type: ignore[misc]
-    aspects = np.array([signatures[index].aspect for index in present], np.float64)  # type: ignore[union-attr]
-    candidates = candidate_pairs(thumbnails, aspects)
-    small = np.array([signatures[index].small for index in present], dtype=bool)  # type: ignore[union-attr]
-    scores = _verified_scores(thumbnails, candidates)
-    either_small = small[candidates].any(axis=1) if len(candidates) else np.zeros(0, dtype=bool)
-    return present[candidates].reshape(-1, 2), _strict_for_small(scores, either_small)
+    kept: list[CopySignature] = [signatures[index] for index in present]  # type: ignore[misc]
+    candidates = candidate_pairs(_stack(kept), np.array([signature.aspect for signature in kept], np.float64))
+    return present[candidates].reshape(-1, 2), _pair_scores(kept, candidates)
 
 
-def _strict_for_small(scores: np.ndarray, small: np.ndarray) -> np.ndarray:
-    return np.where(small, 1.0 - SMALL_IMAGE_STRICTNESS * (1.0 - scores), scores)
+def _pair_scores(signatures: list[CopySignature], pairs: np.ndarray) -> np.ndarray:
+    """The verified correlation of each pair, its shortfall from 1.0 then scaled to the pictures.
+
+    A pair with a small image (see :attr:`CopySignature.small`) has its shortfall counted
+    ``SMALL_IMAGE_STRICTNESS`` times: the search over crops fits any two similar silhouettes of a
+    thumbnail-sized picture (same-class Fashion-MNIST items reach 0.98), so such copies must
+    match almost pixel for pixel. A fine texture (grass, gravel, brick) loses correlation under
+    the slightest crop or turn, where distinct textures share almost none: its shortfall counts
+    less, down to ``MOST_LENIENCY`` of it."""
+    thumbnails = _stack(signatures)
+    aspects = np.array([signature.aspect for signature in signatures], np.float64)
+    small = np.array([signature.small for signature in signatures], dtype=bool)
+    texture = _texture(_smoothed(thumbnails)) if len(thumbnails) else np.zeros(0)
+    scores = _verified_scores(thumbnails, aspects, pairs)
+    if not len(pairs):
+        return scores
+    return _scaled_shortfall(scores, small[pairs].any(axis=1), texture[pairs].min(axis=1))
+
+
+def _scaled_shortfall(scores: np.ndarray, small: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """Each score's shortfall from 1.0, counted SMALL_IMAGE_STRICTNESS times for a pair with a
+    small image and in proportion to TEXTURE_REFERENCE / the pair's texture otherwise."""
+    leniency = np.clip(TEXTURE_REFERENCE / np.maximum(texture, 1e-6), MOST_LENIENCY, 1.0)
+    return 1.0 - np.where(small, SMALL_IMAGE_STRICTNESS, leniency) * (1.0 - scores)
+
+
+def _texture(thumbnails: np.ndarray) -> np.ndarray:
+    """How much each (smoothed) thumbnail changes between neighbouring pixels: 1 - its
+    correlation with itself moved by one pixel, down and across (about 0.01 for a smooth
+    picture, 0.2-0.5 for grass, gravel or brick)."""
+
+    def correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        n = len(first)
+        return np.sum(_normalised(first.reshape(n, -1)) * _normalised(second.reshape(n, -1)), axis=1)
+
+    down = correlation(thumbnails[:, 1:], thumbnails[:, :-1])
+    across = correlation(thumbnails[:, :, 1:], thumbnails[:, :, :-1])
+    return 1.0 - (down + across) / 2
 
 
 def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> DuplicateGroups:
@@ -179,16 +222,25 @@ def copy_groups(n_images: int, pairs: np.ndarray, scores: np.ndarray, threshold:
 
 def candidate_pairs(thumbnails: np.ndarray, aspects: np.ndarray) -> np.ndarray:
     """(a, b) pairs, a < b: each image's nearest neighbours by blurred thumbnail, above the least
-    similarity, with aspect ratios a crop or resize can explain."""
+    similarity, with aspect ratios a crop or resize can explain.
+
+    The similarity of two images is the best cosine of one's whole blurred thumbnail against the
+    other's blurred views (the whole picture and crops of it, see :func:`_view_matrices`): a
+    copy cut down by 10 % matches the view of the original that it shows."""
     n = len(thumbnails)
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    blur = _normalised(_area_mean(thumbnails, BLUR_SIDE).reshape(n, -1)).astype(np.float32)
+    views = _blurred_views(thumbnails)  # (views, n, BLUR_SIDE ** 2), the whole picture first
+    whole = views[0]
     neighbours = min(CANDIDATES_PER_IMAGE, n - 1)
     found: list[np.ndarray] = []
     for start in range(0, n, BLOCK_ROWS):
-        similarity = blur[start : start + BLOCK_ROWS] @ blur.T
-        rows = np.arange(len(similarity))
+        stop = min(start + BLOCK_ROWS, n)
+        rows = np.arange(stop - start)
+        similarity = whole[start:stop] @ whole.T
+        for view in views[1:]:
+            np.maximum(similarity, whole[start:stop] @ view.T, out=similarity)
+            np.maximum(similarity, view[start:stop] @ whole.T, out=similarity)
         similarity[rows, rows + start] = -np.inf
         nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
         close = np.take_along_axis(similarity, nearest, axis=1) >= MIN_CANDIDATE_SIMILARITY
@@ -197,6 +249,31 @@ def candidate_pairs(thumbnails: np.ndarray, aspects: np.ndarray) -> np.ndarray:
     pairs = np.unique(pairs, axis=0)
     aspect_change = np.abs(np.log(aspects[pairs[:, 0]] / aspects[pairs[:, 1]]))
     return pairs[aspect_change <= np.log(MAX_ASPECT_CHANGE)]
+
+
+@lru_cache(maxsize=1)
+def _view_matrices() -> np.ndarray:
+    """Per-axis area-averaging matrices (views, BLUR_SIDE, THUMBNAIL_SIDE): the whole thumbnail,
+    then windows of CANDIDATE_VIEW_SHARE of it at the offsets listed, each squeezed to BLUR_SIDE."""
+    windows = [(0.0, 1.0)] + [(offset, CANDIDATE_VIEW_SHARE) for offset in CANDIDATE_VIEW_OFFSETS]
+    pixel_edges = np.arange(THUMBNAIL_SIDE + 1) / THUMBNAIL_SIDE
+    matrices = np.zeros((len(windows), BLUR_SIDE, THUMBNAIL_SIDE), np.float32)
+    for index, (offset, share) in enumerate(windows):
+        cell_edges = offset + share * np.arange(BLUR_SIDE + 1) / BLUR_SIDE
+        low = np.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
+        high = np.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
+        matrices[index] = np.clip(high - low, 0, None) / (share / BLUR_SIDE)
+    return matrices
+
+
+def _blurred_views(thumbnails: np.ndarray) -> np.ndarray:
+    """Every (row window, column window) view of each thumbnail, squeezed and normalised."""
+    axis = _view_matrices()
+    rows, columns = np.meshgrid(np.arange(len(axis)), np.arange(len(axis)), indexing="ij")
+    # the whole picture, then the windows that crop both axes
+    pairs = np.concatenate([[[0, 0]], np.stack([rows[1:, 1:].ravel(), columns[1:, 1:].ravel()], axis=1)])
+    views = [axis[row] @ thumbnails @ axis[column].T for row, column in pairs]
+    return np.stack([_normalised(view.reshape(len(thumbnails), -1)) for view in views]).astype(np.float32)
 
 
 def _stack(signatures: list[CopySignature]) -> np.ndarray:
@@ -254,7 +331,8 @@ class _AxisWarps:
         return self.masked.transpose(0, 2, 1) @ self.matrices
 
 
-def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps:
+def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray, margin: int = 0) -> _AxisWarps:
+    """``margin``: pixels at either end left out of every comparison (a turned copy's corners)."""
     centres = (np.arange(side) + 0.5) / side
     mapped = scales[:, None] * centres[None, :] + shifts[:, None]  # (warps, side) in the other's [0, 1]
     inside = (mapped >= 0.0) & (mapped <= 1.0)
@@ -270,7 +348,10 @@ def _axis_warps(side: int, scales: np.ndarray, shifts: np.ndarray) -> _AxisWarps
     warp, row = np.indices(left.shape)
     np.add.at(matrices, (warp, row, left), 1.0 - weight)
     np.add.at(matrices, (warp, row, right), weight)
-    return _AxisWarps(scales[keep], shifts[keep], matrices, inside[keep].astype(np.float32))
+    compared = inside[keep]
+    compared[:, :margin] = False
+    compared[:, side - margin :] = False
+    return _AxisWarps(scales[keep], shifts[keep], matrices, compared.astype(np.float32))
 
 
 @lru_cache(maxsize=1)
@@ -280,7 +361,7 @@ def _coarse_warps() -> _AxisWarps:
     scales = np.concatenate([1.0 + COARSE_SCALE_STEP * shrink, 1.0 / (1.0 - COARSE_SCALE_STEP * grow)])
     shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1e-9, COARSE_SHIFT_STEP)
     grid_scales, grid_shifts = np.meshgrid(scales, shifts, indexing="ij")
-    return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+    return _axis_warps(COARSE_SIDE, grid_scales.ravel(), grid_shifts.ravel(), MARGIN * COARSE_SIDE // THUMBNAIL_SIDE)
 
 
 @lru_cache(maxsize=None)
@@ -289,7 +370,7 @@ def _fine_warps(coarse_index: int) -> _AxisWarps:
     scale, shift = float(_coarse_warps().scales[coarse_index]), float(_coarse_warps().shifts[coarse_index])
     around = FINE_STEP * np.arange(-1, 2)
     grid_scales, grid_shifts = np.meshgrid(scale + around, shift + around, indexing="ij")
-    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel())
+    return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel(), MARGIN)
 
 
 def _best_correlation(
@@ -318,17 +399,55 @@ def _best_correlation(
     return float(correlation[best_row, best_column]), int(best_row), int(best_column)
 
 
-def _verified_scores(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """The copy score of each pair: coarse search at 16 x 16, then refined at 32 x 32."""
+def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray:
+    """The thumbnail of the picture turned by ``degrees`` about its centre (bilinear, edges
+    repeated): in thumbnail coordinates a turn of a picture of ``aspect`` (width / height) shears."""
+    side = thumbnail.shape[0]
+    angle = np.deg2rad(degrees)
+    centred = (np.arange(side) + 0.5) / side - 0.5
+    v, u = np.meshgrid(centred, centred, indexing="ij")  # v down the rows, u along the columns
+    source_u = np.cos(angle) * u - np.sin(angle) * v / aspect
+    source_v = np.sin(angle) * u * aspect + np.cos(angle) * v
+    rows = np.clip((source_v + 0.5) * side - 0.5, 0, side - 1)
+    columns = np.clip((source_u + 0.5) * side - 0.5, 0, side - 1)
+    top, left = np.minimum(rows.astype(np.int64), side - 2), np.minimum(columns.astype(np.int64), side - 2)
+    down, across = rows - top, columns - left
+    return (
+        thumbnail[top, left] * (1 - down) * (1 - across)
+        + thumbnail[top, left + 1] * (1 - down) * across
+        + thumbnail[top + 1, left] * down * (1 - across)
+        + thumbnail[top + 1, left + 1] * down * across
+    ).astype(np.float32)
+
+
+def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The copy score of each pair: the best aligned correlation upright and, when that reaches
+    LEAST_SCORE_TO_TURN, with the two images turned against each other by each of TURNS (each by
+    half of it, so both pass through one interpolation)."""
     thumbnails = _smoothed(thumbnails)
-    coarse = _area_mean(thumbnails, COARSE_SIDE) if len(thumbnails) else thumbnails
-    warps = _coarse_warps()
     scores = np.zeros(len(pairs), np.float64)
     for index, (first, second) in enumerate(pairs.tolist()):
-        _, row, column = _best_correlation(coarse[first], coarse[second], warps, warps)
-        fine_rows, fine_columns = _fine_warps(row), _fine_warps(column)
-        scores[index] = _best_correlation(thumbnails[first], thumbnails[second], fine_rows, fine_columns)[0]
+        scores[index] = _aligned_correlation(thumbnails[first], thumbnails[second])
+        if scores[index] < LEAST_SCORE_TO_TURN:
+            continue
+        for degrees in TURNS:
+            turned = _aligned_correlation(
+                _rotated(thumbnails[first], degrees / 2, aspects[first]),
+                _rotated(thumbnails[second], -degrees / 2, aspects[second]),
+            )
+            scores[index] = max(scores[index], turned)
     return scores
+
+
+def _aligned_correlation(fixed: np.ndarray, moving: np.ndarray) -> float:
+    """The best correlation over the scales and shifts searched: coarse at 16 x 16, then refined
+    at 32 x 32 around the best coarse warps (a turn needs its own coarse search: upright, the
+    best coarse warp of a turned copy is a zoom that hides its corners)."""
+    warps = _coarse_warps()
+    _, row, column = _best_correlation(
+        _area_mean(fixed[None], COARSE_SIDE)[0], _area_mean(moving[None], COARSE_SIDE)[0], warps, warps
+    )
+    return _best_correlation(fixed, moving, _fine_warps(row), _fine_warps(column))[0]
 
 
 __all__ = [
