@@ -270,3 +270,17 @@ def pattern_cluster_method(config: PatternConfig, *, components: int = 32) -> Me
         return np.asarray(picks[:budget])
 
     return Method(f"pattern clusters K={config[0]} r={config[1]}", pick, nested=False)
+
+
+def uniqueness_fds_method(config: PatternConfig, power: float) -> Method:
+    """Farthest-first over patterns (``fds``) with each image's distances multiplied by its
+    uniqueness ** ``power``: the distance of its mean pattern to its 3 nearest other images'
+    (weighted 0.6/0.3/0.1), so images that stand apart as a whole come before lone odd patterns."""
+
+    def pick(features: Features, budget: int, seed: int) -> np.ndarray:
+        from .peers import mean_patterns, uniqueness_scores
+
+        prior = np.maximum(uniqueness_scores(mean_patterns(features, config)), 1e-6) ** power
+        return select(features.patterns[config], budget, strategy="fds", seed=seed, prior=prior).picks
+
+    return Method(f"fds x uniqueness^{power:g} K={config[0]} r={config[1]}", pick)
