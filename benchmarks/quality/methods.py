@@ -272,15 +272,15 @@ def pattern_cluster_method(config: PatternConfig, *, components: int = 32) -> Me
     return Method(f"pattern clusters K={config[0]} r={config[1]}", pick, nested=False)
 
 
-def uniqueness_fds_method(config: PatternConfig, power: float) -> Method:
+def uniqueness_fds_method(config: PatternConfig, power: float, neighbours: int = 3) -> Method:
     """Farthest-first over patterns (``fds``) with each image's distances multiplied by its
-    uniqueness ** ``power``: the distance of its mean pattern to its 3 nearest other images'
-    (weighted 0.6/0.3/0.1), so images that stand apart as a whole come before lone odd patterns."""
+    uniqueness ** ``power``: the mean cosine distance of its mean pattern to its ``neighbours``
+    nearest other images' (the engine's typicality prior with a negative exponent), so that images
+    standing apart as a whole come before lone odd patterns."""
 
     def pick(features: Features, budget: int, seed: int) -> np.ndarray:
-        from .peers import mean_patterns, uniqueness_scores
-
-        prior = np.maximum(uniqueness_scores(mean_patterns(features, config)), 1e-6) ** power
+        pool = PatternPool(features.patterns[config])
+        prior = typicality_prior(pool.matrix, pool.starts, strength=-power, neighbours=neighbours)
         return select(features.patterns[config], budget, strategy="fds", seed=seed, prior=prior).picks
 
-    return Method(f"fds x uniqueness^{power:g} K={config[0]} r={config[1]}", pick)
+    return Method(f"fds x uniqueness^{power:g} (k={neighbours}) K={config[0]} r={config[1]}", pick)

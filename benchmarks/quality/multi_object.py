@@ -12,6 +12,7 @@ method is also compared with random scenes holding as many objects).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -286,6 +287,7 @@ def multi_object_methods() -> list[Method]:
         pattern_cluster_method(paper),
         *peer_methods(paper),
         *[uniqueness_fds_method(config, power) for config in ((5, 0.5), (5, 1.0), (3, 0.5)) for power in (1.0, 2.0)],
+        uniqueness_fds_method(paper, 1.0, neighbours=20),
         freesel_method("fds+typ^1 K=5 r=0.5", paper, "fds", strength=1.0),
         freesel_method("fds K=5 r=1.0", (5, 1.0), "fds"),
         freesel_method("fds K=3 r=0.5", (3, 0.5), "fds"),
@@ -308,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool = "" if args.pool == "mosaic" else f"_{args.pool}"
     name = f"quality_multi_object{pool}" + ("_tuning" if args.mode == "tune" else "")
     command = (
-        "python -m benchmarks.quality.multi_object " + " ".join(sys.argv[1:])
+        "python -m benchmarks.quality.multi_object " + shlex.join(sys.argv[1:])
         if argv_is_cli()
         else "(called from Python)"
     )
