@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dataclasses import replace
 
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from benchmarks.quality.data import DEFAULT_ROOT, load_split
 from benchmarks.quality.multi_object import main, multi_object_methods
-from benchmarks.quality.scenes import SceneSettings, build_scenes
+from benchmarks.quality.scenes import POOLS, SceneSettings, build_scenes
 from tests.helpers import missing_prerequisite
 
 TINY_RUN = [
@@ -77,3 +78,19 @@ def test_tuning_never_reads_the_test_split(tmp_path: Path) -> None:
                  "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
     assert main(["tune", *arguments]) == 0
     assert "30 scenes" in (tmp_path / "quality_multi_object_tuning.md").read_text()
+
+
+def test_detection_pools_differ_in_object_statistics() -> None:
+    _fashion_mnist_or_skip()
+    train = load_split("train")
+    crowded = build_scenes(train, replace(POOLS["crowded"], n_scenes=200))
+    dominant = build_scenes(train, replace(POOLS["dominant"], n_scenes=200))
+    tail = build_scenes(train, replace(POOLS["tail"], n_scenes=1000))
+    assert crowded.objects_per_scene().min() >= 6 and crowded.objects_per_scene().mean() > 8
+    assert np.array_equal(dominant.objects_per_scene(), np.ones(200))
+    # Clutter: ink outside the one object's box, on every scene.
+    ink = (dominant.canvases > 0).sum(axis=(1, 2))
+    object_ink = np.array([(dominant.object_images[s] > 0).sum() for s in range(200)]) * (120 / 28) ** 2
+    assert np.all(ink > 0.5 * object_ink)
+    share_of_scenes = [len(np.unique(tail.object_scene[tail.object_labels == c])) / len(tail) for c in range(10)]
+    assert sum(share < 0.01 for share in share_of_scenes) >= 2

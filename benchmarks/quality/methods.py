@@ -270,3 +270,17 @@ def pattern_cluster_method(config: PatternConfig, *, components: int = 32) -> Me
         return np.asarray(picks[:budget])
 
     return Method(f"pattern clusters K={config[0]} r={config[1]}", pick, nested=False)
+
+
+def uniqueness_fds_method(config: PatternConfig, power: float, neighbours: int = 3) -> Method:
+    """Farthest-first over patterns (``fds``) with each image's distances multiplied by its
+    uniqueness ** ``power``: the mean cosine distance of its mean pattern to its ``neighbours``
+    nearest other images' (the engine's typicality prior with a negative exponent), so that images
+    standing apart as a whole come before lone odd patterns."""
+
+    def pick(features: Features, budget: int, seed: int) -> np.ndarray:
+        pool = PatternPool(features.patterns[config])
+        prior = typicality_prior(pool.matrix, pool.starts, strength=-power, neighbours=neighbours)
+        return select(features.patterns[config], budget, strategy="fds", seed=seed, prior=prior).picks
+
+    return Method(f"fds x uniqueness^{power:g} (k={neighbours}) K={config[0]} r={config[1]}", pick)

@@ -12,9 +12,10 @@ method is also compared with random scenes holding as many objects).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,8 +33,10 @@ from .methods import (
     probcover_method,
     random_method,
     typiclust_method,
+    uniqueness_fds_method,
 )
-from .scenes import SceneSettings, Scenes, balanced_objects, build_scenes
+from .peers import peer_methods
+from .scenes import POOLS, Scenes, balanced_objects, build_scenes
 
 BUDGETS = (20, 50, 100, 200, 400)
 SCENE_CONFIGS: tuple[PatternConfig, ...] = ((1, 1.0), (3, 0.5), (5, 0.5), (5, 1.0))
@@ -69,9 +72,11 @@ class MultiObjectScore:
     accuracy_se: float  # standard error of that mean
     gain: float  # accuracy minus random's at the same number of scenes, mean of per-seed gains
     gain_se: float
+    gain_sd: float  # standard deviation of the per-seed gains
     objects: float  # labelled objects, mean over seeds
     gain_per_object: float  # accuracy minus random scenes' holding as many objects
     gain_per_object_se: float
+    gain_per_object_sd: float
     rare_objects: float  # labelled objects of the three rarest classes
     seconds: float  # selection time per seed
 
@@ -85,13 +90,13 @@ def _extraction(args: argparse.Namespace, image_size: int, configs: tuple[Patter
 def prepare(args: argparse.Namespace) -> Benchmark:
     """Scenes, their features and the probe for ``args.mode`` (features from the cache when there)."""
     train = load_split("train", args.data_dir)
-    scenes = build_scenes(train, SceneSettings(n_scenes=args.scenes, canvas=args.canvas))
+    scenes = build_scenes(train, replace(POOLS[args.pool], n_scenes=args.scenes, canvas=args.canvas))
     evaluation = _evaluation_objects(args, train, scenes)
     scene_features = cached_features(
-        scenes.canvases, "scenes", _extraction(args, args.scene_size, SCENE_CONFIGS), args.cache_dir
+        scenes.canvases, f"scenes_{args.pool}", _extraction(args, args.scene_size, SCENE_CONFIGS), args.cache_dir
     )
     object_settings = _extraction(args, args.object_size, ())
-    object_features = cached_features(scenes.object_images, "scene_objects", object_settings, args.cache_dir)
+    object_features = cached_features(scenes.object_images, f"objects_{args.pool}", object_settings, args.cache_dir)
     evaluation_features = cached_features(evaluation.images, f"{args.mode}_objects", object_settings, args.cache_dir)
     if args.mode == "tune":
         half = _half(len(scenes))
@@ -105,7 +110,8 @@ def prepare(args: argparse.Namespace) -> Benchmark:
     probe = Probe.build(pool_objects, scenes.object_labels, evaluation_objects, evaluation.labels)
     where = "held-out training objects" if args.mode == "tune" else "Fashion-MNIST test objects"
     description = (
-        f"{len(scenes)} scenes ({len(scenes.object_labels)} objects, {args.canvas} px), scored on {len(evaluation)} "
+        f"pool {args.pool}: {len(scenes)} scenes ({len(scenes.object_labels)} objects, {args.canvas} px), scored on "
+        f"{len(evaluation)} "
         f"balanced {where}; {scene_features.model_id}, scenes at {args.scene_size} px, objects at {args.object_size} "
         "px "
         f"(probe on {pool_objects.shape[1]} principal components)"
@@ -139,6 +145,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.quality.multi_object", description=__doc__.split("\n\n")[0]
     )
     add_shared_arguments(parser)
+    parser.add_argument("--pool", choices=sorted(POOLS), default="mosaic", help="kind of scenes (mosaic)")
     parser.add_argument("--scenes", type=int, default=3000, help="scenes in the pool (3000; tune selects from half)")
     parser.add_argument("--canvas", type=int, default=224, help="scene size in pixels (224)")
     parser.add_argument("--scene-size", type=int, default=112, help="model input size for the scenes (112)")
@@ -225,10 +232,11 @@ def _score_method(
 
 def _summary(name: str, budget: int, cells: np.ndarray, seconds: float) -> MultiObjectScore:
     mean = cells.mean(axis=0)
-    se = cells.std(axis=0, ddof=1) / np.sqrt(len(cells)) if len(cells) > 1 else np.zeros(cells.shape[1])
+    sd = cells.std(axis=0, ddof=1) if len(cells) > 1 else np.zeros(cells.shape[1])
+    se = sd / np.sqrt(len(cells))
     return MultiObjectScore(
-        name, budget, float(mean[0]), float(se[0]), float(mean[1]), float(se[1]), float(mean[2]),
-        float(mean[3]), float(se[3]), float(mean[4]), seconds,
+        name, budget, float(mean[0]), float(se[0]), float(mean[1]), float(se[1]), float(sd[1]), float(mean[2]),
+        float(mean[3]), float(se[3]), float(sd[3]), float(mean[4]), seconds,
     )
 
 
@@ -252,10 +260,11 @@ def markdown_table(scores: Sequence[MultiObjectScore]) -> str:
     return (
         "Per-object test accuracy (%), mean ± standard error over seeds, by labelled scenes:\n\n"
         + table(lambda s: f"{100 * s.accuracy:.1f} ± {100 * s.accuracy_se:.1f}")
-        + "\n\nGain over random scenes (points, mean ± s.e. of the per-seed differences), same number of scenes:\n\n"
-        + table(lambda s: f"{100 * s.gain:+.1f} ± {100 * s.gain_se:.1f}")
-        + "\n\nGain over random scenes holding as many objects (cost counted per labelled object):\n\n"
-        + table(lambda s: f"{100 * s.gain_per_object:+.1f} ± {100 * s.gain_per_object_se:.1f}")
+        + "\n\nGain over random scenes (points, mean ± standard deviation of the per-seed differences; the "
+        "standard error is the deviation / √seeds), same number of scenes:\n\n"
+        + table(lambda s: f"{100 * s.gain:+.1f} ± {100 * s.gain_sd:.1f}")
+        + "\n\nGain over random scenes holding as many objects (cost counted per labelled object; mean ± s.d.):\n\n"
+        + table(lambda s: f"{100 * s.gain_per_object:+.1f} ± {100 * s.gain_per_object_sd:.1f}")
         + "\n\nLabelled objects (of them: of the three rarest classes), mean over seeds; selection s/seed:\n\n"
         + table(lambda s: f"{s.objects:.0f} ({s.rare_objects:.0f}); {s.seconds:.1f} s")
         + "\n"
@@ -272,9 +281,16 @@ def multi_object_methods() -> list[Method]:
         freesel_method("paper: prob K=5 r=0.5", paper, "prob"),
         freesel_method("paper: fds K=5 r=0.5", paper, "fds"),
         typiclust_method(paper),
+        probcover_method(paper),
         probcover_method(paper, purity=0.5),
         coreset_method(),
         pattern_cluster_method(paper),
+        *peer_methods(paper),
+        *[uniqueness_fds_method(config, power) for config in ((5, 0.5), (5, 1.0), (3, 0.5)) for power in (1.0, 2.0)],
+        uniqueness_fds_method(paper, 1.0, neighbours=20),
+        freesel_method("fds+typ^1 K=5 r=0.5", paper, "fds", strength=1.0),
+        freesel_method("fds K=5 r=1.0", (5, 1.0), "fds"),
+        freesel_method("fds K=3 r=0.5", (3, 0.5), "fds"),
     ]
 
 
@@ -291,9 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores = score_multi_object(
         chosen_methods(multi_object_methods(), args.only), benchmark, args.budgets, seeds, cache
     )
-    name = "quality_multi_object" + ("_tuning" if args.mode == "tune" else "")
+    pool = "" if args.pool == "mosaic" else f"_{args.pool}"
+    name = f"quality_multi_object{pool}" + ("_tuning" if args.mode == "tune" else "")
     command = (
-        "python -m benchmarks.quality.multi_object " + " ".join(sys.argv[1:])
+        "python -m benchmarks.quality.multi_object " + shlex.join(sys.argv[1:])
         if argv_is_cli()
         else "(called from Python)"
     )
@@ -310,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _setting_tag(args: argparse.Namespace) -> str:
     return "_".join(str(v) for v in (
-        args.model, args.random_init, args.precision, args.scenes, args.canvas, args.scene_size, args.object_size,
-        args.objects_per_class,
+        args.pool, args.model, args.random_init, args.precision, args.scenes, args.canvas, args.scene_size,
+        args.object_size, args.objects_per_class,
     ))
 
 

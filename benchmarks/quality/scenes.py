@@ -1,9 +1,13 @@
 """Multi-object scenes built from real Fashion-MNIST objects, for detection-style labelling.
 
-Each scene is a square greyscale canvas holding 1-4 objects, each a Fashion-MNIST image scaled up
-and placed without overlap. Object classes follow a long-tailed distribution (the most frequent
-class ``imbalance`` times as frequent as the rarest), as in detection datasets. Labelling a scene
-labels all of its objects (their boxes and classes), so what a pick buys is its objects.
+Each scene is a square greyscale canvas holding objects, each a Fashion-MNIST image scaled up and
+placed without overlap. Object classes follow a long-tailed distribution (the most frequent class
+``imbalance`` times as frequent as the rarest), as in detection datasets. Labelling a scene labels
+all of its objects (their boxes and classes), so what a pick buys is its objects. Four pools
+(:data:`POOLS`) differ in object statistics: ``mosaic`` (1-4 objects of 56-96 px), ``crowded``
+(6-12 small objects of 24-40 px), ``dominant`` (one object of 120-180 px among unlabelled clutter:
+small fragments of other images) and ``tail`` (1-3 objects, classes so imbalanced that the rarest
+appear in under 1 % of the scenes).
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ class SceneSettings:
     max_object_size: int = 96
     imbalance: float = 20.0
     seed: int = 0
+    clutter: tuple[int, int] = (0, 0)  # unlabelled fragments per scene, min and max
+    clutter_size: tuple[int, int] = (12, 24)  # their size in pixels, min and max
+
+
+POOLS: dict[str, SceneSettings] = {
+    "mosaic": SceneSettings(),
+    "crowded": SceneSettings(min_objects=6, max_objects=12, min_object_size=24, max_object_size=40),
+    "dominant": SceneSettings(min_objects=1, max_objects=1, min_object_size=120, max_object_size=180, clutter=(4, 8)),
+    "tail": SceneSettings(min_objects=1, max_objects=3, imbalance=500.0),
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ def build_scenes(source: LabelledImages, settings: SceneSettings = SceneSettings
     canvases = np.zeros((settings.n_scenes, settings.canvas, settings.canvas), dtype=np.uint8)
     sources, labels, owners = [], [], []
     for scene in range(settings.n_scenes):
+        if settings.clutter[1] > 0:  # (the mosaic pool's random stream stays as it was)
+            _add_clutter(canvases[scene], source, settings, rng)
         count = int(rng.integers(settings.min_objects, settings.max_objects + 1))
         for box in _boxes(count, settings, rng):
             label = int(rng.choice(N_CLASSES, p=frequencies))
@@ -111,6 +127,16 @@ def _boxes(count: int, settings: SceneSettings, rng: np.random.Generator) -> lis
         if all(not _overlap((top, left, size), other) for other in boxes):
             boxes.append((top, left, size))
     return boxes
+
+
+def _add_clutter(canvas: np.ndarray, source: LabelledImages, settings: SceneSettings, rng: np.random.Generator) -> None:
+    """Unlabelled fragments (a quarter of a random source image each) anywhere on the canvas."""
+    for _ in range(int(rng.integers(settings.clutter[0], settings.clutter[1] + 1))):
+        image = source.images[int(rng.integers(len(source)))]
+        top, left = (int(v) for v in rng.integers(0, 15, size=2))
+        size = int(rng.integers(settings.clutter_size[0], settings.clutter_size[1] + 1))
+        box = (*(int(v) for v in rng.integers(0, settings.canvas - size + 1, size=2)), size)
+        _paste(canvas, np.ascontiguousarray(image[top : top + 14, left : left + 14]), box)
 
 
 def _overlap(a: Box, b: Box) -> bool:
