@@ -77,6 +77,8 @@ TEXTURE_REFERENCE = 0.06
 MOST_LENIENCY = 0.25
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
+# Verification: images (upright or turned) whose coarse sums are kept at once, about 100 KiB each.
+TURNED_CACHE_SIZE = 2048
 
 
 class CopySignatureError(ValueError):
@@ -373,6 +375,43 @@ def _fine_warps(coarse_index: int) -> _AxisWarps:
     return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel(), MARGIN)
 
 
+@dataclass(frozen=True)
+class _FixedSums:
+    """The masked sums of :func:`_best_correlation` that depend on the fixed image alone."""
+
+    sum_fixed: np.ndarray
+    column_cross: np.ndarray
+    sum_fixed_sq: np.ndarray
+
+
+@dataclass(frozen=True)
+class _MovingSums:
+    """The masked sums of :func:`_best_correlation` that depend on the moving image alone."""
+
+    row_cross: np.ndarray
+    sum_moving: np.ndarray
+    sum_moving_sq: np.ndarray
+
+
+def _fixed_sums(fixed: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> _FixedSums:
+    side = fixed.shape[0]
+    column_cross = (columns.masked @ fixed.T).transpose(0, 2, 1).reshape(len(columns.scales), -1)  # (C_b' F^T)^T
+    fixed_gram = (fixed[None] @ columns.gram @ fixed.T[None]).reshape(len(columns.scales), side * side)
+    return _FixedSums(
+        sum_fixed=rows.weights @ fixed @ columns.weights.T,
+        column_cross=column_cross,
+        sum_fixed_sq=rows.gram.reshape(len(rows.scales), side * side) @ fixed_gram.T,
+    )
+
+
+def _moving_sums(moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> _MovingSums:
+    return _MovingSums(
+        row_cross=(rows.masked.transpose(0, 2, 1) @ moving).reshape(len(rows.scales), -1),  # R_a'^T M
+        sum_moving=rows.valid @ moving @ columns.valid.T,
+        sum_moving_sq=rows.valid @ (moving * moving) @ columns.valid.T,
+    )
+
+
 def _best_correlation(
     fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps
 ) -> tuple[float, int, int]:
@@ -380,20 +419,21 @@ def _best_correlation(
     warp), over the pixels both cover, and the two warps that give it.
 
     With R_a, C_b the interpolation matrices and r_a, c_b the masks, the warped image is
-    R_a F C_b^T; every masked sum below is expanded into products of per-warp matrices, so the
-    warped images themselves are never formed."""
-    side = fixed.shape[0]
+    R_a F C_b^T; every masked sum is expanded into products of per-warp matrices, so the warped
+    images themselves are never formed."""
+    return _combined_correlation(_fixed_sums(fixed, rows, columns), _moving_sums(moving, rows, columns), rows, columns)
+
+
+def _combined_correlation(
+    fixed: _FixedSums, moving: _MovingSums, rows: _AxisWarps, columns: _AxisWarps
+) -> tuple[float, int, int]:
+    """:func:`_best_correlation` from the sums of each image: only their cross term is per pair."""
     count = np.outer(rows.count, columns.count)
-    sum_fixed = rows.weights @ fixed @ columns.weights.T
-    row_cross = (rows.masked.transpose(0, 2, 1) @ moving).reshape(len(rows.scales), -1)  # R_a'^T M
-    column_cross = (columns.masked @ fixed.T).transpose(0, 2, 1).reshape(len(columns.scales), -1)  # (C_b' F^T)^T
-    sum_cross = row_cross @ column_cross.T
-    fixed_gram = (fixed[None] @ columns.gram @ fixed.T[None]).reshape(len(columns.scales), side * side)
-    sum_fixed_sq = rows.gram.reshape(len(rows.scales), side * side) @ fixed_gram.T
-    sum_moving = rows.valid @ moving @ columns.valid.T
-    sum_moving_sq = rows.valid @ (moving * moving) @ columns.valid.T
-    covariance = sum_cross - sum_fixed * sum_moving / count
-    variance = (sum_fixed_sq - sum_fixed**2 / count) * (sum_moving_sq - sum_moving**2 / count)
+    sum_cross = moving.row_cross @ fixed.column_cross.T
+    covariance = sum_cross - fixed.sum_fixed * moving.sum_moving / count
+    variance = (fixed.sum_fixed_sq - fixed.sum_fixed**2 / count) * (
+        moving.sum_moving_sq - moving.sum_moving**2 / count
+    )
     correlation = covariance / np.sqrt(np.maximum(variance, 1e-6))
     best_row, best_column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
     return float(correlation[best_row, best_column]), int(best_row), int(best_column)
@@ -420,34 +460,54 @@ def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray
     ).astype(np.float32)
 
 
+class _Turned:
+    """One image's smoothed thumbnail, upright or turned by a half-turn, with what the coarse
+    search needs of it as either image of a pair: computed once per image rather than per pair."""
+
+    def __init__(self, thumbnail: np.ndarray, degrees: float, aspect: float) -> None:
+        self.thumbnail = thumbnail if degrees == 0.0 else _rotated(thumbnail, degrees, aspect)
+
+    @cached_property
+    def coarse(self) -> np.ndarray:
+        return _area_mean(self.thumbnail[None], COARSE_SIDE)[0]
+
+    @cached_property
+    def as_fixed(self) -> _FixedSums:
+        return _fixed_sums(self.coarse, _coarse_warps(), _coarse_warps())
+
+    @cached_property
+    def as_moving(self) -> _MovingSums:
+        return _moving_sums(self.coarse, _coarse_warps(), _coarse_warps())
+
+
 def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """The copy score of each pair: the best aligned correlation upright and, when that reaches
     LEAST_SCORE_TO_TURN, with the two images turned against each other by each of TURNS (each by
     half of it, so both pass through one interpolation)."""
     thumbnails = _smoothed(thumbnails)
+
+    @lru_cache(maxsize=TURNED_CACHE_SIZE)
+    def turned(image: int, degrees: float) -> _Turned:
+        return _Turned(thumbnails[image], degrees, float(aspects[image]))
+
     scores = np.zeros(len(pairs), np.float64)
     for index, (first, second) in enumerate(pairs.tolist()):
-        scores[index] = _aligned_correlation(thumbnails[first], thumbnails[second])
+        scores[index] = _aligned_correlation(turned(first, 0.0), turned(second, 0.0))
         if scores[index] < LEAST_SCORE_TO_TURN:
             continue
         for degrees in TURNS:
-            turned = _aligned_correlation(
-                _rotated(thumbnails[first], degrees / 2, aspects[first]),
-                _rotated(thumbnails[second], -degrees / 2, aspects[second]),
-            )
-            scores[index] = max(scores[index], turned)
+            turned_score = _aligned_correlation(turned(first, degrees / 2), turned(second, -degrees / 2))
+            scores[index] = max(scores[index], turned_score)
     return scores
 
 
-def _aligned_correlation(fixed: np.ndarray, moving: np.ndarray) -> float:
+def _aligned_correlation(fixed: _Turned, moving: _Turned) -> float:
     """The best correlation over the scales and shifts searched: coarse at 16 x 16, then refined
     at 32 x 32 around the best coarse warps (a turn needs its own coarse search: upright, the
     best coarse warp of a turned copy is a zoom that hides its corners)."""
     warps = _coarse_warps()
-    _, row, column = _best_correlation(
-        _area_mean(fixed[None], COARSE_SIDE)[0], _area_mean(moving[None], COARSE_SIDE)[0], warps, warps
-    )
-    return _best_correlation(fixed, moving, _fine_warps(row), _fine_warps(column))[0]
+    _, row, column = _combined_correlation(fixed.as_fixed, moving.as_moving, warps, warps)
+    return _best_correlation(fixed.thumbnail, moving.thumbnail, _fine_warps(row), _fine_warps(column))[0]
 
 
 __all__ = [
