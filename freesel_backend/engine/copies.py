@@ -431,9 +431,7 @@ def _combined_correlation(
     count = np.outer(rows.count, columns.count)
     sum_cross = moving.row_cross @ fixed.column_cross.T
     covariance = sum_cross - fixed.sum_fixed * moving.sum_moving / count
-    variance = (fixed.sum_fixed_sq - fixed.sum_fixed**2 / count) * (
-        moving.sum_moving_sq - moving.sum_moving**2 / count
-    )
+    variance = (fixed.sum_fixed_sq - fixed.sum_fixed**2 / count) * (moving.sum_moving_sq - moving.sum_moving**2 / count)
     correlation = covariance / np.sqrt(np.maximum(variance, 1e-6))
     best_row, best_column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
     return float(correlation[best_row, best_column]), int(best_row), int(best_column)
