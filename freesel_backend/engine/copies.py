@@ -413,21 +413,14 @@ def _moving_sums(moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> _
 
 
 def _best_correlation(
-    fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps
+    fixed: _FixedSums, moving: _MovingSums, rows: _AxisWarps, columns: _AxisWarps
 ) -> tuple[float, int, int]:
-    """The best correlation of ``moving`` against ``fixed`` warped by every (row warp, column
-    warp), over the pixels both cover, and the two warps that give it.
+    """The best correlation of the moving image against the fixed one warped by every (row warp,
+    column warp), over the pixels both cover, and the two warps that give it.
 
     With R_a, C_b the interpolation matrices and r_a, c_b the masks, the warped image is
     R_a F C_b^T; every masked sum is expanded into products of per-warp matrices, so the warped
-    images themselves are never formed."""
-    return _combined_correlation(_fixed_sums(fixed, rows, columns), _moving_sums(moving, rows, columns), rows, columns)
-
-
-def _combined_correlation(
-    fixed: _FixedSums, moving: _MovingSums, rows: _AxisWarps, columns: _AxisWarps
-) -> tuple[float, int, int]:
-    """:func:`_best_correlation` from the sums of each image: only their cross term is per pair."""
+    images themselves are never formed, and all but the cross term depend on one image alone."""
     count = np.outer(rows.count, columns.count)
     sum_cross = moving.row_cross @ fixed.column_cross.T
     covariance = sum_cross - fixed.sum_fixed * moving.sum_moving / count
@@ -459,23 +452,37 @@ def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray
 
 
 class _Turned:
-    """One image's smoothed thumbnail, upright or turned by a half-turn, with what the coarse
-    search needs of it as either image of a pair: computed once per image rather than per pair."""
+    """One image's smoothed thumbnail, upright or turned by a half-turn, with the sums that the
+    searches need of it as either image of a pair: computed once per image (and refinement grid)
+    rather than once per pair."""
 
     def __init__(self, thumbnail: np.ndarray, degrees: float, aspect: float) -> None:
         self.thumbnail = thumbnail if degrees == 0.0 else _rotated(thumbnail, degrees, aspect)
+        self._fine_fixed: dict[tuple[int, int], _FixedSums] = {}
+        self._fine_moving: dict[tuple[int, int], _MovingSums] = {}
 
     @cached_property
-    def coarse(self) -> np.ndarray:
+    def coarse_fixed(self) -> _FixedSums:
+        return _fixed_sums(self._coarse, _coarse_warps(), _coarse_warps())
+
+    @cached_property
+    def coarse_moving(self) -> _MovingSums:
+        return _moving_sums(self._coarse, _coarse_warps(), _coarse_warps())
+
+    def fine_fixed(self, row: int, column: int) -> _FixedSums:
+        """The sums on the refinement grid around coarse warps ``row`` and ``column``."""
+        if (row, column) not in self._fine_fixed:
+            self._fine_fixed[row, column] = _fixed_sums(self.thumbnail, _fine_warps(row), _fine_warps(column))
+        return self._fine_fixed[row, column]
+
+    def fine_moving(self, row: int, column: int) -> _MovingSums:
+        if (row, column) not in self._fine_moving:
+            self._fine_moving[row, column] = _moving_sums(self.thumbnail, _fine_warps(row), _fine_warps(column))
+        return self._fine_moving[row, column]
+
+    @cached_property
+    def _coarse(self) -> np.ndarray:
         return _area_mean(self.thumbnail[None], COARSE_SIDE)[0]
-
-    @cached_property
-    def as_fixed(self) -> _FixedSums:
-        return _fixed_sums(self.coarse, _coarse_warps(), _coarse_warps())
-
-    @cached_property
-    def as_moving(self) -> _MovingSums:
-        return _moving_sums(self.coarse, _coarse_warps(), _coarse_warps())
 
 
 def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -504,8 +511,9 @@ def _aligned_correlation(fixed: _Turned, moving: _Turned) -> float:
     at 32 x 32 around the best coarse warps (a turn needs its own coarse search: upright, the
     best coarse warp of a turned copy is a zoom that hides its corners)."""
     warps = _coarse_warps()
-    _, row, column = _combined_correlation(fixed.as_fixed, moving.as_moving, warps, warps)
-    return _best_correlation(fixed.thumbnail, moving.thumbnail, _fine_warps(row), _fine_warps(column))[0]
+    _, row, column = _best_correlation(fixed.coarse_fixed, moving.coarse_moving, warps, warps)
+    fine = fixed.fine_fixed(row, column), moving.fine_moving(row, column)
+    return _best_correlation(*fine, _fine_warps(row), _fine_warps(column))[0]
 
 
 __all__ = [
