@@ -18,7 +18,9 @@ from freesel_backend.engine.copies import (
     copy_score,
     copy_signature,
     find_copies,
+    scored_candidates,
 )
+from freesel_backend.engine import copies
 from freesel_backend.engine.images import load_image
 
 
@@ -191,3 +193,21 @@ def test_a_fine_texture_is_judged_more_leniently_than_a_smooth_picture(photos: P
         texture = photo(photos, stem)
         assert copy_score(copy_signature(texture), copy_signature(cropped(texture, 0.05))) >= 0.97
     assert copy_score(copy_signature(photo(photos, "grass")), copy_signature(photo(photos, "gravel"))) < 0.9
+
+
+@pytest.mark.parametrize("kept_images", [1, copies.TURNED_CACHE_SIZE])
+def test_a_pair_scores_the_same_alone_as_among_many_images(
+    photos: Path, kept_images: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring many pairs reuses each image's turned thumbnails and sums across its pairs; a
+    pair's score is still exactly the one it gets alone, however few images are kept at once."""
+    monkeypatch.setattr(copies, "TURNED_CACHE_SIZE", kept_images)
+    images = []
+    for stem in ("chelsea", "coffee", "grass", "moon"):
+        original = photo(photos, stem)
+        images += [original, original.rotate(2, Image.Resampling.BICUBIC), cropped(original, 0.05)]
+    signatures = [copy_signature(image) for image in images]
+    pairs, scores = scored_candidates(signatures)
+    assert (scores >= 0.7).sum() >= 8  # pairs that went through the turned search
+    alone = [copy_score(signatures[first], signatures[second]) for first, second in pairs.tolist()]
+    assert scores.tolist() == alone

@@ -77,8 +77,8 @@ TEXTURE_REFERENCE = 0.06
 MOST_LENIENCY = 0.25
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
-# Verification: images (upright or turned) whose coarse sums are kept at once, about 100 KiB each.
-TURNED_CACHE_SIZE = 2048
+# Verification: images (upright or turned) whose sums are kept at once, 100-200 KiB each.
+TURNED_CACHE_SIZE = 1024
 
 
 class CopySignatureError(ValueError):
