@@ -313,7 +313,7 @@ class _AxisWarps:
     matrices: np.ndarray
     valid: np.ndarray
 
-    @property
+    @cached_property
     def count(self) -> np.ndarray:
         return self.valid.sum(axis=1)
 
