@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -79,6 +80,8 @@ MOST_LENIENCY = 0.25
 BLOCK_ROWS = 1024
 # Verification: images (upright or turned) whose sums are kept at once, 100-200 KiB each.
 TURNED_CACHE_SIZE = 1024
+# Pairs whose searches run as one stack of matrix products.
+PAIRS_PER_BATCH = 256
 
 
 class CopySignatureError(ValueError):
@@ -377,7 +380,7 @@ def _fine_warps(coarse_index: int) -> _AxisWarps:
 
 @dataclass(frozen=True)
 class _FixedSums:
-    """The masked sums of :func:`_best_correlation` that depend on the fixed image alone."""
+    """The masked sums of :func:`_best_correlations` that depend on the fixed image alone."""
 
     sum_fixed: np.ndarray
     column_cross: np.ndarray
@@ -386,7 +389,7 @@ class _FixedSums:
 
 @dataclass(frozen=True)
 class _MovingSums:
-    """The masked sums of :func:`_best_correlation` that depend on the moving image alone."""
+    """The masked sums of :func:`_best_correlations` that depend on the moving image alone."""
 
     row_cross: np.ndarray
     sum_moving: np.ndarray
@@ -412,22 +415,33 @@ def _moving_sums(moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> _
     )
 
 
-def _best_correlation(
+_Sums = TypeVar("_Sums", _FixedSums, _MovingSums)
+
+
+def _stacked(sums: list[_Sums]) -> _Sums:
+    """The sums of many pairs' images, one array per field with the pairs along its first axis."""
+    kind = type(sums[0])
+    return kind(*(np.stack([getattr(one, field.name) for one in sums]) for field in fields(kind)))
+
+
+def _best_correlations(
     fixed: _FixedSums, moving: _MovingSums, rows: _AxisWarps, columns: _AxisWarps
-) -> tuple[float, int, int]:
-    """The best correlation of the moving image against the fixed one warped by every (row warp,
-    column warp), over the pixels both cover, and the two warps that give it.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each pair (the sums stacked, see :func:`_stacked`), the best correlation of the moving
+    image against the fixed one warped by every (row warp, column warp), over the pixels both
+    cover, and the two warps that give it.
 
     With R_a, C_b the interpolation matrices and r_a, c_b the masks, the warped image is
     R_a F C_b^T; every masked sum is expanded into products of per-warp matrices, so the warped
     images themselves are never formed, and all but the cross term depend on one image alone."""
     count = np.outer(rows.count, columns.count)
-    sum_cross = moving.row_cross @ fixed.column_cross.T
+    sum_cross = moving.row_cross @ fixed.column_cross.transpose(0, 2, 1)
     covariance = sum_cross - fixed.sum_fixed * moving.sum_moving / count
     variance = (fixed.sum_fixed_sq - fixed.sum_fixed**2 / count) * (moving.sum_moving_sq - moving.sum_moving**2 / count)
-    correlation = covariance / np.sqrt(np.maximum(variance, 1e-6))
-    best_row, best_column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
-    return float(correlation[best_row, best_column]), int(best_row), int(best_column)
+    correlation = (covariance / np.sqrt(np.maximum(variance, 1e-6))).reshape(len(covariance), -1)
+    best = np.argmax(correlation, axis=1)
+    best_row, best_column = np.divmod(best, len(columns.scales))
+    return correlation[np.arange(len(best)), best], best_row, best_column
 
 
 def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray:
@@ -495,25 +509,42 @@ def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndar
     def turned(image: int, degrees: float) -> _Turned:
         return _Turned(thumbnails[image], degrees, float(aspects[image]))
 
+    def aligned(batch: np.ndarray, degrees: float) -> np.ndarray:
+        return _aligned_correlations(
+            [turned(first, degrees / 2) for first in batch[:, 0].tolist()],
+            [turned(second, -degrees / 2) for second in batch[:, 1].tolist()],
+        )
+
     scores = np.zeros(len(pairs), np.float64)
-    for index, (first, second) in enumerate(pairs.tolist()):
-        scores[index] = _aligned_correlation(turned(first, 0.0), turned(second, 0.0))
-        if scores[index] < LEAST_SCORE_TO_TURN:
-            continue
-        for degrees in TURNS:
-            turned_score = _aligned_correlation(turned(first, degrees / 2), turned(second, -degrees / 2))
-            scores[index] = max(scores[index], turned_score)
+    for start in range(0, len(pairs), PAIRS_PER_BATCH):
+        batch = pairs[start : start + PAIRS_PER_BATCH]
+        best = aligned(batch, 0.0)
+        to_turn = np.flatnonzero(best >= LEAST_SCORE_TO_TURN)
+        for degrees in TURNS if len(to_turn) else ():
+            best[to_turn] = np.maximum(best[to_turn], aligned(batch[to_turn], degrees))
+        scores[start : start + len(batch)] = best
     return scores
 
 
-def _aligned_correlation(fixed: _Turned, moving: _Turned) -> float:
-    """The best correlation over the scales and shifts searched: coarse at 16 x 16, then refined
-    at 32 x 32 around the best coarse warps (a turn needs its own coarse search: upright, the
-    best coarse warp of a turned copy is a zoom that hides its corners)."""
+def _aligned_correlations(fixed: list[_Turned], moving: list[_Turned]) -> np.ndarray:
+    """The best correlation of each pair over the scales and shifts searched: coarse at 16 x 16,
+    then refined at 32 x 32 around the best coarse warps (a turn needs its own coarse search:
+    upright, the best coarse warp of a turned copy is a zoom that hides its corners). Pairs with
+    the same best coarse warps share a refinement grid and are refined together."""
     warps = _coarse_warps()
-    _, row, column = _best_correlation(fixed.coarse_fixed, moving.coarse_moving, warps, warps)
-    fine = fixed.fine_fixed(row, column), moving.fine_moving(row, column)
-    return _best_correlation(*fine, _fine_warps(row), _fine_warps(column))[0]
+    coarse = _stacked([image.coarse_fixed for image in fixed]), _stacked([image.coarse_moving for image in moving])
+    _, rows, columns = _best_correlations(*coarse, warps, warps)
+    scores = np.zeros(len(fixed), np.float64)
+    grids = rows * len(warps.scales) + columns
+    for grid in np.unique(grids).tolist():
+        members = np.flatnonzero(grids == grid)
+        row, column = divmod(grid, len(warps.scales))
+        fine = (
+            _stacked([fixed[member].fine_fixed(row, column) for member in members.tolist()]),
+            _stacked([moving[member].fine_moving(row, column) for member in members.tolist()]),
+        )
+        scores[members] = _best_correlations(*fine, _fine_warps(row), _fine_warps(column))[0]
+    return scores
 
 
 __all__ = [
