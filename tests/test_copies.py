@@ -195,13 +195,16 @@ def test_a_fine_texture_is_judged_more_leniently_than_a_smooth_picture(photos: P
     assert copy_score(copy_signature(photo(photos, "grass")), copy_signature(photo(photos, "gravel"))) < 0.9
 
 
-@pytest.mark.parametrize("kept_images", [1, copies.TURNED_CACHE_SIZE])
+@pytest.mark.parametrize(
+    ("kept_images", "kept_grids"), [(1, 1), (copies.TURNED_CACHE_SIZE, copies.FINE_GRIDS_PER_IMAGE)]
+)
 def test_a_pair_scores_the_same_alone_as_among_many_images(
-    photos: Path, kept_images: int, monkeypatch: pytest.MonkeyPatch
+    photos: Path, kept_images: int, kept_grids: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Scoring many pairs reuses each image's turned thumbnails and sums across its pairs; a
     pair's score is still exactly the one it gets alone, however few images are kept at once."""
     monkeypatch.setattr(copies, "TURNED_CACHE_SIZE", kept_images)
+    monkeypatch.setattr(copies, "FINE_GRIDS_PER_IMAGE", kept_grids)
     images = []
     for stem in ("chelsea", "coffee", "grass", "moon"):
         original = photo(photos, stem)

@@ -78,8 +78,10 @@ TEXTURE_REFERENCE = 0.06
 MOST_LENIENCY = 0.25
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
-# Verification: images (upright or turned) whose sums are kept at once, 100-200 KiB each.
+# Verification: images (upright or turned) whose sums are kept at once, and refinement grids
+# kept per image and role: together some 350 MiB at most.
 TURNED_CACHE_SIZE = 1024
+FINE_GRIDS_PER_IMAGE = 4
 # Pairs whose searches run as one stack of matrix products.
 PAIRS_PER_BATCH = 256
 
@@ -486,17 +488,25 @@ class _Turned:
     def fine_fixed(self, row: int, column: int) -> _FixedSums:
         """The sums on the refinement grid around coarse warps ``row`` and ``column``."""
         if (row, column) not in self._fine_fixed:
+            _make_room(self._fine_fixed)
             self._fine_fixed[row, column] = _fixed_sums(self.thumbnail, _fine_warps(row), _fine_warps(column))
         return self._fine_fixed[row, column]
 
     def fine_moving(self, row: int, column: int) -> _MovingSums:
         if (row, column) not in self._fine_moving:
+            _make_room(self._fine_moving)
             self._fine_moving[row, column] = _moving_sums(self.thumbnail, _fine_warps(row), _fine_warps(column))
         return self._fine_moving[row, column]
 
     @cached_property
     def _coarse(self) -> np.ndarray:
         return _area_mean(self.thumbnail[None], COARSE_SIDE)[0]
+
+
+def _make_room(kept: dict) -> None:
+    """Drops the oldest refinement sums of an image that keeps FINE_GRIDS_PER_IMAGE of them."""
+    if len(kept) >= FINE_GRIDS_PER_IMAGE:
+        del kept[next(iter(kept))]
 
 
 def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
