@@ -206,9 +206,10 @@ def test_a_pair_scores_the_same_alone_as_among_many_images(
     monkeypatch.setattr(copies, "TURNED_CACHE_SIZE", kept_images)
     monkeypatch.setattr(copies, "FINE_GRIDS_PER_IMAGE", kept_grids)
     images = []
-    for stem in ("chelsea", "coffee", "grass", "moon"):
+    for stem in ("chelsea", "coffee", "grass", "moon", "gravel", "motorcycle_left", "motorcycle_right"):
         original = photo(photos, stem)
-        images += [original, original.rotate(2, Image.Resampling.BICUBIC), cropped(original, 0.05)]
+        turned = [original.rotate(degrees, Image.Resampling.BICUBIC) for degrees in (2, -3)]
+        images += [original, *turned, cropped(original, 0.05), cropped(original, 0.1)]
     signatures = [copy_signature(image) for image in images]
     pairs, scores = scored_candidates(signatures)
     assert (scores >= 0.7).sum() >= 8  # pairs that went through the turned search
