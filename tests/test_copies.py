@@ -18,7 +18,9 @@ from freesel_backend.engine.copies import (
     copy_score,
     copy_signature,
     find_copies,
+    scored_candidates,
 )
+from freesel_backend.engine import copies
 from freesel_backend.engine.images import load_image
 
 
@@ -191,3 +193,25 @@ def test_a_fine_texture_is_judged_more_leniently_than_a_smooth_picture(photos: P
         texture = photo(photos, stem)
         assert copy_score(copy_signature(texture), copy_signature(cropped(texture, 0.05))) >= 0.97
     assert copy_score(copy_signature(photo(photos, "grass")), copy_signature(photo(photos, "gravel"))) < 0.9
+
+
+@pytest.mark.parametrize(
+    ("kept_images", "kept_grids"), [(1, 1), (copies.TURNED_CACHE_SIZE, copies.FINE_GRIDS_PER_IMAGE)]
+)
+def test_a_pair_scores_the_same_alone_as_among_many_images(
+    photos: Path, kept_images: int, kept_grids: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring many pairs reuses each image's turned thumbnails and sums across its pairs; a
+    pair's score is still exactly the one it gets alone, however few images are kept at once."""
+    monkeypatch.setattr(copies, "TURNED_CACHE_SIZE", kept_images)
+    monkeypatch.setattr(copies, "FINE_GRIDS_PER_IMAGE", kept_grids)
+    images = []
+    for stem in ("chelsea", "coffee", "grass", "moon", "gravel", "motorcycle_left", "motorcycle_right"):
+        original = photo(photos, stem)
+        turned = [original.rotate(degrees, Image.Resampling.BICUBIC) for degrees in (2, -3)]
+        images += [original, *turned, cropped(original, 0.05), cropped(original, 0.1)]
+    signatures = [copy_signature(image) for image in images]
+    pairs, scores = scored_candidates(signatures)
+    assert (scores >= 0.7).sum() >= 8  # pairs that went through the turned search
+    alone = [copy_score(signatures[first], signatures[second]) for first, second in pairs.tolist()]
+    assert scores.tolist() == alone

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -77,6 +78,12 @@ TEXTURE_REFERENCE = 0.06
 MOST_LENIENCY = 0.25
 # Rows of the candidate search's similarity blocks (a block is rows x images float32).
 BLOCK_ROWS = 1024
+# Verification: images (upright or turned) whose sums are kept at once, and refinement grids
+# kept per image and role: together some 350 MiB at most.
+TURNED_CACHE_SIZE = 1024
+FINE_GRIDS_PER_IMAGE = 4
+# Pairs whose searches run as one stack of matrix products.
+PAIRS_PER_BATCH = 256
 
 
 class CopySignatureError(ValueError):
@@ -311,7 +318,7 @@ class _AxisWarps:
     matrices: np.ndarray
     valid: np.ndarray
 
-    @property
+    @cached_property
     def count(self) -> np.ndarray:
         return self.valid.sum(axis=1)
 
@@ -373,30 +380,70 @@ def _fine_warps(coarse_index: int) -> _AxisWarps:
     return _axis_warps(THUMBNAIL_SIDE, grid_scales.ravel(), grid_shifts.ravel(), MARGIN)
 
 
-def _best_correlation(
-    fixed: np.ndarray, moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps
-) -> tuple[float, int, int]:
-    """The best correlation of ``moving`` against ``fixed`` warped by every (row warp, column
-    warp), over the pixels both cover, and the two warps that give it.
+@dataclass(frozen=True)
+class _FixedSums:
+    """The masked sums of :func:`_best_correlations` that depend on the fixed image alone."""
+
+    sum_fixed: np.ndarray
+    column_cross: np.ndarray
+    sum_fixed_sq: np.ndarray
+
+
+@dataclass(frozen=True)
+class _MovingSums:
+    """The masked sums of :func:`_best_correlations` that depend on the moving image alone."""
+
+    row_cross: np.ndarray
+    sum_moving: np.ndarray
+    sum_moving_sq: np.ndarray
+
+
+def _fixed_sums(fixed: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> _FixedSums:
+    side = fixed.shape[0]
+    column_cross = (columns.masked @ fixed.T).transpose(0, 2, 1).reshape(len(columns.scales), -1)  # (C_b' F^T)^T
+    fixed_gram = (fixed[None] @ columns.gram @ fixed.T[None]).reshape(len(columns.scales), side * side)
+    return _FixedSums(
+        sum_fixed=rows.weights @ fixed @ columns.weights.T,
+        column_cross=column_cross,
+        sum_fixed_sq=rows.gram.reshape(len(rows.scales), side * side) @ fixed_gram.T,
+    )
+
+
+def _moving_sums(moving: np.ndarray, rows: _AxisWarps, columns: _AxisWarps) -> _MovingSums:
+    return _MovingSums(
+        row_cross=(rows.masked.transpose(0, 2, 1) @ moving).reshape(len(rows.scales), -1),  # R_a'^T M
+        sum_moving=rows.valid @ moving @ columns.valid.T,
+        sum_moving_sq=rows.valid @ (moving * moving) @ columns.valid.T,
+    )
+
+
+_Sums = TypeVar("_Sums", _FixedSums, _MovingSums)
+
+
+def _stacked(sums: list[_Sums]) -> _Sums:
+    """The sums of many pairs' images, one array per field with the pairs along its first axis."""
+    kind = type(sums[0])
+    return kind(*(np.stack([getattr(one, field.name) for one in sums]) for field in fields(kind)))
+
+
+def _best_correlations(
+    fixed: _FixedSums, moving: _MovingSums, rows: _AxisWarps, columns: _AxisWarps
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each pair (the sums stacked, see :func:`_stacked`), the best correlation of the moving
+    image against the fixed one warped by every (row warp, column warp), over the pixels both
+    cover, and the two warps that give it.
 
     With R_a, C_b the interpolation matrices and r_a, c_b the masks, the warped image is
-    R_a F C_b^T; every masked sum below is expanded into products of per-warp matrices, so the
-    warped images themselves are never formed."""
-    side = fixed.shape[0]
+    R_a F C_b^T; every masked sum is expanded into products of per-warp matrices, so the warped
+    images themselves are never formed, and all but the cross term depend on one image alone."""
     count = np.outer(rows.count, columns.count)
-    sum_fixed = rows.weights @ fixed @ columns.weights.T
-    row_cross = (rows.masked.transpose(0, 2, 1) @ moving).reshape(len(rows.scales), -1)  # R_a'^T M
-    column_cross = (columns.masked @ fixed.T).transpose(0, 2, 1).reshape(len(columns.scales), -1)  # (C_b' F^T)^T
-    sum_cross = row_cross @ column_cross.T
-    fixed_gram = (fixed[None] @ columns.gram @ fixed.T[None]).reshape(len(columns.scales), side * side)
-    sum_fixed_sq = rows.gram.reshape(len(rows.scales), side * side) @ fixed_gram.T
-    sum_moving = rows.valid @ moving @ columns.valid.T
-    sum_moving_sq = rows.valid @ (moving * moving) @ columns.valid.T
-    covariance = sum_cross - sum_fixed * sum_moving / count
-    variance = (sum_fixed_sq - sum_fixed**2 / count) * (sum_moving_sq - sum_moving**2 / count)
-    correlation = covariance / np.sqrt(np.maximum(variance, 1e-6))
-    best_row, best_column = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
-    return float(correlation[best_row, best_column]), int(best_row), int(best_column)
+    sum_cross = moving.row_cross @ fixed.column_cross.transpose(0, 2, 1)
+    covariance = sum_cross - fixed.sum_fixed * moving.sum_moving / count
+    variance = (fixed.sum_fixed_sq - fixed.sum_fixed**2 / count) * (moving.sum_moving_sq - moving.sum_moving**2 / count)
+    correlation = (covariance / np.sqrt(np.maximum(variance, 1e-6))).reshape(len(covariance), -1)
+    best = np.argmax(correlation, axis=1)
+    best_row, best_column = np.divmod(best, len(columns.scales))
+    return correlation[np.arange(len(best)), best], best_row, best_column
 
 
 def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray:
@@ -420,34 +467,94 @@ def _rotated(thumbnail: np.ndarray, degrees: float, aspect: float) -> np.ndarray
     ).astype(np.float32)
 
 
+class _Turned:
+    """One image's smoothed thumbnail, upright or turned by a half-turn, with the sums that the
+    searches need of it as either image of a pair: computed once per image (and refinement grid)
+    rather than once per pair."""
+
+    def __init__(self, thumbnail: np.ndarray, degrees: float, aspect: float) -> None:
+        self.thumbnail = thumbnail if degrees == 0.0 else _rotated(thumbnail, degrees, aspect)
+        self._fine_fixed: dict[tuple[int, int], _FixedSums] = {}
+        self._fine_moving: dict[tuple[int, int], _MovingSums] = {}
+
+    @cached_property
+    def coarse_fixed(self) -> _FixedSums:
+        return _fixed_sums(self._coarse, _coarse_warps(), _coarse_warps())
+
+    @cached_property
+    def coarse_moving(self) -> _MovingSums:
+        return _moving_sums(self._coarse, _coarse_warps(), _coarse_warps())
+
+    def fine_fixed(self, row: int, column: int) -> _FixedSums:
+        """The sums on the refinement grid around coarse warps ``row`` and ``column``."""
+        if (row, column) not in self._fine_fixed:
+            _make_room(self._fine_fixed)
+            self._fine_fixed[row, column] = _fixed_sums(self.thumbnail, _fine_warps(row), _fine_warps(column))
+        return self._fine_fixed[row, column]
+
+    def fine_moving(self, row: int, column: int) -> _MovingSums:
+        if (row, column) not in self._fine_moving:
+            _make_room(self._fine_moving)
+            self._fine_moving[row, column] = _moving_sums(self.thumbnail, _fine_warps(row), _fine_warps(column))
+        return self._fine_moving[row, column]
+
+    @cached_property
+    def _coarse(self) -> np.ndarray:
+        return _area_mean(self.thumbnail[None], COARSE_SIDE)[0]
+
+
+def _make_room(kept: dict) -> None:
+    """Drops the oldest refinement sums of an image that keeps FINE_GRIDS_PER_IMAGE of them."""
+    if len(kept) >= FINE_GRIDS_PER_IMAGE:
+        del kept[next(iter(kept))]
+
+
 def _verified_scores(thumbnails: np.ndarray, aspects: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """The copy score of each pair: the best aligned correlation upright and, when that reaches
     LEAST_SCORE_TO_TURN, with the two images turned against each other by each of TURNS (each by
     half of it, so both pass through one interpolation)."""
     thumbnails = _smoothed(thumbnails)
+
+    @lru_cache(maxsize=TURNED_CACHE_SIZE)
+    def turned(image: int, degrees: float) -> _Turned:
+        return _Turned(thumbnails[image], degrees, float(aspects[image]))
+
+    def aligned(batch: np.ndarray, degrees: float) -> np.ndarray:
+        return _aligned_correlations(
+            [turned(first, degrees / 2) for first in batch[:, 0].tolist()],
+            [turned(second, -degrees / 2) for second in batch[:, 1].tolist()],
+        )
+
     scores = np.zeros(len(pairs), np.float64)
-    for index, (first, second) in enumerate(pairs.tolist()):
-        scores[index] = _aligned_correlation(thumbnails[first], thumbnails[second])
-        if scores[index] < LEAST_SCORE_TO_TURN:
-            continue
-        for degrees in TURNS:
-            turned = _aligned_correlation(
-                _rotated(thumbnails[first], degrees / 2, aspects[first]),
-                _rotated(thumbnails[second], -degrees / 2, aspects[second]),
-            )
-            scores[index] = max(scores[index], turned)
+    for start in range(0, len(pairs), PAIRS_PER_BATCH):
+        batch = pairs[start : start + PAIRS_PER_BATCH]
+        best = aligned(batch, 0.0)
+        to_turn = np.flatnonzero(best >= LEAST_SCORE_TO_TURN)
+        for degrees in TURNS if len(to_turn) else ():
+            best[to_turn] = np.maximum(best[to_turn], aligned(batch[to_turn], degrees))
+        scores[start : start + len(batch)] = best
     return scores
 
 
-def _aligned_correlation(fixed: np.ndarray, moving: np.ndarray) -> float:
-    """The best correlation over the scales and shifts searched: coarse at 16 x 16, then refined
-    at 32 x 32 around the best coarse warps (a turn needs its own coarse search: upright, the
-    best coarse warp of a turned copy is a zoom that hides its corners)."""
+def _aligned_correlations(fixed: list[_Turned], moving: list[_Turned]) -> np.ndarray:
+    """The best correlation of each pair over the scales and shifts searched: coarse at 16 x 16,
+    then refined at 32 x 32 around the best coarse warps (a turn needs its own coarse search:
+    upright, the best coarse warp of a turned copy is a zoom that hides its corners). Pairs with
+    the same best coarse warps share a refinement grid and are refined together."""
     warps = _coarse_warps()
-    _, row, column = _best_correlation(
-        _area_mean(fixed[None], COARSE_SIDE)[0], _area_mean(moving[None], COARSE_SIDE)[0], warps, warps
-    )
-    return _best_correlation(fixed, moving, _fine_warps(row), _fine_warps(column))[0]
+    coarse = _stacked([image.coarse_fixed for image in fixed]), _stacked([image.coarse_moving for image in moving])
+    _, rows, columns = _best_correlations(*coarse, warps, warps)
+    scores = np.zeros(len(fixed), np.float64)
+    grids = rows * len(warps.scales) + columns
+    for grid in np.unique(grids).tolist():
+        members = np.flatnonzero(grids == grid)
+        row, column = divmod(grid, len(warps.scales))
+        fine = (
+            _stacked([fixed[member].fine_fixed(row, column) for member in members.tolist()]),
+            _stacked([moving[member].fine_moving(row, column) for member in members.tolist()]),
+        )
+        scores[members] = _best_correlations(*fine, _fine_warps(row), _fine_warps(column))[0]
+    return scores
 
 
 __all__ = [
