@@ -1,9 +1,11 @@
 import os
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from freesel_backend.cli.samples import ensure_sample_images
 from tests.helpers import missing_prerequisite
 from harness.label_studio import LabelStudioServer, label_studio_executable
 from harness.postgresql import postgres_database
@@ -78,3 +80,9 @@ def redis_connection(redis_url):
     yield connection
     connection.flushdb()
     connection.close()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-image's sample photographs (longest side 320 px, JPEG)."""
+    return ensure_sample_images(tmp_path_factory.mktemp("photos"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
-from freesel_backend.cli.samples import ensure_sample_images, scene_image
+from freesel_backend.cli.samples import scene_image
 from freesel_backend.engine.copies import (
     CopySignature,
     CopySignatureError,
@@ -22,12 +22,6 @@ from freesel_backend.engine.copies import (
 )
 from freesel_backend.engine import copies
 from freesel_backend.engine.images import load_image
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """scikit-image's sample photographs (longest side 320 px, JPEG)."""
-    return ensure_sample_images(tmp_path_factory.mktemp("photos"))
 
 
 def photo(folder: Path, stem: str) -> Image.Image:

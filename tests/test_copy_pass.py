@@ -14,12 +14,13 @@ from PIL import Image
 from freesel_backend.cli.project import describe_status
 from freesel_backend.cli.samples import scene_image
 from freesel_backend.engine import Ranking
-from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
+from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD, CopySignature
+from freesel_backend.engine.file_copies import copies_of_files
 from freesel_backend.server.admin import status
 from freesel_backend.server.copy_groups import project_copies
 from freesel_backend.server.jobs import done_with_copies, extractor_for
 from freesel_backend.server.settings import ProjectSettings
-from freesel_backend.server.store import SelectionRecord
+from freesel_backend.server.store import SelectionRecord, Store
 from harness.local_http import LocalHttpServer, content
 from tests.test_pattern_stages import PROJECT, run_pattern_job, tiny_model_services
 
@@ -160,3 +161,43 @@ def test_status_and_the_cli_show_the_last_rankings_copy_groups_and_copies(image_
     assert "copies (copy threshold 0.97): 2 groups, 2 copies: task 1, task 5; task 2, task 6" in describe_status(
         status(services, PROJECT)
     )
+
+
+def test_a_grown_project_verifies_only_the_pairs_with_its_new_files_and_groups_as_from_scratch(
+    tmp_path, forwards, monkeypatch
+):
+    """Each ranking of a growing import groups copies from the pair scores stored by the earlier
+    ones: only candidate pairs with a file new since then are verified."""
+    services, _ = forwards
+    folder = tmp_path / "grown"
+    files = {}
+    for seed, path in enumerate(write_scenes(folder, 8)):
+        files[f"/scene_{seed}.jpg"] = path.read_bytes()
+        lossy = folder / f"lossy_{seed}.jpg"
+        scene_image(seed, (160, 120)).save(lossy, quality=35)
+        files[f"/lossy_{seed}.jpg"] = lossy.read_bytes()
+    verified: list[set] = []
+    add = Store.add_copy_pair_scores
+    monkeypatch.setattr(
+        Store,
+        "add_copy_pair_scores",
+        lambda store, pid, scores: (verified.append(set(scores)), add(store, pid, scores)),
+    )
+    with LocalHttpServer({name: content(data) for name, data in files.items()}) as server:
+        urls = {task_id: f"{server.url}{name}" for task_id, name in enumerate(files, start=1)}
+        run_pattern_job(services, urls)
+    task_ids = sorted(urls)
+    records = services.store.copy_records(PROJECT, task_ids)
+
+    project_copies(services.store, PROJECT, task_ids[:10], DEFAULT_COPY_THRESHOLD)
+    grown = project_copies(services.store, PROJECT, task_ids, DEFAULT_COPY_THRESHOLD)
+
+    from_scratch = copies_of_files(
+        [records[task].digest for task in task_ids],
+        [CopySignature.from_bytes(records[task].signature) for task in task_ids],
+        DEFAULT_COPY_THRESHOLD,
+    )
+    assert grown.groups == from_scratch.groups and len(grown.groups) >= 6
+    new = {records[task].digest for task in task_ids[10:]}
+    assert len(verified) == 2 and verified[1]
+    assert all(first in new or second in new for first, second in verified[1])

@@ -9,7 +9,7 @@ import pytest
 
 from freesel_backend.server.settings import ProjectSettings, SettingsError
 from freesel_backend.engine import DuplicateGroups, Ranking
-from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD
+from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD, content_digest
 from freesel_backend.server.store import SelectionRecord, Store, decode_patterns, encode_patterns, patterns_version
 
 
@@ -131,3 +131,17 @@ def test_a_selection_record_gives_back_the_ranking_groups_and_draw_prior_it_was_
     assert store.get_report(4, "freesel-0001") == "<html>" and store.get_report(4, "freesel-0002") is None
     store.forget_ranking(4)
     assert store.get_selection(4) is None and store.get_report(4, "freesel-0001") is None
+
+
+def test_copy_pair_scores_are_kept_per_project_and_ordered_pair_exactly(redis_connection):
+    store = Store(redis_connection)
+    first, second, third = (content_digest(name.encode()) for name in ("a.jpg", "b.jpg", "c.jpg"))
+    store.add_copy_pair_scores(1, {(first, second): 0.9712345678901234, (first, third): 0.25})
+
+    assert store.copy_pair_scores(1, [(first, second), (second, first), (first, third), (second, third)]) == [
+        0.9712345678901234,
+        None,
+        0.25,
+        None,
+    ]
+    assert store.copy_pair_scores(2, [(first, second)]) == [None]

@@ -27,7 +27,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
-from typing import TypeVar
+from typing import Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -169,10 +169,24 @@ def find_copies(signatures: list[CopySignature | None], threshold: float = DEFAU
 def scored_candidates(signatures: list[CopySignature | None]) -> tuple[np.ndarray, np.ndarray]:
     """The candidate pairs (a, b), a < b, of images with a signature, and each pair's copy score
     (see :func:`copy_score`)."""
+    pairs = candidates_of(signatures)
+    return pairs, scores_of_pairs(signatures, pairs)
+
+
+def candidates_of(signatures: Sequence[CopySignature | None]) -> np.ndarray:
+    """The candidate pairs (a, b), a < b, of images with a signature (see :func:`candidate_pairs`)."""
     present = np.array([index for index, signature in enumerate(signatures) if signature is not None], np.int64)
     kept: list[CopySignature] = [signatures[index] for index in present]  # type: ignore[misc]
     candidates = candidate_pairs(_stack(kept), np.array([signature.aspect for signature in kept], np.float64))
-    return present[candidates].reshape(-1, 2), _pair_scores(kept, candidates)
+    return present[candidates].reshape(-1, 2)
+
+
+def scores_of_pairs(signatures: Sequence[CopySignature | None], pairs: np.ndarray) -> np.ndarray:
+    """The copy score of each pair (a, b) of images with a signature: a pair's score depends on its
+    two signatures alone, so a pair scored once keeps its score whatever images come later."""
+    involved = np.unique(pairs)
+    kept: list[CopySignature] = [signatures[index] for index in involved.tolist()]  # type: ignore[misc]
+    return _pair_scores(kept, np.searchsorted(involved, pairs).reshape(-1, 2))
 
 
 def _pair_scores(signatures: list[CopySignature], pairs: np.ndarray) -> np.ndarray:
@@ -562,10 +576,12 @@ __all__ = [
     "CopySignature",
     "CopySignatureError",
     "candidate_pairs",
+    "candidates_of",
     "content_digest",
     "copy_score",
     "copy_groups",
     "copy_signature",
     "find_copies",
     "scored_candidates",
+    "scores_of_pairs",
 ]

@@ -14,6 +14,8 @@ Key layout (``<p>`` = prefix, ``<id>`` = project id, ``<v>`` = patterns version)
     <p>:<id>:copies                   hash task id -> encoded CopyRecord (file digest, copy signature or
                                       the reason it has none); whatever the patterns version
     <p>:<id>:digests                  hash file digest -> the first task with that file
+    <p>:<id>:copy_pairs               hash two file digests (32 bytes each) -> the pair's copy score
+                                      (float64): candidate pairs verified so far, whatever the threshold
     <p>:<id>:predictions              hash task id -> JSON prediction in Label Studio's live version
                                       (with its Label Studio id; what /predict answers)
     <p>:<id>:staged:<m>               hash task id -> JSON prediction imported under model version <m>
@@ -47,7 +49,9 @@ from .settings import ProjectSettings
 from ..engine import DuplicateGroups, Ranking
 from ..engine.ranking import ranking_from_json, ranking_to_json
 
-PATTERN_HEADER = struct.Struct("<HH")  # rows (patterns), columns (feature dimension)
+PATTERN_HEADER = struct.Struct("<HH")
+PAIR_SCORE = struct.Struct("<d")
+PAIRS_PER_ROUND_TRIP = 10_000  # rows (patterns), columns (feature dimension)
 OLD_VERSION_TTL_S = 24 * 3600
 PROGRESS_FIELDS = ("progress_since", "progress_base")
 DIGEST_HEX = 64  # a SHA-256 file digest in hex (engine.copies.content_digest)
@@ -110,6 +114,10 @@ class CopyRecord:
     def decode(cls, blob: bytes) -> "CopyRecord":
         digest, kind, payload = blob[:DIGEST_HEX].decode(), blob[DIGEST_HEX : DIGEST_HEX + 1], blob[DIGEST_HEX + 1 :]
         return cls(digest, payload, "") if kind == b"S" else cls(digest, None, payload.decode())
+
+
+def _pair_field(pair: tuple[str, str]) -> bytes:
+    return bytes.fromhex(pair[0]) + bytes.fromhex(pair[1])
 
 
 def patterns_version(model_id: str, **settings: Any) -> str:
@@ -384,6 +392,24 @@ class Store:
 
     def tasks_with_copy_records(self, project_id: int) -> set[int]:
         return {int(t) for t in self._redis.hkeys(self._key(project_id, "copies"))}
+
+    def copy_pair_scores(self, project_id: int, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """The stored copy score of each pair of file digests, None for a pair never scored."""
+        key = self._key(project_id, "copy_pairs")
+        found: list[float | None] = []
+        for start in range(0, len(pairs), PAIRS_PER_ROUND_TRIP):
+            fields = [_pair_field(pair) for pair in pairs[start : start + PAIRS_PER_ROUND_TRIP]]
+            found += [None if raw is None else PAIR_SCORE.unpack(raw)[0] for raw in self._redis.hmget(key, fields)]
+        return found
+
+    def add_copy_pair_scores(self, project_id: int, scores: Mapping[tuple[str, str], float]) -> None:
+        key = self._key(project_id, "copy_pairs")
+        items = list(scores.items())
+        with self._redis.pipeline() as pipe:
+            for start in range(0, len(items), PAIRS_PER_ROUND_TRIP):
+                chunk = items[start : start + PAIRS_PER_ROUND_TRIP]
+                pipe.hset(key, mapping={_pair_field(pair): PAIR_SCORE.pack(score) for pair, score in chunk})
+            pipe.execute()
 
     def task_of_digest(self, project_id: int, digest: str) -> int | None:
         """The first task seen with the file of this digest (deleted since, perhaps), if any."""
