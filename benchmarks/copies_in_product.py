@@ -1,9 +1,10 @@
 """What copy detection costs the product: the pattern job's share per image (digest and signature
 beside the decode it already does) and a ranking's copy groups (``engine.file_copies``) against
 the ranking itself, on generated scenes where every tenth task is a lossy copy of another and
-every twentieth a byte-identical one. Printed side by side in one run.
+every twentieth a byte-identical one; and a growing import's grouping, from scratch against the
+one that reuses the pair scores of the grouping before. Printed side by side in one run.
 
-    .venv/bin/python benchmarks/copies_in_product.py [--images 200] [--tasks 1000 4000]
+    .venv/bin/python benchmarks/copies_in_product.py [--images 200] [--tasks 1000 4000] [--grown 1000 1200]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from freesel_backend.cli.samples import scene_image  # noqa: E402
 from freesel_backend.engine.copies import DEFAULT_COPY_THRESHOLD, CopySignature, content_digest  # noqa: E402
-from freesel_backend.engine.file_copies import copies_of_files  # noqa: E402
+from freesel_backend.engine.file_copies import PairScoresInMemory, copies_of_files  # noqa: E402
 from freesel_backend.engine.images import load_image  # noqa: E402
 from freesel_backend.engine.ranking import rank_tasks  # noqa: E402
 from freesel_backend.engine.selection import DrawSettings  # noqa: E402
@@ -65,11 +66,16 @@ def job_share(n_images: int) -> None:
     )
 
 
-def ranking_share(n_tasks: int) -> None:
+def signed_pool(n_tasks: int) -> tuple[list[str], list[CopySignature | None]]:
+    """The digests and copy signatures of :func:`pool`'s files."""
     files = pool(n_tasks)
     digests = [content_digest(data) for data in files]
     records = [record_of(digest, data, load_image(data)) for digest, data in zip(digests, files)]
-    signatures = [CopySignature.from_bytes(record.signature) if record.signature else None for record in records]
+    return digests, [CopySignature.from_bytes(record.signature) if record.signature else None for record in records]
+
+
+def ranking_share(n_tasks: int) -> None:
+    digests, signatures = signed_pool(n_tasks)
     started = time.perf_counter()
     groups = copies_of_files(digests, signatures, DEFAULT_COPY_THRESHOLD)
     grouping = time.perf_counter() - started
@@ -93,11 +99,37 @@ def ranking_share(n_tasks: int) -> None:
     )
 
 
+def growing_share(before: int, after: int) -> None:
+    """A grouping of ``after`` tasks from scratch, then with the pair scores of ``before`` tasks."""
+    digests, signatures = signed_pool(after)
+    started = time.perf_counter()
+    from_scratch = copies_of_files(digests, signatures, DEFAULT_COPY_THRESHOLD)
+    scratch_s = time.perf_counter() - started
+    known = PairScoresInMemory()
+    copies_of_files(digests[:before], signatures[:before], DEFAULT_COPY_THRESHOLD, known)
+    kept = len(known.scores)
+    started = time.perf_counter()
+    grown = copies_of_files(digests, signatures, DEFAULT_COPY_THRESHOLD, known)
+    grown_s = time.perf_counter() - started
+    same = grown.groups == from_scratch.groups
+    print(
+        f"copy groups of {after} tasks: from scratch {scratch_s:.2f} s; after {before} tasks, reusing their "
+        f"{kept} pair scores and verifying {len(known.scores) - kept} pairs {grown_s:.2f} s "
+        f"({scratch_s / max(grown_s, 1e-9):.1f}x faster); same groups: {same}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200, help="images timed for the pattern job's share")
     parser.add_argument("--tasks", type=int, nargs="+", default=[1000, 4000], help="pool sizes ranked")
+    parser.add_argument(
+        "--grown", type=int, nargs=2, metavar=("BEFORE", "AFTER"), help="time only a growing import's grouping"
+    )
     args = parser.parse_args()
+    if args.grown:
+        growing_share(*args.grown)
+        return
     job_share(args.images)
     for n_tasks in args.tasks:
         ranking_share(n_tasks)
