@@ -19,7 +19,10 @@ import numpy as np
 from .copies import CopySignature, candidates_of, copy_groups, scores_of_pairs
 from .duplicates import DuplicateGroups
 
-PairKey = tuple[str, str]  # the content digests of two files, in order
+# The content digests of two files, the lower-placed first: a pair's score may differ in the last
+# digits with the files the other way round (which is searched against which), so a pair whose
+# files swap places is verified again rather than taking a score that is not bit for bit its own.
+PairKey = tuple[str, str]
 
 
 class KnownPairScores(Protocol):
@@ -63,7 +66,7 @@ def copies_of_files(
     firsts = sorted(twins)
     compared = [signatures[index] for index in firsts]
     pairs = candidates_of(compared)
-    scores = _pair_scores(compared, pairs, [digests[index] for index in firsts], known or PairScoresInMemory())
+    scores = _pair_scores(compared, pairs, [digests[index] for index in firsts], PairScoresInMemory() if known is None else known)
     found = copy_groups(len(firsts), pairs, scores, threshold)
     grouped = [sorted(index for member in group for index in twins[firsts[member]]) for group in found.groups]
     in_a_group = {firsts[member] for group in found.groups for member in group}
