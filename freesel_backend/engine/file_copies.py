@@ -66,7 +66,8 @@ def copies_of_files(
     firsts = sorted(twins)
     compared = [signatures[index] for index in firsts]
     pairs = candidates_of(compared)
-    scores = _pair_scores(compared, pairs, [digests[index] for index in firsts], PairScoresInMemory() if known is None else known)
+    known = PairScoresInMemory() if known is None else known
+    scores = _pair_scores(compared, pairs, [digests[index] for index in firsts], known)
     found = copy_groups(len(firsts), pairs, scores, threshold)
     grouped = [sorted(index for member in group for index in twins[firsts[member]]) for group in found.groups]
     in_a_group = {firsts[member] for group in found.groups for member in group}
