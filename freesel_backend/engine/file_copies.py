@@ -19,9 +19,9 @@ import numpy as np
 from .copies import CopySignature, candidates_of, copy_groups, scores_of_pairs
 from .duplicates import DuplicateGroups
 
-# The content digests of two files, the lower-placed first: a pair's score may differ in the last
-# digits with the files the other way round (which is searched against which), so a pair whose
-# files swap places is verified again rather than taking a score that is not bit for bit its own.
+# The content digests of two files, the lower-placed first: a pair's score depends on which file
+# is searched against which (distinct pictures can differ by 0.3, copies in the fourth digit), so a
+# pair whose files swap places is verified again rather than take the other order's score.
 PairKey = tuple[str, str]
 
 
